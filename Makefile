@@ -1,0 +1,33 @@
+# Two entry points for a newcomer: `make demo` (offline quickstart) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?= -n 2 -m "not slow"
+
+.PHONY: install demo test test-all bench clean
+
+install: $(VENV)/.installed
+
+# torch first (the CPU wheel on a CPU machine), so that no dependency pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m dpo_exp experiment=quickstart
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -n 2
+
+bench: install
+	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_sweep_cache.py
+
+clean:
+	rm -rf outputs multirun .cache

@@ -1,0 +1,87 @@
+"""Validation of a composed config: every user mistake becomes one clear line, before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+STRATEGIES = ("no", "steps", "epoch")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DATASET_KINDS = ("preference", "imdb_sentiment")
+
+
+def _positive(value: Any, name: str, integer: bool = False) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"{name} must be > 0, got {value!r}")
+    if integer and int(value) != value:
+        raise UserError(f"{name} must be a whole number, got {value!r}")
+
+
+def _choice(value: Any, name: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise UserError(f"{name}={value!r} is not one of {list(options)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError for invalid settings; cheap checks only (no data, no models)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:  # noqa: BLE001 - omegaconf raises several types for missing / bad interpolations
+        message = str(exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        raise UserError(f"{key}: {message}" if key else message) from None
+
+    _positive(cfg.beta, "beta")
+    _positive(cfg.trainer.learning_rate, "lr (trainer.learning_rate)")
+    if cfg.data_size is not None:
+        _positive(cfg.data_size, "data_size", integer=True)
+    if cfg.dataset.get("data_size") is not None:
+        _positive(cfg.dataset.data_size, "dataset.data_size", integer=True)
+    t = cfg.trainer
+    if int(t.max_steps) <= 0:
+        _positive(t.num_train_epochs, "epochs (trainer.num_train_epochs)")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        _positive(t[key], f"trainer.{key}", integer=True)
+    if t.max_length is not None:
+        _positive(t.max_length, "trainer.max_length", integer=True)
+    _choice(t.loss_type, "trainer.loss_type", LOSS_TYPES)
+    _choice(t.eval_strategy, "trainer.eval_strategy", STRATEGIES)
+    _choice(t.save_strategy, "trainer.save_strategy", STRATEGIES)
+    _choice(t.precision, "trainer.precision", PRECISIONS)
+    _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
+    _choice(cfg.dataset.kind, "dataset.kind", DATASET_KINDS)
+
+    if cfg.lora.enabled:
+        _positive(cfg.lora.r, "lora.r", integer=True)
+        _positive(cfg.lora.alpha, "lora.alpha")
+        if not cfg.lora.target_modules:
+            raise UserError("lora.target_modules is empty (use lora=none for full fine-tuning)")
+
+    path = cfg.dataset.get("path")
+    if path is not None and not Path(str(path)).exists():
+        raise UserError(f"dataset.path={path} does not exist")
+    model_path = cfg.model.get("path")
+    if model_path and not Path(str(model_path)).exists():
+        raise UserError(f"model.path={model_path} does not exist")
+    if cfg.model.get("tiny") and t.max_length and int(t.max_length) > int(cfg.model.tiny.n_positions):
+        raise UserError(
+            f"trainer.max_length={t.max_length} exceeds the tiny model's context (model.tiny.n_positions="
+            f"{cfg.model.tiny.n_positions})"
+        )
+    gen = cfg.generation
+    _positive(gen.num_samples, "generation.num_samples", integer=True)
+    _positive(gen.max_new_tokens, "generation.max_new_tokens", integer=True)
+    _positive(gen.temperature, "generation.temperature")
+    if gen.batch_size is not None:
+        _positive(gen.batch_size, "generation.batch_size", integer=True)
+    resume = cfg.get("resume")
+    if resume and not Path(str(resume)).is_dir():
+        raise UserError(f"resume={resume} is not a run directory")

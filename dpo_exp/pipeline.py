@@ -1,0 +1,216 @@
+"""One run, start to finish: validate -> data -> model -> (pairs) -> DPO -> evaluation -> artifacts.
+
+Every stage writes its results to the run directory; summary.json carries the run's status
+(`running`, `completed`, `failed`, `interrupted`) so sweeps can be resumed and compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import validate
+from .errors import UserError
+from .runinfo import RunIdentity, environment, run_identity
+from .storage import atomic_write_json, read_json, read_jsonl
+from .tracking import Tracker, start_tracker
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: the config, where to write, the identity and the tracker."""
+
+    cfg: DictConfig
+    identity: RunIdentity
+    summary: dict[str, Any] = field(default_factory=dict)
+    tracker: Tracker = field(default_factory=Tracker)
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.identity.run_dir
+
+    def save_summary(self, **updates: Any) -> None:
+        self.summary.update(updates)
+        atomic_write_json(self.run_dir / SUMMARY, self.summary)
+
+
+def objective_value(summary: dict, key: str) -> float | None:
+    value = summary.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def load_data(ctx: RunContext, tokenizer) -> Any:
+    """Preference pairs (or, for imdb_sentiment, the prompt sets) — before any model is loaded."""
+    cfg = ctx.cfg
+    if cfg.dataset.kind == "imdb_sentiment":
+        from .prompts import load_prompt_sets
+
+        return load_prompt_sets(cfg, tokenizer)
+    from .data import load_preference_data
+
+    max_length = cfg.trainer.max_length
+    room = int(cfg.trainer.min_prompt_tokens)
+
+    def prompt_fits(prompt: str) -> bool:
+        return max_length is None or len(tokenizer(prompt).input_ids) + room <= int(max_length)
+
+    return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, max_length)
+
+
+def to_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
+    """Run one job. Returns the configured objective (a summary value) for sweepers."""
+    identity = run_identity(cfg, run_dir)
+    identity.run_dir.mkdir(parents=True, exist_ok=True)
+    validate(cfg)
+
+    previous = read_json(identity.run_dir / SUMMARY) or {}
+    if cfg.skip_completed and previous.get("status") == "completed":
+        log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
+        return objective_value(previous, str(cfg.objective))
+
+    ctx = RunContext(cfg=cfg, identity=identity)
+    ctx.summary = {
+        "status": "running",
+        "name": identity.name,
+        "group": identity.group,
+        "overrides": identity.overrides,
+        "model": {"name": cfg.model.name},
+        "dataset": {"name": cfg.dataset.name, "kind": cfg.dataset.kind},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "attempts": int(previous.get("attempts", 0)) + 1,
+        "wandb_id": previous.get("wandb_id"),
+    }
+    ctx.save_summary()
+    start = time.time()
+    try:
+        _run_stages(ctx)
+    except RunInterrupted:
+        ctx.save_summary(status="interrupted", wall_time_s=round(time.time() - start, 2))
+        ctx.tracker.finish(exit_code=1)
+        raise
+    except BaseException as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ctx.save_summary(status="failed", error=f"{type(exc).__name__}: {message}",
+                         wall_time_s=round(time.time() - start, 2))
+        ctx.tracker.finish(exit_code=1)
+        raise
+    ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
+    ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
+    ctx.tracker.finish(exit_code=0)
+    return objective_value(ctx.summary, str(cfg.objective))
+
+
+def _run_stages(ctx: RunContext) -> None:
+    from .models import build_model, load_tokenizer, model_source, resolve_device, resolve_precision
+
+    cfg = ctx.cfg
+    tokenizer = load_tokenizer(cfg.model)
+    data = load_data(ctx, tokenizer)
+    ctx.device = resolve_device(cfg.model.device)
+    ctx.precision = resolve_precision(
+        cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.dtype, ctx.device
+    )
+    ctx.summary["model"].update(source=model_source(cfg.model), device=ctx.device, precision=ctx.precision)
+    ctx.summary["environment"] = environment()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    ctx.tracker = start_tracker(
+        cfg.logger, ctx.run_dir, ctx.identity.name, ctx.identity.group, ctx.identity.tags,
+        {**resolved, "overrides": ctx.identity.overrides, "environment": ctx.summary["environment"]},
+        resume_id=ctx.summary.get("wandb_id"),
+    )
+    ctx.save_summary(wandb_id=ctx.tracker.run_id)
+
+    model = build_model(cfg.model, int(cfg.seed), "fp32" if ctx.device == "cpu" else ctx.precision, ctx.device)
+    if cfg.dataset.kind == "imdb_sentiment":
+        from .sentiment import build_sentiment_pairs
+
+        data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
+    ctx.summary["data"] = {"source": data.source, **data.counts}
+    ctx.summary["dataset"]["source"] = data.source
+    ctx.save_summary()
+    ctx.tracker.summary({f"data/{k}": v for k, v in data.counts.items()})
+
+    trainer = train_policy(ctx, model, tokenizer, data)
+    if cfg.eval.enabled:
+        from .evaluate import evaluate_policy
+
+        results = evaluate_policy(ctx, trainer.model, tokenizer, data)
+        ctx.save_summary(**results)
+    write_plots(ctx)
+
+
+def train_policy(ctx: RunContext, model, tokenizer, data):
+    """DPO with checkpoints and graceful stop; saves the adapter/model, final metrics into the summary."""
+    from .train import GracefulStop, build_trainer, final_metrics, last_checkpoint
+
+    cfg = ctx.cfg
+    metrics_path = ctx.run_dir / "metrics.jsonl"
+    stopper = GracefulStop()
+    trainer = build_trainer(
+        cfg, model, tokenizer, to_dataset(data.train), to_dataset(data.eval) if data.eval else None,
+        ctx.run_dir, ctx.tracker, ctx.precision, ctx.device, extra_callbacks=[stopper],
+    )
+    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(ctx.run_dir)
+    if resume_from is None and metrics_path.exists():
+        metrics_path.unlink()  # a fresh start: no rows from an earlier, checkpoint-less attempt
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+        ctx.summary["resumed_from"] = str(resume_from)
+        _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
+    stopper.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stopper.uninstall()
+    if stopper.signal_name is not None:
+        raise RunInterrupted(f"stopped by {stopper.signal_name}; checkpoint saved in {ctx.run_dir / 'checkpoints'}")
+    final = final_metrics(trainer.state.log_history)
+    model_dir = ctx.run_dir / "model"
+    trainer.save_model(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    ctx.save_summary(**final)
+    ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
+    return trainer
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only rows up to the checkpoint's step, so a resumed run does not log steps twice."""
+    if not path.exists():
+        return
+    from .storage import write_jsonl
+
+    write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step and r.get("split") != "final"])
+
+
+def write_plots(ctx: RunContext) -> None:
+    from .plots import plot_training
+
+    path = ctx.run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    for png in plot_training(read_jsonl(path), ctx.run_dir / "plots"):
+        ctx.tracker.image(f"plots/{png.stem}", png)
+
+
+__all__ = ["RunContext", "RunInterrupted", "UserError", "run"]

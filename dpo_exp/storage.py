@@ -1,0 +1,87 @@
+"""Crash-safe file helpers: atomic writes (write, fsync, rename) and tolerant JSON Lines reading."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def clean_floats(obj: Any) -> Any:
+    """Replace NaN/inf by None so the file stays strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_floats(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old or the new file, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(clean_floats(obj), indent=2, default=_json_default) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Atomically write rows as JSON Lines."""
+    text = "".join(json.dumps(clean_floats(r), default=_json_default) + "\n" for r in rows)
+    atomic_write_text(path, text)
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one row and flush it to disk (a crash can at worst leave a partial last line, which readers skip)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(clean_floats(row), default=_json_default) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read JSON Lines, skipping a truncated final line left by a crash."""
+    rows: list[dict] = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise
+    return rows
+
+
+def read_json(path: str | Path) -> dict | None:
+    """Read a JSON file; None if it is missing or unreadable (e.g. a torn write from an older tool)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,149 @@
+"""Experiment tracking: Weights & Biases when it can start, silently nothing when it cannot.
+
+Rules: never prompt, never hang, never kill a run. With no API key the run is logged offline inside the run
+directory (`wandb sync` uploads it later). A W&B failure at start or mid-run is reported once and the run
+continues with its disk artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def has_wandb_credentials() -> bool:
+    """True when an API key is configured (environment or ~/.netrc), i.e. online logging can work."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc().authenticators(os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1])
+        return bool(auth and auth[2])
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """auto -> online with credentials, else offline. WANDB_MODE in the environment wins."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if mode == "auto":
+        return "online" if has_wandb_credentials() else "offline"
+    return mode
+
+
+class Tracker:
+    """Minimal tracker interface; the base class tracks nothing."""
+
+    active = False
+    run_id: str | None = None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
+
+    def summary(self, metrics: dict[str, Any]) -> None: ...
+
+    def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None: ...
+
+    def image(self, key: str, path: str | Path) -> None: ...
+
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class WandbTracker(Tracker):
+    """Wraps a wandb run; any exception from W&B disables it with one warning instead of failing the job."""
+
+    active = True
+
+    def __init__(self, run: Any, mode: str):
+        self.run = run
+        self.mode = mode
+        self.run_id = run.id
+        self.run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None  # .../offline-run-*
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a run
+            self.active = False
+            log.warning("W&B failed during %s (%s); continuing without it. Run `wandb sync` later.", what, exc)
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self._guard("log", self.run.log, metrics, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        self._guard("summary", self.run.summary.update, metrics)
+
+    def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        import wandb
+
+        self._guard("table", lambda: self.run.log({key: wandb.Table(columns=columns, data=rows)}))
+
+    def image(self, key: str, path: str | Path) -> None:
+        import wandb
+
+        self._guard("image", lambda: self.run.log({key: wandb.Image(str(path))}))
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B finish failed (%s); the offline files can be uploaded with `wandb sync`.", exc)
+        self.run = None
+        self.active = False
+        if self.mode == "offline":
+            log.info("W&B offline run saved under %s; upload with `wandb sync %s`", self.run_dir, self.run_dir)
+
+
+def start_tracker(
+    logger_cfg: Any,
+    run_dir: Path,
+    name: str,
+    group: str,
+    tags: list[str],
+    config: dict[str, Any],
+    resume_id: str | None = None,
+) -> Tracker:
+    """Start a W&B run (or resume `resume_id`); return a do-nothing Tracker when disabled or failing."""
+    if not logger_cfg.get("enabled"):
+        return Tracker()
+    mode = resolve_mode(str(logger_cfg.get("mode", "auto")))
+    if mode == "disabled":
+        return Tracker()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    try:
+        import wandb
+
+        settings = wandb.Settings(
+            init_timeout=float(logger_cfg.get("init_timeout") or 60),
+            silent=True,
+            console="off",
+            x_disable_stats=True,
+        )
+        run = wandb.init(
+            project=logger_cfg.get("project") or "dpo_exp",
+            entity=logger_cfg.get("entity"),
+            group=group,
+            name=name,
+            tags=sorted(set(tags))[:64],
+            job_type=logger_cfg.get("job_type") or "dpo",
+            config=config,
+            dir=str(run_dir),
+            mode=mode,
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="finish_previous",
+            settings=settings,
+        )
+    except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
+        log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
+        return Tracker()
+    return WandbTracker(run, mode)
