@@ -26,7 +26,11 @@ SUMMARY = "summary.json"
 
 
 class RunInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint."""
+    """Training stopped on a signal after saving a checkpoint. `forward` passes the signal on afterwards."""
+
+    def __init__(self, message: str, forward=None):
+        super().__init__(message)
+        self.forward = forward
 
 
 @dataclass
@@ -95,6 +99,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         "name": identity.name,
         "group": identity.group,
         "overrides": identity.overrides,
+        "sweep": identity.swept,
         "model": {"name": cfg.model.name},
         "dataset": {"name": cfg.dataset.name, "kind": cfg.dataset.kind},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -105,9 +110,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     start = time.time()
     try:
         _run_stages(ctx)
-    except RunInterrupted:
+    except RunInterrupted as exc:
         ctx.save_summary(status="interrupted", wall_time_s=round(time.time() - start, 2))
         ctx.tracker.finish(exit_code=1)
+        if exc.forward is not None:
+            exc.forward()  # e.g. submitit's SIGUSR2 handler: requeue the job, which then resumes from the checkpoint
         raise
     except BaseException as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -136,7 +143,8 @@ def _run_stages(ctx: RunContext) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ctx.tracker = start_tracker(
         cfg.logger, ctx.run_dir, ctx.identity.name, ctx.identity.group, ctx.identity.tags,
-        {**resolved, "overrides": ctx.identity.overrides, "environment": ctx.summary["environment"]},
+        {**resolved, "overrides": ctx.identity.overrides, "sweep": ctx.identity.swept,
+         "environment": ctx.summary["environment"]},
         resume_id=ctx.summary.get("wandb_id"),
     )
     ctx.save_summary(wandb_id=ctx.tracker.run_id)
@@ -155,22 +163,30 @@ def _run_stages(ctx: RunContext) -> None:
     if cfg.eval.enabled:
         from .evaluate import evaluate_policy
 
-        results = evaluate_policy(ctx, trainer.model, tokenizer, data)
+        results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
         ctx.save_summary(**results)
     write_plots(ctx)
 
 
 def train_policy(ctx: RunContext, model, tokenizer, data):
     """DPO with checkpoints and graceful stop; saves the adapter/model, final metrics into the summary."""
+    from .ref_logps import RefLogpsCache
     from .train import GracefulStop, build_trainer, final_metrics, last_checkpoint
 
     cfg = ctx.cfg
     metrics_path = ctx.run_dir / "metrics.jsonl"
     stopper = GracefulStop()
+    from .evaluate import trace_callbacks
+
+    tracers = trace_callbacks(ctx, tokenizer, data)  # reward-KL trace during training (eval.every_n_steps > 0)
+    ref_cache = RefLogpsCache.from_config(cfg)  # shares TRL's precomputed reference log-probs across jobs
     trainer = build_trainer(
-        cfg, model, tokenizer, to_dataset(data.train), to_dataset(data.eval) if data.eval else None,
-        ctx.run_dir, ctx.tracker, ctx.precision, ctx.device, extra_callbacks=[stopper],
+        cfg, model, tokenizer, ref_cache.dataset(data.train), ref_cache.dataset(data.eval) if data.eval else None,
+        ctx.run_dir, ctx.tracker, ctx.precision, ctx.device, extra_callbacks=[stopper, *tracers],
     )
+    for tracer in tracers:
+        tracer.bind(trainer)
+    ctx.save_summary(ref_logps=ref_cache.status(trainer))
     resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(ctx.run_dir)
     if resume_from is None and metrics_path.exists():
         metrics_path.unlink()  # a fresh start: no rows from an earlier, checkpoint-less attempt
@@ -184,7 +200,9 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
     finally:
         stopper.uninstall()
     if stopper.signal_name is not None:
-        raise RunInterrupted(f"stopped by {stopper.signal_name}; checkpoint saved in {ctx.run_dir / 'checkpoints'}")
+        raise RunInterrupted(
+            f"stopped by {stopper.signal_name}; checkpoint saved in {ctx.run_dir / 'checkpoints'}", stopper.forward
+        )
     final = final_metrics(trainer.state.log_history)
     model_dir = ctx.run_dir / "model"
     trainer.save_model(str(model_dir))

@@ -56,28 +56,41 @@ class MetricsRecorder(TrainerCallback):
 
 
 class GracefulStop(TrainerCallback):
-    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop training (bounded: one step)."""
+    """On SIGTERM/SIGINT (and SLURM's pre-emption SIGUSR2): finish the current step, save a checkpoint, stop.
+
+    The stop is bounded by one optimiser step; a second signal stops at once. Handlers that were installed before
+    (submitit's checkpoint-and-requeue handler on SIGUSR2) are kept and can be called afterwards with `forward()`.
+    """
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
 
     def __init__(self):
         self.signal_name: str | None = None
+        self._signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
         if self.signal_name is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
+        self._signum = signum
         log.warning("%s received: saving a checkpoint after this step, then stopping.", self.signal_name)
+
+    def forward(self) -> None:
+        """Hand the signal to the handler that was there before ours (e.g. submitit requeues the job)."""
+        previous = self._previous.get(self._signum) if self._signum is not None else None
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self._signum, None)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.signal_name is not None:

@@ -1,0 +1,95 @@
+"""Batched, left-padded, KV-cached sampling from a causal LM (pair building and evaluation share it).
+
+Sampling is seeded per batch in a fixed order, so two models given the same prompts, settings and seed draw
+the same random numbers: identical models give identical samples (paired comparisons are exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Samples:
+    """`num_samples` completions per prompt: texts and the generated token ids (EOS/padding stripped)."""
+
+    prompts: list[str]
+    texts: list[list[str]]
+    token_ids: list[list[list[int]]]
+
+    def flat(self) -> list[tuple[int, str]]:
+        """(prompt index, completion) for every sample."""
+        return [(i, text) for i, texts in enumerate(self.texts) for text in texts]
+
+
+def default_batch_size(device: str) -> int:
+    return 256 if str(device).startswith("cuda") else 64
+
+
+def generate_samples(
+    model,
+    tokenizer,
+    prompts: list[str],
+    gen_cfg: Any,
+    seed: int,
+    num_samples: int | None = None,
+    max_new_tokens: int | None = None,
+    desc: str = "sampling",
+    progress: bool = True,
+) -> Samples:
+    """Sample completions for every prompt. gen_cfg: temperature, top_k, top_p, batch_size, num_samples, ..."""
+    num_samples = int(num_samples or gen_cfg.num_samples)
+    max_new_tokens = int(max_new_tokens or gen_cfg.max_new_tokens)
+    device = next(model.parameters()).device
+    batch_size = int(gen_cfg.get("batch_size") or default_batch_size(str(device)))
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    max_prompt_tokens = max(1, int(context) - max_new_tokens)
+
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    texts: list[list[str]] = []
+    ids: list[list[list[int]]] = []
+    eos = tokenizer.eos_token_id
+    try:
+        batches = range(0, len(prompts), batch_size)
+        for number, start in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
+            chunk = prompts[start : start + batch_size]
+            enc = tokenizer(
+                chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens
+            ).to(device)
+            torch.manual_seed(seed + number)
+            if device.type == "cuda":
+                torch.cuda.manual_seed_all(seed + number)
+            with torch.no_grad():
+                out = model.generate(
+                    **enc,
+                    do_sample=True,
+                    max_new_tokens=max_new_tokens,
+                    temperature=float(gen_cfg.temperature),
+                    top_k=int(gen_cfg.top_k or 0),
+                    top_p=float(gen_cfg.top_p),
+                    num_return_sequences=num_samples,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                    use_cache=True,
+                )
+            generated = out[:, enc.input_ids.shape[1] :].tolist()
+            for p in range(len(chunk)):
+                rows = [_strip(generated[p * num_samples + s], eos) for s in range(num_samples)]
+                ids.append(rows)
+                texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in rows])
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return Samples(prompts=list(prompts), texts=texts, token_ids=ids)
+
+
+def _strip(tokens: list[int], eos: int) -> list[int]:
+    """Cut at the first EOS (generate pads finished sequences with it)."""
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens

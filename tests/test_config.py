@@ -1,0 +1,94 @@
+"""Config composition: every group option composes, shorthands flow into the groups, presets apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dpo_exp import CONF_DIR
+from dpo_exp.config import validate
+from dpo_exp.errors import UserError
+
+from .conftest import compose
+
+GROUPS = ["model", "dataset", "reward", "trainer", "lora", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_required_options():
+    assert {"gpt2", "gpt2_medium", "tiny_gpt2"} <= set(options("model"))
+    assert {"ultrafeedback", "hh_rlhf", "preference_files", "imdb_sentiment"} <= set(options("dataset"))
+    assert {"dpo"} <= set(options("trainer"))
+    assert {"gpt2_attn", "none"} <= set(options("lora"))
+    assert {"wandb", "none"} <= set(options("logger"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_each_group_option_composes_and_resolves(group, option):
+    overrides = [f"{group}={option}"]
+    if option == "preference_files":
+        overrides.append("dataset.path=x.jsonl")
+    cfg = compose(overrides)
+    from hydra.core.hydra_config import HydraConfig
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved[group] is not None
+    assert HydraConfig.get().runtime.choices[group] == option
+
+
+def test_shorthands_flow_into_groups():
+    cfg = compose(["beta=0.3", "lr=2e-5", "epochs=7", "data_size=50", "seed=3"])
+    assert cfg.trainer.beta == 0.3
+    assert cfg.trainer.learning_rate == 2e-5
+    assert cfg.trainer.num_train_epochs == 7
+    assert cfg.dataset.data_size == 50
+    assert cfg.seed == 3
+
+
+def test_imdb_sentiment_defaults_to_a_sentiment_reward_but_cli_wins():
+    assert compose(["dataset=imdb_sentiment"]).reward.kind != "none"
+    assert compose(["dataset=imdb_sentiment", "reward=vader"]).reward.kind == "vader"
+
+
+def test_experiment_presets_compose():
+    presets = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
+    assert {"seed_ultrafeedback", "quickstart"} <= set(presets)
+    for name in presets:
+        cfg = compose([f"experiment={name}"])
+        OmegaConf.to_container(cfg, resolve=False)  # composes
+
+
+def test_seed_preset_is_the_original_projects_run():
+    cfg = compose(["experiment=seed_ultrafeedback"])
+    assert cfg.model.hub_id == "gpt2" and cfg.dataset.name == "ultrafeedback"
+    assert cfg.lora.enabled and list(cfg.lora.target_modules) == ["c_attn", "c_proj"]
+    assert cfg.dataset.data_size == 50 and cfg.trainer.learning_rate == 1e-4 and cfg.trainer.num_train_epochs == 5
+    assert cfg.trainer.optim == "adamw_torch" and cfg.trainer.eval_strategy == "epoch"
+
+
+def test_trl_defaults_are_overridden_explicitly():
+    """TRL's DPOConfig defaults (lr 1e-6, bf16 on, gradient checkpointing on) must not leak into a CPU run."""
+    from dpo_exp.train import dpo_config
+
+    cfg = compose(["model=tiny_gpt2", "lr=3e-4"])
+    args = dpo_config(cfg, Path("/tmp/dpo_exp_cfg_test"), "fp32", "cpu")
+    assert args.learning_rate == 3e-4
+    assert not args.bf16 and not args.fp16
+    assert not args.gradient_checkpointing
+    assert args.report_to in ([], "none", ["none"])
+    assert args.beta == cfg.beta
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [("beta=0", "beta"), ("beta=-1", "beta"), ("lr=0", "lr"), ("data_size=0", "data_size"),
+     ("trainer.loss_type=nope", "trainer.loss_type"), ("trainer.per_device_train_batch_size=0", "batch_size")],
+)
+def test_validate_names_the_bad_field(override, field):
+    with pytest.raises(UserError, match=field):
+        validate(compose([override]))
