@@ -30,8 +30,54 @@ def _choice(value: Any, name: str, options: tuple[str, ...]) -> None:
         raise UserError(f"{name}={value!r} is not one of {list(options)}")
 
 
+def _fraction(value: Any, name: str, low_open: bool = True) -> None:
+    """value in (0, 1) (or [0, 1) with low_open=False)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1
+    ok = ok and (value > 0 if low_open else value >= 0)
+    if not ok:
+        raise UserError(f"{name} must be in {'(0' if low_open else '[0'}, 1), got {value!r}")
+
+
+def _validate_dataset(ds: Any) -> None:
+    """Settings of the `dataset` group that would otherwise fail deep inside loading."""
+    if ds.get("eval_fraction") is not None:
+        _fraction(ds.eval_fraction, "dataset.eval_fraction")
+    if ds.get("eval_size") is not None:
+        _positive(ds.eval_size, "dataset.eval_size", integer=True)
+    for key, column in (ds.get("columns") or {}).items():
+        if not isinstance(column, str) or not column:
+            raise UserError(f"dataset.columns.{key} must be a column name, got {column!r}")
+    template = ds.get("prompt_template")
+    if template is not None and (not isinstance(template, str) or "{prompt}" not in template):
+        raise UserError(f"dataset.prompt_template={template!r} must be text containing {{prompt}}")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def _check_model_folder(path: Path) -> None:
+    """model.path must be a save_pretrained folder: a config and a tokenizer (the run loads both from it)."""
+    if not path.exists():
+        raise UserError(f"model.path={path} does not exist")
+    if not (path / "config.json").is_file():
+        raise UserError(f"model.path={path} is not a save_pretrained model folder (no config.json inside)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"model.path={path} has no tokenizer ({' / '.join(TOKENIZER_FILES)}); save it there with save_pretrained"
+        )
+
+
+def _validate_model(model: Any) -> None:
+    tiny = model.get("tiny")
+    if tiny and not model.get("path"):
+        for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+            _positive(tiny[key], f"model.tiny.{key}", integer=True)
+        if int(tiny.n_embd) % int(tiny.n_head):
+            raise UserError(f"model.tiny.n_embd={tiny.n_embd} must be divisible by model.tiny.n_head={tiny.n_head}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise UserError for invalid settings; cheap checks only (no data, no models)."""
+    """Raise UserError for invalid settings; cheap checks only (no data, no weights: at most a meta-device model)."""
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # noqa: BLE001 - omegaconf raises several types for missing / bad interpolations
@@ -52,16 +98,23 @@ def validate(cfg: DictConfig) -> None:
         _positive(t[key], f"trainer.{key}", integer=True)
     if t.max_length is not None:
         _positive(t.max_length, "trainer.max_length", integer=True)
+    _positive(t.logging_steps, "trainer.logging_steps", integer=True)
+    if t.get("min_prompt_tokens") is not None:
+        _positive(t.min_prompt_tokens, "trainer.min_prompt_tokens", integer=True)
+    _choice(t.truncation_mode, "trainer.truncation_mode", ("keep_start", "keep_end"))
     _choice(t.loss_type, "trainer.loss_type", LOSS_TYPES)
     _choice(t.eval_strategy, "trainer.eval_strategy", STRATEGIES)
     _choice(t.save_strategy, "trainer.save_strategy", STRATEGIES)
     _choice(t.precision, "trainer.precision", PRECISIONS)
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
     _choice(cfg.dataset.kind, "dataset.kind", DATASET_KINDS)
+    _validate_dataset(cfg.dataset)
+    _validate_model(cfg.model)
 
     if cfg.lora.enabled:
         _positive(cfg.lora.r, "lora.r", integer=True)
         _positive(cfg.lora.alpha, "lora.alpha")
+        _fraction(cfg.lora.dropout, "lora.dropout", low_open=False)
         if not cfg.lora.target_modules:
             raise UserError("lora.target_modules is empty (use lora=none for full fine-tuning)")
 
@@ -69,8 +122,8 @@ def validate(cfg: DictConfig) -> None:
     if path is not None and not Path(str(path)).exists():
         raise UserError(f"dataset.path={path} does not exist")
     model_path = cfg.model.get("path")
-    if model_path and not Path(str(model_path)).exists():
-        raise UserError(f"model.path={model_path} does not exist")
+    if model_path:
+        _check_model_folder(Path(str(model_path)))
     if cfg.model.get("tiny") and t.max_length and int(t.max_length) > int(cfg.model.tiny.n_positions):
         raise UserError(
             f"trainer.max_length={t.max_length} exceeds the tiny model's context (model.tiny.n_positions="
@@ -85,3 +138,8 @@ def validate(cfg: DictConfig) -> None:
     resume = cfg.get("resume")
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")
+
+    # Last, as it may import torch: LoRA targets must exist in the architecture (checked on a meta-device build).
+    from .models import check_lora_targets
+
+    check_lora_targets(cfg.lora, cfg.model)

@@ -61,42 +61,110 @@ def data_files(path: str | Path) -> dict[str, Path]:
 
 def read_records(path: Path) -> list[dict]:
     """Read a jsonl/json/csv/parquet file into dict rows, with line-precise errors for JSON Lines."""
-    kind = FILE_SUFFIXES.get(path.suffix)
-    if kind is None:
-        raise UserError(f"{path}: unsupported file type {path.suffix!r}")
-    if path.suffix == ".jsonl":
-        return _read_jsonl_strict(path)
+    return read_located_records(path)[0]
+
+
+def read_located_records(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a jsonl/json/csv/parquet file plus where each row sits ("line 7" / "row 7"), for error messages.
+
+    Errors (bad bytes, bad JSON, unreadable tables, no rows) are `UserError`s naming the file and line.
+    """
+    path = Path(path)
+    if path.suffix not in FILE_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r} (use {sorted(FILE_SUFFIXES)})")
+    if path.suffix in (".jsonl", ".json"):
+        rows, where = _read_json(path)
+    elif path.suffix == ".csv":
+        rows, where = _read_csv(path)
+    else:
+        rows, where = _read_parquet(path)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows, where
+
+
+def _decode_lines(path: Path) -> list[str]:
+    """The file's lines, decoded as UTF-8; the first undecodable line is reported by number."""
     try:
-        from datasets import load_dataset
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (some Windows tools write one): not data
+        raw = raw[3:]
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: line {number} is not valid UTF-8 (byte {exc.start} of the line)") from None
+    return [line.decode("utf-8") for line in lines]
 
-        dataset = load_dataset(kind, data_files=str(path), split="train")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable files
-        raise UserError(f"{path}: cannot read as {kind}: {str(exc).splitlines()[0][:200]}") from None
-    return dataset.to_list()
+
+def _json_kind(value: Any) -> str:
+    """'an array', 'a number', ... for messages about JSON values."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool) or value is None:
+        return f"{json.dumps(value)}"
+    return "a number" if isinstance(value, (int, float)) else "a string"
 
 
-def _read_jsonl_strict(path: Path) -> list[dict]:
-    raw = path.read_bytes()
+def _read_json(path: Path) -> tuple[list[dict], list[str]]:
+    """JSON Lines (one object per line); a `.json` file may instead hold one array of objects."""
+    lines = _decode_lines(path)
+    text = "\n".join(lines)
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: line {exc.lineno} is not valid JSON ({exc.msg})") from None
+        for index, row in enumerate(data, start=1):
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: item {index} is {_json_kind(row)}, expected a JSON object")
+        return data, [f"item {i}" for i in range(1, len(data) + 1)]
     rows: list[dict] = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    where: list[str] = []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{path}: line {number} is not valid UTF-8 (byte {exc.start})") from None
-        try:
-            row = json.loads(text)
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise UserError(f"{path}: line {number} is nested too deeply to read") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path}: line {number} is a {type(row).__name__}, expected a JSON object")
+            raise UserError(f"{path}: line {number} is {_json_kind(row)}, expected a JSON object")
         rows.append(row)
-    if not rows:
-        raise UserError(f"{path}: no rows")
-    return rows
+        where.append(f"line {number}")
+    return rows, where
+
+
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    """CSV with a header row. Cells keep pandas' per-column type inference (an all-numeric column stays numeric,
+    so a mis-mapped score column is caught as "not text"); empty cells are empty strings, not NaN."""
+    import pandas as pd
+
+    _decode_lines(path)  # line-precise UTF-8 errors, before pandas' less specific ones
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        return [], []
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read as CSV: {str(exc).strip().splitlines()[0][:200]}") from None
+    rows = frame.to_dict(orient="records")
+    return rows, [f"row {i}" for i in range(1, len(rows) + 1)]
+
+
+def _read_parquet(path: Path) -> tuple[list[dict], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path}: cannot read as parquet: {str(exc).strip().splitlines()[0][:200]}") from None
+    return rows, [f"row {i}" for i in range(1, len(rows) + 1)]
 
 
 def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
@@ -110,14 +178,39 @@ def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
     return {name: load_dataset(ds_cfg.hub_id, split=split, **kwargs).to_list() for name, split in splits.items()}
 
 
-def load_raw_splits(ds_cfg: Any) -> tuple[dict[str, list[dict]], str]:
-    """Rows per split ('train', optional 'test') and a description of the source."""
+@dataclass
+class RawSplit:
+    """One split's rows as read, where they came from (a file or hub split) and each row's position in it."""
+
+    rows: list[dict]
+    origin: str
+    where: list[str] = field(default_factory=list)
+
+    def locate(self, index: int) -> str:
+        """'FILE line 7' (or 'hub:ID [train] row 7') for the row at `index`."""
+        position = self.where[index] if index < len(self.where) else f"row {index + 1}"
+        return f"{self.origin} {position}"
+
+
+def load_located_splits(ds_cfg: Any) -> tuple[dict[str, RawSplit], str]:
+    """Rows per split ('train', optional 'test') with their locations, and a description of the source."""
     if ds_cfg.get("path"):
         files = data_files(ds_cfg.path)
-        return {split: read_records(f) for split, f in files.items()}, f"files:{','.join(map(str, files.values()))}"
+        splits = {}
+        for split, file in files.items():
+            rows, where = read_located_records(file)
+            splits[split] = RawSplit(rows, str(file), where)
+        return splits, f"files:{','.join(map(str, files.values()))}"
     if not ds_cfg.get("hub_id"):
         raise UserError(f"dataset={ds_cfg.name}: set dataset.path to a local file or folder")
-    return load_hub_splits(ds_cfg), f"hub:{ds_cfg.hub_id}"
+    hub = load_hub_splits(ds_cfg)
+    return {k: RawSplit(v, f"hub:{ds_cfg.hub_id} [{k}]") for k, v in hub.items()}, f"hub:{ds_cfg.hub_id}"
+
+
+def load_raw_splits(ds_cfg: Any) -> tuple[dict[str, list[dict]], str]:
+    """Rows per split ('train', optional 'test') and a description of the source."""
+    splits, source = load_located_splits(ds_cfg)
+    return {k: v.rows for k, v in splits.items()}, source
 
 
 # ---------------------------------------------------------------- normalisation per source
@@ -132,12 +225,27 @@ def _message_text(value: Any, role: str | None = None) -> Any:
 
 
 def _score(row: dict, key: str) -> float | None:
-    if key in row and row[key] is not None:
-        return float(row[key])
-    meta = row.get("metadata")
-    if isinstance(meta, dict) and meta.get(key) is not None:
-        return float(meta[key])
-    return None
+    """A pair's score, top-level (`score_chosen`) or nested (`metadata.score_chosen`); None when absent."""
+    value = row.get(key)
+    if value is None:
+        meta = row.get("metadata")
+        value = meta.get(key) if isinstance(meta, dict) else None
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"column '{key}' must be a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"column '{key}' must be a number, got {str(value)[:40]!r}") from None
+
+
+def _scores(row: dict, out: dict) -> dict:
+    for key in ("score_chosen", "score_rejected"):
+        value = _score(row, key)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def normalize_ultrafeedback(row: dict, columns: Any) -> dict:
@@ -145,18 +253,14 @@ def normalize_ultrafeedback(row: dict, columns: Any) -> dict:
     prompt = row.get(columns.prompt)
     if prompt is None and isinstance(row.get(columns.chosen), list):  # H4 format: the prompt is the first user turn
         users = [m for m in row[columns.chosen] if isinstance(m, dict) and m.get("role") == "user"]
-        prompt = users[0]["content"] if users else None
+        prompt = users[0].get("content") if users else None
     prompt = _message_text(prompt, role="user")
     out = {
         "prompt": prompt,
         "chosen": _message_text(row.get(columns.chosen), role="assistant"),
         "rejected": _message_text(row.get(columns.rejected), role="assistant"),
     }
-    for key in ("score_chosen", "score_rejected"):
-        value = _score(row, key)
-        if value is not None:
-            out[key] = value
-    return out
+    return _scores(row, out)
 
 
 ASSISTANT_TAG = "\n\nAssistant:"
@@ -181,21 +285,19 @@ def split_hh_dialogue(chosen: str, rejected: str) -> dict:
 
 
 def normalize_hh(row: dict, columns: Any) -> dict:
+    """HH-RLHF: full dialogues split into prompt + responses (or an already split prompt column)."""
     chosen, rejected = row.get(columns.chosen), row.get(columns.rejected)
     if columns.prompt in row and row[columns.prompt] is not None:  # already split (e.g. trl-lib/hh-rlhf-helpful-base)
         return {"prompt": row[columns.prompt], "chosen": chosen, "rejected": rejected}
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
-        return {"prompt": None, "chosen": chosen, "rejected": rejected}
+    if not isinstance(chosen, str) or not isinstance(rejected, str):  # the type check names the bad column
+        return {"prompt": "", "chosen": chosen, "rejected": rejected}
     return split_hh_dialogue(chosen, rejected)
 
 
 def normalize_files(row: dict, columns: Any) -> dict:
+    """Local files: the configured prompt/chosen/rejected columns, plus scores when present."""
     out = {"prompt": row.get(columns.prompt), "chosen": row.get(columns.chosen), "rejected": row.get(columns.rejected)}
-    for key in ("score_chosen", "score_rejected"):
-        value = _score(row, key)
-        if value is not None:
-            out[key] = value
-    return out
+    return _scores(row, out)
 
 
 NORMALIZERS: dict[str, Callable[[dict, Any], dict]] = {
@@ -206,33 +308,56 @@ NORMALIZERS: dict[str, Callable[[dict, Any], dict]] = {
 
 
 def required_columns(ds_cfg: Any) -> list[str]:
-    if ds_cfg.loader == "hh_rlhf":
-        return [ds_cfg.columns.chosen, ds_cfg.columns.rejected]
-    if ds_cfg.loader == "ultrafeedback":
+    """Columns every row source must have: HH-RLHF and UltraFeedback can derive the prompt from the dialogue."""
+    if ds_cfg.loader in ("hh_rlhf", "ultrafeedback"):
         return [ds_cfg.columns.chosen, ds_cfg.columns.rejected]
     return [ds_cfg.columns.prompt, ds_cfg.columns.chosen, ds_cfg.columns.rejected]
 
 
 def check_columns(rows: list[dict], needed: Iterable[str], where: str) -> None:
+    """Raise naming the missing columns (and the ones found) when no row among the first 100 has them."""
     present = set().union(*(r.keys() for r in rows[:100])) if rows else set()
     missing = [c for c in needed if c not in present]
     if missing:
         raise UserError(f"{where}: missing column(s) {missing}; found {sorted(present)} (set dataset.columns.*)")
 
 
+def normalize_split(raw: RawSplit, ds_cfg: Any) -> list[dict]:
+    """Normalise every row of a split, prefixing the row's location to any error."""
+    normalize = NORMALIZERS[ds_cfg.loader]
+    out = []
+    for index, row in enumerate(raw.rows):
+        try:
+            out.append(normalize(row, ds_cfg.columns))
+        except UserError as exc:
+            raise UserError(f"{raw.locate(index)}: {exc}") from None
+    return out
+
+
 # ---------------------------------------------------------------- filtering, subsetting, splitting
 
+TEXT_KEYS = ("prompt", "chosen", "rejected")
 
-def filter_pairs(rows: list[dict], drop_ties: bool, where: str) -> tuple[list[dict], dict[str, int]]:
-    """Drop empty, identical and (optionally) tied pairs; reject wrong types with the row number."""
+
+def filter_pairs(
+    rows: list[dict], drop_ties: bool, where: str, locate: Callable[[int], str] | None = None
+) -> tuple[list[dict], dict[str, int]]:
+    """Drop empty, identical and (optionally) tied pairs; reject wrong types naming the row and column.
+
+    A missing value (None) counts as empty; an empty prompt is allowed (unconditional generation).
+    `locate(index)` names a row in errors (default: "WHERE: row N").
+    """
+    locate = locate or (lambda index: f"{where}: row {index + 1}")
     counts = {"empty": 0, "identical": 0, "ties": 0}
     kept: list[dict] = []
     for index, row in enumerate(rows):
-        for key in ("prompt", "chosen", "rejected"):
-            if not isinstance(row.get(key), str):
-                kind = type(row.get(key)).__name__
-                raise UserError(f"{where}: row {index + 1}: column '{key}' must be text, got {kind}")
-        if not row["chosen"].strip() or not row["rejected"].strip():
+        for key in TEXT_KEYS:
+            value = row.get(key)
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"{locate(index)}: column '{key}' must be text, got {type(value).__name__}")
+            if value is not None and not _encodable(value):  # e.g. a lone "\ud800" escape in JSON
+                raise UserError(f"{locate(index)}: column '{key}' holds an invalid unicode character (lone surrogate)")
+        if any(row.get(k) is None for k in TEXT_KEYS) or not row["chosen"].strip() or not row["rejected"].strip():
             counts["empty"] += 1
         elif row["chosen"].strip() == row["rejected"].strip():
             counts["identical"] += 1
@@ -241,6 +366,15 @@ def filter_pairs(rows: list[dict], drop_ties: bool, where: str) -> tuple[list[di
         else:
             kept.append(row)
     return kept, counts
+
+
+def _encodable(text: str) -> bool:
+    """False for text that cannot be encoded as UTF-8 (lone surrogates), which tokenizers reject."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def seeded_subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
@@ -258,11 +392,13 @@ def apply_template(rows: list[dict], ds_cfg: Any) -> list[dict]:
     prefix = ds_cfg.get("response_prefix") or ""
     if not template and not prefix:
         return rows
+    if template and "{prompt}" not in template:
+        raise UserError(f"dataset.prompt_template={template!r} must contain {{prompt}}")
     out = []
     for row in rows:
         row = dict(row)
         if template:
-            row["prompt"] = template.format(prompt=row["prompt"])
+            row["prompt"] = template.replace("{prompt}", row["prompt"])
         row["chosen"], row["rejected"] = prefix + row["chosen"].lstrip(), prefix + row["rejected"].lstrip()
         out.append(row)
     return out
@@ -277,8 +413,8 @@ def drop_long_prompts(
     kept = [r for r in rows if prompt_fits(r["prompt"])]
     if rows and not kept:
         raise UserError(
-            f"{where}: trainer.max_length={max_length} is too small: every prompt leaves no room for a response "
-            f"(raise trainer.max_length or shorten the prompts)"
+            f"{where}: trainer.max_length={max_length} is too small: every prompt ({len(rows)}) leaves no room for "
+            f"a response (raise trainer.max_length or shorten the prompts)"
         )
     return kept, len(rows) - len(kept)
 
@@ -290,19 +426,20 @@ def load_preference_data(
 
     `prompt_fits(prompt)` (optional) says whether a prompt leaves room for a response within max_length.
     """
-    splits, source = load_raw_splits(ds_cfg)
-    normalize = NORMALIZERS[ds_cfg.loader]
+    if ds_cfg.loader not in NORMALIZERS:
+        raise UserError(f"dataset.loader={ds_cfg.loader!r} is not one of {sorted(NORMALIZERS)}")
+    splits, source = load_located_splits(ds_cfg)
     counts: dict[str, int] = {}
     cleaned: dict[str, list[dict]] = {}
-    for split, rows in splits.items():
-        where = f"{source} [{split}]"
-        check_columns(rows, required_columns(ds_cfg), where)
-        normalized = [normalize(r, ds_cfg.columns) for r in rows]
-        kept, dropped = filter_pairs(normalized, bool(ds_cfg.drop_ties), where)
-        counts[f"{split}_raw"] = len(rows)
+    for split, raw in splits.items():
+        where = f"{raw.origin} [{split}]" if ds_cfg.get("path") else raw.origin
+        check_columns(raw.rows, required_columns(ds_cfg), where)
+        normalized = normalize_split(raw, ds_cfg)
+        kept, dropped = filter_pairs(normalized, bool(ds_cfg.drop_ties), where, raw.locate)
+        counts[f"{split}_raw"] = len(raw.rows)
         counts.update({f"{split}_dropped_{k}": v for k, v in dropped.items()})
         if not kept:
-            raise UserError(f"{where}: 0 pairs left after filtering ({len(rows)} rows; dropped {dropped})")
+            raise UserError(f"{where}: 0 pairs left after filtering ({len(raw.rows)} rows; dropped {dropped})")
         kept = apply_template(kept, ds_cfg)
         kept, counts[f"{split}_dropped_too_long"] = drop_long_prompts(kept, prompt_fits, where, max_length)
         cleaned[split] = kept
@@ -311,14 +448,22 @@ def load_preference_data(
     if "test" in cleaned:
         eval_pool = seeded_subset(cleaned["test"], None, seed)
     else:  # hold out a fraction of the training pool, before the training subset is drawn
-        n_eval = max(1, int(round(len(pool) * float(ds_cfg.eval_fraction)))) if len(pool) > 1 else 0
+        if len(pool) < 2:
+            raise UserError(
+                f"{source}: only {len(pool)} pair left after filtering; need at least 2 (one is held out for "
+                f"evaluation; or give a test file)"
+            )
+        n_eval = min(len(pool) - 1, max(1, int(round(len(pool) * float(ds_cfg.eval_fraction)))))
         eval_pool, pool = pool[:n_eval], pool[n_eval:]
     if ds_cfg.get("eval_size"):
         eval_pool = eval_pool[: int(ds_cfg.eval_size)]
 
     size = ds_cfg.get("data_size")
     if size is not None and int(size) > len(pool):
-        raise UserError(f"data_size={size} but only {len(pool)} training pairs are available after filtering")
+        raise UserError(
+            f"data_size={size} but only {len(pool)} training pairs are available after filtering "
+            f"(from {counts['train_raw']} rows)"
+        )
     train = pool[: int(size)] if size is not None else pool
     counts.update({"train_pairs": len(train), "eval_pairs": len(eval_pool)})
     return PreferenceData(train=train, eval=eval_pool, counts=counts, source=source)

@@ -1,0 +1,297 @@
+"""Bad input through the real CLI: one clear `error:` line naming the field/file/line, non-zero exit, no traceback,
+and no model loaded (checked in the child process itself: a sitecustomize probe records the modules it imported,
+and GPT-2's modeling code, PEFT and TRL must not be among them)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+
+from dpo_exp.errors import UserError
+
+from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
+
+# Modules that only a model build or the trainer imports: seeing none of them proves no model was loaded.
+MODEL_MODULES = {"transformers.models.gpt2.modeling_gpt2", "peft", "trl"}
+# Imported by the CLI child at start-up (PYTHONPATH): writes the names of all imported modules at exit.
+PROBE = """import atexit, os, sys
+
+def _dump_modules():
+    with open(os.environ["DPO_EXP_TEST_MODULES"], "w", encoding="utf-8") as handle:
+        handle.write("\\n".join(sorted(sys.modules)))
+
+atexit.register(_dump_modules)
+"""
+
+
+def sample_rows(n: int = 12) -> list[dict]:
+    """The first n UltraFeedback rows as flat prompt/chosen/rejected (+ nested scores)."""
+    path = shared_file("ultrafeedback/sample.jsonl")
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(next(handle)) for _ in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def flat(rows: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
+
+# ---------------------------------------------------------------- bad files, each written by a maker(tmp_path)
+
+
+def good_jsonl(tmp: Path) -> Path:
+    return write_jsonl(tmp / "good.jsonl", flat(sample_rows()))
+
+
+def malformed_line(tmp: Path) -> Path:
+    lines = good_jsonl(tmp).read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2][:50]  # line 3 cut mid-string
+    (tmp / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp / "bad.jsonl"
+
+
+def wrong_type_jsonl(tmp: Path) -> Path:
+    rows = flat(sample_rows())
+    rows[1]["chosen"] = {"text": rows[1]["chosen"]}  # line 2: an object where text belongs
+    return write_jsonl(tmp / "bad.jsonl", rows)
+
+
+def all_empty_jsonl(tmp: Path) -> Path:
+    return write_jsonl(tmp / "bad.jsonl", [dict(r, chosen=" ", rejected="") for r in flat(sample_rows())])
+
+
+def identical_jsonl(tmp: Path) -> Path:
+    return write_jsonl(tmp / "bad.jsonl", [dict(r, rejected=r["chosen"]) for r in flat(sample_rows())])
+
+
+def missing_column_jsonl(tmp: Path) -> Path:
+    return write_jsonl(tmp / "bad.jsonl", [{"question": r["prompt"], "chosen": r["chosen"]} for r in sample_rows()])
+
+
+def non_utf8_jsonl(tmp: Path) -> Path:
+    lines = good_jsonl(tmp).read_bytes().split(b"\n")
+    lines[3] = lines[3][:20] + b"\xff\xfe" + lines[3][20:]  # line 4
+    (tmp / "bad.jsonl").write_bytes(b"\n".join(lines))
+    return tmp / "bad.jsonl"
+
+
+def empty_file(tmp: Path) -> Path:
+    (tmp / "bad.jsonl").write_text("\n\n", encoding="utf-8")
+    return tmp / "bad.jsonl"
+
+
+def non_utf8_csv(tmp: Path) -> Path:
+    pd.DataFrame(flat(sample_rows())).to_csv(tmp / "good.csv", index=False)
+    raw = (tmp / "good.csv").read_bytes()
+    (tmp / "bad.csv").write_bytes(raw[:200] + b"\xe9t\xe9" + raw[200:])  # latin-1 bytes
+    return tmp / "bad.csv"
+
+
+def missing_column_csv(tmp: Path) -> Path:
+    pd.DataFrame([{"prompt": r["prompt"], "answer": r["chosen"]} for r in sample_rows()]).to_csv(
+        tmp / "bad.csv", index=False
+    )
+    return tmp / "bad.csv"
+
+
+def numeric_column_csv(tmp: Path) -> Path:  # a mis-mapped score column where the rejected text belongs
+    rows = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": i} for i, r in enumerate(sample_rows())]
+    pd.DataFrame(rows).to_csv(tmp / "bad.csv", index=False)
+    return tmp / "bad.csv"
+
+
+def missing_column_parquet(tmp: Path) -> Path:
+    pd.DataFrame([{"prompt": r["prompt"], "chosen": r["chosen"]} for r in sample_rows()]).to_parquet(tmp / "b.parquet")
+    return tmp / "b.parquet"
+
+
+def wrong_type_parquet(tmp: Path) -> Path:
+    rows = [{"prompt": r["prompt"], "chosen": float(i), "rejected": r["rejected"]} for i, r in enumerate(sample_rows())]
+    pd.DataFrame(rows).to_parquet(tmp / "b.parquet")
+    return tmp / "b.parquet"
+
+
+# (id, file maker, extra overrides, substrings the error must contain)
+CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
+    ("beta_zero", good_jsonl, ["beta=0"], ["beta must be > 0"]),
+    ("beta_negative", good_jsonl, ["beta=-0.1"], ["beta must be > 0"]),
+    ("lr_zero", good_jsonl, ["lr=0"], ["lr (trainer.learning_rate) must be > 0"]),
+    ("lr_negative", good_jsonl, ["lr=-1e-4"], ["lr (trainer.learning_rate)"]),
+    ("data_size_zero", good_jsonl, ["data_size=0"], ["data_size must be > 0"]),
+    ("data_size_negative", good_jsonl, ["data_size=-5"], ["data_size must be > 0"]),
+    ("data_size_beyond_data", good_jsonl, ["data_size=500"], ["data_size=500", "training pairs are available"]),
+    ("max_length_below_every_prompt", good_jsonl, ["trainer.max_length=3"], ["trainer.max_length=3 is too small"]),
+    ("missing_dataset_path", lambda tmp: tmp / "nowhere.jsonl", [], ["dataset.path=", "does not exist"]),
+    ("missing_model_path", good_jsonl, ["model.path=/no/such/model"], ["model.path=/no/such/model does not exist"]),
+    ("model_path_not_a_model", good_jsonl, ["model.path=."], ["model.path=.", "no config.json"]),
+    ("unknown_loss_type", good_jsonl, ["trainer.loss_type=dpo_plus"], ["trainer.loss_type='dpo_plus'", "sigmoid"]),
+    ("train_batch_zero", good_jsonl, ["trainer.per_device_train_batch_size=0"], ["per_device_train_batch_size"]),
+    ("train_batch_negative", good_jsonl, ["trainer.per_device_train_batch_size=-4"], ["per_device_train_batch_size"]),
+    ("eval_batch_zero", good_jsonl, ["trainer.per_device_eval_batch_size=0"], ["per_device_eval_batch_size"]),
+    ("grad_accum_zero", good_jsonl, ["trainer.gradient_accumulation_steps=0"], ["gradient_accumulation_steps"]),
+    ("lora_target_unknown", good_jsonl, ["lora.target_modules=[q_proj,c_attn]"],
+     ["lora.target_modules", "q_proj", "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']"]),
+    # dotted names need the meta-device build: one unknown, one a block LoRA cannot wrap (one run checks both)
+    ("lora_target_dotted", good_jsonl, ["lora.target_modules=[attn.q_proj,h.0.attn,attn.c_attn]"],
+     ["'attn.q_proj' is not a module of the model", "'h.0.attn' is a GPT2Attention, which LoRA cannot wrap",
+      "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']"]),
+    ("missing_columns_jsonl", missing_column_jsonl, [], ["missing column(s) ['prompt', 'rejected']"]),
+    ("missing_columns_csv", missing_column_csv, [], ["bad.csv", "missing column(s) ['chosen', 'rejected']"]),
+    ("missing_columns_parquet", missing_column_parquet, [], ["b.parquet", "missing column(s) ['rejected']"]),
+    ("zero_pairs_after_filtering", identical_jsonl, [], ["0 pairs left after filtering", "'identical': 12"]),
+    ("all_empty_texts", all_empty_jsonl, [], ["0 pairs left after filtering", "'empty': 12"]),
+    ("malformed_jsonl_line", malformed_line, [], ["bad.jsonl: line 3 is not valid JSON"]),
+    ("wrong_type_jsonl", wrong_type_jsonl, [], ["bad.jsonl line 2: column 'chosen' must be text, got dict"]),
+    ("wrong_type_csv", numeric_column_csv, [], ["bad.csv row 1: column 'rejected' must be text, got int"]),
+    ("wrong_type_parquet", wrong_type_parquet, [], ["b.parquet row 1: column 'chosen' must be text, got float"]),
+    ("non_utf8_jsonl", non_utf8_jsonl, [], ["bad.jsonl: line 4 is not valid UTF-8"]),
+    ("non_utf8_csv", non_utf8_csv, [], ["bad.csv: line", "is not valid UTF-8"]),
+    ("empty_file", empty_file, [], ["bad.jsonl: no rows"]),
+]
+
+
+def base_args(path: Path, tmp_path: Path) -> list[str]:
+    return [*FAST_MODEL, *FAST_TRAINER, "dataset=preference_files", f"dataset.path={path}", "logger=none",
+            "eval.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
+
+
+def run_probed(args: list[str], tmp_path: Path):
+    """run_cli with the import probe; returns (CompletedProcess, set of modules the child imported)."""
+    probe_dir, modules_file = tmp_path / "probe", tmp_path / "modules.txt"
+    probe_dir.mkdir(exist_ok=True)
+    (probe_dir / "sitecustomize.py").write_text(PROBE, encoding="utf-8")
+    python_path = os.pathsep.join(p for p in (str(probe_dir), os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": python_path, "DPO_EXP_TEST_MODULES": str(modules_file)}
+    proc = run_cli(args, tmp_path, timeout=120, env=env)
+    assert modules_file.exists(), "the import probe did not run"
+    return proc, set(modules_file.read_text(encoding="utf-8").split())
+
+
+def assert_clean_error(proc, needles: list[str], imported: set[str] | None = None, allowed: set[str] = frozenset()):
+    """Exit 2, exactly one `error:` line (the last one) containing every needle, no traceback, no model imported."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert proc.returncode == 2, (proc.returncode, lines[-5:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    if imported is not None:
+        assert not imported & (MODEL_MODULES - allowed), sorted(imported & MODEL_MODULES)
+    return errors[0]
+
+
+@pytest.mark.parametrize("name,make,overrides,needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_before_any_model(tmp_path, name, make, overrides, needles):
+    path = make(tmp_path)
+    proc, imported = run_probed([*base_args(path, tmp_path), *overrides], tmp_path)
+    # Dotted LoRA names are checked on a weightless meta-device GPT-2, which needs GPT-2's modeling code.
+    allowed = {"transformers.models.gpt2.modeling_gpt2"} if any("." in o for o in overrides if "lora" in o) else set()
+    assert_clean_error(proc, needles, imported, allowed)
+
+
+def test_data_size_error_says_how_many_are_available(tmp_path):
+    """12 rows, 1 tie dropped -> 11 pairs; 10% held out for eval -> 10 available for training."""
+    rows = sample_rows()
+    ties = sum(r["metadata"]["score_chosen"] == r["metadata"]["score_rejected"] for r in rows)
+    path = write_jsonl(tmp_path / "d.jsonl", [{**flat([r])[0], **r["metadata"]} for r in rows])
+    proc, imported = run_probed([*base_args(path, tmp_path), "data_size=99", "trainer.max_length=1024",
+                                 "model.tiny.n_positions=1024"], tmp_path)
+    pairs = len(rows) - ties
+    available = pairs - max(1, round(pairs * 0.1))
+    assert_clean_error(proc, [f"only {available} training pairs are available", f"from {len(rows)} rows"], imported)
+
+
+def test_unknown_group_option_uses_hydras_message(tmp_path):
+    proc = run_cli(["dataset=no_such_dataset", "logger=none"], tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "Could not find 'dataset/no_such_dataset'" in proc.stderr and "ultrafeedback" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_hh_rlhf_with_non_text_dialogue_names_the_column(tmp_path, hh_file):
+    with hh_file.open(encoding="utf-8") as handle:
+        rows = [json.loads(next(handle)) for _ in range(6)]
+    rows[4]["rejected"] = ["not", "a", "dialogue"]
+    path = write_jsonl(tmp_path / "hh.jsonl", rows)
+    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={path}", "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc, imported = run_probed(args, tmp_path)
+    assert_clean_error(proc, imported=imported, needles=["hh.jsonl line 5: column 'rejected' must be text, got list"])
+
+
+def test_ultrafeedback_non_numeric_score_names_the_line(tmp_path):
+    rows = sample_rows()
+    rows[6]["metadata"]["score_chosen"] = "high"
+    path = write_jsonl(tmp_path / "uf.jsonl", rows)
+    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=ultrafeedback", f"dataset.path={path}", "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc, imported = run_probed(args, tmp_path)
+    needle = "uf.jsonl line 7: column 'score_chosen' must be a number, got 'high'"
+    assert_clean_error(proc, imported=imported, needles=[needle])
+
+
+def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
+    pytest.importorskip("dpo_exp.prompts")
+    rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
+    rows[5]["label"] = 3
+    path = write_jsonl(tmp_path / "imdb.jsonl", rows)
+    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=imdb_sentiment", f"dataset.path={path}", "logger=none",
+            "reward=vader", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc, imported = run_probed(args, tmp_path)
+    assert_clean_error(proc, ["imdb.jsonl", "'label'", "got 3"], imported)
+
+
+# ---------------------------------------------------------------- the LoRA pre-check itself, in-process
+
+
+def test_gpt2_lora_names_match_a_meta_device_gpt2():
+    """The no-torch shortcut list equals what a (weightless) GPT-2 actually offers LoRA."""
+    from dpo_exp.models import GPT2_LORA_NAMES, LORA_LAYER_TYPES, architecture_modules
+
+    modules = architecture_modules(compose(FAST_MODEL).model)
+    assert modules is not None and "transformer.h.0.attn.c_attn" in modules
+    assert {n.rsplit(".", 1)[-1] for n, kind in modules.items() if n and kind in LORA_LAYER_TYPES} == GPT2_LORA_NAMES
+
+
+@pytest.mark.parametrize("targets", ["[c_attn,c_proj]", "[attn.c_attn]", "[transformer.h.0.mlp.c_fc]", "all-linear"])
+def test_valid_lora_targets_pass_the_precheck(targets):
+    from dpo_exp.models import check_lora_targets
+
+    cfg = compose([*FAST_MODEL, f"lora.target_modules={targets}"])
+    check_lora_targets(cfg.lora, cfg.model)  # no error
+
+
+def test_lora_precheck_reads_a_local_models_architecture(tmp_path):
+    """A local save_pretrained folder: the check uses its config.json (meta build), not the weights."""
+    from transformers import GPT2Config
+
+    from dpo_exp.models import check_lora_targets
+
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
+    cfg = compose(["model=gpt2", f"model.path={tmp_path}", "lora.target_modules=[attn.q_proj]"])
+    with pytest.raises(UserError, match=r"attn.q_proj.*available: \['c_attn'"):
+        check_lora_targets(cfg.lora, cfg.model)
+
+
+def test_lora_post_load_check_names_available_modules():
+    """Models unknown before loading are still checked once built."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_exp.models import lora_config
+
+    cfg = compose(["lora.target_modules=[q_proj]"])
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2))
+    with pytest.raises(UserError, match=r"'q_proj' is not a module of the model; available: \['c_attn'"):
+        lora_config(cfg.lora, model)
