@@ -138,6 +138,10 @@ def validate(cfg: DictConfig) -> None:
     resume = cfg.get("resume")
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")
+    if cfg.eval.enabled:
+        from .evaluate import check_eval_config
+
+        check_eval_config(cfg)
 
     # Last, as it may import torch: LoRA targets must exist in the architecture (checked on a meta-device build).
     from .models import check_lora_targets

@@ -71,7 +71,7 @@ def load_data(ctx: RunContext, tokenizer) -> Any:
     room = int(cfg.trainer.min_prompt_tokens)
 
     def prompt_fits(prompt: str) -> bool:
-        return max_length is None or len(tokenizer(prompt).input_ids) + room <= int(max_length)
+        return max_length is None or len(tokenizer(prompt, verbose=False).input_ids) + room <= int(max_length)
 
     return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, max_length)
 
@@ -125,6 +125,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
     ctx.tracker.finish(exit_code=0)
+    print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
     return objective_value(ctx.summary, str(cfg.objective))
 
 

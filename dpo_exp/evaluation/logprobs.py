@@ -1,0 +1,142 @@
+"""Sequence log-probabilities under a causal LM, the Monte-Carlo KL and DPO's implicit reward.
+
+A "sequence" is (context token ids, target token ids); its log-probability is the sum over the target tokens of
+log p(token | everything before it). Batches are right-padded, so positions are the unpadded ones; sequences are
+processed in a fixed (length-sorted) order, so the same inputs always give the same numbers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+Sequence_ = tuple[list[int], list[int]]
+
+
+@contextmanager
+def inference_mode(model) -> Iterator[None]:
+    """eval() (no dropout) and no_grad for the duration, restoring the training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def context_length(model) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
+
+
+def _batches(sequences: Sequence[Sequence_], pad_id: int, batch_size: int):
+    """(indices, input_ids, attention_mask, target mask shifted to the predicting positions), length-sorted."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    for start in range(0, len(order), batch_size):
+        chunk = [i for i in order[start : start + batch_size] if sequences[i][1]]
+        if not chunk:
+            continue
+        rows = [list(sequences[i][0]) + list(sequences[i][1]) for i in chunk]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        target = torch.zeros((len(rows), width), dtype=torch.bool)
+        for row, (i, tokens) in enumerate(zip(chunk, rows)):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+            target[row, len(sequences[i][0]) : len(tokens)] = True
+        yield chunk, ids, mask, target[:, 1:]  # token t is predicted by the logits at position t-1
+
+
+def _log_softmax(model, ids, mask) -> torch.Tensor:
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+    return logits.log_softmax(-1)
+
+
+def sequence_logprobs(model, sequences: Sequence[Sequence_], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """Sum of log p(target tokens) for each (context, target) pair, in float64. Empty targets give 0."""
+    out = np.zeros(len(sequences), dtype=np.float64)
+    with inference_mode(model):
+        for chunk, ids, mask, target in _batches(sequences, pad_id, batch_size):
+            logp = _log_softmax(model, ids, mask)
+            token_logp = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
+            out[chunk] = (token_logp * target.to(logp.device)).sum(-1).double().cpu().numpy()
+    return out
+
+
+def sequence_kl(
+    policy, reference_context, sequences: Sequence[Sequence_], pad_id: int, batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two per-sequence estimates of KL(policy || reference) from sequences sampled from the policy.
+
+    - mc: sum over target tokens of log pi - log pi_ref (the plain Monte-Carlo estimate);
+    - rb: sum over target positions of the exact next-token KL(pi(.|prefix) || pi_ref(.|prefix)) — same
+      expectation (the sequence KL), far lower variance (the per-token sampling noise is averaged out).
+    `reference_context()` is a context manager yielding the reference (e.g. the policy with its adapter disabled).
+    """
+    mc = np.zeros(len(sequences), dtype=np.float64)
+    rb = np.zeros(len(sequences), dtype=np.float64)
+    with inference_mode(policy):
+        for chunk, ids, mask, target in _batches(sequences, pad_id, batch_size):
+            logp = _log_softmax(policy, ids, mask)
+            with reference_context() as reference, inference_mode(reference):
+                logq = _log_softmax(reference, ids, mask)
+            target = target.to(logp.device)
+            labels = ids[:, 1:].to(logp.device).unsqueeze(-1)
+            ratio = (logp.gather(-1, labels) - logq.gather(-1, labels)).squeeze(-1)
+            mc[chunk] = (ratio * target).sum(-1).double().cpu().numpy()
+            token_kl = (logp.exp() * (logp - logq)).sum(-1)
+            rb[chunk] = (token_kl * target).sum(-1).double().cpu().numpy()
+    return mc, rb
+
+
+def sample_sequences(tokenizer, samples, max_new_tokens: int, context: int) -> list[Sequence_]:
+    """(prompt ids, generated ids) for every sample, flattened prompt-major, the way generate_samples built them.
+
+    The prompt is tokenized with generate_samples' truncation; a sample shorter than max_new_tokens ended on EOS,
+    which generate_samples stripped, so EOS is put back: the termination is part of the sampled sequence.
+    """
+    max_prompt = max(1, context - max_new_tokens)
+    eos = tokenizer.eos_token_id
+    out: list[Sequence_] = []
+    for prompt, rows in zip(samples.prompts, samples.token_ids):
+        prompt_ids = tokenizer(prompt, truncation=True, max_length=max_prompt).input_ids
+        for generated in rows:
+            ended = len(generated) < max_new_tokens
+            out.append((prompt_ids, list(generated) + ([eos] if ended else [])))
+    return out
+
+
+def pair_sequences(tokenizer, pairs: Sequence[dict], max_length: int | None) -> tuple[list[Sequence_], list[Sequence_]]:
+    """(prompt, chosen) and (prompt, rejected) token sequences, tokenized the way TRL's DPOTrainer does it.
+
+    EOS is appended to each response; the response starts where the tokenized prompt and prompt+response diverge;
+    prompt+response is cut to max_length from the end (truncation_mode=keep_start).
+    """
+    eos = tokenizer.eos_token or ""
+    chosen, rejected = [], []
+    for pair in pairs:
+        prompt_ids = tokenizer(pair["prompt"]).input_ids
+        full = {}
+        for key in ("chosen", "rejected"):
+            text = pair[key] if pair[key].endswith(eos) else pair[key] + eos
+            full[key] = tokenizer(pair["prompt"] + text).input_ids
+        cut = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
+        for key, bucket in (("chosen", chosen), ("rejected", rejected)):
+            tokens = full[key][:max_length] if max_length else full[key]
+            bucket.append((tokens[:cut], tokens[cut:]))
+    return chosen, rejected
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,92 @@
+"""The policy and its reference, however the run defined the reference.
+
+- LoRA: the reference is the same network with the adapter disabled (`model.disable_adapter()`): no second copy.
+- Full fine-tuning: TRL's frozen copy (`trainer.ref_model`).
+- Full fine-tuning with `precompute_ref_log_probs`: TRL keeps no reference model, so the starting model is rebuilt:
+  a warm-started reference saved at `summary["reference_path"]`, else `models.build_model` with the run's seed
+  (deterministic for the tiny model; the same hub/local weights otherwise).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+class PolicyReference:
+    """A policy and a context manager giving its reference (a separate model, or the policy without adapter)."""
+
+    def __init__(self, policy, reference=None):
+        if reference is None and not is_peft(policy):
+            raise ValueError("a full fine-tuned policy needs an explicit reference model")
+        self.policy = policy
+        self._reference = reference
+
+    @property
+    def shares_weights(self) -> bool:
+        """True when the reference is the policy with its adapter disabled."""
+        return self._reference is None
+
+    @contextmanager
+    def reference(self) -> Iterator[Any]:
+        if self._reference is not None:
+            yield self._reference
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+
+def load_reference(cfg: Any, summary: dict, device: str = "cpu"):
+    """The run's starting model: the warm-started reference if the run saved one, else the configured model."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models import build_model
+
+    path = summary.get("reference_path")
+    if path:
+        if not Path(path).exists():
+            from ..errors import UserError
+
+            raise UserError(f"reference_path={path} (from summary.json) does not exist")
+        return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    return build_model(cfg.model, int(cfg.seed), "fp32", device).eval()
+
+
+def from_trainer(trainer, cfg: Any, summary: dict) -> PolicyReference:
+    """The policy a DPOTrainer trained and the reference it trained against."""
+    policy = trainer.model
+    if getattr(trainer, "ref_model", None) is not None:
+        return PolicyReference(policy, trainer.ref_model)
+    if is_peft(policy):
+        return PolicyReference(policy)
+    device = str(next(policy.parameters()).device)
+    reference = load_reference(cfg, summary, device)
+    reference.requires_grad_(False)
+    return PolicyReference(policy, reference)
+
+
+def from_run_dir(run_dir: Path, cfg: Any, summary: dict, device: str = "cpu") -> PolicyReference:
+    """Rebuild a finished run's policy (run_dir/model) and reference, as evaluate_policy saw them in the run."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(run_dir) / "model"
+    if not model_dir.is_dir():
+        from ..errors import UserError
+
+        raise UserError(f"run_dir={run_dir} has no model/ folder (the run did not finish training)")
+    reference = load_reference(cfg, summary, device)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        return PolicyReference(PeftModel.from_pretrained(reference, str(model_dir)).to(device).eval())
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+    return PolicyReference(policy, reference)

@@ -1,0 +1,105 @@
+"""Evaluation artifacts: side-by-side samples (samples.md, W&B table) and the reward-KL plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..storage import atomic_write_text
+from .metrics import SampleEval
+
+SIDE_BY_SIDE_COLUMNS = ["prompt", "reference", "reference_score", "policy", "policy_score"]
+
+
+def side_by_side_rows(result: SampleEval, count: int) -> list[dict[str, Any]]:
+    """The first sample of reference and policy for the first `count` prompts (same seed: a paired comparison)."""
+    rows = []
+    for i, prompt in enumerate(result.policy.prompts[:count]):
+        rows.append({
+            "prompt": prompt,
+            "reference": result.reference.texts[i][0] if result.reference is not None else None,
+            "reference_score": _score(result.rewards_reference, i),
+            "policy": result.policy.texts[i][0],
+            "policy_score": _score(result.rewards_policy, i),
+        })
+    return rows
+
+
+def _score(rewards, i: int) -> float | None:
+    return None if rewards is None else float(rewards[i, 0])
+
+
+def _block(text: str | None) -> str:
+    text = "(not sampled)" if text is None else (text.replace("```", "'''") or "(empty)")
+    return f"```text\n{text}\n```"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def write_samples_md(path: Path, rows: list[dict[str, Any]], metrics: dict[str, Any], scorer_name: str | None) -> Path:
+    """samples.md: the headline numbers, then reference vs policy completion per prompt with both scores."""
+    lines = ["# Reference vs policy: side-by-side samples", ""]
+    lines.append(f"Scorer: {scorer_name or 'none (reward metrics skipped)'}. Same prompt, same seed for both models.")
+    lines.append("")
+    for key in ("reward_reference", "reward_policy", "reward_delta", "win_rate", "kl", "kl_rb"):
+        if key in metrics:
+            low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+            ci = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+            lines.append(f"- {key}: {metrics[key]:.4f}{ci}")
+    for n, row in enumerate(rows, start=1):
+        lines += ["", f"## Prompt {n}", "", _block(row["prompt"]), "",
+                  f"**Reference** (score {_fmt(row['reference_score'])})", "", _block(row["reference"]), "",
+                  f"**Policy** (score {_fmt(row['policy_score'])})", "", _block(row["policy"])]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any]) -> Path | None:
+    """The run on the reward-KL plane: its traced path (if any) and the final evaluation with its 95% intervals.
+
+    y is the reward gain over the reference on the same prompts and seeds (reward_delta), so the trace (a small
+    prompt set) and the final evaluation (more prompts) share one axis; the reference sits at (0, 0).
+    Returns None (no plot) when there is no reward to plot.
+    """
+    if "reward_delta" not in final:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    points = [r for r in trace if _finite(r.get("kl")) and _finite(r.get("reward_delta"))]
+    if points:
+        xs, ys = [r["kl"] for r in points], [r["reward_delta"] for r in points]
+        ax.plot(xs, ys, "o-", color="tab:blue", markersize=4,
+                label=f"during training ({points[0].get('prompts')} prompts; labels = step)")
+        for r in points:
+            ax.annotate(str(r["step"]), (r["kl"], r["reward_delta"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.errorbar(
+        [final["kl"]], [final["reward_delta"]],
+        xerr=[[final["kl"] - final["kl_ci_low"]], [final["kl_ci_high"] - final["kl"]]],
+        yerr=[[final["reward_delta"] - final["reward_delta_ci_low"]],
+              [final["reward_delta_ci_high"] - final["reward_delta"]]],
+        fmt="*", color="tab:red", markersize=12, capsize=3,
+        label=f"final policy ({final.get('num_prompts')} prompts, 95% CI)",
+    )
+    ax.axhline(0.0, color="gray", linestyle="--", linewidth=1, label="reference")
+    ax.set_xlabel("KL(policy || reference), nats per sequence (Monte-Carlo)")
+    ax.set_ylabel("reward gain over the reference")
+    ax.set_title(f"reference reward {final['reward_reference']:.3f}, policy {final['reward_policy']:.3f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

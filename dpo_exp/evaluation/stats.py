@@ -1,0 +1,35 @@
+"""Summary statistics with bootstrap confidence intervals over prompts (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) indices drawn with replacement; a fixed seed makes every interval reproducible."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=(int(resamples), n))
+
+
+def mean_ci(per_prompt: np.ndarray, indices: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-prompt values and its percentile bootstrap interval (resampling prompts)."""
+    per_prompt = np.asarray(per_prompt, dtype=np.float64)
+    means = per_prompt[indices].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(per_prompt.mean()), float(low), float(high)
+
+
+def paired_wins(policy: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """1 where the policy's sample scores higher than the reference's sample with the same prompt and index,
+    0 where lower, 0.5 on ties. Inputs and output: (prompts, samples)."""
+    policy, reference = np.asarray(policy, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return np.where(policy > reference, 1.0, np.where(policy < reference, 0.0, 0.5))
+
+
+def describe(values: np.ndarray) -> dict[str, float]:
+    """Mean, std, min, quartiles and max of a distribution (e.g. implicit-reward margins)."""
+    values = np.asarray(values, dtype=np.float64)
+    q = np.percentile(values, [0, 25, 50, 75, 100])
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(q[0]), "q25": float(q[1]),
+            "median": float(q[2]), "q75": float(q[3]), "max": float(q[4])}
