@@ -1,4 +1,9 @@
-"""`python -m dpo_exp [overrides]`: compose the config with Hydra and run one DPO job per (multirun) job."""
+"""`python -m dpo_exp [overrides]`: compose the config with Hydra and run one DPO job per (multirun) job.
+
+In a multirun (`-m`), a failing job is recorded as failed (summary.json `status: failed` + `error`, and a W&B run
+that finishes with exit code 1) and returns None, so the launcher goes on with the remaining jobs and a sweeper
+(Optuna) counts it as a failed trial. Each job returns `summary[cfg.objective]` for sweepers to optimise.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +25,48 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
+def record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """Make sure a failed job is visible as failed on disk and in W&B, even when it failed before the pipeline
+    wrote anything (e.g. config validation). Never raises: recording must not stop the sweep either."""
+    try:
+        from .pipeline import SUMMARY
+        from .runinfo import run_identity
+        from .storage import atomic_write_json, read_json
+        from .tracking import start_tracker
+
+        identity = run_identity(cfg)
+        identity.run_dir.mkdir(parents=True, exist_ok=True)
+        summary = read_json(identity.run_dir / SUMMARY) or {}
+        if summary.get("status") == "failed":
+            return  # the pipeline recorded it (and finished its W&B run as failed)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        summary.update(
+            status="failed", error=f"{type(exc).__name__}: {message}", name=identity.name, group=identity.group,
+            overrides=identity.overrides, sweep=identity.swept,
+        )
+        if not summary.get("wandb_id"):
+            tracker = start_tracker(
+                cfg.logger, identity.run_dir, identity.name, identity.group, identity.tags,
+                {"overrides": identity.overrides, "sweep": identity.swept, **identity.swept},
+            )
+            summary["wandb_id"] = tracker.run_id
+            tracker.summary({"status": "failed", "error": summary["error"]})
+            tracker.finish(exit_code=1)
+        atomic_write_json(identity.run_dir / SUMMARY, summary)
+    except Exception as inner:  # noqa: BLE001
+        log.warning("could not record the failure in the run directory: %s", inner)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .pipeline import RunInterrupted, run
 
     try:
-        return run(cfg)
+        result = run(cfg)
     except UserError as exc:
         if _is_multirun():  # one bad job must not stop the sweep; it is marked failed in its summary
             log.error("job failed: %s", exc)
+            record_failure(cfg, exc)
             return None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -38,8 +76,12 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as exc:  # noqa: BLE001
         if _is_multirun():
             log.exception("job failed: %s", exc)
+            record_failure(cfg, exc)
             return None
         raise
+    if result is None and _is_multirun():
+        log.warning("objective %r is not a number in summary.json: a sweeper gets None for this job", cfg.objective)
+    return result
 
 
 if __name__ == "__main__":

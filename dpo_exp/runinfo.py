@@ -25,6 +25,7 @@ class RunIdentity:
     overrides: dict[str, str] = field(default_factory=dict)   # the task overrides, key -> value
     multirun: bool = False
     job_num: int | None = None
+    swept: dict[str, str] = field(default_factory=dict)       # multirun: the swept keys -> this job's values
 
 
 def _hydra_config():
@@ -44,14 +45,58 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _sweep_keys(items: list[str]) -> set[str]:
+    """Keys of the overrides in `items` that sweep (`a,b`, range(), choice(), interval(), glob())."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(items)
+    except Exception:  # noqa: BLE001 - an unparsable list just contributes nothing
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def swept_keys(hc: Any) -> set[str]:
+    """The keys a sweep varies: `hydra.sweeper.params` (presets, Optuna) plus the command line's sweep overrides.
+
+    The command line's original overrides (`beta=0.1,0.5`) are not in a job's own Hydra config, only in the
+    `multirun.yaml` that Hydra's basic sweeper writes into the sweep folder before launching any job.
+    """
+    keys = {str(k).lstrip("+~") for k in (hc.sweeper.get("params") or {})}
+    multirun_yaml = Path(str(hc.sweep.dir)) / "multirun.yaml"
+    if multirun_yaml.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            task = list(OmegaConf.load(multirun_yaml).hydra.overrides.task)
+        except Exception:  # noqa: BLE001 - a missing or odd file only loses the command-line keys
+            task = []
+        keys |= {k.lstrip("+~") for k in _sweep_keys([str(t) for t in task])}
+    return keys
+
+
+def _tag(key: str, value: str) -> str | None:
+    tag = f"{key}={value}"
+    return tag if len(tag) <= 64 else None  # W&B rejects tags longer than 64 characters
+
+
 def run_identity(cfg: DictConfig, run_dir: Path | None = None) -> RunIdentity:
-    """Identity of the current job, from Hydra's runtime config when there is one."""
+    """Identity of the current job, from Hydra's runtime config when there is one.
+
+    Single run: name = `<cfg.name>/<every task override>`; multirun job: `<cfg.name>/<the swept overrides>`
+    (e.g. `dpo/beta=0.1,lr=0.0001`), so runs of one sweep differ exactly by what the sweep varies.
+    """
     hc = _hydra_config()
     overrides = parse_overrides(list(hc.overrides.task)) if hc else {}
     shown = {k: v for k, v in overrides.items() if not k.startswith(IGNORED_IN_NAME)}
-    suffix = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
-    name = f"{cfg.name}/{suffix}" if suffix else str(cfg.name)
     multirun = bool(hc and str(hc.mode) == "RunMode.MULTIRUN")
+    swept: dict[str, str] = {}
+    if multirun:
+        keys = swept_keys(hc)
+        swept = {k: v for k, v in overrides.items() if k in keys}
+    named = swept or shown
+    suffix = ",".join(f"{k}={v}" for k, v in sorted(named.items()))
+    name = f"{cfg.name}/{suffix}" if suffix else str(cfg.name)
     if run_dir is None:
         run_dir = Path(hc.runtime.output_dir) if hc else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     if cfg.logger.get("group"):
@@ -61,12 +106,14 @@ def run_identity(cfg: DictConfig, run_dir: Path | None = None) -> RunIdentity:
         group = f"{cfg.name}-sweep-{sweep.parent.name}_{sweep.name}"
     else:
         group = str(cfg.name)
-    tags = [f"{k}={v}" for k, v in shown.items()] + [
+    tags = [t for t in (_tag(k, v) for k, v in {**shown, **swept}.items()) if t] + [
         f"dataset={cfg.dataset.name}", f"model={cfg.model.name}", "lora" if cfg.lora.enabled else "full-ft",
         *map(str, cfg.logger.get("tags") or []),
     ]
+    if multirun:
+        tags.append("sweep")
     job_num = int(hc.job.num) if multirun and hc.job.get("num") is not None else None
-    return RunIdentity(Path(run_dir), name, group, tags, overrides, multirun, job_num)
+    return RunIdentity(Path(run_dir), name, group, tags, overrides, multirun, job_num, swept)
 
 
 def git_commit() -> str | None:

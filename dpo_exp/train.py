@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from .models import lora_config
+from .ref_logps import SharedRefLogpsMixin
 from .storage import append_jsonl
 from .tracking import Tracker
 
@@ -99,7 +100,7 @@ class GracefulStop(TrainerCallback):
         return control
 
 
-class ExperimentDPOTrainer(DPOTrainer):
+class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
     """DPOTrainer that refuses (or skips) non-finite losses and gradients, naming the step."""
 
     def __init__(self, *args, on_nonfinite: str = "stop", **kwargs):

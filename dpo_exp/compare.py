@@ -1,0 +1,422 @@
+"""Compare runs side by side: `python -m dpo_exp.compare PATH [PATH ...] [--out DIR]`.
+
+PATH is a multirun folder (every run directory below it is read) or a run directory. Each run's summary.json,
+metrics.jsonl and .hydra/overrides.yaml are read (no W&B needed) and, into the first PATH (or --out):
+- comparison.csv / comparison.md: one row per run, the swept parameters as columns, then status and the final
+  metrics under the names W&B shows them (train/loss, eval/loss, train/rewards/accuracies, ..., eval/win_rate,
+  eval/kl); failed runs are listed with their error;
+- plots/: learning_curves.png (every run overlaid: loss, reward accuracy, margins), metrics_vs_<param>.png for
+  each swept parameter, reward_kl_frontier.png (eval/kl against eval/reward_policy across runs);
+- a console table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UserError
+from .storage import atomic_write_text, read_json, read_jsonl
+
+# (column as W&B shows it, summary.json key as TRL names it)
+FINAL_METRICS = [
+    ("train/loss", "loss"),
+    ("eval/loss", "eval_loss"),
+    ("train/rewards/accuracies", "rewards/accuracies"),
+    ("eval/rewards/accuracies", "eval_rewards/accuracies"),
+    ("train/rewards/margins", "rewards/margins"),
+    ("eval/rewards/margins", "eval_rewards/margins"),
+]
+# Sampling-based evaluation (dpo_exp.evaluate writes them as eval/* keys): shown in the markdown/console table.
+EVAL_SHOWN = ["eval/reward_policy", "eval/reward_reference", "eval/reward_delta", "eval/win_rate", "eval/kl"]
+CURVES = [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")]
+SKIP_DIRS = {"wandb", "checkpoints", "model", "plots", "__pycache__"}
+IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")   # never treated as swept parameters
+KL, REWARD = "eval/kl", "eval/reward_policy"
+
+
+@dataclass
+class Run:
+    """One run directory's files."""
+
+    path: Path
+    overrides: dict[str, str]
+    summary: dict[str, Any]
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or ("unknown" if self.summary else "no summary"))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / ".hydra" / "overrides.yaml").is_file()
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories in `paths` (each a run dir or a folder searched recursively), in a stable order."""
+    found: list[Path] = []
+    for root in paths:
+        if not root.exists():
+            raise UserError(f"{root} does not exist")
+        if is_run_dir(root):
+            found.append(root)
+            continue
+        for dirpath, dirnames, _ in os.walk(root):
+            here = Path(dirpath)
+            if here != root and is_run_dir(here):
+                found.append(here)
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+
+    def order(p: Path) -> tuple:
+        return (str(p.parent), int(p.name) if p.name.isdigit() else math.inf, p.name)
+
+    return sorted(unique, key=order)
+
+
+def _read_overrides(path: Path) -> dict[str, str]:
+    file = path / ".hydra" / "overrides.yaml"
+    if not file.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    items = OmegaConf.to_container(OmegaConf.load(file)) or []
+    out = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def load_run(path: Path) -> Run:
+    metrics_file = path / "metrics.jsonl"
+    metrics = read_jsonl(metrics_file) if metrics_file.is_file() else []
+    return Run(path, _read_overrides(path), read_json(path / "summary.json") or {}, metrics)
+
+
+def swept_params(runs: list[Run]) -> list[str]:
+    """Keys the runs were swept over: the runs' recorded sweep keys, then any override whose value differs."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in (run.summary.get("sweep") or {}) if k not in keys]
+    all_keys = sorted({k for run in runs for k in run.overrides})
+    for key in all_keys:
+        if key in keys or key.startswith(IGNORED_KEYS):
+            continue
+        if len({run.overrides.get(key) for run in runs}) > 1:
+            keys.append(key)
+    return keys
+
+
+def _number(value: Any) -> Any:
+    """'0.1' -> 0.1, '8' -> 8, anything else unchanged (so numeric parameters sort and plot as numbers)."""
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                continue
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
+    """One row per run: run, swept params, status, W&B-named final metrics, eval/* metrics, caches, error."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        try:
+            label = str(run.path.relative_to(base))
+        except ValueError:
+            label = str(run.path)
+        row: dict[str, Any] = {"run": label if label != "." else run.path.name}
+        for key in params:
+            row[key] = _number(run.overrides.get(key, (s.get("sweep") or {}).get(key)))
+        row["status"] = run.status
+        for column, key in FINAL_METRICS:
+            row[column] = s.get(key) if _finite(s.get(key)) else None
+        for key in sorted(k for k, v in s.items() if k.startswith("eval/") and _finite(v)):
+            row[key] = s[key]
+        row["wall_time_s"] = s.get("wall_time_s")
+        row["ref_logps_cache"] = (s.get("ref_logps") or {}).get("cache")
+        row["pairs_cache"] = (s.get("pairs") or {}).get("cache") if isinstance(s.get("pairs"), dict) else None
+        row["name"] = s.get("name")
+        row["error"] = s.get("error")
+        row["path"] = str(run.path)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if params:
+        df = df.sort_values(by=params, key=lambda col: col.map(lambda v: (isinstance(v, str), v)), kind="stable")
+    return df.reset_index(drop=True)
+
+
+def shown_columns(df: pd.DataFrame, params: list[str]) -> list[str]:
+    """The columns of the markdown/console table (the csv has them all)."""
+    metric_cols = [c for c, _ in FINAL_METRICS] + EVAL_SHOWN
+    present = [c for c in metric_cols if c in df.columns and df[c].notna().any()]
+    return ["run", *params, "status", *present]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(
+    df: pd.DataFrame, params: list[str], out: Path, plots: list[Path], notes: list[str], sources: list[Path]
+) -> Path:
+    failed = df[df["status"] != "completed"]
+    parts = [
+        "# Run comparison",
+        "",
+        f"Source: {', '.join(str(p) for p in sources)}  ",
+        f"Runs: {len(df)} ({int((df['status'] == 'completed').sum())} completed, {len(failed)} not completed)  ",
+        f"Swept parameters: {', '.join(params) if params else '(none found)'}",
+        "",
+        markdown_table(df, shown_columns(df, params)),
+        "",
+    ]
+    if len(failed):
+        parts += ["## Failed / unfinished runs", ""]
+        parts += [f"- `{r['run']}` ({r['status']}): {r['error'] or 'no error recorded'}" for _, r in failed.iterrows()]
+        parts.append("")
+    if plots:
+        parts += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    parts.append("All columns (eval/* confidence intervals, caches, wall time) are in comparison.csv.")
+    path = out / "comparison.md"
+    atomic_write_text(path, "\n".join(parts) + "\n")
+    return path
+
+
+def print_console(df: pd.DataFrame, params: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = shown_columns(df, params)
+    table = Table(title=f"{len(df)} runs")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run", "status") else "right", overflow="fold")
+    for _, row in df.iterrows():
+        style = None if row["status"] == "completed" else "red"
+        table.add_row(*(_fmt(row.get(c)) for c in columns), style=style)
+    Console(width=max(120, 14 * len(columns))).print(table)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _label(row: pd.Series, params: list[str]) -> str:
+    return ",".join(f"{k}={_fmt(row[k])}" for k in params) if params else str(row["run"])
+
+
+def plot_learning_curves(runs: list[Run], labels: dict[Path, str], out: Path) -> Path | None:
+    """Train curves (solid) and eval points (dashed) of every run, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
+    drawn = False
+    for i, run in enumerate(r for r in runs if r.metrics):
+        color = f"C{i % 10}"
+        for ax, (key, _) in zip(axes, CURVES):
+            for split, style in (("train", "-"), ("eval", "o--")):
+                pts = [(r["step"], r[key]) for r in run.metrics if r.get("split") == split and _finite(r.get(key))]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, style, color=color, markersize=4,
+                            label=f"{labels[run.path]} ({split})")
+                    drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, (_, title) in zip(axes, CURVES):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> list[Path]:
+    """Final metrics against each swept parameter; one line per combination of the other swept parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = df[df["status"] == "completed"]
+    metrics = [c for c in [m for m, _ in FINAL_METRICS] + EVAL_SHOWN if c in done.columns and done[c].notna().any()]
+    written = []
+    for param in params:
+        if not metrics or done[param].isna().all():
+            continue
+        numeric = all(_finite(v) for v in done[param])
+        others = [p for p in params if p != param]
+        ncols = min(3, len(metrics))
+        nrows = math.ceil(len(metrics) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.5 * nrows), squeeze=False)
+        groups = done.groupby(others, dropna=False, sort=True) if others else [((), done)]
+        for ax, metric in zip(axes.flat, metrics):
+            for key, group in groups:
+                group = group[group[metric].notna()]
+                if group.empty:
+                    continue
+                if numeric:
+                    group = group.sort_values(param)
+                xs = group[param] if numeric else group[param].astype(str)
+                key = key if isinstance(key, tuple) else (key,)
+                label = ",".join(f"{p}={_fmt(v)}" for p, v in zip(others, key)) or None
+                ax.plot(xs, group[metric], "o-", label=label)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel(param)
+            ax.grid(alpha=0.3)
+            values = [v for v in done[param] if _finite(v)]
+            if numeric and values and min(values) > 0 and max(values) / min(values) >= 20:
+                ax.set_xscale("log")
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.set_visible(False)
+        if others:
+            axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"metrics_vs_{param.replace('/', '_').replace('.', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path | None, str | None]:
+    """The DPO paper's reward-KL frontier: one point per run (eval/kl, eval/reward_policy) with 95% CIs."""
+    if KL not in df.columns or REWARD not in df.columns:
+        return None, (f"reward-KL frontier skipped: no run has {KL} and {REWARD} "
+                      "(enable the evaluation with a reward, e.g. eval.enabled=true eval.reward=vader)")
+    points = df[df[KL].notna() & df[REWARD].notna()].sort_values(KL)
+    if points.empty:
+        return None, f"reward-KL frontier skipped: no run has both {KL} and {REWARD}"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+
+    def err(key: str) -> Any:
+        low, high = f"{key}_ci_low", f"{key}_ci_high"
+        if low in points.columns and high in points.columns and points[low].notna().all():
+            return [(points[key] - points[low]).clip(lower=0), (points[high] - points[key]).clip(lower=0)]
+        return None
+
+    ax.errorbar(points[KL], points[REWARD], xerr=err(KL), yerr=err(REWARD), fmt="o-", capsize=3, label="policy")
+    for _, row in points.iterrows():
+        ax.annotate(_label(row, params), (row[KL], row[REWARD]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    if "eval/reward_reference" in points.columns and points["eval/reward_reference"].notna().any():
+        ax.axhline(points["eval/reward_reference"].mean(), ls="--", color="gray", label="reference")
+    ax.set_xlabel("KL(policy || reference) [nats]")
+    ax.set_ylabel("reward of policy samples")
+    ax.set_title("reward-KL frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "reward_kl_frontier.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path, None
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def compare(paths: list[Path], out: Path | None = None, console: bool = True, plots: bool = True) -> pd.DataFrame:
+    """Read the runs under `paths`, write comparison.csv/.md and plots into `out` (default: the first path)."""
+    paths = [Path(p) for p in paths]
+    run_dirs = find_run_dirs(paths)
+    if not run_dirs:
+        where = ", ".join(map(str, paths))
+        raise UserError(f"no run directories (summary.json or .hydra/overrides.yaml) under {where}")
+    out = Path(out) if out else paths[0]
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(p) for p in run_dirs]
+    params = swept_params(runs)
+    base = paths[0].resolve() if len(paths) == 1 else Path(os.path.commonpath([str(p) for p in run_dirs]))
+    df = build_table(runs, params, base)
+    df.to_csv(out / "comparison.csv", index=False)
+
+    written: list[Path] = []
+    notes: list[str] = []
+    if plots:
+        plot_dir = out / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        by_path = {str(run.path): run for run in runs}
+        labels = {by_path[row["path"]].path: _label(row, params) for _, row in df.iterrows()}
+        ordered = [by_path[row["path"]] for _, row in df.iterrows()]  # the table's order: same colours, same legend
+        curves = plot_learning_curves(ordered, labels, plot_dir)
+        written += [curves] if curves else []
+        if curves is None:
+            notes.append("learning curves skipped: no run has metrics.jsonl rows")
+        written += plot_metrics_vs_params(df, params, plot_dir)
+        frontier, note = plot_frontier(df, params, plot_dir)
+        written += [frontier] if frontier else []
+        notes += [note] if note else []
+    write_markdown(df, params, out, written, notes, paths)
+    if console:
+        print_console(df, params)
+        for note in notes:
+            print(f"note: {note}")
+        print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} and {len(written)} plots in {out / 'plots'}")
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dpo_exp.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="a multirun folder and/or run directories")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first PATH)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    try:
+        compare(args.paths, args.out, console=True, plots=not args.no_plots)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
