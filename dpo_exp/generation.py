@@ -86,8 +86,18 @@ def generate_samples(
                 texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in rows])
     finally:
         tokenizer.padding_side = padding_side
+        _reset_backend_padding(tokenizer)
         model.train(was_training)
     return Samples(prompts=list(prompts), texts=texts, token_ids=ids)
+
+
+def _reset_backend_padding(tokenizer) -> None:
+    """A fast tokenizer keeps the last padding settings (here: LEFT) in its Rust backend, and save_pretrained
+    writes them into tokenizer.json, so a tokenizer saved after sampling would reload left-padded. Clear them;
+    the next padded call sets them again from `padding_side`."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and getattr(backend, "padding", None) is not None:
+        backend.no_padding()
 
 
 def _strip(tokens: list[int], eos: int) -> list[int]:

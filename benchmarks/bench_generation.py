@@ -1,0 +1,143 @@
+"""Batched vs one-prompt-at-a-time sampling and scoring on the same prompts (tiny GPT-2, CPU).
+
+    python benchmarks/bench_generation.py [--prompts 24] [--samples 4] [--new-tokens 24] [--repeats 3]
+
+Sampling: `dpo_exp.generation.generate_samples` with every prompt in one left-padded batch, against one call per
+prompt (batch_size=1; each call still draws the prompt's `--samples` completions); the two are timed in turns
+(`--repeats`, median reported). Scoring: the tfidf_logreg scorer and a transformers text-classification
+pipeline (a tiny random DistilBERT standing in for sst2), called
+once on all completions against once per completion. Figures are printed and written to
+benchmarks/results/generation.json. The load average is recorded: on a shared machine, compare ratios, not
+absolute throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from dpo_exp import DEMO_DIR
+from dpo_exp.generation import generate_samples
+from dpo_exp.models import build_model, offline_gpt2_tokenizer
+from dpo_exp.prompts import load_prompt_sets
+
+RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def tiny_classifier(folder: Path, tokenizer) -> None:
+    """A randomly initialised 2-layer DistilBERT classifier (the sst2 scorer's architecture), saved locally."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(vocab_size=len(tokenizer), n_layers=2, dim=64, hidden_dim=128, n_heads=2,
+                              max_position_embeddings=512, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                              label2id={"NEGATIVE": 0, "POSITIVE": 1}, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--single-texts", type=int, default=32, help="texts scored one at a time")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+
+    tokenizer = offline_gpt2_tokenizer()
+    cache = tempfile.mkdtemp(prefix="bench_gen_")
+    cfg = OmegaConf.create({
+        "seed": 0, "cache_dir": cache, "data_size": args.prompts,
+        "dataset": {"path": str(DEMO_DIR / "reviews.jsonl"), "columns": {"text": "text", "label": "label"},
+                    "prompt_tokens_min": 2, "prompt_tokens_max": 8, "eval_fraction": 0.1, "eval_size": 8,
+                    "eval_prompts": 8, "data_size": args.prompts, "hub_id": None},
+    })
+    prompts = load_prompt_sets(cfg, tokenizer).train_prompts
+    model_cfg = OmegaConf.create({"tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256}})
+    model = build_model(model_cfg, seed=0)  # the tiny_gpt2 preset's size
+    gen = OmegaConf.create({"num_samples": args.samples, "max_new_tokens": args.new_tokens, "temperature": 1.0,
+                            "top_k": 0, "top_p": 1.0, "batch_size": len(prompts)})
+    generate_samples(model, tokenizer, prompts[:2], gen, seed=0, progress=False)  # warm-up
+
+    one = OmegaConf.merge(gen, {"batch_size": 1})
+    runs: dict[str, list[float]] = {"batched": [], "one_prompt_at_a_time": []}
+    for _ in range(args.repeats):  # interleaved, so a change in machine load hits both modes alike
+        batched, t = timed(lambda: generate_samples(model, tokenizer, prompts, gen, seed=0, progress=False))
+        runs["batched"].append(t)
+        single, t = timed(lambda: generate_samples(model, tokenizer, prompts, one, seed=0, progress=False))
+        runs["one_prompt_at_a_time"].append(t)
+    t_batched, t_single = statistics.median(runs["batched"]), statistics.median(runs["one_prompt_at_a_time"])
+    n = len(prompts) * args.samples
+    tokens_b = sum(len(ids) for row in batched.token_ids for ids in row)
+    tokens_s = sum(len(ids) for row in single.token_ids for ids in row)
+    generation = {
+        "prompts": len(prompts), "samples_per_prompt": args.samples, "max_new_tokens": args.new_tokens,
+        "batched": {"seconds": t_batched, "samples_per_s": n / t_batched, "tokens_per_s": tokens_b / t_batched},
+        "one_prompt_at_a_time": {"seconds": t_single, "samples_per_s": n / t_single,
+                                 "tokens_per_s": tokens_s / t_single},
+        "speedup": t_single / t_batched,
+        "seconds_per_repeat": runs,
+    }
+
+    from dpo_exp.rewards import Sst2Scorer, TfidfLogRegScorer
+
+    texts = [p + t for p, row in zip(batched.prompts, batched.texts) for t in row]
+    scoring = {"texts_batched": len(texts), "texts_one_at_a_time": min(len(texts), args.single_texts)}
+    tfidf = TfidfLogRegScorer(OmegaConf.create({"kind": "tfidf_logreg"}), cfg)
+    with tempfile.TemporaryDirectory() as folder:
+        tiny_classifier(Path(folder), tokenizer)
+        hf = Sst2Scorer(OmegaConf.create({"hub_id": folder, "score": "probability", "batch_size": 64,
+                                          "device": "cpu"}))
+        for name, scorer in (("tfidf_logreg", tfidf), ("hf_pipeline_tiny_classifier", hf)):
+            scorer.score(texts[:4])  # warm-up
+            all_at_once, t_b = timed(lambda: scorer.score(texts))
+            few = texts[: args.single_texts]  # one at a time is slow: time a subset, compare per-text rates
+            each, t_s = timed(lambda: [scorer.score([t])[0] for t in few])
+            scoring[name] = {"max_abs_diff_batched_vs_single": max(abs(a - b) for a, b in zip(all_at_once, each)),
+                             "batched_texts_per_s": len(texts) / t_b, "one_at_a_time_texts_per_s": len(few) / t_s,
+                             "speedup": (t_s / len(few)) / (t_b / len(texts))}
+
+    result = {
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": None,
+                    "platform": platform.platform(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()[0]},
+        "model": "tiny GPT-2 (4 layers, width 128, 4 heads, GPT-2 BPE), random init",
+        "generation": generation,
+        "scoring": scoring,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    g = generation
+    print(f"generation ({g['prompts']} prompts x {args.samples} samples, {args.new_tokens} new tokens):")
+    b = g["batched"]
+    print(f"  batched            {b['samples_per_s']:7.1f} samples/s  {b['tokens_per_s']:7.0f} tok/s")
+    print(f"  one prompt a time  {g['one_prompt_at_a_time']['samples_per_s']:7.1f} samples/s  "
+          f"{g['one_prompt_at_a_time']['tokens_per_s']:7.0f} tok/s")
+    print(f"  speed-up x{g['speedup']:.2f}")
+    for name in ("tfidf_logreg", "hf_pipeline_tiny_classifier"):
+        s = scoring[name]
+        print(f"scoring {name}: batched {s['batched_texts_per_s']:.0f} texts/s, one at a time "
+              f"{s['one_at_a_time_texts_per_s']:.0f} texts/s, speed-up x{s['speedup']:.2f}")
+    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""A small content-addressed disk cache shared by concurrent jobs (pairs, warm-started models, reward models).
+
+An entry is a folder `cache_dir/<namespace>/<key>/` written in three steps, so readers never see half of it:
+1. the builder writes its files into a private temporary folder next to the entry;
+2. a `manifest.json` (size + sha256 of every file, the builder's own facts such as a row count) is written LAST;
+3. the temporary folder is renamed onto the entry path (`os.replace`, atomic on one file system).
+Builds hold a `filelock.FileLock` per key: a second job that wants the same entry waits, then reuses it.
+An entry whose manifest is missing or does not match its files (a crash, a disk error, a hand edit) is
+removed with a warning and built again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+
+from .storage import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def content_key(obj: Any, length: int = 16) -> str:
+    """A stable hex digest of a JSON-serialisable description (dict keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    """A complete cache entry: where it lies, its key, and whether this call built or reused it."""
+
+    path: Path
+    key: str
+    status: str                      # "built" | "reused" | "rebuilt" (a corrupt entry was replaced)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the builder recorded (e.g. row counts) when it made the entry."""
+        return dict(self.manifest.get("info", {}))
+
+
+def _listing(folder: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    return files
+
+
+def _share(folder: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) paths; cache entries are read by other users' jobs too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def check_entry(folder: Path, key: str) -> tuple[dict | None, str]:
+    """(manifest, "") for a complete entry; (None, reason) when it is missing or corrupt."""
+    if not folder.exists():
+        return None, "missing"
+    manifest = read_json(folder / MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None, "no readable manifest"
+    if manifest.get("key") != key:
+        return None, f"manifest key {manifest.get('key')!r} != {key!r}"
+    for name, meta in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return None, f"{name} is missing"
+        if path.stat().st_size != meta.get("size"):
+            return None, f"{name} has {path.stat().st_size} bytes, manifest says {meta.get('size')}"
+        if file_sha256(path) != meta.get("sha256"):
+            return None, f"{name} does not match its sha256"
+    return manifest, ""
+
+
+def cached(
+    cache_dir: str | Path,
+    namespace: str,
+    key: str,
+    build: Callable[[Path], dict[str, Any] | None],
+    description: Any = None,
+) -> CacheEntry:
+    """Return the entry `namespace/key`, calling `build(tmp_folder)` to make it when absent or corrupt.
+
+    `build` writes its files into the folder it is given and may return facts (JSON-serialisable) to keep in
+    the manifest. `description` (what the key was computed from) is stored too, for humans.
+    """
+    root = Path(cache_dir) / namespace
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / key
+    manifest, _ = check_entry(folder, key)
+    if manifest is not None:
+        return CacheEntry(folder, key, "reused", manifest)
+    with FileLock(str(root / f"{key}.lock")):
+        manifest, reason = check_entry(folder, key)  # another job may have built it while we waited
+        if manifest is not None:
+            return CacheEntry(folder, key, "reused", manifest)
+        status = "built"
+        if folder.exists():
+            log.warning("cache entry %s is corrupt (%s): rebuilding it", folder, reason)
+            shutil.rmtree(folder, ignore_errors=True)
+            status = "rebuilt"
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".tmp"))
+        try:
+            info = build(tmp) or {}
+            manifest = {"key": key, "namespace": namespace, "info": info, "description": description,
+                        "files": _listing(tmp)}
+            atomic_write_json(tmp / MANIFEST, manifest)  # written last: its presence marks a finished build
+            _share(tmp)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("cache %s/%s: %s", namespace, key, status)
+    return CacheEntry(folder, key, status, manifest)

@@ -1,0 +1,224 @@
+"""IMDb prompt sets for sentiment-guided DPO: labelled reviews in, cleaned token-prefix prompts out.
+
+Sources: the hub's `stanfordnlp/imdb`, or `dataset.path` = a jsonl/csv/parquet file of `{text, label}`, a folder
+holding train.* (and optionally test.*), or an `aclImdb` folder (train|test/pos|neg/*.txt). Training prompts come
+from the train split; held-out evaluation prompts come from the test split (or, with one file only, from a
+held-out share of its reviews) and never equal a training prompt. Everything is seeded.
+Problems in the data raise `UserError` naming the field, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import check_columns, data_files, read_records, seeded_subset
+from .errors import UserError
+
+DEFAULT_DATA_SIZE = 256
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
+UNLABELLED = (None, -1)  # the hub's `unsupervised` split marks unlabelled reviews with -1
+
+
+@dataclass
+class LabelledTexts:
+    """Cleaned review texts with their labels (1 = positive, 0 = negative, None = unlabelled)."""
+
+    texts: list[str]
+    labels: list[int | None]
+
+    def subset(self, indices: list[int]) -> "LabelledTexts":
+        return LabelledTexts([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+    def labelled(self) -> tuple[list[str], list[int]]:
+        pairs = [(t, y) for t, y in zip(self.texts, self.labels) if y is not None]
+        return [t for t, _ in pairs], [int(y) for _, y in pairs]
+
+
+@dataclass
+class PromptSets:
+    """Everything the IMDb workflow needs from the data, loaded before any model."""
+
+    train_prompts: list[str]          # DPO training prompts (data_size of them)
+    pair_eval_prompts: list[str]      # prompts whose pairs become the held-out DPO eval pairs
+    eval_prompts: list[str]           # held-out prompts for sampling-based evaluation (test split)
+    train: LabelledTexts              # reviews for the SFT warm start and reward training
+    test: LabelledTexts               # held-out reviews (reward accuracy), never used for training
+    source: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def clean_text(text: str) -> str:
+    """Remove IMDb's `<br />` markup and collapse whitespace."""
+    return _SPACE.sub(" ", _BREAK.sub(" ", text)).strip()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A dataset path; `demo:NAME` names a fixture shipped inside the package (dpo_exp/demo/NAME)."""
+    text = str(path)
+    if text.startswith("demo:"):
+        from . import DEMO_DIR
+
+        return DEMO_DIR / text[len("demo:"):]
+    return Path(text).expanduser()
+
+
+# ---------------------------------------------------------------- raw rows per split
+
+
+def _acl_root(path: Path) -> Path | None:
+    for root in (path, path / "aclImdb"):
+        if (root / "train" / "pos").is_dir() or (root / "train" / "neg").is_dir():
+            return root
+    return None
+
+
+def _read_acl(root: Path) -> dict[str, list[dict]]:
+    """aclImdb layout: <split>/pos/*.txt (label 1) and <split>/neg/*.txt (label 0)."""
+    splits: dict[str, list[dict]] = {}
+    for split in ("train", "test"):
+        rows = []
+        for folder, label in (("neg", 0), ("pos", 1)):
+            for file in sorted((root / split / folder).glob("*.txt")) if (root / split / folder).is_dir() else []:
+                rows.append({"text": file.read_text(encoding="utf-8", errors="replace"), "label": label})
+        if rows:
+            splits[split] = rows
+    if "train" not in splits:
+        raise UserError(f"dataset.path={root}: aclImdb folder without train/pos or train/neg *.txt files")
+    return splits
+
+
+def raw_splits(ds_cfg: Any, path: Any = None) -> tuple[dict[str, list[dict]], str, dict[str, str]]:
+    """(rows per split 'train'/'test', source description, column names) from `path`, dataset.path or the hub."""
+    columns = {"text": str(ds_cfg.columns.text), "label": str(ds_cfg.columns.label)}
+    path = path if path is not None else ds_cfg.get("path")
+    if path:
+        resolved = resolve_path(path)
+        if not resolved.exists():
+            raise UserError(f"dataset.path={path} does not exist")
+        if resolved.is_dir() and (root := _acl_root(resolved)) is not None:
+            return _read_acl(root), f"aclImdb:{root}", {"text": "text", "label": "label"}
+        files = data_files(resolved)
+        splits = {split: read_records(file) for split, file in files.items()}
+        return splits, f"files:{','.join(str(f) for f in files.values())}", columns
+    if not ds_cfg.get("hub_id"):
+        raise UserError("dataset.path: set it to a {text,label} file or folder (dataset.hub_id is null)")
+    from datasets import load_dataset
+
+    splits = {"train": load_dataset(ds_cfg.hub_id, split=ds_cfg.train_split).to_list()}
+    if ds_cfg.get("eval_split"):
+        splits["test"] = load_dataset(ds_cfg.hub_id, split=ds_cfg.eval_split).to_list()
+    return splits, f"hub:{ds_cfg.hub_id}", columns
+
+
+def _label(value: Any, where: str, row: int, column: str) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value in UNLABELLED:
+        return None
+    if value not in (0, 1):
+        raise UserError(f"{where}: row {row}: column '{column}' must be 0 or 1 (or -1 = unlabelled), got {value!r}")
+    return int(value)
+
+
+def normalize(rows: list[dict], columns: dict[str, str], where: str) -> tuple[LabelledTexts, int]:
+    """Check columns and labels, clean texts, drop empty ones. Returns the texts and the number dropped."""
+    check_columns(rows, [columns["text"]], where)
+    has_labels = any(columns["label"] in r for r in rows[:100])
+    texts, labels, empty = [], [], 0
+    for number, row in enumerate(rows, start=1):
+        value = row.get(columns["text"])
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{where}: row {number}: column '{columns['text']}' must be text, got "
+                            f"{type(value).__name__}")
+        label = _label(row.get(columns["label"]), where, number, columns["label"]) if has_labels else None
+        text = clean_text(value or "")
+        if not text:
+            empty += 1
+            continue
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise UserError(f"{where}: every '{columns['text']}' value is empty ({len(rows)} rows)")
+    return LabelledTexts(texts, labels), empty
+
+
+def load_labelled_splits(ds_cfg: Any, seed: int, path: Any = None) -> tuple[LabelledTexts, LabelledTexts, str, dict]:
+    """Train and held-out reviews. Without a test split, `eval_fraction` of the (shuffled) reviews is held out."""
+    splits, source, columns = raw_splits(ds_cfg, path)
+    counts: dict[str, int] = {}
+    out: dict[str, LabelledTexts] = {}
+    for split, rows in splits.items():
+        out[split], counts[f"{split}_dropped_empty"] = normalize(rows, columns, f"{source} [{split}]")
+        counts[f"{split}_reviews"] = len(out[split].texts)
+    if "test" not in out:
+        order = seeded_subset(list(range(len(out["train"].texts))), None, seed)
+        n_test = max(1, int(round(len(order) * float(ds_cfg.eval_fraction)))) if len(order) > 1 else 0
+        whole = out["train"]
+        out["test"], out["train"] = whole.subset(order[:n_test]), whole.subset(order[n_test:])
+        counts["train_reviews"], counts["test_reviews"] = len(out["train"].texts), len(out["test"].texts)
+        source += f" (held out {n_test} reviews for evaluation)"
+    return out["train"], out["test"], source, counts
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def make_prefixes(texts: list[str], tokenizer, low: int, high: int, seed: int) -> list[str]:
+    """One prompt per text: its first n tokens, n drawn uniformly in [low, high] (seeded, one draw per text)."""
+    rng = random.Random(seed)
+    lengths = [rng.randint(low, high) for _ in texts]
+    encoded = tokenizer([t[: 40 * high] for t in texts], add_special_tokens=False).input_ids if texts else []
+    return [tokenizer.decode(ids[:n]).strip() for ids, n in zip(encoded, lengths)]  # 40 chars/token is ample
+
+
+def _unique(prompts: list[str], exclude: set[str] = frozenset()) -> list[str]:
+    return [p for p in dict.fromkeys(prompts) if p and p not in exclude]
+
+
+def load_prompt_sets(cfg: Any, tokenizer) -> PromptSets:
+    """Prompt sets for `dataset=imdb_sentiment`, validated before any model loads."""
+    ds = cfg.dataset
+    seed = int(cfg.seed)
+    low, high = int(ds.prompt_tokens_min), int(ds.prompt_tokens_max)
+    if low < 1 or high < low:
+        raise UserError(f"dataset.prompt_tokens_min={low} / prompt_tokens_max={high}: need 1 <= min <= max")
+    train, test, source, counts = load_labelled_splits(ds, seed)
+
+    order = seeded_subset(list(range(len(train.texts))), None, seed)
+    pool = _unique(make_prefixes([train.texts[i] for i in order], tokenizer, low, high, seed))
+    size = ds.get("data_size")
+    n_train = DEFAULT_DATA_SIZE if size is None else int(size)
+    n_pair_eval = max(1, int(round(n_train * float(ds.eval_fraction))))
+    if ds.get("eval_size"):
+        n_pair_eval = min(n_pair_eval, int(ds.eval_size))
+    if size is None and n_train + n_pair_eval > len(pool):  # the default shrinks to what the data offers
+        n_train = max(1, int(len(pool) / (1 + float(ds.eval_fraction))))
+        n_pair_eval = max(1, min(n_pair_eval, len(pool) - n_train))
+    if n_train + n_pair_eval > len(pool):
+        raise UserError(
+            f"data_size={n_train} (+{n_pair_eval} held-out pair prompts, dataset.eval_fraction) but only {len(pool)} "
+            f"distinct prompts are available in {source} (lower data_size)"
+        )
+    train_prompts, pair_eval = pool[:n_train], pool[n_train : n_train + n_pair_eval]
+
+    used = set(train_prompts) | set(pair_eval)
+    test_order = [test.texts[i] for i in seeded_subset(list(range(len(test.texts))), None, seed + 1)]
+    eval_prompts = _unique(make_prefixes(test_order, tokenizer, low, high, seed + 1), exclude=used)
+    n_eval = int(ds.get("eval_prompts") or len(eval_prompts))
+    eval_prompts = eval_prompts[:n_eval]
+    if not eval_prompts:
+        raise UserError(f"{source}: no held-out evaluation prompts left that differ from the training prompts")
+    counts.update(
+        distinct_prompts=len(pool), train_prompts=len(train_prompts), pair_eval_prompts=len(pair_eval),
+        eval_prompts=len(eval_prompts),
+    )
+    return PromptSets(train_prompts, pair_eval, eval_prompts, train, test, source, counts)

@@ -1,0 +1,224 @@
+"""Sentiment-guided preference pairs: sample from the reference, score with a sentiment classifier, pair up.
+
+Per prompt, `generation.num_samples` completions are drawn and each full text (prompt + completion) is scored;
+`best_vs_worst` keeps the highest- against the lowest-scored completion, `all_pairs` every pair whose scores
+differ by more than `min_margin` (4 samples -> up to 6 pairs). The pair dataset is cached by a content key
+(model incl. SFT warm start, prompts, generation settings, scorer, pairing, seed), so a sweep over beta or the
+learning rate builds it once; `summary.json["pairs"]["cache"]` says `built` or `reused`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .cache import cached, content_key
+from .data import PreferenceData, filter_pairs
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("best_vs_worst", "all_pairs")
+PAIR_FORMATS = ("jsonl", "parquet")
+
+
+def make_pairs(
+    prompt: str, completions: list[str], scores: list[float], strategy: str, min_margin: float
+) -> tuple[list[dict], dict[str, int]]:
+    """Pairs for one prompt, plus how many candidate pairs were dropped as ties or below the margin."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"dataset.pairs.strategy={strategy!r} is not one of {list(STRATEGIES)}")
+    dropped = {"ties": 0, "below_margin": 0}
+    if strategy == "best_vs_worst":
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        worst = min(range(len(scores)), key=lambda i: scores[i])
+        candidates = [(best, worst)] if len(scores) > 1 else []
+    else:
+        candidates = [(i, j) if scores[i] >= scores[j] else (j, i)
+                      for i, j in itertools.combinations(range(len(scores)), 2)]
+    pairs = []
+    for hi, lo in candidates:
+        gap = scores[hi] - scores[lo]
+        if gap == 0:
+            dropped["ties"] += 1
+        elif gap <= min_margin:
+            dropped["below_margin"] += 1
+        else:
+            pairs.append({"prompt": prompt, "chosen": completions[hi], "rejected": completions[lo],
+                          "score_chosen": float(scores[hi]), "score_rejected": float(scores[lo])})
+    return pairs, dropped
+
+
+def build_pairs(samples, scores: list[list[float]], strategy: str, min_margin: float) -> tuple[list[dict], dict]:
+    """Pairs over all prompts (each row keeps its prompt index in `prompt_id`) and the drop counts."""
+    rows, counts = [], {"ties": 0, "below_margin": 0}
+    for index, (prompt, texts, row_scores) in enumerate(zip(samples.prompts, samples.texts, scores)):
+        pairs, dropped = make_pairs(prompt, texts, row_scores, strategy, min_margin)
+        rows.extend({**p, "prompt_id": index} for p in pairs)
+        for k, v in dropped.items():
+            counts[k] += v
+    return rows, counts
+
+
+def _write_pairs(rows: list[dict], path: Path) -> None:
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path, index=False)
+    else:
+        from .storage import write_jsonl
+
+        write_jsonl(path, rows)
+
+
+def read_pairs(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict("records")
+    from .storage import read_jsonl
+
+    return read_jsonl(path)
+
+
+def pair_key(cfg: Any, model_identity: dict, prompts: list[str], scorer_identity: str, batch_size: int,
+             device: str, precision: str) -> tuple[str, dict]:
+    """Content key of a pair dataset and the description it is computed from."""
+    gen = cfg.generation
+    ds = cfg.dataset
+    description = {
+        "model": model_identity,
+        "prompts": content_key(prompts, 64), "n_prompts": len(prompts),
+        "generation": {"num_samples": int(gen.num_samples), "max_new_tokens": int(gen.max_new_tokens),
+                       "temperature": float(gen.temperature), "top_k": int(gen.top_k or 0), "top_p": float(gen.top_p),
+                       "batch_size": batch_size},  # sampling is seeded per batch: the batching changes samples
+        "scorer": scorer_identity,
+        "pairs": {"strategy": str(ds.pairs.strategy), "min_margin": float(ds.pairs.min_margin)},
+        "seed": int(cfg.seed), "device": device, "precision": precision, "v": 1,
+    }
+    return content_key(description), description
+
+
+def plot_pair_scores(rows: list[dict], path: Path) -> Path:
+    """Histogram of chosen vs rejected scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    chosen = [r["score_chosen"] for r in rows]
+    rejected = [r["score_rejected"] for r in rows]
+    if rows:
+        low, high = min(rejected + chosen), max(rejected + chosen)
+        bins = [low + (high - low) * i / 30 for i in range(31)] if high > low else 10
+        ax.hist(chosen, bins=bins, alpha=0.6, label=f"chosen (mean {sum(chosen) / len(chosen):.3f})")
+        ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (mean {sum(rejected) / len(rejected):.3f})")
+    ax.set_xlabel("sentiment score")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"{len(rows)} preference pairs")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[PreferenceData, Any]:
+    """SFT warm start (optional) -> sampling -> scoring -> pairs (cached) -> PreferenceData and the reference."""
+    from .generation import default_batch_size, generate_samples
+    from .models import model_source
+    from .rewards import build_scorer
+
+    cfg = ctx.cfg
+    ds = cfg.dataset
+    strategy, fmt = str(ds.pairs.strategy), str(ds.pairs.get("format") or "jsonl")
+    if strategy not in STRATEGIES:
+        raise UserError(f"dataset.pairs.strategy={strategy!r} is not one of {list(STRATEGIES)}")
+    if fmt not in PAIR_FORMATS:
+        raise UserError(f"dataset.pairs.format={fmt!r} is not one of {list(PAIR_FORMATS)}")
+    scorer = build_scorer(cfg.reward, cfg)
+    if scorer is None:
+        raise UserError("dataset=imdb_sentiment needs a sentiment scorer: set reward=sst2|siebert|distilbert_imdb|"
+                        "tfidf_logreg|vader")
+    ctx.summary["reward"] = {"kind": scorer.name, "identity": scorer.identity(), **scorer.info}
+    ctx.tracker.summary({f"reward/{k}": v for k, v in scorer.info.items() if isinstance(v, (int, float))})
+
+    model_identity: dict[str, Any] = {"source": model_source(cfg.model), "seed": int(cfg.seed)}
+    if cfg.sft.enabled:
+        from .sft import warm_start
+
+        model, entry = warm_start(cfg, model, tokenizer, prompt_sets.train.texts, ctx.device)
+        model_identity["sft"] = entry.key
+        ctx.summary["reference_path"] = str(entry.path)
+        ctx.summary["sft"] = {"cache": entry.status, "key": entry.key, "path": str(entry.path), **entry.info}
+    ctx.save_summary()
+
+    prompts = list(prompt_sets.train_prompts) + list(prompt_sets.pair_eval_prompts)
+    batch_size = int(cfg.generation.batch_size or default_batch_size(ctx.device))
+    key, description = pair_key(cfg, model_identity, prompts, scorer.identity(), batch_size, ctx.device, ctx.precision)
+    filename = f"pairs.{fmt}"
+
+    def build(folder: Path) -> dict[str, Any]:
+        samples = generate_samples(model, tokenizer, prompts, cfg.generation, int(cfg.seed), desc="sampling pairs")
+        flat = [prompt + text for prompt, texts in zip(samples.prompts, samples.texts) for text in texts]
+        scored = scorer.score(flat)
+        n = int(cfg.generation.num_samples)
+        scores = [scored[i * n : (i + 1) * n] for i in range(len(prompts))]
+        rows, dropped = build_pairs(samples, scores, strategy, float(ds.pairs.min_margin))
+        _write_pairs(rows, folder / filename)
+        return {"rows": len(rows), "prompts": len(prompts), "samples": len(flat),
+                "mean_sample_score": sum(scored) / max(1, len(scored)),
+                "dropped_ties": dropped["ties"], "dropped_below_margin": dropped["below_margin"]}
+
+    entry = cached(cfg.cache_dir, "pairs", key, build, description)
+    rows = read_pairs(entry.path / filename)
+    if len(rows) != entry.info.get("rows"):
+        raise RuntimeError(f"pair cache {entry.path}: {len(rows)} rows, manifest says {entry.info.get('rows')}")
+    log.info("pairs %s: %d pairs from %d prompts (cache %s, key %s)", entry.status, len(rows), len(prompts),
+             entry.path, key)
+
+    run_pairs = ctx.run_dir / filename
+    shutil.copyfile(entry.path / filename, run_pairs)
+    png = plot_pair_scores(rows, ctx.run_dir / "plots" / "pair_scores.png")
+    ctx.tracker.image("plots/pair_scores", png)
+
+    n_train = len(prompt_sets.train_prompts)
+    kept, dropped = filter_pairs(rows, drop_ties=True, where=str(entry.path / filename))
+    train = [r for r in kept if r["prompt_id"] < n_train]
+    evals = [r for r in kept if r["prompt_id"] >= n_train]
+    if not train:
+        raise UserError(
+            f"no training pairs: all {len(rows)} candidate pairs were ties, below dataset.pairs.min_margin="
+            f"{ds.pairs.min_margin} or empty (more generation.num_samples or a smaller margin)"
+        )
+    gaps = [r["score_chosen"] - r["score_rejected"] for r in train]
+    counts = {
+        **prompt_sets.counts,
+        "samples": entry.info.get("samples", 0),
+        "pairs_built": len(rows),
+        "pairs_dropped_ties": entry.info.get("dropped_ties", 0) + dropped["ties"],
+        "pairs_dropped_below_margin": entry.info.get("dropped_below_margin", 0),
+        "pairs_dropped_empty": dropped["empty"],
+        "pairs_dropped_identical": dropped["identical"],
+        "train_pairs": len(train),
+        "eval_pairs": len(evals),
+    }
+    ctx.summary["pairs"] = {
+        "cache": entry.status, "key": key, "path": str(entry.path / filename), "run_copy": str(run_pairs),
+        "strategy": strategy, "min_margin": float(ds.pairs.min_margin),
+        "mean_score_gap": sum(gaps) / len(gaps), "mean_sample_score": entry.info.get("mean_sample_score"),
+        **{k: v for k, v in counts.items() if k.startswith(("pairs_", "train_pairs", "eval_pairs", "samples"))},
+    }
+    ctx.tracker.summary({"pairs/cache_reused": int(entry.status == "reused"),
+                         "pairs/mean_score_gap": ctx.summary["pairs"]["mean_score_gap"],
+                         "pairs/train": len(train), "pairs/eval": len(evals)})
+    ctx.save_summary()
+    data = PreferenceData(train=train, eval=evals, counts=counts, source=f"{prompt_sets.source} -> {scorer.name} pairs",
+                          eval_prompts=list(prompt_sets.eval_prompts))
+    return data, model

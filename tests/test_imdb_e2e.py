@@ -1,0 +1,92 @@
+"""End to end through the CLI: `dataset=imdb_sentiment` builds pairs, trains DPO, leaves pairs + histogram."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
+
+FAST_IMDB = [*FAST_MODEL, *FAST_TRAINER, "generation.max_new_tokens=16", "epochs=1", "logger.mode=offline"]
+
+
+def _run(tmp_path: Path, imdb_dir: Path, name: str, *extra: str) -> tuple[Path, dict]:
+    run_dir = tmp_path / name
+    result = run_cli(["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={imdb_dir}", "data_size=16",
+                      *FAST_IMDB, f"hydra.run.dir={run_dir}", *extra], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def test_imdb_sentiment_cli_run(tmp_path, imdb_dir):
+    run_dir, summary = _run(tmp_path, imdb_dir, "run", "eval.enabled=false")
+    assert summary["status"] == "completed"
+    # the foundation's run directory ...
+    for name in (".hydra/config.yaml", "metrics.jsonl", "model", "plots/loss.png"):
+        assert (run_dir / name).exists(), name
+    assert "eval_loss" in summary and "rewards/accuracies" in summary
+    # ... plus the pair dataset, its histogram, the reward's quality and the cache record
+    pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == summary["pairs"]["pairs_built"] and pairs
+    assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
+    assert (run_dir / "plots" / "pair_scores.png").stat().st_size > 1000
+    assert summary["pairs"]["cache"] == "built"
+    assert Path(summary["pairs"]["path"]).is_relative_to(tmp_path / ".cache")
+    assert summary["reward"]["kind"] == "tfidf_logreg" and summary["reward"]["heldout_accuracy"] >= 0.8
+    assert summary["data"]["train_prompts"] == 16
+    assert summary["data"]["train_pairs"] == summary["pairs"]["train_pairs"] > 0
+    assert (tmp_path / ".cache" / "pairs").is_dir()
+
+
+def test_bad_imdb_labels_exit_2_before_any_model(tmp_path):
+    data = tmp_path / "reviews.jsonl"
+    data.write_text('{"text": "a fine film", "label": 3}\n' * 10)
+    result = run_cli(["dataset=imdb_sentiment", "reward=vader", f"dataset.path={data}", *FAST_MODEL, *FAST_TRAINER,
+                      "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert "label" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_second_run_with_other_beta_reuses_pairs(tmp_path, imdb_dir):
+    """The issue's 'done when': the same command with beta=0.5 reuses the cached pairs."""
+    _, first = _run(tmp_path, imdb_dir, "beta01", "eval.enabled=false", "beta=0.1")
+    _, second = _run(tmp_path, imdb_dir, "beta05", "eval.enabled=false", "beta=0.5")
+    assert first["pairs"]["cache"] == "built" and second["pairs"]["cache"] == "reused"
+    assert first["pairs"]["key"] == second["pairs"]["key"]
+    assert second["reward"]["cache"] == "reused"
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline_end_to_end(tmp_path):
+    """`experiment=quickstart`: demo fixture inside the package, SFT warm start, vader, DPO, evaluation."""
+    run_dir = tmp_path / "qs"
+    result = run_cli(["experiment=quickstart", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["sft"]["cache"] == "built" and Path(summary["reference_path"]).is_dir()
+    assert summary["sft"]["last_loss"] < summary["sft"]["first_loss"]
+    assert summary["reward"]["kind"] == "vader" and summary["pairs"]["train_pairs"] > 0
+    assert (run_dir / "pairs.jsonl").exists() and (run_dir / "plots" / "pair_scores.png").exists()
+
+
+def test_presets_compose():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from dpo_exp import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        paper = hydra_compose(config_name="config", overrides=["experiment=dpo_paper_imdb"], return_hydra_config=True)
+        gpt2 = hydra_compose(config_name="config", overrides=["experiment=imdb_sentiment_gpt2"])
+        quick = hydra_compose(config_name="config", overrides=["experiment=quickstart"])
+    assert (paper.dataset.prompt_tokens_min, paper.dataset.prompt_tokens_max) == (2, 8)
+    assert paper.generation.num_samples == 4 and paper.dataset.pairs.strategy == "all_pairs"
+    assert paper.reward.kind == "siebert" and paper.sft.enabled and paper.model.name == "gpt2"
+    assert paper.hydra.sweeper.params.beta == "0.05,0.1,1,5"
+    assert gpt2.reward.kind == "sst2" and gpt2.model.name == "gpt2" and not gpt2.sft.enabled
+    assert quick.reward.kind == "vader" and quick.model.tiny and quick.sft.enabled and quick.lora.enabled
+    assert quick.dataset.kind == "imdb_sentiment" and float(quick.lr) == 1e-3
