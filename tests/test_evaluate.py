@@ -155,7 +155,8 @@ def test_overtrained_policy_separates_its_pairs_and_drifts(setup, tmp_path):
     from dpo_exp.train import build_trainer
     from dpo_exp.tracking import Tracker
 
-    cfg, tokenizer, data = setup["cfg"], setup["tokenizer"], setup["data"]
+    cfg, tokenizer, data = setup["cfg"].copy(), setup["tokenizer"], setup["data"]
+    cfg.trainer.precompute_ref_log_probs = False  # TRL keeps its frozen reference copy (the path under test)
     model = build_model(cfg.model, int(cfg.seed))
     trainer = build_trainer(cfg, model, tokenizer, to_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
     trainer.train()
