@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-PYTEST_ARGS ?= -n 2 --timeout=1200   # the whole suite, ~9 min on 2 cores
+PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1200   # whole suite, ~9 min on 2 cores; module fixtures shared per file
 
 .PHONY: install demo test test-fast bench clean
 

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from . import CONF_DIR
-from .errors import UserError
+from .errors import RunFailure, UserError
 
 log = logging.getLogger("dpo_exp")
 
@@ -63,13 +63,13 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         result = run(cfg)
-    except UserError as exc:
+    except (UserError, RunFailure) as exc:  # one clear line: bad input (exit 2) or a run that cannot go on (1)
         if _is_multirun():  # one bad job must not stop the sweep; it is marked failed in its summary
             log.error("job failed: %s", exc)
             record_failure(cfg, exc)
             return None
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, UserError) else 1)
     except RunInterrupted as exc:
         print(f"interrupted: {exc}. Run the same command again to resume.", file=sys.stderr)
         sys.exit(130)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Invalid configuration or data, detected before (or instead of) expensive work."""
+
+
+class RunFailure(Exception):
+    """A run that cannot go on for a reason worth one clear line (e.g. a non-finite loss), not a bug."""

@@ -171,14 +171,13 @@ def _run_stages(ctx: RunContext) -> None:
 
 def train_policy(ctx: RunContext, model, tokenizer, data):
     """DPO with checkpoints and graceful stop; saves the adapter/model, final metrics into the summary."""
+    from .evaluate import trace_callbacks
     from .ref_logps import RefLogpsCache
     from .train import GracefulStop, build_trainer, final_metrics, last_checkpoint
 
     cfg = ctx.cfg
     metrics_path = ctx.run_dir / "metrics.jsonl"
     stopper = GracefulStop()
-    from .evaluate import trace_callbacks
-
     tracers = trace_callbacks(ctx, tokenizer, data)  # reward-KL trace during training (eval.every_n_steps > 0)
     ref_cache = RefLogpsCache.from_config(cfg)  # shares TRL's precomputed reference log-probs across jobs
     trainer = build_trainer(

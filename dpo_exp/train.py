@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from .errors import RunFailure
 from .models import lora_config
 from .ref_logps import SharedRefLogpsMixin
 from .storage import append_jsonl
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunFailure):
     """Raised when the loss or gradients stop being finite and the run is configured to stop."""
 
 

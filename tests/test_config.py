@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -71,12 +70,12 @@ def test_seed_preset_is_the_original_projects_run():
     assert cfg.trainer.optim == "adamw_torch" and cfg.trainer.eval_strategy == "epoch"
 
 
-def test_trl_defaults_are_overridden_explicitly():
+def test_trl_defaults_are_overridden_explicitly(tmp_path):
     """TRL's DPOConfig defaults (lr 1e-6, bf16 on, gradient checkpointing on) must not leak into a CPU run."""
     from dpo_exp.train import dpo_config
 
     cfg = compose(["model=tiny_gpt2", "lr=3e-4"])
-    args = dpo_config(cfg, Path("/tmp/dpo_exp_cfg_test"), "fp32", "cpu")
+    args = dpo_config(cfg, tmp_path, "fp32", "cpu")
     assert args.learning_rate == 3e-4
     assert not args.bf16 and not args.fp16
     assert not args.gradient_checkpointing

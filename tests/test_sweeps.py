@@ -103,6 +103,18 @@ def test_compare_on_the_sweep_marks_the_failed_job(beta_sweep: Path, tmp_path: P
         assert (beta_sweep / "plots" / png).stat().st_size > 1000
 
 
+def test_relaunching_the_sweep_skips_completed_jobs(beta_sweep: Path):
+    """A half-finished (here: partly failed) sweep re-launched over the same folder does not redo completed jobs."""
+    before = {d.name: (d / "summary.json").read_text() for d in job_dirs(beta_sweep)}
+    proc = run_cli(["-m", *fast_overrides(), "trainer.precompute_ref_log_probs=true",
+                    "hydra.sweep.dir=multirun/beta", "beta=0.1,0.5,1.0,-1"], beta_sweep.parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("0", "1", "2"):
+        assert (beta_sweep / name / "summary.json").read_text() == before[name]  # untouched: skipped
+        assert "already completed: skipping" in (beta_sweep / name / "__main__.log").read_text()
+    assert summary(beta_sweep / "3")["status"] == "failed"
+
+
 # ---------------------------------------------------------------- config-only checks (fast)
 
 
