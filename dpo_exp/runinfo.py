@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -106,10 +107,11 @@ def run_identity(cfg: DictConfig, run_dir: Path | None = None) -> RunIdentity:
         group = f"{cfg.name}-sweep-{sweep.parent.name}_{sweep.name}"
     else:
         group = str(cfg.name)
-    tags = [t for t in (_tag(k, v) for k, v in {**shown, **swept}.items()) if t] + [
-        f"dataset={cfg.dataset.name}", f"model={cfg.model.name}", "lora" if cfg.lora.enabled else "full-ft",
-        *map(str, cfg.logger.get("tags") or []),
-    ]
+    tagged = {**shown, **swept}
+    identity_tags = {"dataset": cfg.dataset.name, "model": cfg.model.name}  # unless an override already says it
+    tags = [t for t in (_tag(k, v) for k, v in tagged.items()) if t] + [
+        f"{k}={v}" for k, v in identity_tags.items() if k not in tagged
+    ] + ["lora" if cfg.lora.enabled else "full-ft", *map(str, cfg.logger.get("tags") or [])]
     if multirun:
         tags.append("sweep")
     job_num = int(hc.job.num) if multirun and hc.job.get("num") is not None else None
@@ -142,7 +144,7 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "gpu": gpu,
         "torch_threads": torch.get_num_threads(),
     }
