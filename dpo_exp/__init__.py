@@ -5,7 +5,7 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE_DIR.parent / "conf"
+CONF_DIR = PACKAGE_DIR.parent / "conf"  # the checkout's conf/: install editable (pip install -e ., as the Makefile does)
 DEMO_DIR = PACKAGE_DIR / "demo"
 
 

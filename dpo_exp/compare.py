@@ -377,7 +377,7 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
     params = swept_params(runs)
     base = paths[0].resolve() if len(paths) == 1 else Path(os.path.commonpath([str(p) for p in run_dirs]))
     df = build_table(runs, params, base)
-    df.to_csv(out / "comparison.csv", index=False)
+    atomic_write_text(out / "comparison.csv", df.to_csv(index=False))
 
     written: list[Path] = []
     notes: list[str] = []

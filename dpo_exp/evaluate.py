@@ -343,21 +343,23 @@ def main(args: DictConfig) -> None:
     from .tracking import start_tracker
 
     run_dir = Path(str(args.run_dir))
+    tracker = None
     try:
-        if not run_dir.is_dir():
-            raise UserError(f"run_dir={run_dir} is not a directory")
-        cfg = load_run_config(run_dir, args)
+        cfg = load_run_config(run_dir, args)  # a UserError when run_dir is not a dpo_exp run directory
         summary = read_json(run_dir / "summary.json") or {}
-        tracker = None
         if args.wandb and summary.get("wandb_id"):
             tracker = start_tracker(cfg.logger, run_dir, summary.get("name", "dpo"), summary.get("group", "dpo"), [],
                                     {}, resume_id=summary["wandb_id"])
         results = evaluate_run_dir(run_dir, cfg, tracker)
         if tracker is not None:
             tracker.finish(exit_code=0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except BaseException as exc:
+        if tracker is not None:  # the resumed W&B run is closed as failed, not left running
+            tracker.finish(exit_code=1)
+        if isinstance(exc, UserError):
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
 
 
