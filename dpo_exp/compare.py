@@ -242,10 +242,7 @@ def _label(row: pd.Series, params: list[str]) -> str:
 
 def plot_learning_curves(runs: list[Run], labels: dict[Path, str], out: Path) -> Path | None:
     """Train curves (solid) and eval points (dashed) of every run, one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
     drawn = False
@@ -267,19 +264,12 @@ def plot_learning_curves(runs: list[Run], labels: dict[Path, str], out: Path) ->
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "learning_curves.png", bbox_inches="tight")
 
 
 def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> list[Path]:
     """Final metrics against each swept parameter; one line per combination of the other swept parameters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save_figure  # headless (Agg) pyplot
 
     done = df[df["status"] == "completed"]
     metrics = [c for c in [m for m, _ in FINAL_METRICS] + EVAL_SHOWN if c in done.columns and done[c].notna().any()]
@@ -314,11 +304,7 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
             ax.set_visible(False)
         if others:
             axes.flat[0].legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"metrics_vs_{param.replace('/', '_').replace('.', '_')}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out / f"metrics_vs_{param.replace('/', '_').replace('.', '_')}.png"))
     return written
 
 
@@ -330,10 +316,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
     points = df[df[KL].notna() & df[REWARD].notna()].sort_values(KL)
     if points.empty:
         return None, f"reward-KL frontier skipped: no run has both {KL} and {REWARD}"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
 
@@ -354,11 +337,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
     ax.set_title("reward-KL frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "reward_kl_frontier.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path, None
+    return save_figure(fig, out / "reward_kl_frontier.png"), None
 
 
 # ---------------------------------------------------------------- entry point

@@ -17,6 +17,15 @@ TRAINING_PLOTS = {
 }
 
 
+def save_figure(fig, path: Path, **savefig_kwargs) -> Path:
+    """Lay out, write (creating the folder) and close a figure; every PNG of the project goes through here."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, **savefig_kwargs)
+    plt.close(fig)
+    return path
+
+
 def _series(rows: list[dict], split: str, key: str) -> tuple[list[float], list[float]]:
     points = [(r["step"], r[key]) for r in rows if r.get("split") == split and r.get(key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
@@ -42,9 +51,5 @@ def plot_training(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.set_ylabel(name.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"{name}.png"))
     return written

@@ -104,10 +104,7 @@ def pair_key(cfg: Any, model_identity: dict, prompts: list[str], scorer_identity
 
 def plot_pair_scores(rows: list[dict], path: Path) -> Path:
     """Histogram of chosen vs rejected scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save_figure  # headless (Agg) pyplot
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -123,10 +120,7 @@ def plot_pair_scores(rows: list[dict], path: Path) -> Path:
     ax.set_title(f"{len(rows)} preference pairs")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[PreferenceData, Any]:

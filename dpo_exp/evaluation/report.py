@@ -66,10 +66,7 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     """
     if "reward_delta" not in final:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     points = [r for r in trace if _finite(r.get("kl")) and _finite(r.get("reward_delta"))]
@@ -94,11 +91,7 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     ax.set_title(f"reference reward {final['reward_reference']:.3f}, policy {final['reward_policy']:.3f}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _finite(value: Any) -> bool:
