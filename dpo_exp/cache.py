@@ -44,6 +44,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def folder_digest(folder: Path, patterns: tuple[str, ...]) -> str:
+    """sha256 (16 hex) over the names and contents of the files in `folder` matching `patterns` (top level).
+
+    Memoised per process on (path, size, mtime) of every file, so a sweep hashes a large checkpoint once."""
+    files = sorted({f for pattern in patterns for f in Path(folder).glob(pattern) if f.is_file()})
+    stamp = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if stamp not in _DIGESTS:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+        _DIGESTS[stamp] = digest.hexdigest()[:16]
+    return _DIGESTS[stamp]
+
+
 @dataclass
 class CacheEntry:
     """A complete cache entry: where it lies, its key, and whether this call built or reused it."""

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import UserError
 
+PAIR_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # token ids of pairs built from samples
 FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -30,6 +31,20 @@ class PreferenceData:
     def __post_init__(self) -> None:
         if not self.eval_prompts:
             self.eval_prompts = list(dict.fromkeys(r["prompt"] for r in self.eval))
+
+    def heldout_hashes(self) -> dict[str, Any]:
+        """sha256 (16 hex) of each held-out set: the same numbers in every member of a data_size sweep."""
+        import hashlib
+
+        def digest(obj: Any) -> str:
+            return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+        return {
+            "eval_pairs": digest([[r["prompt"], r["chosen"], r["rejected"]] for r in self.eval]),
+            "eval_pair_prompts": digest(sorted({r["prompt"] for r in self.eval})),
+            "eval_prompts": digest(self.eval_prompts),
+            "n_eval_pairs": len(self.eval), "n_eval_prompts": len(self.eval_prompts),
+        }
 
 
 # ---------------------------------------------------------------- local files
@@ -419,6 +434,19 @@ def drop_long_prompts(
     return kept, len(rows) - len(kept)
 
 
+def split_by_prompt(pool: list[dict], fraction: float, source: str) -> tuple[list[dict], list[dict]]:
+    """(held-out, training) pairs: `fraction` of the distinct prompts (in the pool's seeded order) and every pair
+    that has one of them is held out, so no prompt is on both sides (HH-RLHF repeats prompts)."""
+    prompts = list(dict.fromkeys(r["prompt"] for r in pool))
+    if len(prompts) < 2:
+        raise UserError(
+            f"{source}: only {len(prompts)} distinct prompt(s) left after filtering; need at least 2 (one is held "
+            f"out for evaluation; or give a test file)"
+        )
+    held = set(prompts[: min(len(prompts) - 1, max(1, int(round(len(prompts) * fraction))))])
+    return [r for r in pool if r["prompt"] in held], [r for r in pool if r["prompt"] not in held]
+
+
 def load_preference_data(
     ds_cfg: Any, seed: int, prompt_fits: Callable[[str], bool] | None = None, max_length: Any = None
 ) -> PreferenceData:
@@ -445,16 +473,15 @@ def load_preference_data(
         cleaned[split] = kept
 
     pool = seeded_subset(cleaned["train"], None, seed)
-    if "test" in cleaned:
-        eval_pool = seeded_subset(cleaned["test"], None, seed)
-    else:  # hold out a fraction of the training pool, before the training subset is drawn
-        if len(pool) < 2:
-            raise UserError(
-                f"{source}: only {len(pool)} pair left after filtering; need at least 2 (one is held out for "
-                f"evaluation; or give a test file)"
-            )
-        n_eval = min(len(pool) - 1, max(1, int(round(len(pool) * float(ds_cfg.eval_fraction)))))
-        eval_pool, pool = pool[:n_eval], pool[n_eval:]
+    if "test" in cleaned:  # a held-out pair whose prompt is also a training prompt measures memory, not preference
+        seen = {r["prompt"] for r in cleaned["train"]}
+        eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if r["prompt"] not in seen]
+        counts["eval_dropped_prompt_overlap"] = len(cleaned["test"]) - len(eval_pool)
+        if not eval_pool:
+            raise UserError(f"{source}: every held-out pair's prompt is also a training prompt; nothing to evaluate on")
+    else:  # hold out a share of the distinct PROMPTS, before the training subset is drawn
+        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source)
+        counts["eval_dropped_prompt_overlap"] = 0
     if ds_cfg.get("eval_size"):
         eval_pool = eval_pool[: int(ds_cfg.eval_size)]
 

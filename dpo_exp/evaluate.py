@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import CONF_DIR
 from .errors import UserError
+from .data import PAIR_ID_COLUMNS
 from .storage import atomic_write_json, read_json, read_jsonl
 
 if TYPE_CHECKING:  # torch / transformers load lazily, so a bad run_dir is reported in a second
@@ -126,7 +127,8 @@ class EvalInputs:
         train_prompts = {r["prompt"] for r in getattr(data, "train", [])}
         prompts = list(dict.fromkeys(getattr(data, "eval_prompts", None) or []))
         kept = [p for p in prompts if p not in train_prompts]
-        pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in getattr(data, "eval", None) or []]
+        keys = ("prompt", "chosen", "rejected", *PAIR_ID_COLUMNS)  # sampled pairs carry the token ids trained on
+        pairs = [{k: r[k] for k in keys if k in r} for r in getattr(data, "eval", None) or []]
         return cls(kept, pairs, len(prompts) - len(kept))
 
     def save(self, path: Path) -> None:
@@ -185,7 +187,8 @@ def evaluate_models(
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
     if pairs:
         chosen, rejected = implicit_rewards(
-            pair, tokenizer, pairs, float(cfg.trainer.beta), cfg.trainer.max_length, settings.logprob_batch_size
+            pair, tokenizer, pairs, float(cfg.trainer.beta), cfg.trainer.max_length, settings.logprob_batch_size,
+            str(cfg.trainer.get("truncation_mode") or "keep_start"),
         )
         metrics.update(implicit_reward_metrics(chosen, rejected))
         out.margins = (chosen - rejected).tolist()

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+TokenSequence = tuple[list[int], list[int]]  # (context ids, completion ids)
+
 
 @dataclass
 class Samples:
@@ -89,6 +91,24 @@ def generate_samples(
         _reset_backend_padding(tokenizer)
         model.train(was_training)
     return Samples(prompts=list(prompts), texts=texts, token_ids=ids)
+
+
+def sample_sequences(tokenizer, samples: Samples, max_new_tokens: int, context: int) -> list[TokenSequence]:
+    """(prompt ids, completion ids) for every sample, flattened prompt-major, exactly as generate_samples sampled
+    them (pair building trains on these ids, evaluation scores them; no decode/re-tokenise round trip).
+
+    The prompt is tokenized with generate_samples' truncation; a sample shorter than max_new_tokens ended on EOS,
+    which generate_samples stripped, so EOS is put back: the termination is part of the sampled sequence.
+    """
+    max_prompt = max(1, context - max_new_tokens)
+    eos = tokenizer.eos_token_id
+    out: list[TokenSequence] = []
+    for prompt, rows in zip(samples.prompts, samples.token_ids):
+        prompt_ids = tokenizer(prompt, truncation=True, max_length=max_prompt).input_ids
+        for generated in rows:
+            ended = len(generated) < max_new_tokens
+            out.append((prompt_ids, list(generated) + ([eos] if ended else [])))
+    return out
 
 
 def _reset_backend_padding(tokenizer) -> None:

@@ -70,13 +70,27 @@ def _with_padding(tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedTokenizerB
 
 
 def model_source(model_cfg: Any) -> str:
-    """A short identity string for summaries and cache keys."""
+    """A short, readable description of where the model comes from (for summaries)."""
     if model_cfg.get("path"):
         return f"path:{Path(model_cfg.path).resolve()}"
     if model_cfg.get("tiny"):
         tiny = model_cfg.tiny
         return f"tiny:L{tiny.n_layer}-D{tiny.n_embd}-H{tiny.n_head}-P{tiny.n_positions}"
-    return f"hub:{model_cfg.hub_id}"
+    return f"hub:{model_cfg.hub_id}@{model_cfg.get('revision') or 'main'}"
+
+
+def model_identity(model_cfg: Any) -> str:
+    """What the starting weights ARE, for cache keys: a local folder by the sha256 of its config and weight files
+    (re-saving different weights at the same path changes it), a hub model by id and `model.revision` (pin a
+    commit for a key that cannot drift), a tiny model by its architecture (its weights follow from the seed)."""
+    if model_cfg.get("path"):
+        from .cache import folder_digest
+
+        return f"files:{folder_digest(Path(model_cfg.path), MODEL_FILE_PATTERNS)}"
+    return model_source(model_cfg)
+
+
+MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.pt", "tokenizer.json", "vocab.json", "merges.txt")
 
 
 def check_model_source(model_cfg: Any) -> None:
@@ -99,7 +113,7 @@ def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
         return offline_gpt2_tokenizer()
     from transformers import AutoTokenizer
 
-    return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id))
+    return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
 
 
 def max_positions(model_cfg: Any) -> int | None:
@@ -110,7 +124,10 @@ def max_positions(model_cfg: Any) -> int | None:
 
 
 def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> "PreTrainedModel":
-    """Load (or, for tiny_gpt2, construct with a fixed seed) the causal LM."""
+    """Load (or, for tiny_gpt2, construct with a fixed seed) the causal LM, with weights in `precision`.
+
+    A model that will be TRAINED must be fp32 (`build_policy`): mixed precision means fp32 master weights under
+    bf16/fp16 autocast; half-precision weights are only for frozen models (references, generation-only)."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
@@ -135,11 +152,18 @@ def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str 
             model = GPT2LMHeadModel(config).to(dtype)
         model.config.name_or_path = "tiny-gpt2"
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype, revision=model_cfg.get("revision"))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id
     return model.to(device)
+
+
+def build_policy(model_cfg: Any, seed: int, device: str = "cpu") -> "PreTrainedModel":
+    """The model to train: always fp32 weights, whatever the run's precision. The Trainer's `bf16`/`fp16` flags
+    then mean autocast over fp32 master weights (with a grad scaler for fp16); bf16 weights would make AdamW
+    updates below bf16's resolution round away (a weight of 0.02 does not move at lr 1e-6)."""
+    return build_model(model_cfg, seed, "fp32", device)
 
 
 # Layer types PEFT's LoRA can wrap (peft.tuners.lora.model._create_new_module), by class name.

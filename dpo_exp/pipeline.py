@@ -76,12 +76,6 @@ def load_data(ctx: RunContext, tokenizer) -> Any:
     return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, max_length)
 
 
-def to_dataset(rows: list[dict]):
-    from datasets import Dataset
-
-    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-
-
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     """Run one job. Returns the configured objective (a summary value) for sweepers."""
     identity = run_identity(cfg, run_dir)
@@ -130,7 +124,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
 
 def _run_stages(ctx: RunContext) -> None:
-    from .models import build_model, load_tokenizer, model_source, resolve_device, resolve_precision
+    from .models import build_policy, load_tokenizer, model_source, resolve_device, resolve_precision
 
     cfg = ctx.cfg
     tokenizer = load_tokenizer(cfg.model)
@@ -150,12 +144,13 @@ def _run_stages(ctx: RunContext) -> None:
     )
     ctx.save_summary(wandb_id=ctx.tracker.run_id)
 
-    model = build_model(cfg.model, int(cfg.seed), "fp32" if ctx.device == "cpu" else ctx.precision, ctx.device)
+    model = build_policy(cfg.model, int(cfg.seed), ctx.device)  # fp32 master weights; precision = autocast
     if cfg.dataset.kind == "imdb_sentiment":
         from .sentiment import build_sentiment_pairs
 
         data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
     ctx.summary["data"] = {"source": data.source, **data.counts}
+    ctx.summary["heldout"] = data.heldout_hashes()
     ctx.summary["dataset"]["source"] = data.source
     ctx.save_summary()
     ctx.tracker.summary({f"data/{k}": v for k, v in data.counts.items()})

@@ -184,6 +184,17 @@ def _unique(prompts: list[str], exclude: set[str] = frozenset()) -> list[str]:
     return [p for p in dict.fromkeys(prompts) if p and p not in exclude]
 
 
+def heldout_pair_prompts(pool_size: int, fraction: float, cap: Any) -> int:
+    """How many prompts of the training split are held out for DPO eval pairs: a share of the distinct prompts
+    (capped by `dataset.eval_size`), a function of the data alone, never of data_size."""
+    if pool_size < 2:
+        raise UserError(f"only {pool_size} distinct prompt(s) in the training reviews: need at least 2")
+    n = max(1, int(round(pool_size * fraction)))
+    if cap:
+        n = min(n, int(cap))
+    return min(n, pool_size - 1)
+
+
 def load_prompt_sets(cfg: Any, tokenizer) -> PromptSets:
     """Prompt sets for `dataset=imdb_sentiment`, validated before any model loads."""
     ds = cfg.dataset
@@ -195,24 +206,23 @@ def load_prompt_sets(cfg: Any, tokenizer) -> PromptSets:
 
     order = seeded_subset(list(range(len(train.texts))), None, seed)
     pool = _unique(make_prefixes([train.texts[i] for i in order], tokenizer, low, high, seed))
+    # Held-out sets first, from the seed and the data alone: every data_size of a sweep sees the same ones.
+    n_pair_eval = heldout_pair_prompts(len(pool), float(ds.eval_fraction), ds.get("eval_size"))
+    pair_eval, train_pool = pool[:n_pair_eval], pool[n_pair_eval:]
     size = ds.get("data_size")
-    n_train = DEFAULT_DATA_SIZE if size is None else int(size)
-    n_pair_eval = max(1, int(round(n_train * float(ds.eval_fraction))))
-    if ds.get("eval_size"):
-        n_pair_eval = min(n_pair_eval, int(ds.eval_size))
-    if size is None and n_train + n_pair_eval > len(pool):  # the default shrinks to what the data offers
-        n_train = max(1, int(len(pool) / (1 + float(ds.eval_fraction))))
-        n_pair_eval = max(1, min(n_pair_eval, len(pool) - n_train))
-    if n_train + n_pair_eval > len(pool):
+    n_train = min(DEFAULT_DATA_SIZE, len(train_pool)) if size is None else int(size)
+    if n_train > len(train_pool):
         raise UserError(
-            f"data_size={n_train} (+{n_pair_eval} held-out pair prompts, dataset.eval_fraction) but only {len(pool)} "
-            f"distinct prompts are available in {source} (lower data_size)"
+            f"data_size={n_train} but only {len(train_pool)} distinct training prompts are available in {source} "
+            f"(after holding out {n_pair_eval} pair-evaluation prompts; lower data_size)"
         )
-    train_prompts, pair_eval = pool[:n_train], pool[n_train : n_train + n_pair_eval]
+    train_prompts = train_pool[:n_train]
 
-    used = set(train_prompts) | set(pair_eval)
+    # Sampling-evaluation prompts: test-split prefixes, minus any that is in the training split's prompt pool.
     test_order = [test.texts[i] for i in seeded_subset(list(range(len(test.texts))), None, seed + 1)]
-    eval_prompts = _unique(make_prefixes(test_order, tokenizer, low, high, seed + 1), exclude=used)
+    candidates = _unique(make_prefixes(test_order, tokenizer, low, high, seed + 1))
+    eval_prompts = _unique(candidates, exclude=set(pool))
+    counts["eval_prompts_dropped_seen_in_train_split"] = len(candidates) - len(eval_prompts)
     n_eval = int(ds.get("eval_prompts") or len(eval_prompts))
     eval_prompts = eval_prompts[:n_eval]
     if not eval_prompts:

@@ -28,23 +28,48 @@ COLUMNS = ("prompt", "chosen", "rejected")
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
+def pair_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The text columns, plus the token-id columns when the pairs carry them (pairs built from samples)."""
+    from .data import PAIR_ID_COLUMNS
+
+    return COLUMNS + PAIR_ID_COLUMNS if rows and all(k in rows[0] for k in PAIR_ID_COLUMNS) else COLUMNS
+
+
+def pairs_dataset(rows: list[dict]):
+    """The pairs as an in-memory `datasets.Dataset` of `pair_columns`."""
+    from datasets import Dataset
+
+    columns = pair_columns(rows)
+    return Dataset.from_list([{k: r[k] for k in columns} for r in rows])
+
+
+def _row_digests(rows: list[dict]) -> list[str]:
+    columns = pair_columns(rows)
+    return [hashlib.sha256(json.dumps([r[k] for k in columns], ensure_ascii=False).encode("utf-8")).hexdigest()
+            for r in rows]
+
+
 def content_key(rows: list[dict]) -> str:
-    """sha256 (16 hex) of the pairs' prompt/chosen/rejected text, in order."""
-    payload = json.dumps([[r[k] for k in COLUMNS] for r in rows], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    """sha256 (16 hex) of the SET of pairs (text, and token ids when present): the same pairs in another order (a
+    seed sweep shuffles them) share one folder, and so one reference log-probs cache."""
+    return hashlib.sha256("".join(sorted(_row_digests(rows))).encode()).hexdigest()[:16]
 
 
 def shared_dataset(rows: list[dict], cache_dir: str | Path):
-    """The pairs as a memory-mapped `datasets.Dataset` stored under `cache_dir/pair_datasets/<content hash>`."""
-    from datasets import Dataset, load_from_disk
+    """The pairs as a memory-mapped `datasets.Dataset` stored (in a canonical order) under
+    `cache_dir/pair_datasets/<content hash>`, returned in the order of `rows`."""
+    from datasets import load_from_disk
     from filelock import FileLock
 
+    digests = _row_digests(rows)
+    canonical = sorted(range(len(rows)), key=digests.__getitem__)
     folder = Path(cache_dir) / "pair_datasets" / content_key(rows)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):  # parallel jobs (joblib, submitit) write it once
         if not (folder / "state.json").is_file():
-            Dataset.from_list([{k: r[k] for k in COLUMNS} for r in rows]).save_to_disk(str(folder))
-    return load_from_disk(str(folder))
+            pairs_dataset([rows[i] for i in canonical]).save_to_disk(str(folder))
+    position = {row: place for place, row in enumerate(canonical)}
+    return load_from_disk(str(folder)).select([position[row] for row in range(len(rows))])
 
 
 def _arrow_files(folder: Path) -> set[str]:
@@ -81,9 +106,7 @@ class RefLogpsCache:
     def dataset(self, rows: list[dict]):
         """A Dataset of the pairs: in memory when not precomputing, else the shared memory-mapped copy."""
         if self.cache_dir is None:
-            from datasets import Dataset
-
-            return Dataset.from_list([{k: r[k] for k in COLUMNS} for r in rows])
+            return pairs_dataset(rows)
         ds = shared_dataset(rows, self.cache_dir)
         folder = Path(ds.cache_files[0]["filename"]).parent
         self.folders.append(folder)
@@ -95,11 +118,7 @@ class RefLogpsCache:
         if self.cache_dir is None:
             return {"cache": "disabled"}
         splits: dict[str, str] = {}
-        datasets = {"train": trainer.train_dataset, "eval": trainer.eval_dataset}
-        for split, ds in datasets.items():
-            if ds is None or isinstance(ds, dict):
-                continue
-            files = _ref_files(ds)
+        for split, files in getattr(trainer, "ref_logps_files", {}).items():
             splits[split] = "reused" if files and all(f in self.before for f in files) else "built"
         overall = "reused" if splits and all(v == "reused" for v in splits.values()) else "built"
         out = {"cache": overall, **splits, "dir": str(self.folders[0]) if self.folders else None}
@@ -121,13 +140,66 @@ def tokenised_fingerprint(dataset: Any, args: Any) -> str:
     return Hasher.hash(h.hexdigest())
 
 
+ADAPTER_KEYS = ("lora_", "modules_to_save")
+WRAPPER_PARTS = ("base_model.model.", ".base_layer", ".original_module")
+CONFIG_NOISE = ("_name_or_path", "name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash")
+
+
+def reference_hash(model: Any, bf16: bool, fp16: bool) -> str:
+    """sha256 of what the reference log-probs depend on besides the tokens: the weights the reference SEES (a
+    frozen copy, or a PEFT policy's base weights: adapters are disabled for the reference, so their random init
+    and the seed do not count), the architecture config, and the compute precision."""
+    import torch
+
+    h = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k not in CONFIG_NOISE}
+    h.update(json.dumps([config, bool(bf16), bool(fp16)], sort_keys=True, default=str).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        if any(part in key for part in ADAPTER_KEYS):
+            continue
+        for part in WRAPPER_PARTS:
+            key = key.replace(part, "")
+        tensor = tensor.detach().cpu()
+        h.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update((tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy().tobytes())
+    return h.hexdigest()
+
+
+def canonical_order(dataset: Any) -> list[int]:
+    """Row indices sorted by each pair's token ids: the same pairs in any order (a seed sweep shuffles them)
+    give the same canonical dataset, hence the same reference log-probs cache entry."""
+    columns = [c for c in ("prompt_ids", "chosen_ids", "rejected_ids") if c in dataset.column_names]
+    digests = []
+    for batch in dataset.select_columns(columns).with_format("arrow").iter(batch_size=4096):
+        rows = zip(*(batch.column(c).to_pylist() for c in columns))
+        digests.extend(hashlib.sha256(json.dumps(list(row)).encode()).hexdigest() for row in rows)
+    return sorted(range(len(digests)), key=digests.__getitem__)
+
+
 class SharedRefLogpsMixin:
-    """Mix into a DPOTrainer: its precomputed reference log-probs cache is keyed by `tokenised_fingerprint`."""
+    """Mix into a DPOTrainer: its precomputed reference log-probs are cached per (canonically ordered tokenised
+    pairs, `reference_hash`). TRL's own key hashes the dataset's fingerprint (which changes with the DPOConfig and
+    the row order) and the whole policy, LoRA adapter included, so every job of a beta or seed sweep recomputed
+    identical reference log-probs."""
+
+    ref_logps_files: dict[str, list[str]]
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int):
-        original = dataset._fingerprint
-        dataset._fingerprint = tokenised_fingerprint(dataset, self.args)
-        try:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
-        finally:
-            dataset._fingerprint = original
+        from datasets import Dataset, concatenate_datasets
+
+        if not getattr(self, "_reference_hash_set", False):
+            model = self.accelerator.unwrap_model(self.ref_model or self.model)
+            self._precompute_model_hash = reference_hash(model, self.args.bf16, self.args.fp16)
+            self._reference_hash_set = True
+        order = canonical_order(dataset)
+        canonical = dataset.select(order)
+        canonical._fingerprint = tokenised_fingerprint(canonical, self.args)
+        computed = super()._precompute_ref_logps(canonical, name, batch_size)
+        if not hasattr(self, "ref_logps_files"):
+            self.ref_logps_files = {}
+        self.ref_logps_files[name] = _ref_files(computed)
+        position = {row: i for i, row in enumerate(order)}  # dataset row -> its place in the canonical order
+        back = [position[row] for row in range(len(order))]
+        ref = computed.select_columns(list(REF_COLUMNS)).with_format("numpy")
+        values = {column: ref[column][back] for column in REF_COLUMNS}
+        return concatenate_datasets([dataset, Dataset.from_dict(values)], axis=1)

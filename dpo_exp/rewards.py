@@ -78,9 +78,11 @@ class HFClassifierScorer(Scorer):
         device = str(_get(cfg, "device", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = "fp16" if device.startswith("cuda") else "fp32"  # frozen: half precision is fine on a GPU
+        self.revision = _get(cfg, "revision", None)
         self.pipe = pipeline(
-            "text-classification", model=self.hub_id, device=device,
-            dtype=torch.float16 if device.startswith("cuda") else torch.float32,
+            "text-classification", model=self.hub_id, device=device, revision=self.revision,
+            dtype=torch.float16 if self.dtype == "fp16" else torch.float32,
         )
         labels = {str(v) for v in self.pipe.model.config.id2label.values()}
         if self.positive_label not in labels:
@@ -99,7 +101,16 @@ class HFClassifierScorer(Scorer):
         return [float(next(d["score"] for d in out if d["label"] == self.positive_label)) for out in outputs]
 
     def identity(self) -> str:
-        return f"{self.name}:{self.hub_id}:{self.positive_label}:{self.output}"
+        """Model (a local folder by content, a hub id by revision), label, output and dtype."""
+        from pathlib import Path
+
+        source = f"{self.hub_id}@{self.revision or 'main'}"
+        if Path(self.hub_id).is_dir():
+            from .cache import folder_digest
+            from .models import MODEL_FILE_PATTERNS
+
+            source = f"files:{folder_digest(Path(self.hub_id), MODEL_FILE_PATTERNS)}"
+        return f"{self.name}:{source}:{self.positive_label}:{self.output}:{self.dtype}"
 
 
 class DistilbertImdbScorer(HFClassifierScorer):

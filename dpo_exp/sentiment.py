@@ -22,13 +22,16 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("best_vs_worst", "all_pairs")
+EVAL_PAIRS_SEED_OFFSET = 100_003  # the held-out pair prompts' own sampling stream (seed + this)
 PAIR_FORMATS = ("jsonl", "parquet")
 
 
 def make_pairs(
     prompt: str, completions: list[str], scores: list[float], strategy: str, min_margin: float
 ) -> tuple[list[dict], dict[str, int]]:
-    """Pairs for one prompt, plus how many candidate pairs were dropped as ties or below the margin."""
+    """Pairs for one prompt, plus how many candidate pairs were dropped as ties or below the margin.
+
+    Each pair also names the sample indices it was made of (`chosen_index`, `rejected_index`)."""
     if strategy not in STRATEGIES:
         raise UserError(f"dataset.pairs.strategy={strategy!r} is not one of {list(STRATEGIES)}")
     dropped = {"ties": 0, "below_margin": 0}
@@ -48,16 +51,29 @@ def make_pairs(
             dropped["below_margin"] += 1
         else:
             pairs.append({"prompt": prompt, "chosen": completions[hi], "rejected": completions[lo],
-                          "score_chosen": float(scores[hi]), "score_rejected": float(scores[lo])})
+                          "score_chosen": float(scores[hi]), "score_rejected": float(scores[lo]),
+                          "chosen_index": hi, "rejected_index": lo})
     return pairs, dropped
 
 
-def build_pairs(samples, scores: list[list[float]], strategy: str, min_margin: float) -> tuple[list[dict], dict]:
-    """Pairs over all prompts (each row keeps its prompt index in `prompt_id`) and the drop counts."""
+def build_pairs(
+    samples, scores: list[list[float]], strategy: str, min_margin: float,
+    sequences: list[tuple[list[int], list[int]]] | None = None, first_id: int = 0,
+) -> tuple[list[dict], dict]:
+    """Pairs over all prompts and the drop counts. Each row keeps its prompt index (`prompt_id`, from `first_id`)
+    and, given the samples' token `sequences` (generation.sample_sequences), the exact ids that were sampled:
+    `prompt_ids`, `chosen_ids`, `rejected_ids` (EOS only where the sample ended with it) — what DPO trains on."""
     rows, counts = [], {"ties": 0, "below_margin": 0}
+    n = len(samples.texts[0]) if samples.texts else 0
     for index, (prompt, texts, row_scores) in enumerate(zip(samples.prompts, samples.texts, scores)):
         pairs, dropped = make_pairs(prompt, texts, row_scores, strategy, min_margin)
-        rows.extend({**p, "prompt_id": index} for p in pairs)
+        for pair in pairs:
+            row = {**pair, "prompt_id": first_id + index}
+            if sequences is not None:
+                context, chosen = sequences[index * n + pair["chosen_index"]]
+                row.update(prompt_ids=list(context), chosen_ids=list(chosen),
+                           rejected_ids=list(sequences[index * n + pair["rejected_index"]][1]))
+            rows.append(row)
         for k, v in dropped.items():
             counts[k] += v
     return rows, counts
@@ -85,21 +101,43 @@ def read_pairs(path: Path) -> list[dict]:
 
 
 def pair_key(cfg: Any, model_identity: dict, prompts: list[str], scorer_identity: str, batch_size: int,
-             device: str, precision: str) -> tuple[str, dict]:
-    """Content key of a pair dataset and the description it is computed from."""
+             device: str, precision: str, n_train: int | None = None) -> tuple[str, dict]:
+    """Content key of a pair dataset and everything it is computed from: the reference's weights, the prompts
+    (and where training prompts end), sampling settings, the scorer (incl. its dtype), pairing and file format."""
     gen = cfg.generation
     ds = cfg.dataset
     description = {
         "model": model_identity,
-        "prompts": content_key(prompts, 64), "n_prompts": len(prompts),
+        "prompts": content_key(prompts, 64), "n_prompts": len(prompts), "n_train": n_train,
         "generation": {"num_samples": int(gen.num_samples), "max_new_tokens": int(gen.max_new_tokens),
                        "temperature": float(gen.temperature), "top_k": int(gen.top_k or 0), "top_p": float(gen.top_p),
                        "batch_size": batch_size},  # sampling is seeded per batch: the batching changes samples
         "scorer": scorer_identity,
-        "pairs": {"strategy": str(ds.pairs.strategy), "min_margin": float(ds.pairs.min_margin)},
-        "seed": int(cfg.seed), "device": device, "precision": precision, "v": 1,
+        "pairs": {"strategy": str(ds.pairs.strategy), "min_margin": float(ds.pairs.min_margin),
+                  "format": str(ds.pairs.get("format") or "jsonl")},
+        "seed": int(cfg.seed), "device": device, "precision": precision, "v": 2,
     }
     return content_key(description), description
+
+
+def _sample_pairs(model, tokenizer, prompts: list[str], cfg: Any, seed: int, scorer, first_id: int,
+                  desc: str) -> tuple[list[dict], dict[str, Any]]:
+    """Sample `generation.num_samples` completions per prompt, score prompt + completion, pair them up."""
+    from .generation import generate_samples, sample_sequences
+
+    if not prompts:
+        return [], {"samples": 0, "score_sum": 0.0, "ties": 0, "below_margin": 0}
+    gen = cfg.generation
+    samples = generate_samples(model, tokenizer, prompts, gen, seed, desc=desc)
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    sequences = sample_sequences(tokenizer, samples, int(gen.max_new_tokens), int(context))
+    flat = [prompt + text for prompt, texts in zip(samples.prompts, samples.texts) for text in texts]
+    scored = scorer.score(flat)
+    n = int(gen.num_samples)
+    scores = [scored[i * n : (i + 1) * n] for i in range(len(prompts))]
+    rows, dropped = build_pairs(samples, scores, str(cfg.dataset.pairs.strategy), float(cfg.dataset.pairs.min_margin),
+                                sequences, first_id)
+    return rows, {"samples": len(flat), "score_sum": float(sum(scored)), **dropped}
 
 
 def plot_pair_scores(rows: list[dict], path: Path) -> Path:
@@ -125,8 +163,8 @@ def plot_pair_scores(rows: list[dict], path: Path) -> Path:
 
 def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[PreferenceData, Any]:
     """SFT warm start (optional) -> sampling -> scoring -> pairs (cached) -> PreferenceData and the reference."""
-    from .generation import default_batch_size, generate_samples
-    from .models import model_source
+    from .generation import default_batch_size
+    from .models import model_identity
     from .rewards import build_scorer
 
     cfg = ctx.cfg
@@ -143,32 +181,37 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
     ctx.summary["reward"] = {"kind": scorer.name, "identity": scorer.identity(), **scorer.info}
     ctx.tracker.summary({f"reward/{k}": v for k, v in scorer.info.items() if isinstance(v, (int, float))})
 
-    model_identity: dict[str, Any] = {"source": model_source(cfg.model), "seed": int(cfg.seed)}
+    identity: dict[str, Any] = {"source": model_identity(cfg.model), "seed": int(cfg.seed)}
     if cfg.sft.enabled:
         from .sft import warm_start
 
-        model, entry = warm_start(cfg, model, tokenizer, prompt_sets.train.texts, ctx.device)
-        model_identity["sft"] = entry.key
+        model, entry = warm_start(cfg, model, tokenizer, prompt_sets.train.texts, ctx.device, ctx.precision)
+        identity["sft"] = entry.key
         ctx.summary["reference_path"] = str(entry.path)
         ctx.summary["sft"] = {"cache": entry.status, "key": entry.key, "path": str(entry.path), **entry.info}
     ctx.save_summary()
 
     prompts = list(prompt_sets.train_prompts) + list(prompt_sets.pair_eval_prompts)
     batch_size = int(cfg.generation.batch_size or default_batch_size(ctx.device))
-    key, description = pair_key(cfg, model_identity, prompts, scorer.identity(), batch_size, ctx.device, ctx.precision)
+    n_train = len(prompt_sets.train_prompts)
+    key, description = pair_key(cfg, identity, prompts, scorer.identity(), batch_size, ctx.device, ctx.precision,
+                                n_train)
     filename = f"pairs.{fmt}"
 
     def build(folder: Path) -> dict[str, Any]:
-        samples = generate_samples(model, tokenizer, prompts, cfg.generation, int(cfg.seed), desc="sampling pairs")
-        flat = [prompt + text for prompt, texts in zip(samples.prompts, samples.texts) for text in texts]
-        scored = scorer.score(flat)
-        n = int(cfg.generation.num_samples)
-        scores = [scored[i * n : (i + 1) * n] for i in range(len(prompts))]
-        rows, dropped = build_pairs(samples, scores, strategy, float(ds.pairs.min_margin))
+        # The held-out prompts are sampled on their own seed stream, so their pairs do not depend on data_size.
+        parts = [(prompt_sets.train_prompts, int(cfg.seed), 0, "sampling training pairs"),
+                 (prompt_sets.pair_eval_prompts, int(cfg.seed) + EVAL_PAIRS_SEED_OFFSET, n_train,
+                  "sampling held-out pairs")]
+        rows, stats = [], {"samples": 0, "score_sum": 0.0, "ties": 0, "below_margin": 0}
+        for part_prompts, seed, first_id, desc in parts:
+            part_rows, part_stats = _sample_pairs(model, tokenizer, part_prompts, cfg, seed, scorer, first_id, desc)
+            rows.extend(part_rows)
+            stats = {k: stats[k] + part_stats[k] for k in stats}
         _write_pairs(rows, folder / filename)
-        return {"rows": len(rows), "prompts": len(prompts), "samples": len(flat),
-                "mean_sample_score": sum(scored) / max(1, len(scored)),
-                "dropped_ties": dropped["ties"], "dropped_below_margin": dropped["below_margin"]}
+        return {"rows": len(rows), "prompts": len(prompts), "samples": stats["samples"],
+                "mean_sample_score": stats["score_sum"] / max(1, stats["samples"]),
+                "dropped_ties": stats["ties"], "dropped_below_margin": stats["below_margin"]}
 
     entry = cached(cfg.cache_dir, "pairs", key, build, description)
     rows = read_pairs(entry.path / filename)
@@ -182,7 +225,6 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
     png = plot_pair_scores(rows, ctx.run_dir / "plots" / "pair_scores.png")
     ctx.tracker.image("plots/pair_scores", png)
 
-    n_train = len(prompt_sets.train_prompts)
     kept, dropped = filter_pairs(rows, drop_ties=True, where=str(entry.path / filename))
     train = [r for r in kept if r["prompt_id"] < n_train]
     evals = [r for r in kept if r["prompt_id"] >= n_train]

@@ -27,19 +27,36 @@ def sft_settings(cfg: Any) -> dict[str, Any]:
     }
 
 
-def sft_key(cfg: Any, texts: list[str]) -> tuple[str, dict[str, Any]]:
-    """The cache key of a warm start and what it is computed from."""
-    from .models import model_source
+def sft_lora(cfg: Any) -> Any:
+    """The LoRA settings an `sft.lora=true` warm start trains with: the run's `lora` group, or GPT-2 defaults."""
+    return cfg.lora if cfg.lora.enabled else _default_lora()
 
+
+def sft_key(cfg: Any, texts: list[str], device: str = "cpu", precision: str = "fp32") -> tuple[str, dict[str, Any]]:
+    """The cache key of a warm start and everything it is computed from: the starting weights' content, seed,
+    SFT settings, the LoRA settings when SFT trains an adapter, the texts, and device/precision (bf16 autocast on
+    a GPU trains a different model than fp32 on a CPU)."""
+    from omegaconf import OmegaConf
+
+    from .models import model_identity
+
+    settings = sft_settings(cfg)
+    lora = None
+    if settings["lora"]:
+        lora_cfg = sft_lora(cfg)
+        lora = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                for k, v in lora_cfg.items() if k in ("r", "alpha", "dropout", "target_modules")}
     description = {
-        "model": model_source(cfg.model), "seed": int(cfg.seed), "settings": sft_settings(cfg),
-        "texts": content_key(texts, 64), "n_texts": len(texts), "v": 1,
+        "model": model_identity(cfg.model), "seed": int(cfg.seed), "settings": settings, "lora": lora,
+        "texts": content_key(texts, 64), "n_texts": len(texts), "device": device.split(":")[0],
+        "precision": precision, "v": 2,
     }
     return content_key(description), description
 
 
-def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: str) -> dict[str, Any]:
-    """SFT with TRL, merge LoRA if used, save_pretrained into `folder`; returns the loss figures."""
+def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: str, precision: str) -> dict[str, Any]:
+    """SFT with TRL (fp32 weights, bf16/fp16 autocast per `precision`), merge LoRA if used, save_pretrained into
+    `folder`; returns the loss figures."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -49,8 +66,8 @@ def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: s
     if settings["lora"]:
         from .models import lora_config
 
-        peft_config = lora_config(cfg.lora if cfg.lora.enabled else _default_lora(), model)
-    bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        peft_config = lora_config(sft_lora(cfg), model)
+    model = model.to(torch.float32)  # trainable weights are fp32 master weights; autocast does the half precision
     with tempfile.TemporaryDirectory(prefix="dpo_exp_sft_") as out:
         args = SFTConfig(
             output_dir=out,
@@ -64,8 +81,8 @@ def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: s
             save_strategy="no",
             report_to="none",
             use_cpu=device == "cpu",
-            bf16=bf16,
-            fp16=False,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
             seed=int(cfg.seed),
             data_seed=int(cfg.seed),
             packing=False,
@@ -96,19 +113,23 @@ def _default_lora() -> dict:
     return OmegaConf.create({"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["c_attn", "c_proj"]})
 
 
-def warm_start(cfg: Any, model, tokenizer, texts: list[str], device: str = "cpu") -> tuple[Any, CacheEntry]:
-    """The SFT'd reference (loaded from its cache entry, built first when needed) and the entry."""
+def warm_start(
+    cfg: Any, model, tokenizer, texts: list[str], device: str = "cpu", precision: str = "fp32"
+) -> tuple[Any, CacheEntry]:
+    """The SFT'd reference (loaded from its cache entry, built first when needed) and the entry.
+
+    The returned model has fp32 weights (it is the policy DPO trains); `precision` is the autocast of the SFT."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     settings = sft_settings(cfg)
     texts = seeded_subset(texts, min(settings["num_texts"] or len(texts), len(texts)), int(cfg.seed))
-    key, description = sft_key(cfg, texts)
+    key, description = sft_key(cfg, texts, device, precision)
     entry = cached(cfg.cache_dir, "sft", key,
-                   lambda folder: _train(cfg, model, tokenizer, texts, folder, device), description)
+                   lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision), description)
     log.info("SFT warm start %s: %s (%s)", entry.status, entry.path, entry.info)
-    warm = AutoModelForCausalLM.from_pretrained(str(entry.path))
+    warm = AutoModelForCausalLM.from_pretrained(str(entry.path), dtype=torch.float32)
     if warm.config.pad_token_id is None:
         warm.config.pad_token_id = warm.config.eos_token_id
     warm.generation_config.pad_token_id = warm.config.pad_token_id
-    dtype = next(model.parameters()).dtype
-    return warm.to(device=device, dtype=dtype), entry
+    return warm.to(device=device), entry

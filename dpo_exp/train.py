@@ -101,13 +101,32 @@ class GracefulStop(TrainerCallback):
         return control
 
 
+def _prompt_fits(example: dict, max_length: int) -> bool:
+    return len(example["prompt_ids"]) < max_length
+
+
 class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
-    """DPOTrainer that refuses (or skips) non-finite losses and gradients, naming the step."""
+    """DPOTrainer that trains on pre-tokenised pairs as they are, and refuses (or skips) non-finite losses and
+    gradients, naming the step."""
 
     def __init__(self, *args, on_nonfinite: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Pairs that already carry `prompt_ids`/`chosen_ids`/`rejected_ids` (sampled pairs: the exact tokens the
+        reference generated, EOS only where it ended) skip TRL's decode-free text tokenisation, which would move
+        tokens across the prompt/completion boundary and append an EOS that was never sampled. TRL's own rule for
+        `keep_start` (drop pairs whose prompt fills max_length) still applies."""
+        from .data import PAIR_ID_COLUMNS
+
+        if not set(PAIR_ID_COLUMNS) <= set(dataset.column_names):
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if args.max_length is not None and args.truncation_mode == "keep_start":
+            dataset = dataset.filter(_prompt_fits, fn_kwargs={"max_length": args.max_length},
+                                     desc=f"Dropping fully truncated examples from {dataset_name} dataset")
+        return dataset
 
     def training_step(self, model, inputs, *args, **kwargs):
         loss = super().training_step(model, inputs, *args, **kwargs)
@@ -195,6 +214,17 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def frozen_reference(model, precision: str):
+    """A frozen copy of the starting policy for full fine-tuning (TRL cannot reload an in-memory model by id), in
+    the run's compute dtype: it is never updated, so half precision loses nothing under autocast."""
+    from .models import torch_dtype
+
+    dtype = torch_dtype(precision if precision in ("bf16", "fp16") else "fp32")
+    reference = copy.deepcopy(model).to(dtype).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
 def build_trainer(
     cfg: Any,
     model,
@@ -212,8 +242,7 @@ def build_trainer(
     peft_config = lora_config(cfg.lora, model) if cfg.lora.enabled else None
     ref_model = None
     if peft_config is None and not args.precompute_ref_log_probs:
-        ref_model = copy.deepcopy(model).eval()  # TRL cannot reload an in-memory model by id
-        ref_model.requires_grad_(False)
+        ref_model = frozen_reference(model, precision)
     guard = GradientGuard(str(cfg.on_nonfinite))
     callbacks = [MetricsRecorder(run_dir / "metrics.jsonl", tracker), guard, *(extra_callbacks or [])]
     trainer = ExperimentDPOTrainer(

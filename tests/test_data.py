@@ -159,7 +159,7 @@ def test_file_counts_reach_the_preference_data(tmp_path):
     data = load_preference_data(dataset_cfg("dataset=preference_files", f"dataset.path={path}"), 0)
     assert data.counts == {
         "train_raw": 13, "train_dropped_empty": 1, "train_dropped_identical": 1, "train_dropped_ties": 1,
-        "train_dropped_too_long": 0, "train_pairs": 9, "eval_pairs": 1,
+        "train_dropped_too_long": 0, "train_pairs": 9, "eval_pairs": 1, "eval_dropped_prompt_overlap": 0,
     }
 
 

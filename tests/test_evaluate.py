@@ -150,7 +150,7 @@ def test_without_a_scorer_reward_metrics_are_skipped_and_said_so(setup, tmp_path
 
 def test_overtrained_policy_separates_its_pairs_and_drifts(setup, tmp_path):
     """Full fine-tuning at a high lr on 8 pairs: implicit-reward AUC ~1 on those pairs, KL(policy||ref) > 0."""
-    from dpo_exp.pipeline import to_dataset
+    from dpo_exp.ref_logps import pairs_dataset
     from dpo_exp.models import build_model
     from dpo_exp.train import build_trainer
     from dpo_exp.tracking import Tracker
@@ -158,7 +158,7 @@ def test_overtrained_policy_separates_its_pairs_and_drifts(setup, tmp_path):
     cfg, tokenizer, data = setup["cfg"].copy(), setup["tokenizer"], setup["data"]
     cfg.trainer.precompute_ref_log_probs = False  # TRL keeps its frozen reference copy (the path under test)
     model = build_model(cfg.model, int(cfg.seed))
-    trainer = build_trainer(cfg, model, tokenizer, to_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
+    trainer = build_trainer(cfg, model, tokenizer, pairs_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
     trainer.train()
     pair = from_trainer(trainer, cfg, {})
     with pair.reference() as reference:

@@ -13,7 +13,7 @@ from .conftest import FAST_MODEL, FAST_TRAINER, compose
 def _setup(hh_file, tmp_path, policy: str):
     from dpo_exp.data import load_preference_data
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.pipeline import to_dataset
+    from dpo_exp.ref_logps import pairs_dataset
     from dpo_exp.tracking import Tracker
     from dpo_exp.train import build_trainer
 
@@ -25,7 +25,7 @@ def _setup(hh_file, tmp_path, policy: str):
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.dataset, 0, lambda p: len(tokenizer(p, verbose=False).input_ids) < 48)
     model = build_model(cfg.model, 0)
-    trainer = build_trainer(cfg, model, tokenizer, to_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
+    trainer = build_trainer(cfg, model, tokenizer, pairs_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
     return trainer
 
 

@@ -13,7 +13,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-Sequence_ = tuple[list[int], list[int]]
+from ..data import PAIR_ID_COLUMNS
+from ..generation import TokenSequence, sample_sequences  # noqa: F401  (sample_sequences is re-exported)
+
 
 
 @contextmanager
@@ -33,7 +35,7 @@ def context_length(model) -> int:
     return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
 
 
-def _batches(sequences: Sequence[Sequence_], pad_id: int, batch_size: int):
+def _batches(sequences: Sequence[TokenSequence], pad_id: int, batch_size: int):
     """(indices, input_ids, attention_mask, target mask shifted to the predicting positions), length-sorted."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     for start in range(0, len(order), batch_size):
@@ -58,7 +60,7 @@ def _log_softmax(model, ids, mask) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
-def sequence_logprobs(model, sequences: Sequence[Sequence_], pad_id: int, batch_size: int = 8) -> np.ndarray:
+def sequence_logprobs(model, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8) -> np.ndarray:
     """Sum of log p(target tokens) for each (context, target) pair, in float64. Empty targets give 0."""
     out = np.zeros(len(sequences), dtype=np.float64)
     with inference_mode(model):
@@ -70,7 +72,7 @@ def sequence_logprobs(model, sequences: Sequence[Sequence_], pad_id: int, batch_
 
 
 def sequence_kl(
-    policy, reference_context, sequences: Sequence[Sequence_], pad_id: int, batch_size: int = 8
+    policy, reference_context, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two per-sequence estimates of KL(policy || reference) from sequences sampled from the policy.
 
@@ -95,41 +97,46 @@ def sequence_kl(
     return mc, rb
 
 
-def sample_sequences(tokenizer, samples, max_new_tokens: int, context: int) -> list[Sequence_]:
-    """(prompt ids, generated ids) for every sample, flattened prompt-major, the way generate_samples built them.
-
-    The prompt is tokenized with generate_samples' truncation; a sample shorter than max_new_tokens ended on EOS,
-    which generate_samples stripped, so EOS is put back: the termination is part of the sampled sequence.
-    """
-    max_prompt = max(1, context - max_new_tokens)
-    eos = tokenizer.eos_token_id
-    out: list[Sequence_] = []
-    for prompt, rows in zip(samples.prompts, samples.token_ids):
-        prompt_ids = tokenizer(prompt, truncation=True, max_length=max_prompt).input_ids
-        for generated in rows:
-            ended = len(generated) < max_new_tokens
-            out.append((prompt_ids, list(generated) + ([eos] if ended else [])))
-    return out
-
-
-def pair_sequences(tokenizer, pairs: Sequence[dict], max_length: int | None) -> tuple[list[Sequence_], list[Sequence_]]:
-    """(prompt, chosen) and (prompt, rejected) token sequences, tokenized the way TRL's DPOTrainer does it.
-
-    EOS is appended to each response; the response starts where the tokenized prompt and prompt+response diverge;
-    prompt+response is cut to max_length from the end (truncation_mode=keep_start).
-    """
+def pair_token_ids(tokenizer, pair: dict) -> dict[str, list[int]]:
+    """prompt/chosen/rejected token ids of a pair: its own ids when it carries them (sampled pairs), else the text
+    tokenised the way TRL's DPOTrainer does it for plain text (EOS appended to each response; the response starts
+    where the tokenised prompt and prompt+response diverge)."""
+    if all(pair.get(key) is not None for key in PAIR_ID_COLUMNS):
+        return {key: list(pair[key]) for key in PAIR_ID_COLUMNS}
     eos = tokenizer.eos_token or ""
+    prompt_ids = tokenizer(pair["prompt"]).input_ids
+    full = {}
+    for key in ("chosen", "rejected"):
+        text = pair[key] if pair[key].endswith(eos) else pair[key] + eos
+        full[key] = tokenizer(pair["prompt"] + text).input_ids
+    cut = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
+    return {"prompt_ids": prompt_ids[:cut], "chosen_ids": full["chosen"][cut:], "rejected_ids": full["rejected"][cut:]}
+
+
+def truncate(context: list[int], completion: list[int], max_length: int | None, mode: str) -> TokenSequence:
+    """Cut context+completion to max_length as TRL's DataCollatorForPreference does (keep_start: drop the end;
+    keep_end: drop the start), returning what is left of each part."""
+    full = list(context) + list(completion)
+    if not max_length or len(full) <= max_length:
+        return list(context), list(completion)
+    if mode == "keep_start":
+        kept, n_context = full[:max_length], min(len(context), max_length)
+    elif mode == "keep_end":
+        kept, n_context = full[-max_length:], max(0, len(context) - (len(full) - max_length))
+    else:
+        raise ValueError(f"truncation_mode={mode!r}: expected 'keep_start' or 'keep_end'")
+    return kept[:n_context], kept[n_context:]
+
+
+def pair_sequences(
+    tokenizer, pairs: Sequence[dict], max_length: int | None, truncation_mode: str = "keep_start"
+) -> tuple[list[TokenSequence], list[TokenSequence]]:
+    """(prompt, chosen) and (prompt, rejected) token sequences as the DPO trainer sees them (same ids, same cut)."""
     chosen, rejected = [], []
     for pair in pairs:
-        prompt_ids = tokenizer(pair["prompt"]).input_ids
-        full = {}
-        for key in ("chosen", "rejected"):
-            text = pair[key] if pair[key].endswith(eos) else pair[key] + eos
-            full[key] = tokenizer(pair["prompt"] + text).input_ids
-        cut = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
-        for key, bucket in (("chosen", chosen), ("rejected", rejected)):
-            tokens = full[key][:max_length] if max_length else full[key]
-            bucket.append((tokens[:cut], tokens[cut:]))
+        ids = pair_token_ids(tokenizer, pair)
+        chosen.append(truncate(ids["prompt_ids"], ids["chosen_ids"], max_length, truncation_mode))
+        rejected.append(truncate(ids["prompt_ids"], ids["rejected_ids"], max_length, truncation_mode))
     return chosen, rejected
 
 

@@ -16,6 +16,9 @@ from .models import PolicyReference
 from .stats import bootstrap_indices, describe, mean_ci, paired_wins
 
 
+INDEPENDENT_SEED_OFFSET = 7_919  # seed offset of the independent reference samples (eval/win_rate_independent)
+
+
 @dataclass
 class SampleSettings:
     """How evaluation samples are drawn and scored (resolved from the `eval` and `generation` config blocks)."""
@@ -39,6 +42,7 @@ class SampleEval:
     rewards_reference: np.ndarray | None
     kl: np.ndarray  # per policy sample: sum of log pi - log pi_ref over its tokens (Monte-Carlo)
     kl_rb: np.ndarray | None = None  # per policy sample: sum of exact per-token KLs along it (low variance)
+    rewards_reference_independent: np.ndarray | None = None  # reference samples from an independent seed
 
 
 def score_samples(scorer, samples: Samples, with_prompt: bool) -> np.ndarray:
@@ -69,16 +73,19 @@ def sample_and_score(
     scorer=None,
     reference_samples: Samples | None = None,
     with_reference: bool = True,
+    independent: bool = True,
 ) -> SampleEval:
     """Sample from the policy and the reference with the same seed; score both; KL of the policy's samples.
 
     `reference_samples` reuses earlier reference samples (the reference does not change during training);
     with_reference=False skips the reference samples when there is no scorer (the KL only needs the policy's).
+    independent=True (with a scorer) also scores reference samples drawn with another seed, for the unpaired
+    win rate.
     """
 
-    def draw(model, desc: str) -> Samples:
+    def draw(model, desc: str, seed_offset: int = 0) -> Samples:
         return generate_samples(
-            model, tokenizer, list(prompts), settings.gen_cfg, settings.seed,
+            model, tokenizer, list(prompts), settings.gen_cfg, settings.seed + seed_offset,
             num_samples=settings.num_samples, max_new_tokens=settings.max_new_tokens, desc=desc,
             progress=settings.progress,
         )
@@ -88,11 +95,16 @@ def sample_and_score(
         with pair.reference() as reference:
             reference_samples = draw(reference, "eval: reference samples")
     kl, kl_rb = kl_estimates(pair, tokenizer, policy_samples, settings)
-    rewards_policy = rewards_reference = None
+    rewards_policy = rewards_reference = rewards_independent = None
     if scorer is not None:
         rewards_policy = score_samples(scorer, policy_samples, settings.score_with_prompt)
         rewards_reference = score_samples(scorer, reference_samples, settings.score_with_prompt)
-    return SampleEval(policy_samples, reference_samples, rewards_policy, rewards_reference, kl, kl_rb)
+        if independent:
+            with pair.reference() as reference:
+                other = draw(reference, "eval: reference samples (independent seed)", INDEPENDENT_SEED_OFFSET)
+            rewards_independent = score_samples(scorer, other, settings.score_with_prompt)
+    return SampleEval(policy_samples, reference_samples, rewards_policy, rewards_reference, kl, kl_rb,
+                      rewards_independent)
 
 
 def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, float]:
@@ -119,16 +131,28 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     wins = paired_wins(result.rewards_policy, result.rewards_reference)
     out["win_rate"], out["win_rate_ci_low"], out["win_rate_ci_high"] = mean_ci(wins.mean(axis=1), idx)
     out["tie_rate"] = float((wins == 0.5).mean())
+    if result.rewards_reference_independent is not None:
+        wins = paired_wins(result.rewards_policy, result.rewards_reference_independent)
+        out["win_rate_independent"], out["win_rate_independent_ci_low"], out["win_rate_independent_ci_high"] = (
+            mean_ci(wins.mean(axis=1), idx))
+        out["tie_rate_independent"] = float((wins == 0.5).mean())
     return out
 
 
 def implicit_rewards(
-    pair: PolicyReference, tokenizer, pairs: Sequence[dict], beta: float, max_length: int | None, batch_size: int = 8
+    pair: PolicyReference,
+    tokenizer,
+    pairs: Sequence[dict],
+    beta: float,
+    max_length: int | None,
+    batch_size: int = 8,
+    truncation_mode: str = "keep_start",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """DPO's implicit reward beta * log(pi/pi_ref) of every pair's chosen and rejected response."""
+    """DPO's implicit reward beta * log(pi/pi_ref) of every pair's chosen and rejected response, on the token ids
+    and truncation (`trainer.max_length`, `trainer.truncation_mode`) the trainer used."""
     limit = context_length(pair.policy)
     max_length = min(int(max_length), limit) if max_length else limit
-    chosen, rejected = pair_sequences(tokenizer, pairs, max_length)
+    chosen, rejected = pair_sequences(tokenizer, pairs, max_length, truncation_mode)
     sequences = chosen + rejected
     pad = tokenizer.pad_token_id
     policy_logp = sequence_logprobs(pair.policy, sequences, pad, batch_size)

@@ -1,10 +1,13 @@
 """The policy and its reference, however the run defined the reference.
 
 - LoRA: the reference is the same network with the adapter disabled (`model.disable_adapter()`): no second copy.
-- Full fine-tuning: TRL's frozen copy (`trainer.ref_model`).
-- Full fine-tuning with `precompute_ref_log_probs`: TRL keeps no reference model, so the starting model is rebuilt:
-  a warm-started reference saved at `summary["reference_path"]`, else `models.build_model` with the run's seed
-  (deterministic for the tiny model; the same hub/local weights otherwise).
+- Full fine-tuning: TRL's frozen copy (`trainer.ref_model`) when it has the policy's dtype.
+- Otherwise (`precompute_ref_log_probs`: TRL keeps no reference; or a half-precision frozen copy) the starting
+  model is rebuilt in the policy's dtype: a warm-started reference saved at `summary["reference_path"]`, else
+  `models.build_model` with the run's seed (deterministic for the tiny model; the same hub/local weights otherwise).
+
+Policy and reference always run in the same dtype here, so identical models give identical log-probs and samples:
+KL exactly 0 and win rate exactly 0.5.
 """
 
 from __future__ import annotations
@@ -45,31 +48,39 @@ class PolicyReference:
                 yield self.policy
 
 
-def load_reference(cfg: Any, summary: dict, device: str = "cpu"):
-    """The run's starting model: the warm-started reference if the run saved one, else the configured model."""
+def param_dtype(model):
+    return next(model.parameters()).dtype
+
+
+def load_reference(cfg: Any, summary: dict, device: str = "cpu", dtype=None):
+    """The run's starting model (in `dtype`, default fp32): the warm-started reference if the run saved one, else
+    the configured model."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from ..models import build_model
 
+    dtype = dtype or torch.float32
     path = summary.get("reference_path")
     if path:
         if not Path(path).exists():
             from ..errors import UserError
 
             raise UserError(f"reference_path={path} (from summary.json) does not exist")
-        return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    return build_model(cfg.model, int(cfg.seed), "fp32", device).eval()
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return build_model(cfg.model, int(cfg.seed), "fp32", device).to(dtype).eval()
 
 
 def from_trainer(trainer, cfg: Any, summary: dict) -> PolicyReference:
     """The policy a DPOTrainer trained and the reference it trained against."""
     policy = trainer.model
-    if getattr(trainer, "ref_model", None) is not None:
-        return PolicyReference(policy, trainer.ref_model)
+    frozen = getattr(trainer, "ref_model", None)
+    if frozen is not None and param_dtype(frozen) == param_dtype(policy):
+        return PolicyReference(policy, frozen)
     if is_peft(policy):
         return PolicyReference(policy)
     device = str(next(policy.parameters()).device)
-    reference = load_reference(cfg, summary, device)
+    reference = load_reference(cfg, summary, device, param_dtype(policy))
     reference.requires_grad_(False)
     return PolicyReference(policy, reference)
 
@@ -83,10 +94,10 @@ def from_run_dir(run_dir: Path, cfg: Any, summary: dict, device: str = "cpu") ->
         from ..errors import UserError
 
         raise UserError(f"run_dir={run_dir} has no model/ folder (the run did not finish training)")
-    reference = load_reference(cfg, summary, device)
     if (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
+        reference = load_reference(cfg, summary, device)
         return PolicyReference(PeftModel.from_pretrained(reference, str(model_dir)).to(device).eval())
-    policy = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
-    return PolicyReference(policy, reference)
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto").to(device).eval()
+    return PolicyReference(policy, load_reference(cfg, summary, device, param_dtype(policy)))

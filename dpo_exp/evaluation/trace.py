@@ -82,7 +82,7 @@ class RewardKLTrace(TrainerCallback):
         with torch.random.fork_rng(devices=devices):
             result = sample_and_score(
                 self._pair, self.tokenizer, self.prompts, self.settings, self.scorer,
-                reference_samples=self._reference_samples, with_reference=False,
+                reference_samples=self._reference_samples, with_reference=False, independent=False,
             )
         self._reference_samples = result.reference
         metrics = reward_kl_metrics(result, self.bootstrap, self.settings.seed)
