@@ -181,7 +181,7 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         data_seed=int(cfg.seed),
         report_to="none",
         dataloader_num_workers=int(t.dataloader_num_workers),
-        disable_dropout=True,
+        disable_dropout=bool(t.disable_dropout),  # true zeroes every Dropout, lora.dropout included (TRL)
         save_only_model=False,
     )
 
