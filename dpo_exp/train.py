@@ -265,7 +265,8 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         gradient_accumulation_steps=int(t.gradient_accumulation_steps),
         max_length=int(t.max_length) if t.max_length else None,
         truncation_mode=str(t.truncation_mode),
-        warmup_steps=float(t.warmup_ratio),  # transformers 5: a float < 1 is a ratio of the total steps
+        # transformers 5: warmup_steps >= 1 is a number of steps, a float < 1 a ratio of the total steps
+        warmup_steps=int(t.warmup_steps) if t.get("warmup_steps") else float(t.warmup_ratio),
         lr_scheduler_type=str(t.lr_scheduler_type),
         weight_decay=float(t.weight_decay),
         max_grad_norm=float(t.max_grad_norm),
