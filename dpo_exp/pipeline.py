@@ -225,7 +225,7 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
     model_dir = ctx.run_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    ctx.save_summary(**final)
+    ctx.save_summary(**final, skipped_steps=trainer.skipped_steps)  # steps skipped by on_nonfinite=skip
     ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
     return trainer
 

@@ -144,7 +144,8 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
     none of its metrics are logged), and the step's gradient is the mean over the step's finite micro-batches. When
     no micro-batch of a step is finite, or its gradients are not, the optimizer step is skipped the way accelerate
     skips an fp16 overflow: weights, optimizer state and LR schedule stay as they were. `global_step` still counts
-    the step (its data was consumed); `skipped_steps` counts the skipped ones.
+    the step (its data was consumed), `skipped_steps` counts the skipped ones (summary.json: skipped_steps), and its
+    logged loss repeats the last logged one.
     """
 
     def __init__(self, *args, on_nonfinite: str = "stop", **kwargs):
@@ -170,9 +171,8 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         if self.on_nonfinite != "skip":
             raise NonFiniteError(f"non-finite loss at step {step}; the last good checkpoint is kept")
         for key in list(metrics):  # forget what TRL recorded for this micro-batch
-            if key in logged:
-                del metrics[key][logged[key]:]
-            else:
+            del metrics[key][logged.get(key, 0):]
+            if not metrics[key]:
                 del metrics[key]
         if tokens is not None:
             self._total_train_tokens = tokens
@@ -208,7 +208,10 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
             return loss
         if bad == seen:
             self.skip_optimizer_step("non-finite loss in every micro-batch")
-            return torch.full_like(loss, float("nan"))  # the Trainer's logging_nan_inf_filter logs the running mean
+            # The Trainer logs a loss for every step: a skipped one stands in with the last logged loss (NaN if none
+            # yet, which the Trainer's logging_nan_inf_filter replaces)
+            previous = next((row["loss"] for row in reversed(self.state.log_history) if "loss" in row), math.nan)
+            return torch.full_like(loss, float(previous))
         scale = seen / (seen - bad)
         for param in model.parameters():
             if param.grad is not None:

@@ -126,6 +126,8 @@ def test_skipped_step_leaves_weights_optimizer_state_and_lr_schedule_untouched(h
     trainer.train()
     before, after = seen["before"], seen["after"]
     assert poison.fired == 1 and trainer.skipped_steps == 1 and trainer.state.global_step == 4
+    losses = {row["step"]: row for row in trainer.state.log_history if "loss" in row}
+    assert losses[3]["loss"] == losses[2]["loss"] and "rewards/chosen" not in losses[3]  # stand-in, no NaN metrics
     assert before["optimizer"]["state"], "the optimizer had state (moments) before the skipped step"
     assert all(torch.equal(before["weights"][n], after["weights"][n]) for n in before["weights"])
     assert _same_optimizer_state(before["optimizer"], after["optimizer"])
@@ -191,3 +193,40 @@ def test_with_gradient_accumulation_only_the_bad_micro_batch_is_dropped(hh_file,
     assert not all(torch.equal(before["weights"][n], after["weights"][n]) for n in before["weights"])
     assert after["scheduler_epoch"] == before["scheduler_epoch"] + 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_skip_works_with_the_fp16_grad_scaler():
+    """With fp16's GradScaler (here torch's CPU one, under accelerate's optimizer wrapper as on a GPU), a skipped step
+    leaves the parameter and AdamW's state alone, keeps the scaler's bookkeeping consistent (whether gradient clipping
+    unscaled the gradients first or not), and the next step updates normally."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from dpo_exp.train import make_skippable
+
+    Accelerator(cpu=True)
+    param = torch.nn.Parameter(torch.ones(3))
+    inner = torch.optim.AdamW([param], lr=0.1, weight_decay=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer = AcceleratedOptimizer(inner, scaler=scaler)
+
+    def step(skip: bool, clipped: bool) -> bool:
+        optimizer.zero_grad()
+        scaler.scale((param * 2).sum()).backward()
+        if clipped:  # what accelerator.clip_grad_norm_ does first
+            scaler.unscale_(inner)
+        if skip:
+            make_skippable(optimizer).skip()
+        before = param.detach().clone()
+        optimizer.step()
+        changed = not torch.equal(before, param)
+        assert optimizer.step_was_skipped == skip
+        if hasattr(optimizer, "clear"):  # what the trainer does before the next step
+            optimizer.clear()
+        return changed
+
+    assert step(skip=False, clipped=True)
+    assert not step(skip=True, clipped=True) and inner.state[param]["step"].item() == 1
+    assert not step(skip=True, clipped=False) and inner.state[param]["step"].item() == 1
+    assert step(skip=False, clipped=False) and inner.state[param]["step"].item() == 2
+    assert scaler.get_scale() == 1024.0  # no overflow was recorded for the skipped steps
