@@ -161,7 +161,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         metrics = self._metrics["train"]
-        logged = {key: len(values) for key, values in metrics.items()}
+        logged = {key: list(values) for key, values in metrics.items()}  # a few floats per logging window
         tokens = getattr(self, "_total_train_tokens", None)
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
@@ -170,10 +170,8 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         step = self.state.global_step + 1
         if self.on_nonfinite != "skip":
             raise NonFiniteError(f"non-finite loss at step {step}; the last good checkpoint is kept")
-        for key in list(metrics):  # forget what TRL recorded for this micro-batch
-            del metrics[key][logged.get(key, 0):]
-            if not metrics[key]:
-                del metrics[key]
+        metrics.clear()  # forget what TRL recorded for this micro-batch
+        metrics.update(logged)
         if tokens is not None:
             self._total_train_tokens = tokens
         self._bad_micro_batches += 1

@@ -185,6 +185,8 @@ def test_with_gradient_accumulation_only_the_bad_micro_batch_is_dropped(hh_file,
     trainer.add_callback(Watch())
     trainer.train()
     assert poison.fired == 1 and trainer.skipped_steps == 0
+    logged = [v for row in trainer.state.log_history for v in row.values() if isinstance(v, float)]
+    assert logged and all(torch.isfinite(torch.tensor(logged)))  # the dropped micro-batch left no NaN in the logs
     for name, expected in seen["expected"].items():
         assert torch.isfinite(seen["applied"][name]).all()
         torch.testing.assert_close(seen["applied"][name], expected, rtol=1e-4, atol=1e-7, msg=name)
