@@ -82,7 +82,8 @@ def main(cfg: DictConfig) -> float | None:
     if result is None and _is_multirun():
         from .pipeline import objective_key
 
-        log.warning("objective %r is not a number in summary.json: a sweeper gets None for this job", objective_key(cfg))
+        log.warning("objective %r is not a number in summary.json: a sweeper gets None for this job",
+                    objective_key(cfg))
     return result
 
 

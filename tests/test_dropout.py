@@ -1,4 +1,4 @@
-"""`trainer.disable_dropout`: true zeroes every Dropout as TRL does (lora.dropout included); false honours lora.dropout."""
+"""`trainer.disable_dropout`: true zeroes every Dropout as TRL does (lora.dropout too); false honours lora.dropout."""
 
 from __future__ import annotations
 
