@@ -2,11 +2,13 @@
 
 PATH is a multirun folder (every run directory below it is read) or a run directory. Each run's summary.json,
 metrics.jsonl and .hydra/overrides.yaml are read (no W&B needed) and, into the first PATH (or --out):
-- comparison.csv / comparison.md: one row per run, the swept parameters as columns, then status and the final
-  metrics under the names W&B shows them (train/loss, eval/loss, train/rewards/accuracies, ..., eval/win_rate,
-  eval/kl); failed runs are listed with their error;
+- comparison.csv / comparison.md: one row per run, the swept parameters as columns, then status and the metrics
+  under the names W&B shows them: train/* as the MEAN over the logged steps of the last epoch (metrics.jsonl; one
+  logging step is too noisy to compare), eval/* from the final evaluation (eval/loss, ..., eval/win_rate, eval/kl);
+  failed runs are listed with their error;
 - plots/: learning_curves.png (every run overlaid: loss, reward accuracy, margins), metrics_vs_<param>.png for
-  each swept parameter, reward_kl_frontier.png (eval/kl against eval/reward_policy across runs);
+  each swept parameter, reward_kl_frontier.png (KL against eval/reward_policy: one line along beta, or the first
+  swept key, per combination of the other swept keys; x is eval/kl_rb where every point has it, else eval/kl);
 - a console table.
 """
 
@@ -39,7 +41,13 @@ EVAL_SHOWN = ["eval/reward_policy", "eval/reward_reference", "eval/reward_delta"
 CURVES = [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")]
 SKIP_DIRS = {"wandb", "checkpoints", "model", "plots", "__pycache__"}
 IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")   # never treated as swept parameters
-KL, REWARD = "eval/kl", "eval/reward_policy"
+REWARD, REFERENCE = "eval/reward_policy", "eval/reward_reference"
+# KL estimators for the frontier's x axis, preferred first: (summary key, what it is)
+KL_ESTIMATORS = [
+    ("eval/kl_rb", "Rao-Blackwellised: exact per-token KL summed along policy samples"),
+    ("eval/kl", "Monte-Carlo: log-ratio of policy samples"),
+]
+TRAIN_SUFFIX = " (last-epoch mean)"  # train/* columns: mean over the last epoch's logged steps, not the last step
 
 
 @dataclass
@@ -136,6 +144,22 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def last_epoch_means(metrics: list[dict]) -> dict[str, float]:
+    """Each train metric averaged over the logged steps of the last (possibly partial) epoch of metrics.jsonl."""
+    rows = [r for r in metrics if r.get("split") == "train" and _finite(r.get("epoch"))]
+    if not rows:
+        return {}
+    last = math.ceil(round(max(r["epoch"] for r in rows), 6)) - 1  # the epoch that was running at the end
+    rows = [r for r in rows if r["epoch"] > last + 1e-9]
+    keys = dict.fromkeys(k for r in rows for k in r if k not in ("split", "step", "epoch"))
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if _finite(r.get(key))]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
     """One row per run: run, swept params, status, W&B-named final metrics, eval/* metrics, caches, error."""
     rows = []
@@ -149,8 +173,12 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
         for key in params:
             row[key] = _number(run.overrides.get(key, (s.get("sweep") or {}).get(key)))
         row["status"] = run.status
+        train = last_epoch_means(run.metrics)
         for column, key in FINAL_METRICS:
-            row[column] = s.get(key) if _finite(s.get(key)) else None
+            if column.startswith("train/"):
+                row[column + TRAIN_SUFFIX] = train.get(key)
+            else:
+                row[column] = s.get(key) if _finite(s.get(key)) else None
         for key in sorted(k for k, v in s.items() if k.startswith("eval/") and _finite(v)):
             row[key] = s[key]
         row["wall_time_s"] = s.get("wall_time_s")
@@ -166,9 +194,14 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def metric_columns() -> list[str]:
+    """The table's columns for FINAL_METRICS (train/* ones carry TRAIN_SUFFIX)."""
+    return [c + TRAIN_SUFFIX if c.startswith("train/") else c for c, _ in FINAL_METRICS]
+
+
 def shown_columns(df: pd.DataFrame, params: list[str]) -> list[str]:
     """The columns of the markdown/console table (the csv has them all)."""
-    metric_cols = [c for c, _ in FINAL_METRICS] + EVAL_SHOWN
+    metric_cols = metric_columns() + EVAL_SHOWN
     present = [c for c in metric_cols if c in df.columns and df[c].notna().any()]
     return ["run", *params, "status", *present]
 
@@ -272,7 +305,7 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
     from .plots import plt, save_figure  # headless (Agg) pyplot
 
     done = df[df["status"] == "completed"]
-    metrics = [c for c in [m for m, _ in FINAL_METRICS] + EVAL_SHOWN if c in done.columns and done[c].notna().any()]
+    metrics = [c for c in metric_columns() + EVAL_SHOWN if c in done.columns and done[c].notna().any()]
     written = []
     for param in params:
         if not metrics or done[param].isna().all():
@@ -308,36 +341,75 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
     return written
 
 
+def frontier_x(df: pd.DataFrame) -> str | None:
+    """The KL column for the frontier: the first of KL_ESTIMATORS that every run with a policy reward has."""
+    if REWARD not in df.columns:
+        return None
+    scored = df[df[REWARD].notna()]
+    for key, _ in KL_ESTIMATORS:
+        if key in df.columns and not scored.empty and scored[key].notna().all():
+            return key
+    return None
+
+
+def frontier_lines(df: pd.DataFrame, params: list[str], kl: str) -> tuple[str | None, list[tuple[str, pd.DataFrame]]]:
+    """(the key a frontier runs along, [(label, points sorted by KL)]): one line per combination of the other swept
+    keys, so a frontier never joins runs that differ in anything but the key it runs along (beta, if swept)."""
+    points = df[df[kl].notna() & df[REWARD].notna()]
+    along = "beta" if "beta" in params else (params[0] if params else None)
+    others = [p for p in params if p != along]
+    if not others:
+        return along, [("policy", points.sort_values(kl))] if not points.empty else []
+    lines = []
+    for key, group in points.groupby(others, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        lines.append((",".join(f"{p}={_fmt(v)}" for p, v in zip(others, key)), group.sort_values(kl)))
+    return along, lines
+
+
+def frontier_xlabel(kl: str) -> str:
+    """The x-axis label, naming the estimator shown."""
+    return f"KL(policy || reference) [nats], {kl}: {dict(KL_ESTIMATORS)[kl].split(':')[0]} estimator"
+
+
 def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path | None, str | None]:
-    """The DPO paper's reward-KL frontier: one point per run (eval/kl, eval/reward_policy) with 95% CIs."""
-    if KL not in df.columns or REWARD not in df.columns:
-        return None, (f"reward-KL frontier skipped: no run has {KL} and {REWARD} "
+    """The DPO paper's reward-KL frontier with 95% CIs; each line's reference model sits at KL 0 in its colour."""
+    kl = frontier_x(df)
+    if kl is None:
+        return None, ("reward-KL frontier skipped: no run has eval/kl_rb or eval/kl with eval/reward_policy "
                       "(enable the evaluation with a reward, e.g. eval.enabled=true eval.reward=vader)")
-    points = df[df[KL].notna() & df[REWARD].notna()].sort_values(KL)
-    if points.empty:
-        return None, f"reward-KL frontier skipped: no run has both {KL} and {REWARD}"
+    along, lines = frontier_lines(df, params, kl)
+    if not lines:
+        return None, f"reward-KL frontier skipped: no run has both {kl} and {REWARD}"
     from .plots import plt, save_figure  # headless (Agg) pyplot
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
 
-    def err(key: str) -> Any:
+    def err(points: pd.DataFrame, key: str) -> Any:
         low, high = f"{key}_ci_low", f"{key}_ci_high"
         if low in points.columns and high in points.columns and points[low].notna().all():
             return [(points[key] - points[low]).clip(lower=0), (points[high] - points[key]).clip(lower=0)]
         return None
 
-    ax.errorbar(points[KL], points[REWARD], xerr=err(KL), yerr=err(REWARD), fmt="o-", capsize=3, label="policy")
-    for _, row in points.iterrows():
-        ax.annotate(_label(row, params), (row[KL], row[REWARD]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
-    if "eval/reward_reference" in points.columns and points["eval/reward_reference"].notna().any():
-        ax.axhline(points["eval/reward_reference"].mean(), ls="--", color="gray", label="reference")
-    ax.set_xlabel("KL(policy || reference) [nats]")
+    for i, (label, points) in enumerate(lines):
+        color = f"C{i % 10}"
+        ax.errorbar(points[kl], points[REWARD], xerr=err(points, kl), yerr=err(points, REWARD), fmt="o-",
+                    capsize=3, color=color, label=label)
+        for _, row in points.iterrows():
+            text = f"{along}={_fmt(row[along])}" if along else str(row["run"])
+            ax.annotate(text, (row[kl], row[REWARD]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if REFERENCE in points.columns and points[REFERENCE].notna().any():
+            refs = points[points[REFERENCE].notna()]
+            ax.errorbar([0.0] * len(refs), refs[REFERENCE], yerr=err(refs, REFERENCE), fmt="x", capsize=3,
+                        color=color, label="reference (KL 0)" if i == 0 else None)
+    ax.set_xlabel(frontier_xlabel(kl), fontsize=8)
     ax.set_ylabel("reward of policy samples")
-    ax.set_title("reward-KL frontier")
+    ax.set_title(f"reward-KL frontier along {along}" if along else "reward-KL frontier")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, out / "reward_kl_frontier.png"), None
+    ax.legend(fontsize=7)
+    note = (f"reward-KL frontier: x = {kl} ({dict(KL_ESTIMATORS)[kl]}), one line along {along or 'runs'} per "
+            f"combination of the other swept keys ({len(lines)} line(s))")
+    return save_figure(fig, out / "reward_kl_frontier.png"), note
 
 
 # ---------------------------------------------------------------- entry point
@@ -374,6 +446,8 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
         frontier, note = plot_frontier(df, params, plot_dir)
         written += [frontier] if frontier else []
         notes += [note] if note else []
+    notes.append(f"train/* columns{TRAIN_SUFFIX}: the mean over the logged steps of each run's last epoch "
+                 "(metrics.jsonl); eval/* come from the final evaluation")
     write_markdown(df, params, out, written, notes, paths)
     if console:
         print_console(df, params)

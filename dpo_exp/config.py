@@ -99,6 +99,8 @@ def validate(cfg: DictConfig) -> None:
     if t.max_length is not None:
         _positive(t.max_length, "trainer.max_length", integer=True)
     _positive(t.logging_steps, "trainer.logging_steps", integer=True)
+    if t.get("warmup_steps") is not None:
+        _positive(t.warmup_steps, "trainer.warmup_steps", integer=True)
     if t.get("min_prompt_tokens") is not None:
         _positive(t.min_prompt_tokens, "trainer.min_prompt_tokens", integer=True)
     _choice(t.truncation_mode, "trainer.truncation_mode", ("keep_start", "keep_end"))

@@ -53,6 +53,23 @@ class RunContext:
         atomic_write_json(self.run_dir / SUMMARY, self.summary)
 
 
+AUTO_OBJECTIVE_WITH_REWARD = "eval/reward_delta"        # sampled reward gain over the reference (maximise)
+AUTO_OBJECTIVE_WITHOUT_REWARD = "eval_rewards/accuracies"  # TRL's held-out implicit-reward accuracy (maximise)
+
+
+def objective_key(cfg: DictConfig) -> str:
+    """The summary key a job returns to a sweeper. `objective: auto` picks one comparable across beta, lr and data
+    size (unlike eval_loss, whose scale depends on beta): eval/reward_delta when the evaluation has a reward scorer
+    (the run's `reward` or `eval.reward`), else eval_rewards/accuracies. Both are maximised."""
+    key = str(cfg.objective)
+    if key != "auto":
+        return key
+    ev = cfg.get("eval") or {}
+    run_reward = str((cfg.get("reward") or {}).get("kind", "none"))
+    has_scorer = bool(ev.get("enabled", False)) and (bool(ev.get("reward")) or run_reward != "none")
+    return AUTO_OBJECTIVE_WITH_REWARD if has_scorer else AUTO_OBJECTIVE_WITHOUT_REWARD
+
+
 def objective_value(summary: dict, key: str) -> float | None:
     value = summary.get(key)
     return float(value) if isinstance(value, (int, float)) else None
@@ -85,7 +102,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     previous = read_json(identity.run_dir / SUMMARY) or {}
     if cfg.skip_completed and previous.get("status") == "completed":
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
-        return objective_value(previous, str(cfg.objective))
+        return objective_value(previous, objective_key(cfg))
 
     ctx = RunContext(cfg=cfg, identity=identity)
     ctx.summary = {
@@ -99,6 +116,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "attempts": int(previous.get("attempts", 0)) + 1,
         "wandb_id": previous.get("wandb_id"),
+        "objective": objective_key(cfg),
     }
     ctx.save_summary()
     start = time.time()
@@ -120,7 +138,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
     ctx.tracker.finish(exit_code=0)
     print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
-    return objective_value(ctx.summary, str(cfg.objective))
+    return objective_value(ctx.summary, objective_key(cfg))
 
 
 def _run_stages(ctx: RunContext) -> None:
@@ -202,7 +220,7 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
     model_dir = ctx.run_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    ctx.save_summary(**final)
+    ctx.save_summary(**final, skipped_steps=trainer.skipped_steps)  # steps skipped by on_nonfinite=skip
     ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
     return trainer
 

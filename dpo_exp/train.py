@@ -105,14 +105,86 @@ def _prompt_fits(example: dict, max_length: int) -> bool:
     return len(example["prompt_ids"]) < max_length
 
 
+class SkippableStep:
+    """Mixed into the prepared (accelerate) optimizer by `make_skippable`.
+
+    `skip()`, called just before `optimizer.step()`, drops every gradient: a torch optimizer leaves a parameter
+    without a gradient alone (no update, no momentum, no weight decay, no step count), so the step changes nothing.
+    The step is then reported through accelerate's `step_was_skipped`, as an fp16-overflow skip is, so the Trainer does
+    not advance the LR scheduler either. `clear()` ends it before the next step. (The step itself is not overridden:
+    torch's LR scheduler wraps `optimizer.step` on the instance.)
+    """
+
+    _skipping = False
+
+    def skip(self) -> None:
+        if self.scaler is not None:  # fp16: the grad scaler's step needs an inf check recorded on the gradients
+            try:
+                self.scaler.unscale_(self.optimizer)
+            except RuntimeError:  # gradient clipping has unscaled them already
+                pass
+        self.optimizer.zero_grad(set_to_none=True)
+        self._skipping = True
+
+    def clear(self) -> None:
+        self._skipping = False
+
+    @property
+    def step_was_skipped(self) -> bool:
+        return self._skipping or super().step_was_skipped
+
+
+def make_skippable(optimizer):
+    """The accelerate optimizer, its class extended with `SkippableStep` (idempotent)."""
+    if not isinstance(optimizer, SkippableStep):
+        optimizer.__class__ = type(f"Skippable{type(optimizer).__name__}", (SkippableStep, type(optimizer)), {})
+    return optimizer
+
+
 class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
-    """DPOTrainer that trains on pre-tokenised pairs as they are, and refuses (or skips) non-finite losses and
-    gradients, naming the step."""
+    """DPOTrainer that trains on pre-tokenised pairs as they are, and refuses (`stop`) or skips (`skip`) non-finite
+    losses and gradients, naming the step.
+
+    skip: a micro-batch whose loss is not finite is dropped before its backward pass (it adds a zero gradient and
+    none of its metrics are logged), and the step's gradient is the mean over the step's finite micro-batches. When
+    no micro-batch of a step is finite, or its gradients are not, the optimizer step is skipped the way accelerate
+    skips an fp16 overflow: weights, optimizer state and LR schedule stay as they were. `global_step` still counts
+    the step (its data was consumed), `skipped_steps` counts the skipped ones (summary.json: skipped_steps), and its
+    logged loss repeats the last logged one.
+    """
 
     def __init__(self, *args, on_nonfinite: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
+        self._micro_batches = 0  # in the current optimizer step
+        self._bad_micro_batches = 0
+        self._good_loss = None  # sum of the finite micro-batch losses of the current step
+        self.skip_pending = False  # the coming optimizer step is to be skipped (GradientGuard applies it)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        metrics = self._metrics["train"]
+        logged = {key: list(values) for key, values in metrics.items()}  # a few floats per logging window
+        tokens = getattr(self, "_total_train_tokens", None)
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if torch.isfinite(loss).all():
+            return result
+        step = self.state.global_step + 1
+        if self.on_nonfinite != "skip":
+            raise NonFiniteError(f"non-finite loss at step {step}; the last good checkpoint is kept")
+        metrics.clear()  # forget what TRL recorded for this micro-batch
+        metrics.update(logged)
+        if tokens is not None:
+            self._total_train_tokens = tokens
+        self._bad_micro_batches += 1
+        log.warning("non-finite loss at step %d: micro-batch dropped", step)
+        # A zero that reaches every trainable parameter: zero gradients (never NaN), and DDP sees all its hooks fire
+        zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
+        zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
+        return (zero, result[1]) if return_outputs else zero
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Pairs that already carry `prompt_ids`/`chosen_ids`/`rejected_ids` (sampled pairs: the exact tokens the
@@ -129,38 +201,73 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         return dataset
 
     def training_step(self, model, inputs, *args, **kwargs):
+        if self._micro_batches == 0 and isinstance(self.optimizer, SkippableStep):
+            self.optimizer.clear()  # a new optimizer step
+        bad_before = self._bad_micro_batches
         loss = super().training_step(model, inputs, *args, **kwargs)
-        if torch.isfinite(loss).all():
+        self._micro_batches += 1
+        if self._bad_micro_batches == bad_before:
+            self._good_loss = loss if self._good_loss is None else self._good_loss + loss
+        else:
+            loss = torch.zeros_like(loss)
+        if not self.accelerator.sync_gradients:
             return loss
-        step = self.state.global_step + 1
-        if self.on_nonfinite == "skip":
-            self.skipped_steps += 1
-            model.zero_grad(set_to_none=True)
-            log.warning("non-finite loss at step %d: step skipped (%d so far)", step, self.skipped_steps)
-            return torch.zeros_like(loss)
-        raise NonFiniteError(f"non-finite loss at step {step}; the last good checkpoint is kept")
+        return self._end_of_step(model, loss)
+
+    def _end_of_step(self, model, loss: torch.Tensor) -> torch.Tensor:
+        """After the step's last backward pass: rescale to the finite micro-batches, or skip a step without any."""
+        counts = torch.tensor([self._micro_batches, self._bad_micro_batches], device=loss.device)
+        good_loss = self._good_loss
+        self._micro_batches = self._bad_micro_batches = 0
+        self._good_loss = None
+        seen, bad = (int(x) for x in self.accelerator.reduce(counts, "sum").tolist())
+        if bad == 0:
+            return loss
+        if bad == seen:
+            self.skip_optimizer_step("non-finite loss in every micro-batch")
+            # The Trainer logs a loss for every step: a skipped one stands in with the last logged loss (NaN if none
+            # yet, which the Trainer's logging_nan_inf_filter replaces)
+            previous = next((row["loss"] for row in reversed(self.state.log_history) if "loss" in row), math.nan)
+            return torch.full_like(loss, float(previous))
+        scale = seen / (seen - bad)
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale)
+        # logged loss: the mean over the finite micro-batches, as for a step without a bad one
+        return loss + (good_loss if good_loss is not None else torch.zeros_like(loss)) * (scale - 1)
+
+    def skip_optimizer_step(self, reason: str) -> None:
+        """Make the coming optimizer step a no-op (weights, optimizer state, LR schedule) and count it."""
+        self.skip_pending = True
+        self.skipped_steps += 1
+        log.warning("%s at step %d: step skipped, weights, optimizer state and LR schedule unchanged (%d so far)",
+                    reason, self.state.global_step + 1, self.skipped_steps)
 
 
 class GradientGuard(TrainerCallback):
-    """Checks gradients before each optimiser step."""
+    """Checks the gradients before each optimiser step (after clipping): `stop` raises, `skip` skips the step.
+
+    With fp16's grad scaler, non-finite gradients are the scaler's business (it skips the step and lowers its scale).
+    """
 
     def __init__(self, policy: str):
         self.policy = policy
-        self.model = None
+        self.trainer: ExperimentDPOTrainer | None = None
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        model = model or self.model
-        if model is None:
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer is None:
             return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads or all(torch.isfinite(g).all() for g in grads):
-            return
-        step = state.global_step + 1
-        if self.policy == "skip":
-            model.zero_grad(set_to_none=False)
-            log.warning("non-finite gradients at step %d: update zeroed", step)
-            return
-        raise NonFiniteError(f"non-finite gradients at step {step}; the last good checkpoint is kept")
+        if not trainer.skip_pending and trainer.accelerator.scaler is None:
+            grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+            if grads and not all(torch.isfinite(g).all() for g in grads):
+                if self.policy != "skip":
+                    raise NonFiniteError(
+                        f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept")
+                trainer.skip_optimizer_step("non-finite gradients")
+        if trainer.skip_pending:  # after clipping, just before optimizer.step()
+            trainer.skip_pending = False
+            make_skippable(trainer.optimizer).skip()
 
 
 def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfig:
@@ -178,7 +285,8 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         gradient_accumulation_steps=int(t.gradient_accumulation_steps),
         max_length=int(t.max_length) if t.max_length else None,
         truncation_mode=str(t.truncation_mode),
-        warmup_steps=float(t.warmup_ratio),  # transformers 5: a float < 1 is a ratio of the total steps
+        # transformers 5: warmup_steps >= 1 is a number of steps, a float < 1 a ratio of the total steps
+        warmup_steps=int(t.warmup_steps) if t.get("warmup_steps") else float(t.warmup_ratio),
         lr_scheduler_type=str(t.lr_scheduler_type),
         weight_decay=float(t.weight_decay),
         max_grad_norm=float(t.max_grad_norm),
@@ -200,7 +308,7 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         data_seed=int(cfg.seed),
         report_to="none",
         dataloader_num_workers=int(t.dataloader_num_workers),
-        disable_dropout=True,
+        disable_dropout=bool(t.disable_dropout),  # true zeroes every Dropout, lora.dropout included (TRL)
         save_only_model=False,
     )
 
@@ -256,7 +364,7 @@ def build_trainer(
         callbacks=callbacks,
         on_nonfinite=str(cfg.on_nonfinite),
     )
-    guard.model = trainer.model
+    guard.trainer = trainer
     return trainer
 
 

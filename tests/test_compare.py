@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from .conftest import run_cli
 
-from dpo_exp.compare import compare, find_run_dirs, swept_params, load_run
+from dpo_exp.compare import (compare, find_run_dirs, frontier_lines, frontier_x, frontier_xlabel, last_epoch_means,
+                             load_run, swept_params)
 from dpo_exp.errors import UserError
 
 
@@ -89,7 +90,7 @@ def test_compare_writes_csv_md_and_plots(sweep: Path, capsys):
 
     md = (sweep / "comparison.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| run | beta | lr | status | train/loss | eval/loss |")
+    assert table[0].startswith("| run | beta | lr | status | train/loss (last-epoch mean) | eval/loss |")
     assert "eval/win_rate" in table[0] and "eval/kl" in table[0]
     assert len(table) == 1 + 4
     assert any("| 0.5 | 0.001 | failed |" in line for line in table)
@@ -126,3 +127,79 @@ def test_no_runs_is_a_user_error(tmp_path: Path):
         compare([tmp_path])
     proc = run_cli([str(tmp_path)], tmp_path, module="dpo_exp.compare")
     assert proc.returncode == 2 and "no run directories" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_columns_are_the_mean_over_the_last_epoch(tmp_path: Path):
+    """Two epochs of 3 logged steps each: the table shows the mean of epoch 2's steps, not the last step alone."""
+    rows = [{"split": "train", "step": k, "epoch": k / 3, "loss": loss, "rewards/accuracies": acc}
+            for k, (loss, acc) in enumerate([(0.9, 0.1), (0.8, 0.2), (0.7, 0.3), (0.6, 0.4), (0.2, 1.0), (0.4, 0.7)],
+                                            start=1)]
+    rows.append({"split": "eval", "step": 6, "epoch": 2.0, "loss": 5.0})  # eval rows never count
+    run = write_run(tmp_path / "0", {"beta": "0.1"}, {"status": "completed", "loss": 0.4}, rows)
+    assert last_epoch_means(load_run(run).metrics) == pytest.approx({"loss": 0.4, "rewards/accuracies": 0.7})
+    # a run stopped mid-epoch (max_steps): the partial last epoch's steps
+    assert last_epoch_means(rows[:4])["loss"] == pytest.approx(0.6)
+    df = compare([tmp_path], console=False, plots=False)
+    assert df.loc[0, "train/loss (last-epoch mean)"] == pytest.approx(0.4)
+    assert df.loc[0, "train/rewards/accuracies (last-epoch mean)"] == pytest.approx(0.7)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "train/loss (last-epoch mean)" in md and "mean over the logged steps of each run's last epoch" in md
+
+
+def _frontier_run(root: Path, job: int, beta: str, lr: str, data_size: str, with_rb: bool = True) -> None:
+    b, scale = float(beta), float(lr) * 1e4
+    summary = {"status": "completed", "sweep": {"beta": beta, "lr": lr, "data_size": data_size},
+               "eval/reward_policy": 0.5 + scale * 0.1 / b, "eval/reward_reference": 0.4 + 0.01 * int(data_size),
+               "eval/kl": scale / b, "eval/kl_ci_low": 0.5 * scale / b, "eval/kl_ci_high": 1.5 * scale / b}
+    if with_rb:
+        summary |= {"eval/kl_rb": 0.9 * scale / b, "eval/kl_rb_ci_low": 0.8 * scale / b,
+                    "eval/kl_rb_ci_high": scale / b}
+    write_run(root / str(job), {"beta": beta, "lr": lr, "data_size": data_size}, summary)
+
+
+def test_reward_kl_frontier_is_one_line_per_combination_of_the_other_swept_keys(tmp_path: Path):
+    """beta x lr x data_size: a frontier runs along beta only, one per (data_size, lr); x is eval/kl_rb, labelled."""
+    job = 0
+    for beta in ("0.5", "0.1", "1.0"):
+        for lr in ("1e-4", "3e-4"):
+            for data_size in ("8", "16"):
+                _frontier_run(tmp_path, job, beta, lr, data_size)
+                job += 1
+    df = compare([tmp_path], console=False)
+    assert frontier_x(df) == "eval/kl_rb"
+    along, lines = frontier_lines(df, ["beta", "lr", "data_size"], "eval/kl_rb")
+    assert along == "beta" and len(lines) == 4
+    for label, points in lines:
+        assert len(points) == 3 and points["beta"].nunique() == 3            # each line: the three betas ...
+        assert points["lr"].nunique() == 1 and points["data_size"].nunique() == 1   # ... and nothing else varies
+        assert list(points["eval/kl_rb"]) == sorted(points["eval/kl_rb"])
+    assert {label for label, _ in lines} == {"lr=0.0001,data_size=8", "lr=0.0003,data_size=8",
+                                             "lr=0.0001,data_size=16", "lr=0.0003,data_size=16"}
+    assert "eval/kl_rb" in frontier_xlabel("eval/kl_rb") and "Rao-Blackwell" in frontier_xlabel("eval/kl_rb")
+    md = (tmp_path / "comparison.md").read_text()
+    assert "x = eval/kl_rb" in md and "4 line(s)" in md
+    assert (tmp_path / "plots" / "reward_kl_frontier.png").stat().st_size > 5000
+
+
+def test_frontier_falls_back_to_the_monte_carlo_kl_and_says_so(tmp_path: Path):
+    _frontier_run(tmp_path, 0, "0.1", "1e-4", "8", with_rb=True)
+    _frontier_run(tmp_path, 1, "0.5", "1e-4", "8", with_rb=False)  # an older run without eval/kl_rb
+    compare([tmp_path], console=False)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "x = eval/kl (Monte-Carlo" in md and "1 line(s)" in md
+
+
+def test_evaluation_reports_a_bootstrap_ci_for_kl_rb():
+    """The frontier's x error bars: eval/kl_rb_ci_low/high, a percentile bootstrap over prompts like eval/kl's."""
+    import numpy as np
+
+    from dpo_exp.evaluation.metrics import SampleEval, reward_kl_metrics
+
+    rng = np.random.default_rng(0)
+    kl_rb = rng.gamma(2.0, 0.5, size=(40, 2))  # 40 prompts x 2 samples
+    result = SampleEval(None, None, None, None, kl=kl_rb + rng.normal(0, 1, size=(40, 2)), kl_rb=kl_rb)
+    out = reward_kl_metrics(result, resamples=500, seed=0)
+    assert out["kl_rb_ci_low"] < out["kl_rb"] < out["kl_rb_ci_high"]
+    half_width = 1.96 * kl_rb.mean(axis=1).std(ddof=1) / np.sqrt(40)  # the normal-theory interval, for scale
+    assert out["kl_rb_ci_high"] - out["kl_rb_ci_low"] == pytest.approx(2 * half_width, rel=0.25)
+    assert out["kl_rb_ci_high"] - out["kl_rb_ci_low"] < out["kl_ci_high"] - out["kl_ci_low"]  # lower variance

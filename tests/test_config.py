@@ -70,6 +70,40 @@ def test_seed_preset_is_the_original_projects_run():
     assert cfg.trainer.optim == "adamw_torch" and cfg.trainer.eval_strategy == "epoch"
 
 
+def test_dpo_paper_preset_matches_the_papers_appendix(tmp_path):
+    """Rafailov et al. 2023, appendices B and C.1: gpt2-large, SiEBERT, full fine-tuning, RMSprop at lr 1e-6 with 150
+    warm-up steps, batch 64, beta 0.1 (swept 0.05/0.1/1/5), 25,000 prefixes of 2-8 tokens, 4 samples -> 6 pairs."""
+    import torch
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from transformers import Trainer
+
+    from dpo_exp.train import dpo_config
+
+    cfg = compose(["experiment=dpo_paper_imdb"])
+    assert cfg.model.hub_id == "gpt2-large" and cfg.reward.kind == "siebert" and not cfg.lora.enabled
+    assert cfg.sft.enabled and cfg.dataset.data_size == 25000 and cfg.generation.num_samples == 4
+    assert (cfg.dataset.prompt_tokens_min, cfg.dataset.prompt_tokens_max) == (2, 8)
+    assert cfg.dataset.pairs.strategy == "all_pairs"
+    args = dpo_config(cfg, tmp_path, "fp32", "cpu")
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert optimizer_cls is torch.optim.RMSprop and kwargs["lr"] == 1e-6
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64
+    assert args.get_warmup_steps(10_000) == 150 and args.lr_scheduler_type == "constant_with_warmup"
+    assert args.beta == 0.1 and args.learning_rate == 1e-6
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = hydra_compose(config_name="config", overrides=["experiment=dpo_paper_imdb"], return_hydra_config=True)
+    assert str(full.hydra.sweeper.params.beta) == "0.05,0.1,1,5"
+
+
+def test_warmup_steps_overrides_the_ratio(tmp_path):
+    from dpo_exp.train import dpo_config
+
+    assert dpo_config(compose(["model=tiny_gpt2"]), tmp_path, "fp32", "cpu").get_warmup_steps(100) == 10  # ratio 0.1
+    args = dpo_config(compose(["model=tiny_gpt2", "trainer.warmup_steps=7"]), tmp_path, "fp32", "cpu")
+    assert args.get_warmup_steps(100) == 7
+
+
 def test_trl_defaults_are_overridden_explicitly(tmp_path):
     """TRL's DPOConfig defaults (lr 1e-6, bf16 on, gradient checkpointing on) must not leak into a CPU run."""
     from dpo_exp.train import dpo_config

@@ -120,6 +120,7 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     _, out["kl_ci_low"], out["kl_ci_high"] = mean_ci(kl.mean(axis=1), idx)
     if result.kl_rb is not None:
         out["kl_rb"], out["kl_rb_std"] = float(result.kl_rb.mean()), float(result.kl_rb.std())
+        _, out["kl_rb_ci_low"], out["kl_rb_ci_high"] = mean_ci(result.kl_rb.reshape(n_prompts, -1).mean(axis=1), idx)
     if result.rewards_policy is None:
         return out
     for name, rewards in (("reward_policy", result.rewards_policy), ("reward_reference", result.rewards_reference)):
