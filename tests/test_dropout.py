@@ -11,7 +11,7 @@ from .conftest import FAST_MODEL, FAST_TRAINER, compose
 def _trainer(hh_file, tmp_path, disable: bool):
     from dpo_exp.data import load_preference_data
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.pipeline import to_dataset
+    from dpo_exp.ref_logps import pairs_dataset
     from dpo_exp.tracking import Tracker
     from dpo_exp.train import build_trainer
 
@@ -21,7 +21,7 @@ def _trainer(hh_file, tmp_path, disable: bool):
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.dataset, 0, lambda p: len(tokenizer(p, verbose=False).input_ids) < 48)
     model = build_model(cfg.model, 0)
-    return build_trainer(cfg, model, tokenizer, to_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
+    return build_trainer(cfg, model, tokenizer, pairs_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
 
 
 def _lora_dropouts(model) -> list[torch.nn.Dropout]:
