@@ -103,8 +103,8 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
 
 
 def build_app(runs: list[RunInfo], models: Models) -> gr.Blocks:
-    header = f"# dpo_exp: reference vs DPO policy\n{len(runs)} run(s): " + ", ".join(
-        f"**{run.label}** (`{run.path}`)" for run in runs)
+    where = f"`{runs[0].path}`" if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs)
+    header = f"# dpo_exp: reference vs DPO policy\n{where}"
     with gr.Blocks(title="dpo_exp: reference vs DPO policy") as demo:
         gr.Markdown(header)
         with gr.Tab("Generate"):
