@@ -162,3 +162,27 @@ def test_browser_types_a_prompt_clicks_generate_and_sees_both_completions(app_ur
         print(f"screenshot: {screenshot}")
     finally:
         driver.quit()
+
+
+# ---------------------------------------------------------------- a sweep folder: one reference, one adapter per job
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_loads_every_completed_job_on_one_reference(tiny_run: Path, tmp_path: Path):
+    from dpo_exp.app.generate import Sampling, compare_completions
+    from dpo_exp.app.models import load_models
+    from dpo_exp.app.runs import find_runs
+
+    for job in ("0", "1"):
+        shutil.copytree(tiny_run, tmp_path / job)
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: skipped, not an error
+    (tmp_path / "2" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    runs = find_runs([tmp_path])
+    assert [r.label for r in runs] == ["0", "1"] and all(r.prompts for r in runs)
+    models = load_models(runs, "cpu")
+    assert sorted(models.policies.values()) == ["default", "run1"]  # two adapters on one base model
+    sampling = Sampling.defaults(runs[0].cfg)
+    *_, done = compare_completions(models, runs[0].cfg, PROMPT, ["0", "1"], sampling)
+    assert [c.model for c in done] == ["reference", "0", "1"]
+    assert done[1].text == done[2].text and done[1].log_ratio == pytest.approx(done[2].log_ratio)  # same weights
+    assert done[1].log_ratio != 0.0  # the adapter is active when the policy is scored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -12,6 +13,14 @@ from .models import Models
 from .runs import REFERENCE, RunInfo
 
 SCORE_HEADERS = ["model", "reward", "log pi - log pi_ref"]
+
+
+def shown_path(run: RunInfo) -> str:
+    """The run's folder, relative to where the app was started when it is below it."""
+    try:
+        return f"`{run.path.relative_to(Path.cwd().resolve())}`"
+    except ValueError:
+        return f"`{run.path}`"
 
 
 def score_rows(completions: list[Completion]) -> list[list[Any]]:
@@ -81,18 +90,18 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
     """Run picker, metrics, reward-KL plot, curves and samples.md; returns what build_app wires to page load."""
     by_label = {run.label: run for run in runs}
     run_pick = gr.Dropdown(choices=list(by_label), value=runs[0].label, label="run")
-    path = gr.Markdown(f"`{runs[0].path}`")
+    path = gr.Markdown(shown_path(runs[0]))
     with gr.Row():
         metrics = gr.Dataframe(headers=["metric", "value"], label="eval/* metrics (summary.json)",
                                interactive=False)
         reward_kl = gr.Image(type="filepath", label="reward vs KL", interactive=False)
-    curves = gr.Gallery(label="training curves (plots/)", columns=3, height="auto")
+    curves = gr.Gallery(label="training curves (plots/)", columns=3, height="auto", object_fit="contain")
     section = gr.Dropdown(label="samples.md: reference vs policy, by prompt")
     sample = gr.Markdown()
     outputs = [metrics, reward_kl, curves, section, sample]
 
     def show_run(label: str) -> list[Any]:
-        return [f"`{by_label[label].path}`", *evaluation_views(by_label[label])]
+        return [shown_path(by_label[label]), *evaluation_views(by_label[label])]
 
     def show_section(label: str, title: str) -> str:
         return dict(report.sample_sections(by_label[label])).get(title, "")
@@ -103,7 +112,7 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
 
 
 def build_app(runs: list[RunInfo], models: Models) -> gr.Blocks:
-    where = f"`{runs[0].path}`" if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs)
+    where = shown_path(runs[0]) if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs)
     header = f"# dpo_exp: reference vs DPO policy\n{where}"
     with gr.Blocks(title="dpo_exp: reference vs DPO policy") as demo:
         gr.Markdown(header)
