@@ -153,10 +153,9 @@ def test_browser_types_a_prompt_clicks_generate_and_sees_both_completions(app_ur
         prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
         prompt.send_keys(PROMPT)
         driver.find_element(By.CSS_SELECTOR, "#generate").click()
-        wait.until(lambda d: _textarea_value(d, "out-reference").strip() and _textarea_value(d, "out-policy-0").strip())
+        wait.until(lambda d: "policy" in d.find_element(By.ID, "scores").text)  # scored once the policy finished
         texts = [_textarea_value(driver, e) for e in ("out-reference", "out-policy-0")]
         assert all(t.strip() for t in texts)
-        wait.until(lambda d: "policy" in d.find_element(By.ID, "scores").text)
         screenshot = tmp_path_factory.mktemp("screenshots") / "app.png"
         assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
         print(f"screenshot: {screenshot}")
@@ -182,7 +181,10 @@ def test_a_sweep_folder_loads_every_completed_job_on_one_reference(tiny_run: Pat
     models = load_models(runs, "cpu")
     assert sorted(models.policies.values()) == ["default", "run1"]  # two adapters on one base model
     sampling = Sampling.defaults(runs[0].cfg)
-    *_, done = compare_completions(models, runs[0].cfg, PROMPT, ["0", "1"], sampling)
-    assert [c.model for c in done] == ["reference", "0", "1"]
+    steps = list(compare_completions(models, runs[0].cfg, PROMPT, ["0", "1"], sampling))
+    done = steps[-1]
+    assert [c.model for c in done] == ["reference", "0", "1"] and all(c.finished for c in done)
+    streamed = [step[-1].text for step in steps if not step[-1].finished and step[-1].model == "reference"]
+    assert len(streamed) > 1 and streamed[-1] == done[0].text  # the text streamed in, ending as the completion
     assert done[1].text == done[2].text and done[1].log_ratio == pytest.approx(done[2].log_ratio)  # same weights
     assert done[1].log_ratio != 0.0  # the adapter is active when the policy is scored

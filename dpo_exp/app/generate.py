@@ -7,6 +7,7 @@ log pi(y|x) - log pi_ref(y|x) of each completion from `evaluation.logprobs.seque
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -54,6 +55,7 @@ class Completion:
     text: str
     reward: float | None
     log_ratio: float | None  # log pi(y|x) - log pi_ref(y|x); None for the reference's own completion
+    finished: bool = True    # False while the text is still streaming in
 
 
 def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
@@ -68,10 +70,40 @@ def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
     return scorer, name
 
 
-def sample_one(models: Models, label: str, prompt: str, sampling: Sampling) -> Samples:
+def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, streamer: Any = None) -> Samples:
     with models.use(label) as model:
         return generate_samples(model, models.tokenizer, [prompt], sampling.gen_cfg(), sampling.seed,
-                                num_samples=1, max_new_tokens=sampling.max_new_tokens, progress=False)
+                                num_samples=1, max_new_tokens=sampling.max_new_tokens, progress=False,
+                                streamer=streamer)
+
+
+def stream_one(models: Models, label: str, prompt: str, sampling: Sampling) -> Iterator[str | Samples]:
+    """The text so far while `label` samples (transformers' TextIteratorStreamer), then the finished Samples.
+
+    Sampling runs in a worker thread; the draw is the same as sample_one's (same seed, same settings).
+    """
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(models.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["samples"] = sample_one(models, label, prompt, sampling, streamer)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = exc
+            streamer.end()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    yield result["samples"]
 
 
 def log_ratio(models: Models, label: str, samples: Samples, max_new_tokens: int) -> float:
@@ -87,12 +119,15 @@ def log_ratio(models: Models, label: str, samples: Samples, max_new_tokens: int)
 
 def compare_completions(models: Models, cfg: DictConfig, prompt: str, labels: list[str], sampling: Sampling,
                         scorer_choice: str = RUN_SCORER) -> Iterator[list[Completion]]:
-    """Yield the completions so far after each model (reference first), so a UI can show them as they come."""
+    """Yield the completions so far, reference first: while a model samples, its partial text (no scores yet);
+    then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
     scorer, _ = scorer_for(cfg, scorer_choice)
     with_prompt = sample_settings(cfg).score_with_prompt
     done: list[Completion] = []
     for label in [REFERENCE, *labels]:
-        samples = sample_one(models, label, prompt, sampling)
+        for samples in stream_one(models, label, prompt, sampling):
+            if isinstance(samples, str):
+                yield [*done, Completion(label, samples, None, None, finished=False)]
         reward = float(score_samples(scorer, samples, with_prompt)[0, 0]) if scorer is not None else None
         ratio = None if label == REFERENCE else log_ratio(models, label, samples, sampling.max_new_tokens)
         done.append(Completion(label, samples.texts[0][0], reward, ratio))

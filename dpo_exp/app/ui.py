@@ -27,7 +27,7 @@ def score_rows(completions: list[Completion]) -> list[list[Any]]:
     def fmt(value: float | None) -> Any:
         return "n/a" if value is None else round(value, 4)
 
-    return [[c.model, fmt(c.reward), fmt(c.log_ratio)] for c in completions]
+    return [[c.model, fmt(c.reward), fmt(c.log_ratio)] for c in completions if c.finished]
 
 
 def make_generate_fn(runs: list[RunInfo], models: Models):
