@@ -97,8 +97,8 @@ def test_client_gets_reference_and_policy_completions_with_scores_same_for_the_s
 
     client = Client(app_url, verbose=False)
 
-    def generate(seed: int):
-        return client.predict(PROMPT, ["policy"], 1.0, 0, 1.0, 12, seed, "run's scorer", api_name="/generate")
+    def generate(seed: int, scorer: str = "run's scorer"):
+        return client.predict(PROMPT, ["policy"], 1.0, 0, 1.0, 12, seed, scorer, api_name="/generate")
 
     reference, policy, scores = generate(7)
     assert reference.strip() and policy.strip()
@@ -109,6 +109,8 @@ def test_client_gets_reference_and_policy_completions_with_scores_same_for_the_s
     assert rows["reference"][1] == "n/a" and isinstance(rows["policy"][1], float)  # log pi - log pi_ref
     assert generate(7) == (reference, policy, scores)        # same seed: the very same completions and numbers
     assert generate(8)[0] != reference                       # the seed is used
+    unscored = generate(7, "none")                           # a scorer picked in the UI: here none
+    assert unscored[:2] == (reference, policy) and [r[1] for r in unscored[2]["data"]] == ["n/a", "n/a"]
 
 
 # ---------------------------------------------------------------- a real browser

@@ -8,12 +8,13 @@ load it once: further LoRA adapters are added to the same PEFT model as named ad
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..compare import find_run_dirs, swept_params, load_run
 from ..errors import UserError
@@ -85,6 +86,8 @@ def find_runs(paths: list[Path]) -> list[RunInfo]:
 
 def _run_info(path: Path, sweep_dir: Path | None, index: int) -> RunInfo:
     cfg = load_run_config(path)
+    with open_dict(cfg):  # conf/config.yaml's default, resolved as Hydra would here (the app is not a Hydra app)
+        cfg.cache_dir = os.environ.get("DPO_EXP_CACHE") or str(Path.cwd() / ".cache" / "dpo_exp")
     inputs = EvalInputs.load(path / INPUTS_FILE)
     return RunInfo(path, f"policy {index + 1}", cfg, read_json(path / "summary.json") or {},
                    inputs.prompts if inputs else [], sweep_dir)

@@ -41,10 +41,13 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
             raise gr.Error("type a prompt or pick one of the held-out prompts")
         sampling = Sampling(float(temperature), int(top_k), float(top_p), int(max_new_tokens), int(seed))
         chosen = [label for label in labels if label in (selected or [])]
-        for done in compare_completions(models, cfg, prompt, chosen, sampling, scorer or RUN_SCORER):
-            texts = {c.model: c.text for c in done}
-            boxes = [texts.get(REFERENCE, "")] + [texts.get(label, "") for label in labels]
-            yield boxes + [score_rows(done)]
+        try:
+            for done in compare_completions(models, cfg, prompt, chosen, sampling, scorer or RUN_SCORER):
+                texts = {c.model: c.text for c in done}
+                boxes = [texts.get(REFERENCE, "")] + [texts.get(label, "") for label in labels]
+                yield boxes + [score_rows(done)]
+        except Exception as exc:  # noqa: BLE001 - shown in the page (e.g. a scorer that cannot be built)
+            raise gr.Error(f"{type(exc).__name__}: {exc}") from exc
 
     return generate
 
