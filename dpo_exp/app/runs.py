@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from ..compare import find_run_dirs, swept_params, load_run
 from ..errors import UserError
@@ -112,8 +112,12 @@ def label_runs(runs: list[RunInfo]) -> None:
 
 
 def reference_key(run: RunInfo) -> str:
-    """Runs with equal keys start from the same reference model."""
+    """Runs with equal keys start from the same reference model (a warm start, or the configured model; the
+    randomly initialised tiny model also depends on the seed)."""
+    from ..models import model_source
+
     path = run.summary.get("reference_path")
     if path:
         return f"path:{path}"
-    return OmegaConf.to_yaml(OmegaConf.create({"model": run.cfg.model, "seed": int(run.cfg.seed)}))
+    source = model_source(run.cfg.model)
+    return f"{source}:seed={int(run.cfg.seed)}" if source.startswith("tiny:") else source
