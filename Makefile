@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1200   # whole suite, ~9 min on 2 cores; module fixtures shared per file
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo app test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m dpo_exp experiment=quickstart
+
+app: install   # the Gradio app on the newest run under outputs/ (the demo's after `make demo`)
+	@run=$$(ls -td outputs/*/*/ 2>/dev/null | head -n 1); \
+	if [ -z "$$run" ]; then echo "error: no run under outputs/: run make demo first" >&2; exit 2; fi; \
+	echo "opening $$run"; HF_HUB_OFFLINE=1 $(PY) -m dpo_exp.app "$$run"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -9,7 +9,8 @@ metrics.jsonl and .hydra/overrides.yaml are read (no W&B needed) and, into the f
 - plots/: learning_curves.png (every run overlaid: loss, reward accuracy, margins), metrics_vs_<param>.png for
   each swept parameter, reward_kl_frontier.png (KL against eval/reward_policy: one line along beta, or the first
   swept key, per combination of the other swept keys; x is eval/kl_rb where every point has it, else eval/kl);
-- a console table.
+- a console table;
+- with --wandb: a `sweep-summary` W&B run in the sweep's group and a saved W&B workspace (dpo_exp.sweep_summary).
 """
 
 from __future__ import annotations
@@ -462,9 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="a multirun folder and/or run directories")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log a sweep-summary W&B run in the sweep's group and build its W&B workspace")
     args = parser.parse_args(argv)
     try:
         compare(args.paths, args.out, console=True, plots=not args.no_plots)
+        if args.wandb:
+            from .sweep_summary import log_sweep_summary
+
+            log_sweep_summary(args.out or args.paths[0], args.paths)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

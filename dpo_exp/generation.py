@@ -42,8 +42,12 @@ def generate_samples(
     max_new_tokens: int | None = None,
     desc: str = "sampling",
     progress: bool = True,
+    streamer: Any = None,
 ) -> Samples:
-    """Sample completions for every prompt. gen_cfg: temperature, top_k, top_p, batch_size, num_samples, ..."""
+    """Sample completions for every prompt. gen_cfg: temperature, top_k, top_p, batch_size, num_samples, ...
+
+    `streamer` (a transformers streamer, one prompt and one sample only) receives the tokens as they are drawn.
+    """
     num_samples = int(num_samples or gen_cfg.num_samples)
     max_new_tokens = int(max_new_tokens or gen_cfg.max_new_tokens)
     device = next(model.parameters()).device
@@ -80,6 +84,7 @@ def generate_samples(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=eos,
                     use_cache=True,
+                    **({"streamer": streamer} if streamer is not None else {}),
                 )
             generated = out[:, enc.input_ids.shape[1] :].tolist()
             for p in range(len(chunk)):

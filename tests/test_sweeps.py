@@ -79,6 +79,18 @@ def test_sweep_wandb_runs_share_one_group_with_distinct_names(beta_sweep: Path):
     assert [r["exit"]["exit_code"] for r in records] == [0, 0, 0, 1]       # the failed job is failed in W&B
 
 
+def test_finished_sweep_leaves_a_summary_run_in_its_group(beta_sweep: Path):
+    """The Hydra on_multirun_end callback: comparison files, a sweep-summary W&B run beside the jobs, the workspace."""
+    from .wandb_records import offline_runs, run_record
+
+    summary_runs = offline_runs(beta_sweep)
+    assert summary_runs, "no sweep-summary W&B run in the sweep folder"
+    record = run_record(summary_runs[0])
+    assert record["job_type"] == "sweep-summary"
+    assert record["run_group"] == wandb_records(beta_sweep / "0")["run"]["run_group"]
+    assert (beta_sweep / "comparison.csv").is_file() and (beta_sweep / "wandb_workspace.json").is_file()
+
+
 def test_sweep_reference_logps_built_once_then_reused(beta_sweep: Path):
     caches = [summary(d)["ref_logps"]["cache"] for d in job_dirs(beta_sweep)[:3]]
     assert caches == ["built", "reused", "reused"]

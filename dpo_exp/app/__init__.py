@@ -1,0 +1,5 @@
+"""`python -m dpo_exp.app PATH [PATH ...]`: a Gradio app comparing the reference with DPO-tuned policies.
+
+runs.py finds and checks the runs (no models), models.py loads them, generate.py samples/scores/log-ratios one
+prompt, report.py reads a run's evaluation files, ui.py lays out the Blocks, __main__.py is the CLI.
+"""

@@ -1,0 +1,134 @@
+"""One prompt through the reference and every selected policy: same seed, same settings, scored, with log-ratios.
+
+Sampling is `generation.generate_samples` (seeded per call, so equal models give equal text), scores come from the
+run's scorer (`evaluate.build_eval_scorer`, or an offline scorer picked in the UI) and the log-ratio
+log pi(y|x) - log pi_ref(y|x) of each completion from `evaluation.logprobs.sequence_logprobs`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..evaluate import build_eval_scorer, sample_settings
+from ..evaluation.logprobs import context_length, sample_sequences, sequence_logprobs
+from ..evaluation.metrics import score_samples
+from ..generation import Samples, generate_samples
+from .models import Models
+from .runs import REFERENCE
+
+RUN_SCORER = "run's scorer"
+SCORER_CHOICES = [RUN_SCORER, "vader", "tfidf_logreg", "none"]  # offline ones (hub classifiers need the internet)
+
+
+@dataclass
+class Sampling:
+    """The UI's sampling controls."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+    @classmethod
+    def defaults(cls, cfg: DictConfig) -> "Sampling":
+        """The run's own settings: its generation block, eval.max_new_tokens and the evaluation seed."""
+        gen, ev = cfg.generation, cfg.eval
+        seed = ev.get("seed") if ev.get("seed") is not None else cfg.seed
+        return cls(float(gen.temperature), int(gen.top_k or 0), float(gen.top_p),
+                   int(ev.get("max_new_tokens") or gen.max_new_tokens), int(seed))
+
+    def gen_cfg(self) -> DictConfig:
+        return OmegaConf.create({"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                                 "num_samples": 1, "max_new_tokens": self.max_new_tokens, "batch_size": 1})
+
+
+@dataclass
+class Completion:
+    """One model's completion of the prompt."""
+
+    model: str
+    text: str
+    reward: float | None
+    log_ratio: float | None  # log pi(y|x) - log pi_ref(y|x); None for the reference's own completion
+    finished: bool = True    # False while the text is still streaming in
+
+
+def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
+    """(scorer or None, its name) for the UI choice: the run's scorer, an offline scorer by name, or none."""
+    if choice == "none":
+        return None, None
+    if choice != RUN_SCORER:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        with open_dict(cfg):
+            cfg.eval.reward = choice
+    scorer, name, _ = build_eval_scorer(cfg)
+    return scorer, name
+
+
+def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, streamer: Any = None) -> Samples:
+    with models.use(label) as model:
+        return generate_samples(model, models.tokenizer, [prompt], sampling.gen_cfg(), sampling.seed,
+                                num_samples=1, max_new_tokens=sampling.max_new_tokens, progress=False,
+                                streamer=streamer)
+
+
+def stream_one(models: Models, label: str, prompt: str, sampling: Sampling) -> Iterator[str | Samples]:
+    """The text so far while `label` samples (transformers' TextIteratorStreamer), then the finished Samples.
+
+    Sampling runs in a worker thread; the draw is the same as sample_one's (same seed, same settings).
+    """
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(models.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["samples"] = sample_one(models, label, prompt, sampling, streamer)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = exc
+            streamer.end()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    yield result["samples"]
+
+
+def log_ratio(models: Models, label: str, samples: Samples, max_new_tokens: int) -> float:
+    """log pi(y|x) - log pi_ref(y|x) of the sampled completion under the policy `label` and the reference."""
+    tokenizer = models.tokenizer
+    with models.use(label) as policy:
+        sequences = sample_sequences(tokenizer, samples, max_new_tokens, context_length(policy))
+        logp = sequence_logprobs(policy, sequences, tokenizer.pad_token_id)
+    with models.use(REFERENCE) as reference:
+        logq = sequence_logprobs(reference, sequences, tokenizer.pad_token_id)
+    return float(logp[0] - logq[0])
+
+
+def compare_completions(models: Models, cfg: DictConfig, prompt: str, labels: list[str], sampling: Sampling,
+                        scorer_choice: str = RUN_SCORER) -> Iterator[list[Completion]]:
+    """Yield the completions so far, reference first: while a model samples, its partial text (no scores yet);
+    then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
+    scorer, _ = scorer_for(cfg, scorer_choice)
+    with_prompt = sample_settings(cfg).score_with_prompt
+    done: list[Completion] = []
+    for label in [REFERENCE, *labels]:
+        for samples in stream_one(models, label, prompt, sampling):
+            if isinstance(samples, str):
+                yield [*done, Completion(label, samples, None, None, finished=False)]
+        reward = float(score_samples(scorer, samples, with_prompt)[0, 0]) if scorer is not None else None
+        ratio = None if label == REFERENCE else log_ratio(models, label, samples, sampling.max_new_tokens)
+        done.append(Completion(label, samples.texts[0][0], reward, ratio))
+        yield list(done)

@@ -1,0 +1,65 @@
+"""The app's models: one reference, one policy per run, and a context manager to sample from any of them.
+
+The first LoRA run is loaded with `evaluation.models.from_run_dir` (the reference is its adapter-disabled base);
+the other LoRA runs of a sweep become further named adapters of that PEFT model, so the base weights are held
+once. Full fine-tuned runs load their own model next to it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..evaluation.models import PolicyReference, from_run_dir, is_peft
+from .runs import REFERENCE, RunInfo
+
+
+def is_lora_run(run: RunInfo) -> bool:
+    return (run.path / "model" / "adapter_config.json").is_file()
+
+
+@dataclass
+class Models:
+    """The tokenizer, the shared PolicyReference and, per run label, an adapter name (LoRA) or a model."""
+
+    tokenizer: Any
+    pair: PolicyReference
+    policies: dict[str, Any]
+
+    @contextmanager
+    def use(self, label: str) -> Iterator[Any]:
+        """The model to sample from for `label` (REFERENCE or a run label)."""
+        if label == REFERENCE:
+            with self.pair.reference() as reference:
+                yield reference
+            return
+        target = self.policies[label]
+        if isinstance(target, str):
+            self.pair.policy.set_adapter(target)
+            yield self.pair.policy
+        else:
+            yield target
+
+
+def load_models(runs: list[RunInfo], device: str) -> Models:
+    """Load the reference once and every run's policy (LoRA runs first, so they share the first one's base)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models import load_tokenizer
+
+    ordered = sorted(runs, key=lambda r: not is_lora_run(r))
+    first = ordered[0]
+    pair = from_run_dir(first.path, first.cfg, first.summary, device)
+    policies: dict[str, Any] = {first.label: "default" if is_peft(pair.policy) else pair.policy}
+    for number, run in enumerate(ordered[1:], start=1):
+        model_dir = str(run.path / "model")
+        if is_lora_run(run):
+            name = f"run{number}"
+            pair.policy.load_adapter(model_dir, adapter_name=name)
+            policies[run.label] = name
+        else:
+            policies[run.label] = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    if is_peft(pair.policy):
+        pair.policy.eval()
+    return Models(load_tokenizer(first.cfg.model), pair, policies)

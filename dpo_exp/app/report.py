@@ -1,0 +1,46 @@
+"""What the evaluation tab shows for a run, read from its files: eval/* metrics, plots and samples.md."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from ..evaluate import PLOT_FILE, SAMPLES_FILE
+from .runs import RunInfo
+
+FRONTIER = "plots/reward_kl_frontier.png"   # written into a sweep folder by `python -m dpo_exp.compare`
+
+
+def metrics_rows(run: RunInfo) -> list[list]:
+    """[metric, value] for every numeric eval/* entry of summary.json."""
+    rows = []
+    for key, value in sorted(run.summary.items()):
+        if key.startswith("eval/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append([key, round(float(value), 6) if math.isfinite(value) else str(value)])
+    return rows
+
+
+def reward_kl_plot(run: RunInfo) -> str | None:
+    """The sweep's reward-KL frontier when the run came from a compared sweep, else the run's own reward-KL plot."""
+    candidates = ([run.sweep_dir / FRONTIER] if run.sweep_dir else []) + [run.path / PLOT_FILE]
+    return next((str(p) for p in candidates if p.is_file()), None)
+
+
+def curve_plots(run: RunInfo) -> list[tuple[str, str]]:
+    """(path, caption) of the run's training-curve PNGs (plots/, the reward-KL plot shown separately)."""
+    plots = sorted((run.path / "plots").glob("*.png"))
+    return [(str(p), p.stem.replace("_", " ")) for p in plots if p.name != Path(PLOT_FILE).name]
+
+
+def sample_sections(run: RunInfo) -> list[tuple[str, str]]:
+    """(title, markdown) per prompt of samples.md; its header (scorer and headline numbers) as the first."""
+    path = run.path / SAMPLES_FILE
+    if not path.is_file():
+        return [("no samples", f"{path} does not exist (the run was not evaluated)")]
+    parts = re.split(r"^## ", path.read_text(), flags=re.MULTILINE)
+    sections = [("overview", parts[0])]
+    for part in parts[1:]:
+        title, _, body = part.partition("\n")
+        sections.append((title.strip(), body))
+    return sections

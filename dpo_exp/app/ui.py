@@ -1,0 +1,127 @@
+"""The Gradio Blocks: a "Generate" tab (reference vs policies on one prompt) and an "Evaluation" tab per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from . import report
+from .generate import SCORER_CHOICES, RUN_SCORER, Completion, Sampling, compare_completions
+from .models import Models
+from .runs import REFERENCE, RunInfo
+
+SCORE_HEADERS = ["model", "reward", "log pi - log pi_ref"]
+
+
+def shown_path(run: RunInfo) -> str:
+    """The run's folder, relative to where the app was started when it is below it."""
+    try:
+        return f"`{run.path.relative_to(Path.cwd().resolve())}`"
+    except ValueError:
+        return f"`{run.path}`"
+
+
+def score_rows(completions: list[Completion]) -> list[list[Any]]:
+    def fmt(value: float | None) -> Any:
+        return "n/a" if value is None else round(value, 4)
+
+    return [[c.model, fmt(c.reward), fmt(c.log_ratio)] for c in completions if c.finished]
+
+
+def make_generate_fn(runs: list[RunInfo], models: Models):
+    """The click handler: yields every output box (reference, then one per run) and the score table."""
+    labels = [run.label for run in runs]
+    cfg = runs[0].cfg
+
+    def generate(prompt: str, selected: list[str], temperature: float, top_k: float, top_p: float,
+                 max_new_tokens: float, seed: float, scorer: str) -> Iterator[list[Any]]:
+        if not (prompt or "").strip():
+            raise gr.Error("type a prompt or pick one of the held-out prompts")
+        sampling = Sampling(float(temperature), int(top_k), float(top_p), int(max_new_tokens), int(seed))
+        chosen = [label for label in labels if label in (selected or [])]
+        try:
+            for done in compare_completions(models, cfg, prompt, chosen, sampling, scorer or RUN_SCORER):
+                texts = {c.model: c.text for c in done}
+                boxes = [texts.get(REFERENCE, "")] + [texts.get(label, "") for label in labels]
+                yield boxes + [score_rows(done)]
+        except Exception as exc:  # noqa: BLE001 - shown in the page (e.g. a scorer that cannot be built)
+            raise gr.Error(f"{type(exc).__name__}: {exc}") from exc
+
+    return generate
+
+
+def generate_tab(runs: list[RunInfo], models: Models) -> None:
+    defaults = Sampling.defaults(runs[0].cfg)
+    labels = [run.label for run in runs]
+    prompts = list(dict.fromkeys(p for run in runs for p in run.prompts))
+    with gr.Row():
+        with gr.Column(scale=1):
+            pick = gr.Dropdown(choices=prompts, value=None, label="held-out evaluation prompts", elem_id="pick")
+            prompt = gr.Textbox(label="prompt", lines=3, elem_id="prompt")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+            selected = gr.CheckboxGroup(choices=labels, value=labels, label="policies")
+            with gr.Accordion("sampling (defaults: the run's settings)", open=True):
+                temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="temperature")
+                top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top-k (0 = off)")
+                top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="top-p")
+                max_new = gr.Slider(1, 256, value=defaults.max_new_tokens, step=1, label="max new tokens")
+                seed = gr.Number(value=defaults.seed, precision=0, label="seed (same for every model)")
+                scorer = gr.Dropdown(choices=SCORER_CHOICES, value=RUN_SCORER, label="reward scorer")
+        with gr.Column(scale=2):
+            boxes = [gr.Textbox(label=REFERENCE, lines=3, elem_id="out-reference", interactive=False)]
+            boxes += [gr.Textbox(label=label if label == "policy" else f"policy: {label}", lines=3,
+                                 elem_id=f"out-policy-{i}", interactive=False) for i, label in enumerate(labels)]
+            scores = gr.Dataframe(headers=SCORE_HEADERS, label="reward and log-ratio to the reference",
+                                  elem_id="scores", interactive=False)
+    pick.change(lambda p: p or "", pick, prompt, api_name=False)
+    button.click(make_generate_fn(runs, models),
+                 [prompt, selected, temperature, top_k, top_p, max_new, seed, scorer], [*boxes, scores],
+                 api_name="generate")
+
+
+def evaluation_views(run: RunInfo) -> list[Any]:
+    """Metrics table, reward-KL image, curve gallery, samples choices and the first sample section."""
+    sections = report.sample_sections(run)
+    titles = [title for title, _ in sections]
+    return [report.metrics_rows(run), report.reward_kl_plot(run), report.curve_plots(run),
+            gr.Dropdown(choices=titles, value=titles[0]), sections[0][1]]
+
+
+def evaluation_tab(runs: list[RunInfo]) -> tuple:
+    """Run picker, metrics, reward-KL plot, curves and samples.md; returns what build_app wires to page load."""
+    by_label = {run.label: run for run in runs}
+    run_pick = gr.Dropdown(choices=list(by_label), value=runs[0].label, label="run")
+    path = gr.Markdown(shown_path(runs[0]))
+    with gr.Row():
+        metrics = gr.Dataframe(headers=["metric", "value"], label="eval/* metrics (summary.json)",
+                               interactive=False)
+        reward_kl = gr.Image(type="filepath", label="reward vs KL", interactive=False)
+    curves = gr.Gallery(label="training curves (plots/)", columns=3, height="auto", object_fit="contain")
+    section = gr.Dropdown(label="samples.md: reference vs policy, by prompt")
+    sample = gr.Markdown()
+    outputs = [metrics, reward_kl, curves, section, sample]
+
+    def show_run(label: str) -> list[Any]:
+        return [shown_path(by_label[label]), *evaluation_views(by_label[label])]
+
+    def show_section(label: str, title: str) -> str:
+        return dict(report.sample_sections(by_label[label])).get(title, "")
+
+    run_pick.change(show_run, run_pick, [path, *outputs], api_name=False)
+    section.change(show_section, [run_pick, section], sample, api_name=False)
+    return run_pick, path, outputs, show_run
+
+
+def build_app(runs: list[RunInfo], models: Models) -> gr.Blocks:
+    where = shown_path(runs[0]) if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs)
+    header = f"# dpo_exp: reference vs DPO policy\n{where}"
+    with gr.Blocks(title="dpo_exp: reference vs DPO policy") as demo:
+        gr.Markdown(header)
+        with gr.Tab("Generate"):
+            generate_tab(runs, models)
+        with gr.Tab("Evaluation"):
+            run_pick, path, outputs, show_run = evaluation_tab(runs)
+        demo.load(show_run, run_pick, [path, *outputs], api_name=False)
+    return demo

@@ -1,0 +1,192 @@
+"""The Gradio app (issue 14) on a real tiny run: bad paths, the API through gradio_client, a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
+
+PROMPT = "The movie was"
+
+
+def _tiny_run_args(run_dir: Path) -> list[str]:
+    hh = shared_file("hh_rlhf/test.jsonl")
+    return [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh}", "data_size=8", "epochs=1",
+            "lr=5e-3", "trainer.eval_strategy=no", "logger=none", "eval.reward=vader", "eval.num_prompts=4",
+            "eval.num_samples=1", "eval.num_pairs=4", "eval.max_new_tokens=12", "eval.bootstrap=50",
+            f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A real completed LoRA run of the tiny GPT-2 (8 HH-RLHF pairs, one epoch, evaluated with VADER)."""
+    cwd = tmp_path_factory.mktemp("app_run")
+    proc = run_cli(_tiny_run_args(cwd / "run"), cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "run"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_run: Path, tmp_path_factory):
+    """`python -m dpo_exp.app RUN --server-port PORT` in a subprocess, until it answers over HTTP."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app_log") / "app.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dpo_exp.app", str(tiny_run), "--server-port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 400
+    try:
+        while True:
+            assert proc.poll() is None, f"the app exited: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"the app did not answer in time: {log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- bad input (fast: no model loads)
+
+
+def test_a_path_that_is_not_a_completed_run_is_one_error_line_and_exit_2(tmp_path: Path):
+    failed = tmp_path / "failed"
+    (failed / "model").mkdir(parents=True)
+    (failed / "summary.json").write_text(json.dumps({"status": "failed"}))
+    no_model = tmp_path / "no_model"
+    no_model.mkdir()
+    (no_model / "summary.json").write_text(json.dumps({"status": "completed"}))
+    for path, message in ((failed, "status='failed'"), (no_model, "no model/ folder"),
+                          (tmp_path / "missing", "does not exist"), (tmp_path, "holds no completed run")):
+        proc = run_cli([str(path)], tmp_path, module="dpo_exp.app", timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr
+        assert "Traceback" not in proc.stderr and "loading" not in proc.stdout
+
+
+# ---------------------------------------------------------------- the API, as a script would call it
+
+
+@pytest.mark.slow
+def test_client_gets_reference_and_policy_completions_with_scores_same_for_the_same_seed(app_url: str):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+
+    def generate(seed: int, scorer: str = "run's scorer"):
+        return client.predict(PROMPT, ["policy"], 1.0, 0, 1.0, 12, seed, scorer, api_name="/generate")
+
+    reference, policy, scores = generate(7)
+    assert reference.strip() and policy.strip()
+    rows = {row[0]: row[1:] for row in scores["data"]}
+    assert set(rows) == {"reference", "policy"}
+    for model in ("reference", "policy"):
+        assert isinstance(rows[model][0], float)            # the VADER score of that completion
+    assert rows["reference"][1] == "n/a" and isinstance(rows["policy"][1], float)  # log pi - log pi_ref
+    assert generate(7) == (reference, policy, scores)        # same seed: the very same completions and numbers
+    assert generate(8)[0] != reference                       # the seed is used
+    unscored = generate(7, "none")                           # a scorer picked in the UI: here none
+    assert unscored[:2] == (reference, policy) and [r[1] for r in unscored[2]["data"]] == ["n/a", "n/a"]
+
+
+# ---------------------------------------------------------------- a real browser
+
+
+def _chromium() -> tuple[str, str]:
+    """Debian's chromium and chromium-driver; CI fails loudly without them, elsewhere the test skips."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        message = "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y chromium " \
+                  "chromium-driver; .ci/run installs them)"
+        if os.environ.get("CI") or os.environ.get("DPO_EXP_REQUIRE_SHARED_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return browser, driver
+
+
+def _textarea_value(driver, elem_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea").get_attribute("value") or ""
+
+
+@pytest.mark.slow
+def test_browser_types_a_prompt_clicks_generate_and_sees_both_completions(app_url: str, tmp_path_factory):
+    browser, driver_path = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1100"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(app_url)
+        wait = WebDriverWait(driver, 300)
+        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+        prompt.send_keys(PROMPT)
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda d: "policy" in d.find_element(By.ID, "scores").text)  # scored once the policy finished
+        texts = [_textarea_value(driver, e) for e in ("out-reference", "out-policy-0")]
+        assert all(t.strip() for t in texts)
+        screenshot = tmp_path_factory.mktemp("screenshots") / "app.png"
+        assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+        print(f"screenshot: {screenshot}")
+    finally:
+        driver.quit()
+
+
+# ---------------------------------------------------------------- a sweep folder: one reference, one adapter per job
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_loads_every_completed_job_on_one_reference(tiny_run: Path, tmp_path: Path):
+    from dpo_exp.app.generate import Sampling, compare_completions
+    from dpo_exp.app.models import load_models
+    from dpo_exp.app.runs import find_runs
+
+    for job in ("0", "1"):
+        shutil.copytree(tiny_run, tmp_path / job)
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: skipped, not an error
+    (tmp_path / "2" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    runs = find_runs([tmp_path])
+    assert [r.label for r in runs] == ["0", "1"] and all(r.prompts for r in runs)
+    models = load_models(runs, "cpu")
+    assert sorted(models.policies.values()) == ["default", "run1"]  # two adapters on one base model
+    sampling = Sampling.defaults(runs[0].cfg)
+    steps = list(compare_completions(models, runs[0].cfg, PROMPT, ["0", "1"], sampling))
+    done = steps[-1]
+    assert [c.model for c in done] == ["reference", "0", "1"] and all(c.finished for c in done)
+    streamed = [step[-1].text for step in steps if not step[-1].finished and step[-1].model == "reference"]
+    assert len(streamed) > 1 and streamed[-1] == done[0].text  # the text streamed in, ending as the completion
+    assert done[1].text == done[2].text and done[1].log_ratio == pytest.approx(done[2].log_ratio)  # same weights
+    assert done[1].log_ratio != 0.0  # the adapter is active when the policy is scored
