@@ -5,7 +5,9 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE_DIR.parent / "conf"  # the checkout's conf/: install editable (pip install -e ., as the Makefile does)
+# Installed from a wheel, the configs ship inside the package (setup.py copies them); an editable install
+# (`pip install -e .`, as the Makefile does) reads the checkout's top-level conf/ and experiments/.
+CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf" / "config.yaml").is_file() else PACKAGE_DIR.parent / "conf"
 DEMO_DIR = PACKAGE_DIR / "demo"
 
 

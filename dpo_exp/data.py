@@ -222,10 +222,6 @@ def load_located_splits(ds_cfg: Any) -> tuple[dict[str, RawSplit], str]:
     return {k: RawSplit(v, f"hub:{ds_cfg.hub_id} [{k}]") for k, v in hub.items()}, f"hub:{ds_cfg.hub_id}"
 
 
-def load_raw_splits(ds_cfg: Any) -> tuple[dict[str, list[dict]], str]:
-    """Rows per split ('train', optional 'test') and a description of the source."""
-    splits, source = load_located_splits(ds_cfg)
-    return {k: v.rows for k, v in splits.items()}, source
 
 
 # ---------------------------------------------------------------- normalisation per source

@@ -116,11 +116,6 @@ def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
     return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
 
 
-def max_positions(model_cfg: Any) -> int | None:
-    """Context length known without loading weights (tiny models); None when it needs the model."""
-    if model_cfg.get("tiny") and not model_cfg.get("path"):
-        return int(model_cfg.tiny.n_positions)
-    return None
 
 
 def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> "PreTrainedModel":

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .compare import CURVES, KL, REWARD, find_run_dirs, load_run, swept_params
+from .compare import CURVES, REWARD, find_run_dirs, frontier_x, load_run, swept_params
 from .tracking import Tracker, WandbTracker, resolve_mode, start_tracker
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ def _log_views(tracker: WandbTracker, out: Path, table: pd.DataFrame, runs: list
     rows = [[_cell(v) for v in row] for row in table.itertuples(index=False)]
     jobs = wandb.Table(columns=list(table.columns), data=rows, allow_mixed_types=True)
     logged: dict[str, Any] = {TABLE_KEY: jobs}
-    if KL in table.columns and REWARD in table.columns:
-        logged["sweep/reward_kl_frontier"] = wandb.plot.scatter(jobs, KL, REWARD, title="reward-KL frontier")
+    kl = frontier_x(table)  # the same KL estimator as comparison's frontier plot (kl_rb where every run has it)
+    if kl is not None:
+        logged["sweep/reward_kl_frontier"] = wandb.plot.scatter(jobs, kl, REWARD, title=f"reward-KL frontier ({kl})")
     for key, title in CURVES:
         xs, ys, keys = curve_series(runs, labels, key)
         if xs:

@@ -380,6 +380,3 @@ def final_metrics(log_history: list[dict]) -> dict[str, float]:
             out.update({k: v for k, v in row.items() if k.startswith("train_")})
     return {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
