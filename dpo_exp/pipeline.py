@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
+from .distributed import run_folder_lock
 from .errors import UserError
 from .runinfo import RunIdentity, environment, run_identity
 from .storage import atomic_write_json, read_json, read_jsonl
@@ -87,7 +88,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     identity = run_identity(cfg, run_dir)
     identity.run_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
+    with run_folder_lock(identity.run_dir):  # a second process on this folder stops here, naming the holder's pid
+        return _run_job(cfg, identity)
 
+
+def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
     previous = read_json(identity.run_dir / SUMMARY) or {}
     if cfg.skip_completed and previous.get("status") == "completed":
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
@@ -109,7 +114,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     ctx.save_summary()
     start = time.time()
     try:
-        _run_stages(ctx)
+        try:
+            _run_stages(ctx)
+        except KeyboardInterrupt:  # Ctrl-C outside training (reading or tokenising data, sampling): no checkpoint
+            raise RunInterrupted("stopped by SIGINT before training finished") from None
     except RunInterrupted as exc:
         ctx.save_summary(status="interrupted", wall_time_s=round(time.time() - start, 2))
         ctx.tracker.finish(exit_code=1)
@@ -204,12 +212,38 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
             f"stopped by {stopper.signal_name}; checkpoint saved in {ctx.run_dir / 'checkpoints'}", stopper.forward
         )
     final = final_metrics(trainer.state.log_history)
+    if resume_from is not None and "train_loss" in final:
+        start = int(resume_from.name.split("-")[-1])
+        final["train_loss"] = whole_run_train_loss(trainer.state.log_history, final["train_loss"], start)
     model_dir = ctx.run_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
     ctx.save_summary(**final)
     ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
     return trainer
+
+
+def whole_run_train_loss(log_history: list[dict], resumed_train_loss: float, start: int) -> float:
+    """The mean training loss over every step of a run resumed at step `start`, as an uninterrupted run reports it.
+
+    transformers' final `train_loss` only averages the steps run since the resume. The history restored from the
+    checkpoint holds the earlier steps' logged losses (each the mean since the previous log row); they are weighted
+    by the steps they cover and combined with the resumed part's mean.
+    """
+    final = next((r for r in reversed(log_history) if "train_runtime" in r), None)
+    if final is None or int(final["step"]) <= start:
+        return resumed_train_loss
+    end = int(final["step"])
+    total, covered, previous = 0.0, 0, 0
+    for row in log_history:
+        if "loss" not in row or "train_runtime" in row or "step" not in row:
+            continue
+        if row["step"] > start:
+            break
+        total += float(row["loss"]) * (row["step"] - previous)
+        covered += row["step"] - previous
+        previous = row["step"]
+    return (total + resumed_train_loss * (end - start)) / (covered + end - start)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

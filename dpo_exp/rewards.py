@@ -78,10 +78,13 @@ class HFClassifierScorer(Scorer):
         device = str(_get(cfg, "device", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.pipe = pipeline(
-            "text-classification", model=self.hub_id, device=device,
-            dtype=torch.float16 if device.startswith("cuda") else torch.float32,
-        )
+        from .hub import hub_access
+
+        with hub_access("reward model", self.hub_id, "reward.hub_id"):
+            self.pipe = pipeline(
+                "text-classification", model=self.hub_id, device=device,
+                dtype=torch.float16 if device.startswith("cuda") else torch.float32,
+            )
         labels = {str(v) for v in self.pipe.model.config.id2label.values()}
         if self.positive_label not in labels:
             from .errors import UserError

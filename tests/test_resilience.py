@@ -95,6 +95,9 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
     for step in range(stopped_at + 1, 9):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-4, abs=1e-6), step
     assert done["loss"] == pytest.approx(summary(uninterrupted)["loss"], rel=1e-4, abs=1e-6)
+    # the mean over ALL 8 steps (transformers alone would average only the resumed ones)
+    assert done["train_loss"] == pytest.approx(summary(uninterrupted)["train_loss"], rel=1e-5)
+    assert done["train_loss"] == pytest.approx(sum(r["loss"] for r in resumed.values()) / 8, rel=1e-5)
 
     ids = {run_record(o)["run_id"] for o in offline_runs(run_dir)}
     assert len(ids) == 1, "the W&B run must be resumed, not duplicated"
