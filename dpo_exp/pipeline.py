@@ -215,9 +215,9 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
     if resume_from is not None and "train_loss" in final:
         start = int(resume_from.name.split("-")[-1])
         final["train_loss"] = whole_run_train_loss(trainer.state.log_history, final["train_loss"], start)
-    model_dir = ctx.run_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    from .export import save_run_model
+
+    ctx.summary["saved_model"] = save_run_model(trainer, tokenizer, ctx.run_dir / "model", cfg.model, ctx.summary)
     ctx.save_summary(**final)
     ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
     return trainer

@@ -15,7 +15,7 @@ import pytest
 from dpo_exp.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
-from .wandb_records import offline_runs, run_info, run_record
+from .wandb_records import history, offline_runs, run_info, run_record
 
 # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs = 8 steps; a checkpoint every 2 steps.
 RUN = [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", "data_size=16", "dataset.eval_size=4", "epochs=2",
@@ -114,9 +114,15 @@ def test_wandb_unreachable_does_not_stop_the_run(tmp_path, hh_file):
                       "dataset.eval_size=4", "epochs=1", "eval.enabled=false", "logger=wandb",
                       "logger.init_timeout=10", f"hydra.run.dir={run_dir}"], tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "W&B could not start" in result.stderr + result.stdout
-    assert summary(run_dir)["status"] == "completed"
+    output = result.stderr + result.stdout
+    assert "W&B online start failed" in output and "logging offline" in output
+    done = summary(run_dir)
+    assert done["status"] == "completed"
     assert train_rows(run_dir) and (run_dir / "plots" / "loss.png").exists() and (run_dir / "model").is_dir()
+    # the record is kept offline in the run folder, under the id the summary names, ready for `wandb sync`
+    runs = offline_runs(run_dir)
+    assert len(runs) == 1 and done["wandb_id"] and run_record(runs[0])["run_id"] == done["wandb_id"]
+    assert any("train/loss" in row for row in history(runs[0]))
 
 
 def test_wandb_failing_mid_run_is_reported_once_and_ignored(tmp_path, caplog):
