@@ -39,3 +39,15 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shared_run_dir(run_dir: Path) -> Path:
+    """Every process uses the main process's run folder (each rank's Hydra may have stamped a different time)."""
+    if world_size() <= 1:
+        return run_dir
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()  # joins the launcher's process group (gloo on CPU, nccl on GPUs); the Trainer reuses it
+    shared = broadcast_object_list([str(run_dir)], from_process=0)
+    return Path(shared[0])

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
-from .distributed import run_folder_lock
+from .distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .errors import UserError
 from .runinfo import RunIdentity, environment, run_identity
 from .storage import atomic_write_json, read_json, read_jsonl
@@ -51,7 +51,8 @@ class RunContext:
 
     def save_summary(self, **updates: Any) -> None:
         self.summary.update(updates)
-        atomic_write_json(self.run_dir / SUMMARY, self.summary)
+        if is_main_process():  # in a multi-process run only the main process writes the run folder
+            atomic_write_json(self.run_dir / SUMMARY, self.summary)
 
 
 def objective_value(summary: dict, key: str) -> float | None:
@@ -86,6 +87,7 @@ def to_dataset(rows: list[dict]):
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     """Run one job. Returns the configured objective (a summary value) for sweepers."""
     identity = run_identity(cfg, run_dir)
+    identity.run_dir = shared_run_dir(identity.run_dir)  # torchrun / accelerate: the main process's folder
     identity.run_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
     with run_folder_lock(identity.run_dir):  # a second process on this folder stops here, naming the holder's pid
@@ -110,7 +112,10 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "attempts": int(previous.get("attempts", 0)) + 1,
         "wandb_id": previous.get("wandb_id"),
+        "num_processes": world_size(),
     }
+    if world_size() > 1:
+        log.info("process %d of %d (only process 0 writes the run folder)", rank(), world_size())
     ctx.save_summary()
     start = time.time()
     try:
@@ -133,7 +138,8 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
     ctx.tracker.finish(exit_code=0)
-    print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
+    if is_main_process():
+        print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
     return objective_value(ctx.summary, str(cfg.objective))
 
 
@@ -172,9 +178,12 @@ def _run_stages(ctx: RunContext) -> None:
     if cfg.eval.enabled:
         from .evaluate import evaluate_policy
 
-        results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
-        ctx.save_summary(**results)
-    write_plots(ctx)
+        if is_main_process():  # sampling is not split across processes: the main one evaluates, the others wait
+            results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
+            ctx.save_summary(**results)
+        barrier()
+    if is_main_process():
+        write_plots(ctx)
 
 
 def train_policy(ctx: RunContext, model, tokenizer, data):
@@ -196,12 +205,13 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
         tracer.bind(trainer)
     ctx.save_summary(ref_logps=ref_cache.status(trainer))
     resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(ctx.run_dir)
-    if resume_from is None and metrics_path.exists():
+    if resume_from is None and metrics_path.exists() and is_main_process():
         metrics_path.unlink()  # a fresh start: no rows from an earlier, checkpoint-less attempt
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
         ctx.summary["resumed_from"] = str(resume_from)
-        _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
+        if is_main_process():
+            _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -111,7 +111,9 @@ def start_tracker(
     resume_id: str | None = None,
 ) -> Tracker:
     """Start a W&B run (or resume `resume_id`); return a do-nothing Tracker when disabled or failing."""
-    if not logger_cfg.get("enabled"):
+    from .distributed import is_main_process
+
+    if not logger_cfg.get("enabled") or not is_main_process():  # one W&B run per job, from the main process
         return Tracker()
     mode = resolve_mode(str(logger_cfg.get("mode", "auto")))
     if mode == "disabled":
