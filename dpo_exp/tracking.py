@@ -148,6 +148,7 @@ def start_tracker(
             log.warning("W&B online start failed (%s): logging offline into %s instead; upload later with "
                         "`wandb sync`.", str(exc).splitlines()[0], kwargs["dir"])
             mode = "offline"
+            wandb.teardown()  # the service still holds the failed online stream under this id
             run = wandb.init(mode=mode, settings=_settings(wandb, timeout, mode), **kwargs)
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
