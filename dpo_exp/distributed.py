@@ -51,3 +51,12 @@ def shared_run_dir(run_dir: Path) -> Path:
     PartialState()  # joins the launcher's process group (gloo on CPU, nccl on GPUs); the Trainer reuses it
     shared = broadcast_object_list([str(run_dir)], from_process=0)
     return Path(shared[0])
+
+
+def main_process_first() -> Any:
+    """Process 0 runs the block first (builds and caches), then the others (which reuse the cache entry)."""
+    if world_size() <= 1:
+        return nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()

@@ -15,7 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
-from .distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
+from .distributed import (
+    barrier, is_main_process, main_process_first, rank, run_folder_lock, shared_run_dir, world_size,
+)
 from .errors import UserError
 from .runinfo import RunIdentity, environment, run_identity
 from .storage import atomic_write_json, read_json, read_jsonl
@@ -168,7 +170,8 @@ def _run_stages(ctx: RunContext) -> None:
     if cfg.dataset.kind == "imdb_sentiment":
         from .sentiment import build_sentiment_pairs
 
-        data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
+        with main_process_first():  # several processes: process 0 samples and caches the pairs, the others reuse
+            data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
     ctx.summary["data"] = {"source": data.source, **data.counts}
     ctx.summary["dataset"]["source"] = data.source
     ctx.save_summary()
@@ -225,6 +228,8 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
     if resume_from is not None and "train_loss" in final:
         start = int(resume_from.name.split("-")[-1])
         final["train_loss"] = whole_run_train_loss(trainer.state.log_history, final["train_loss"], start)
+        if is_main_process():
+            _patch_final_row(metrics_path, train_loss=final["train_loss"])
     from .export import save_run_model
 
     ctx.summary["saved_model"] = save_run_model(trainer, tokenizer, ctx.run_dir / "model", cfg.model, ctx.summary)
@@ -254,6 +259,15 @@ def whole_run_train_loss(log_history: list[dict], resumed_train_loss: float, sta
         covered += row["step"] - previous
         previous = row["step"]
     return (total + resumed_train_loss * (end - start)) / (covered + end - start)
+
+
+def _patch_final_row(path: Path, **values: Any) -> None:
+    """Replace values in metrics.jsonl's `final` row (the resumed run's whole-run train_loss)."""
+    if not path.exists():
+        return
+    from .storage import write_jsonl
+
+    write_jsonl(path, [{**r, **values} if r.get("split") == "final" else r for r in read_jsonl(path)])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

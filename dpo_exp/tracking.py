@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,8 @@ def start_tracker(
             mode = "offline"
             wandb.teardown()  # the service still holds the failed online stream under this id
             run = wandb.init(mode=mode, settings=_settings(wandb, timeout, mode), **kwargs)
+            for failed in (Path(kwargs["dir"]) / "wandb").glob(f"run-*-{run_id}"):  # the online try's empty folder,
+                shutil.rmtree(failed, ignore_errors=True)                          # so `wandb sync` sees one run
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
         return Tracker()

@@ -98,6 +98,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
     # the mean over ALL 8 steps (transformers alone would average only the resumed ones)
     assert done["train_loss"] == pytest.approx(summary(uninterrupted)["train_loss"], rel=1e-5)
     assert done["train_loss"] == pytest.approx(sum(r["loss"] for r in resumed.values()) / 8, rel=1e-5)
+    (final_row,) = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "final"]
+    assert final_row["train_loss"] == done["train_loss"]
 
     ids = {run_record(o)["run_id"] for o in offline_runs(run_dir)}
     assert len(ids) == 1, "the W&B run must be resumed, not duplicated"
@@ -122,6 +124,7 @@ def test_wandb_unreachable_does_not_stop_the_run(tmp_path, hh_file):
     # the record is kept offline in the run folder, under the id the summary names, ready for `wandb sync`
     runs = offline_runs(run_dir)
     assert len(runs) == 1 and done["wandb_id"] and run_record(runs[0])["run_id"] == done["wandb_id"]
+    assert not list((run_dir / "wandb").glob("run-*"))  # nothing left of the failed online try
     assert any("train/loss" in row for row in history(runs[0]))
 
 
