@@ -53,10 +53,13 @@ def shared_run_dir(run_dir: Path) -> Path:
     return Path(shared[0])
 
 
-def main_process_first() -> Any:
-    """Process 0 runs the block first (builds and caches), then the others (which reuse the cache entry)."""
-    if world_size() <= 1:
-        return nullcontext()
-    from accelerate import PartialState
 
-    return PartialState().main_process_first()
+def broadcast(value: Any) -> Any:
+    """Process 0's `value` on every process (the value itself in a single-process run)."""
+    if world_size() <= 1:
+        return value
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()
+    return broadcast_object_list([value], from_process=0)[0]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
 from .distributed import (
-    barrier, is_main_process, main_process_first, rank, run_folder_lock, shared_run_dir, world_size,
+    barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size,
 )
 from .errors import UserError
 from .runinfo import RunIdentity, environment, run_identity
@@ -170,8 +170,8 @@ def _run_stages(ctx: RunContext) -> None:
     if cfg.dataset.kind == "imdb_sentiment":
         from .sentiment import build_sentiment_pairs
 
-        with main_process_first():  # several processes: process 0 samples and caches the pairs, the others reuse
-            data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
+        # every process runs this (a warm start trains with all of them); the pair cache is written once, locked
+        data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
     ctx.summary["data"] = {"source": data.source, **data.counts}
     ctx.summary["dataset"]["source"] = data.source
     ctx.save_summary()
