@@ -46,3 +46,21 @@ def test_torchrun_two_processes_write_one_run(tmp_path, ultrafeedback_file):
     assert (run_dir / "model" / "config.json").is_file() and (run_dir / "model" / "adapter").is_dir()
     assert "eval/kl" in json.dumps(summary) and (run_dir / "samples.md").is_file()  # evaluated once, on process 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cache", "run"]  # no second run folder
+
+
+@pytest.mark.slow
+def test_torchrun_imdb_with_warm_start_does_not_deadlock(tmp_path):
+    """The quickstart shape (SFT warm start -> sampled pairs -> DPO) on 2 processes: the warm start trains on both
+    (process 0 alone would wait forever for the other), the pairs are sampled once and reused."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run_dir = tmp_path / "run"
+    args = ["experiment=quickstart", "data_size=16", "epochs=1", "sft.max_steps=4", "eval.num_prompts=4",
+            "eval.num_samples=1", "eval.bootstrap=10", "logger=none", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "DPO_EXP_CACHE": str(tmp_path / ".cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun if torchrun.exists() else "torchrun"), "--nproc_per_node", "2", "-m",
+                           "dpo_exp", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["num_processes"] == 2
+    assert len(list((tmp_path / ".cache" / "sft").glob("*/manifest.json"))) == 1  # one warm start, built once
+    assert proc.stdout.count("[dpo_exp] completed") == 1 and (run_dir / "pairs.jsonl").is_file()
