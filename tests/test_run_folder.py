@@ -80,8 +80,8 @@ def test_ctrl_c_while_reading_data_marks_the_run_interrupted(tmp_path):
     with big.open("w", encoding="utf-8") as handle:
         for i in range(40_000):  # long enough to still be loading when the signal comes
             row = rows[i % len(rows)]
-            handle.write(json.dumps({"prompt": f"{row['prompt']} #{i}", "chosen": row["chosen"],
-                                     "rejected": row["rejected"]}) + "\n")
+            handle.write(json.dumps({"prompt": f"{row['prompt'][:300]} #{i}", "chosen": row["chosen"][:200],
+                                     "rejected": row["rejected"][:200]}) + "\n")  # ~25 MB: seconds of tokenising
     run_dir = tmp_path / "run"
     args = [*FAST_MODEL, *FAST_TRAINER, "dataset=preference_files", f"dataset.path={big}", "logger=none",
             f"hydra.run.dir={run_dir}"]
@@ -104,4 +104,5 @@ def test_ctrl_c_while_reading_data_marks_the_run_interrupted(tmp_path):
     assert time.time() - started < 30
     assert "Traceback" not in err and "interrupted:" in err
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "metrics.jsonl").exists()  # it was stopped before training started
     assert not (run_dir / LOCK_NAME).exists()
