@@ -60,13 +60,15 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .pipeline import RunInterrupted, run
+    from .runlock import RunFolderBusy
 
     try:
         result = run(cfg)
     except (UserError, RunFailure) as exc:  # one clear line: bad input (exit 2) or a run that cannot go on (1)
         if _is_multirun():  # one bad job must not stop the sweep; it is marked failed in its summary
             log.error("job failed: %s", exc)
-            record_failure(cfg, exc)
+            if not isinstance(exc, RunFolderBusy):  # the folder belongs to another live process: leave it alone
+                record_failure(cfg, exc)
             return None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UserError) else 1)

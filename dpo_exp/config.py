@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,30 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DATASET_KINDS = ("preference", "imdb_sentiment")
 
 
-def _positive(value: Any, name: str, integer: bool = False) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f"{name} must be > 0, got {value!r}")
+MIN_DATA_SIZE = 2  # fewer training pairs (or prompts) cannot train anything worth comparing; see conf/config.yaml
+MAX_SEED = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy too)
+
+
+def _number(value: Any, name: str, integer: bool = False) -> None:
+    """value is a finite number (a whole one with integer=True): `abc`, `nan`, `inf`, `1.5` name the field."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a {'whole number' if integer else 'number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be finite, got {value!r}")
     if integer and int(value) != value:
         raise UserError(f"{name} must be a whole number, got {value!r}")
+
+
+def _positive(value: Any, name: str, integer: bool = False) -> None:
+    _number(value, name, integer)
+    if value <= 0:
+        raise UserError(f"{name} must be > 0, got {value!r}")
+
+
+def _at_least(value: Any, name: str, low: int, why: str) -> None:
+    _positive(value, name, integer=True)
+    if value < low:
+        raise UserError(f"{name} must be >= {low} ({why}), got {value!r}")
 
 
 def _choice(value: Any, name: str, options: tuple[str, ...]) -> None:
@@ -76,6 +96,33 @@ def _validate_model(model: Any) -> None:
             raise UserError(f"model.tiny.n_embd={tiny.n_embd} must be divisible by model.tiny.n_head={tiny.n_head}")
 
 
+def _validate_reward_use(cfg: DictConfig) -> None:
+    """`reward` scores the samples that become IMDb pairs; on a preference dataset it would only silently score
+    evaluation samples, which is what `eval.reward` says explicitly."""
+    kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
+    if kind != "none" and cfg.dataset.kind != "imdb_sentiment":
+        raise UserError(
+            f"reward={kind} builds pairs for dataset=imdb_sentiment only; dataset={cfg.dataset.name} already has "
+            f"its pairs (to score evaluation samples with it, use eval.reward={kind} and leave reward=none)"
+        )
+
+
+def _validate_precision(cfg: DictConfig) -> None:
+    """Half precision (fp16/bf16) trains on a GPU only; name the device instead of failing inside the Trainer."""
+    precision = cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.get("dtype", "auto")
+    if precision not in ("fp16", "bf16"):
+        return
+    from .models import resolve_device
+
+    device = resolve_device(cfg.model.get("device", "auto"))
+    if device == "cpu":
+        field_name = "trainer.precision" if cfg.trainer.precision != "auto" else "model.dtype"
+        raise UserError(
+            f"{field_name}={precision} needs a GPU, but this run's device is cpu (model.device="
+            f"{cfg.model.get('device', 'auto')}); use {field_name}=fp32 or auto"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for invalid settings; cheap checks only (no data, no weights: at most a meta-device model)."""
     try:
@@ -85,12 +132,17 @@ def validate(cfg: DictConfig) -> None:
         key = getattr(exc, "full_key", None)
         raise UserError(f"{key}: {message}" if key else message) from None
 
+    _number(cfg.seed, "seed", integer=True)
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"seed must be in [0, {MAX_SEED}], got {cfg.seed!r}")
     _positive(cfg.beta, "beta")
+    _positive(cfg.trainer.beta, "trainer.beta")
     _positive(cfg.trainer.learning_rate, "lr (trainer.learning_rate)")
+    few = "DPO needs at least two pairs to train and compare"
     if cfg.data_size is not None:
-        _positive(cfg.data_size, "data_size", integer=True)
+        _at_least(cfg.data_size, "data_size", MIN_DATA_SIZE, few)
     if cfg.dataset.get("data_size") is not None:
-        _positive(cfg.dataset.data_size, "dataset.data_size", integer=True)
+        _at_least(cfg.dataset.data_size, "dataset.data_size", MIN_DATA_SIZE, few)
     t = cfg.trainer
     if int(t.max_steps) <= 0:
         _positive(t.num_train_epochs, "epochs (trainer.num_train_epochs)")
@@ -112,6 +164,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.dataset.kind, "dataset.kind", DATASET_KINDS)
     _validate_dataset(cfg.dataset)
     _validate_model(cfg.model)
+    _validate_reward_use(cfg)
 
     if cfg.lora.enabled:
         _positive(cfg.lora.r, "lora.r", integer=True)
@@ -133,10 +186,16 @@ def validate(cfg: DictConfig) -> None:
         )
     gen = cfg.generation
     _positive(gen.num_samples, "generation.num_samples", integer=True)
+    if cfg.dataset.kind == "imdb_sentiment" and gen.num_samples < 2:
+        raise UserError(
+            f"generation.num_samples={gen.num_samples}: dataset=imdb_sentiment needs >= 2 samples per prompt "
+            "(a pair is the best and the worst of them)"
+        )
     _positive(gen.max_new_tokens, "generation.max_new_tokens", integer=True)
     _positive(gen.temperature, "generation.temperature")
     if gen.batch_size is not None:
         _positive(gen.batch_size, "generation.batch_size", integer=True)
+    _validate_precision(cfg)
     resume = cfg.get("resume")
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")

@@ -67,6 +67,11 @@ def data_files(path: str | Path) -> dict[str, Path]:
                     found[split] = path / f"{stem}{suffix}"
     if "train" not in found:
         files = sorted(p for p in path.iterdir() if p.suffix in FILE_SUFFIXES)
+        if "test" in found:  # never train on the held-out file (it would also be the evaluation data: a leak)
+            raise UserError(
+                f"dataset.path={path}: no train file (train.jsonl|csv|parquet) next to {found['test'].name}; "
+                f"add one, or point dataset.path at a single file to split it"
+            )
         if len(files) == 1:
             found["train"] = files[0]
         else:
@@ -190,7 +195,10 @@ def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
     splits = {"train": ds_cfg.train_split}
     if ds_cfg.get("eval_split"):
         splits["test"] = ds_cfg.eval_split
-    return {name: load_dataset(ds_cfg.hub_id, split=split, **kwargs).to_list() for name, split in splits.items()}
+    from .hub import hub_access
+
+    with hub_access("dataset", str(ds_cfg.hub_id), "dataset.path"):
+        return {name: load_dataset(ds_cfg.hub_id, split=split, **kwargs).to_list() for name, split in splits.items()}
 
 
 @dataclass

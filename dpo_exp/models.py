@@ -113,7 +113,10 @@ def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
         return offline_gpt2_tokenizer()
     from transformers import AutoTokenizer
 
-    return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
+    from .hub import hub_access
+
+    with hub_access("model", str(model_cfg.hub_id), "model.path"):
+        return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
 
 
 
@@ -147,7 +150,11 @@ def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str 
             model = GPT2LMHeadModel(config).to(dtype)
         model.config.name_or_path = "tiny-gpt2"
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype, revision=model_cfg.get("revision"))
+        from .hub import hub_access
+
+        with hub_access("model", str(model_cfg.hub_id), "model.path"):
+            model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype,
+                                                         revision=model_cfg.get("revision"))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id

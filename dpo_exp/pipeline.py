@@ -15,6 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
+from .distributed import (
+    barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size,
+)
 from .errors import UserError
 from .runinfo import RunIdentity, environment, run_identity
 from .storage import atomic_write_json, read_json, read_jsonl
@@ -50,7 +53,8 @@ class RunContext:
 
     def save_summary(self, **updates: Any) -> None:
         self.summary.update(updates)
-        atomic_write_json(self.run_dir / SUMMARY, self.summary)
+        if is_main_process():  # in a multi-process run only the main process writes the run folder
+            atomic_write_json(self.run_dir / SUMMARY, self.summary)
 
 
 AUTO_OBJECTIVE_WITH_REWARD = "eval/reward_delta"        # sampled reward gain over the reference (maximise)
@@ -96,9 +100,14 @@ def load_data(ctx: RunContext, tokenizer) -> Any:
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     """Run one job. Returns the configured objective (a summary value) for sweepers."""
     identity = run_identity(cfg, run_dir)
+    identity.run_dir = shared_run_dir(identity.run_dir)  # torchrun / accelerate: the main process's folder
     identity.run_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
+    with run_folder_lock(identity.run_dir):  # a second process on this folder stops here, naming the holder's pid
+        return _run_job(cfg, identity)
 
+
+def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
     previous = read_json(identity.run_dir / SUMMARY) or {}
     if cfg.skip_completed and previous.get("status") == "completed":
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
@@ -117,11 +126,17 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
         "attempts": int(previous.get("attempts", 0)) + 1,
         "wandb_id": previous.get("wandb_id"),
         "objective": objective_key(cfg),
+        "num_processes": world_size(),
     }
+    if world_size() > 1:
+        log.info("process %d of %d (only process 0 writes the run folder)", rank(), world_size())
     ctx.save_summary()
     start = time.time()
     try:
-        _run_stages(ctx)
+        try:
+            _run_stages(ctx)
+        except KeyboardInterrupt:  # Ctrl-C outside training (reading or tokenising data, sampling): no checkpoint
+            raise RunInterrupted("stopped by SIGINT before training finished") from None
     except RunInterrupted as exc:
         ctx.save_summary(status="interrupted", wall_time_s=round(time.time() - start, 2))
         ctx.tracker.finish(exit_code=1)
@@ -137,7 +152,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
     ctx.tracker.finish(exit_code=0)
-    print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
+    if is_main_process():
+        print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
     return objective_value(ctx.summary, objective_key(cfg))
 
 
@@ -166,6 +182,7 @@ def _run_stages(ctx: RunContext) -> None:
     if cfg.dataset.kind == "imdb_sentiment":
         from .sentiment import build_sentiment_pairs
 
+        # every process runs this (a warm start trains with all of them); the pair cache is written once, locked
         data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
     ctx.summary["data"] = {"source": data.source, **data.counts}
     ctx.summary["heldout"] = data.heldout_hashes()
@@ -177,9 +194,12 @@ def _run_stages(ctx: RunContext) -> None:
     if cfg.eval.enabled:
         from .evaluate import evaluate_policy
 
-        results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
-        ctx.save_summary(**results)
-    write_plots(ctx)
+        if is_main_process():  # sampling is not split across processes: the main one evaluates, the others wait
+            results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
+            ctx.save_summary(**results)
+        barrier()
+    if is_main_process():
+        write_plots(ctx)
 
 
 def train_policy(ctx: RunContext, model, tokenizer, data):
@@ -201,12 +221,13 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
         tracer.bind(trainer)
     ctx.save_summary(ref_logps=ref_cache.status(trainer))
     resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(ctx.run_dir)
-    if resume_from is None and metrics_path.exists():
+    if resume_from is None and metrics_path.exists() and is_main_process():
         metrics_path.unlink()  # a fresh start: no rows from an earlier, checkpoint-less attempt
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
         ctx.summary["resumed_from"] = str(resume_from)
-        _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
+        if is_main_process():
+            _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -217,12 +238,49 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
             f"stopped by {stopper.signal_name}; checkpoint saved in {ctx.run_dir / 'checkpoints'}", stopper.forward
         )
     final = final_metrics(trainer.state.log_history)
-    model_dir = ctx.run_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    if resume_from is not None and "train_loss" in final:
+        start = int(resume_from.name.split("-")[-1])
+        final["train_loss"] = whole_run_train_loss(trainer.state.log_history, final["train_loss"], start)
+        if is_main_process():
+            _patch_final_row(metrics_path, train_loss=final["train_loss"])
+    from .export import save_run_model
+
+    ctx.summary["saved_model"] = save_run_model(trainer, tokenizer, ctx.run_dir / "model", cfg.model, ctx.summary)
     ctx.save_summary(**final, skipped_steps=trainer.skipped_steps)  # steps skipped by on_nonfinite=skip
     ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
     return trainer
+
+
+def whole_run_train_loss(log_history: list[dict], resumed_train_loss: float, start: int) -> float:
+    """The mean training loss over every step of a run resumed at step `start`, as an uninterrupted run reports it.
+
+    transformers' final `train_loss` only averages the steps run since the resume. The history restored from the
+    checkpoint holds the earlier steps' logged losses (each the mean since the previous log row); they are weighted
+    by the steps they cover and combined with the resumed part's mean.
+    """
+    final = next((r for r in reversed(log_history) if "train_runtime" in r), None)
+    if final is None or int(final["step"]) <= start:
+        return resumed_train_loss
+    end = int(final["step"])
+    total, covered, previous = 0.0, 0, 0
+    for row in log_history:
+        if "loss" not in row or "train_runtime" in row or "step" not in row:
+            continue
+        if row["step"] > start:
+            break
+        total += float(row["loss"]) * (row["step"] - previous)
+        covered += row["step"] - previous
+        previous = row["step"]
+    return (total + resumed_train_loss * (end - start)) / (covered + end - start)
+
+
+def _patch_final_row(path: Path, **values: Any) -> None:
+    """Replace values in metrics.jsonl's `final` row (the resumed run's whole-run train_loss)."""
+    if not path.exists():
+        return
+    from .storage import write_jsonl
+
+    write_jsonl(path, [{**r, **values} if r.get("split") == "final" else r for r in read_jsonl(path)])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

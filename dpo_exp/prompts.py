@@ -109,9 +109,12 @@ def raw_splits(ds_cfg: Any, path: Any = None) -> tuple[dict[str, list[dict]], st
         raise UserError("dataset.path: set it to a {text,label} file or folder (dataset.hub_id is null)")
     from datasets import load_dataset
 
-    splits = {"train": load_dataset(ds_cfg.hub_id, split=ds_cfg.train_split).to_list()}
-    if ds_cfg.get("eval_split"):
-        splits["test"] = load_dataset(ds_cfg.hub_id, split=ds_cfg.eval_split).to_list()
+    from .hub import hub_access
+
+    with hub_access("dataset", str(ds_cfg.hub_id), "dataset.path"):
+        splits = {"train": load_dataset(ds_cfg.hub_id, split=ds_cfg.train_split).to_list()}
+        if ds_cfg.get("eval_split"):
+            splits["test"] = load_dataset(ds_cfg.hub_id, split=ds_cfg.eval_split).to_list()
     return splits, f"hub:{ds_cfg.hub_id}", columns
 
 

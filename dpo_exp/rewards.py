@@ -78,12 +78,15 @@ class HFClassifierScorer(Scorer):
         device = str(_get(cfg, "device", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        from .hub import hub_access
+
         self.dtype = "fp16" if device.startswith("cuda") else "fp32"  # frozen: half precision is fine on a GPU
         self.revision = _get(cfg, "revision", None)
-        self.pipe = pipeline(
-            "text-classification", model=self.hub_id, device=device, revision=self.revision,
-            dtype=torch.float16 if self.dtype == "fp16" else torch.float32,
-        )
+        with hub_access("reward model", self.hub_id, "reward.hub_id"):
+            self.pipe = pipeline(
+                "text-classification", model=self.hub_id, device=device, revision=self.revision,
+                dtype=torch.float16 if self.dtype == "fp16" else torch.float32,
+            )
         labels = {str(v) for v in self.pipe.model.config.id2label.values()}
         if self.positive_label not in labels:
             from .errors import UserError

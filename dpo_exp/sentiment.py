@@ -220,10 +220,13 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
     log.info("pairs %s: %d pairs from %d prompts (cache %s, key %s)", entry.status, len(rows), len(prompts),
              entry.path, key)
 
+    from .distributed import is_main_process
+
     run_pairs = ctx.run_dir / filename
-    shutil.copyfile(entry.path / filename, run_pairs)
-    png = plot_pair_scores(rows, ctx.run_dir / "plots" / "pair_scores.png")
-    ctx.tracker.image("plots/pair_scores", png)
+    if is_main_process():  # several processes: only process 0 writes the run folder
+        shutil.copyfile(entry.path / filename, run_pairs)
+        png = plot_pair_scores(rows, ctx.run_dir / "plots" / "pair_scores.png")
+        ctx.tracker.image("plots/pair_scores", png)
 
     kept, dropped = filter_pairs(rows, drop_ties=True, where=str(entry.path / filename))
     train = [r for r in kept if r["prompt_id"] < n_train]

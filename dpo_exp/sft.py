@@ -15,6 +15,7 @@ from typing import Any
 
 from .cache import CacheEntry, cached, content_key
 from .data import seeded_subset
+from .distributed import barrier, broadcast, is_main_process, world_size
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,27 @@ def _default_lora() -> dict:
     return OmegaConf.create({"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["c_attn", "c_proj"]})
 
 
+def _train_together(
+    cfg: Any, model, tokenizer, texts: list[str], device: str, precision: str, key: str, description: Any
+) -> str:
+    """Several processes (torchrun / accelerate): the warm start trains data-parallel with all of them (a lone
+    process 0 would wait forever for the others), process 0 writing the cache entry; the key counts the processes
+    (the effective batch differs). Returns that key; afterwards every process finds the entry built."""
+    from .cache import check_entry
+
+    key = content_key({"sft": key, "processes": world_size()})
+    manifest, _ = check_entry(Path(cfg.cache_dir) / "sft" / key, key)
+    if broadcast(manifest is None):  # process 0 decides: everybody trains, or nobody does
+        if is_main_process():
+            cached(cfg.cache_dir, "sft", key, lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision),
+                   description)
+        else:
+            with tempfile.TemporaryDirectory(prefix="dpo_exp_sft_rank_") as scratch:
+                _train(cfg, model, tokenizer, texts, Path(scratch), device, precision)
+    barrier()
+    return key
+
+
 def warm_start(
     cfg: Any, model, tokenizer, texts: list[str], device: str = "cpu", precision: str = "fp32"
 ) -> tuple[Any, CacheEntry]:
@@ -125,6 +147,8 @@ def warm_start(
     settings = sft_settings(cfg)
     texts = seeded_subset(texts, min(settings["num_texts"] or len(texts), len(texts)), int(cfg.seed))
     key, description = sft_key(cfg, texts, device, precision)
+    if world_size() > 1:
+        key = _train_together(cfg, model, tokenizer, texts, device, precision, key, description)
     entry = cached(cfg.cache_dir, "sft", key,
                    lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision), description)
     log.info("SFT warm start %s: %s (%s)", entry.status, entry.path, entry.info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,8 @@ def has_wandb_credentials() -> bool:
 
 
 def resolve_mode(mode: str) -> str:
-    """auto -> online with credentials, else offline. WANDB_MODE in the environment wins."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
+    """auto -> online with credentials, else offline. (WANDB_MODE reaches here through conf/logger/wandb.yaml's
+    `${oc.env:WANDB_MODE,auto}`, so an explicit logger.mode= on the command line wins over it.)"""
     if mode == "auto":
         return "online" if has_wandb_credentials() else "offline"
     return mode
@@ -112,7 +112,9 @@ def start_tracker(
     resume_id: str | None = None,
 ) -> Tracker:
     """Start a W&B run (or resume `resume_id`); return a do-nothing Tracker when disabled or failing."""
-    if not logger_cfg.get("enabled"):
+    from .distributed import is_main_process
+
+    if not logger_cfg.get("enabled") or not is_main_process():  # one W&B run per job, from the main process
         return Tracker()
     mode = resolve_mode(str(logger_cfg.get("mode", "auto")))
     if mode == "disabled":
@@ -122,13 +124,10 @@ def start_tracker(
     try:
         import wandb
 
-        settings = wandb.Settings(
-            init_timeout=float(logger_cfg.get("init_timeout") or 60),
-            silent=True,
-            console="off",
-            x_disable_stats=True,
-        )
-        run = wandb.init(
+        from wandb.sdk.lib.runid import generate_id
+
+        run_id = resume_id or generate_id()  # one id for the online try and its offline fallback
+        kwargs = dict(
             project=logger_cfg.get("project") or "dpo_exp",
             entity=logger_cfg.get("entity"),
             group=group,
@@ -136,14 +135,30 @@ def start_tracker(
             tags=sorted(set(tags))[:64],
             job_type=logger_cfg.get("job_type") or "dpo",
             config=config,
-            dir=str(run_dir),
-            mode=mode,
-            id=resume_id,
+            dir=str(logger_cfg.get("dir") or run_dir),
+            id=run_id,
             resume="allow" if resume_id else None,
             reinit="finish_previous",
-            settings=settings,
         )
+        timeout = float(logger_cfg.get("init_timeout") or 60)
+        try:
+            run = wandb.init(mode=mode, settings=_settings(wandb, timeout, mode), **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if mode != "online":
+                raise
+            log.warning("W&B online start failed (%s): logging offline into %s instead; upload later with "
+                        "`wandb sync`.", str(exc).splitlines()[0], kwargs["dir"])
+            mode = "offline"
+            wandb.teardown()  # the service still holds the failed online stream under this id
+            run = wandb.init(mode=mode, settings=_settings(wandb, timeout, mode), **kwargs)
+            for failed in (Path(kwargs["dir"]) / "wandb").glob(f"run-*-{run_id}"):  # the online try's empty folder,
+                shutil.rmtree(failed, ignore_errors=True)                          # so `wandb sync` sees one run
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
         return Tracker()
     return WandbTracker(run, mode)
+
+
+def _settings(wandb: Any, init_timeout: float, mode: str) -> Any:
+    # the mode is also set here: wandb's environment (WANDB_MODE) would otherwise win over the init argument
+    return wandb.Settings(init_timeout=init_timeout, silent=True, console="off", x_disable_stats=True, mode=mode)

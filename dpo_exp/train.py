@@ -37,7 +37,7 @@ class MetricsRecorder(TrainerCallback):
         self.tracker = tracker
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # multi-process runs: one row per step, from process 0
             return
         logs = dict(logs)
         if any(key.startswith("eval_") for key in logs):

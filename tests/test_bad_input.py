@@ -120,6 +120,13 @@ def wrong_type_parquet(tmp: Path) -> Path:
     return tmp / "b.parquet"
 
 
+def only_validation_folder(tmp: Path) -> Path:
+    folder = tmp / "data"
+    folder.mkdir()
+    write_jsonl(folder / "validation.jsonl", flat(sample_rows()))
+    return folder
+
+
 # (id, file maker, extra overrides, substrings the error must contain)
 CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("beta_zero", good_jsonl, ["beta=0"], ["beta must be > 0"]),
@@ -156,6 +163,21 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("non_utf8_jsonl", non_utf8_jsonl, [], ["bad.jsonl: line 4 is not valid UTF-8"]),
     ("non_utf8_csv", non_utf8_csv, [], ["bad.csv: line", "is not valid UTF-8"]),
     ("empty_file", empty_file, [], ["bad.jsonl: no rows"]),
+    # careless values (issue 12): not numbers, not finite, too small, used where they mean nothing
+    ("seed_not_a_number", good_jsonl, ["seed=abc"], ["seed must be a whole number, got 'abc'"]),
+    ("seed_negative", good_jsonl, ["seed=-1"], ["seed must be in [0, 4294967295], got -1"]),
+    ("beta_nan", good_jsonl, ["beta=nan"], ["beta must be finite, got nan"]),
+    ("lr_inf", good_jsonl, ["lr=inf"], ["lr (trainer.learning_rate) must be finite, got inf"]),
+    ("lr_not_a_number", good_jsonl, ["lr=abc"], ["lr (trainer.learning_rate) must be a number, got 'abc'"]),
+    ("data_size_not_a_number", good_jsonl, ["data_size=abc"], ["data_size must be a whole number, got 'abc'"]),
+    ("data_size_one", good_jsonl, ["data_size=1"], ["data_size must be >= 2", "got 1"]),
+    ("folder_without_train_file", only_validation_folder, [], ["no train file", "validation.jsonl"]),
+    ("reward_on_preference_data", good_jsonl, ["reward=tfidf_logreg"],
+     ["reward=tfidf_logreg builds pairs for dataset=imdb_sentiment only", "eval.reward=tfidf_logreg"]),
+    ("fp16_on_cpu", good_jsonl, ["trainer.precision=fp16", "model.device=cpu"],
+     ["trainer.precision=fp16 needs a GPU", "device is cpu"]),
+    ("bf16_model_dtype_on_cpu", good_jsonl, ["model.dtype=bf16", "model.device=cpu"],
+     ["model.dtype=bf16 needs a GPU"]),
 ]
 
 
@@ -249,6 +271,37 @@ def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
             "reward=vader", f"hydra.run.dir={tmp_path / 'run'}"]
     proc, imported = run_probed(args, tmp_path)
     assert_clean_error(proc, ["imdb.jsonl", "'label'", "got 3"], imported)
+
+
+def test_imdb_with_one_sample_per_prompt_is_caught_in_validation(tmp_path):
+    rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
+    path = write_jsonl(tmp_path / "imdb.jsonl", rows)
+    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=imdb_sentiment", f"dataset.path={path}", "logger=none",
+            "reward=vader", "generation.num_samples=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc, imported = run_probed(args, tmp_path)
+    assert_clean_error(proc, ["generation.num_samples=1", "needs >= 2 samples per prompt"], imported)
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path):
+    """A run folder under a regular file cannot be created (for root too): Hydra's mkdir never runs."""
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+    args = [*FAST_MODEL, "logger=none", f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"]
+    proc = run_cli(args, tmp_path, timeout=120)
+    assert_clean_error(proc, ["hydra.run.dir=", "cannot be used as the output folder"])
+    sweep = run_cli(["-m", *args[:-1], f"hydra.sweep.dir={tmp_path / 'a_file' / 'sweep'}"], tmp_path, timeout=120)
+    assert_clean_error(sweep, ["hydra.sweep.dir=", "cannot be used as the output folder"])
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    ([*FAST_MODEL, *FAST_TRAINER],
+     ["dataset 'trl-lib/ultrafeedback_binarized'", "HF_HUB_OFFLINE=1", "dataset.path=PATH"]),
+    (["model=gpt2"], ["model 'gpt2'", "HF_HUB_OFFLINE=1", "model.path=PATH"]),
+], ids=["dataset", "model"])
+def test_hub_defaults_offline_are_one_line_naming_the_local_alternative(tmp_path, overrides, needles):
+    """The default hub dataset / model with the offline flags (conftest sets them): one line, no traceback."""
+    args = [*overrides, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc, imported = run_probed(args, tmp_path)
+    assert_clean_error(proc, needles, imported)
 
 
 # ---------------------------------------------------------------- the LoRA pre-check itself, in-process

@@ -43,7 +43,8 @@ def assert_run_directory(run_dir: Path, lora: bool = True) -> dict:
     plots = {p.name for p in (run_dir / "plots").glob("*.png")}
     assert {"loss.png", "reward_accuracy.png", "reward_margins.png", "rewards_chosen_rejected.png"} <= plots
     model_dir = run_dir / "model"
-    assert (model_dir / ("adapter_config.json" if lora else "config.json")).is_file()
+    assert (model_dir / "config.json").is_file()  # LoRA: the merged policy, the adapter alone in model/adapter
+    assert (model_dir / "adapter" / "adapter_config.json").is_file() == lora
     assert (model_dir / "tokenizer.json").is_file()
     return summary
 

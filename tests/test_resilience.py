@@ -15,7 +15,7 @@ import pytest
 from dpo_exp.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
-from .wandb_records import offline_runs, run_info, run_record
+from .wandb_records import history, offline_runs, run_info, run_record
 
 # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs = 8 steps; a checkpoint every 2 steps.
 RUN = [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", "data_size=16", "dataset.eval_size=4", "epochs=2",
@@ -95,6 +95,11 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
     for step in range(stopped_at + 1, 9):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-4, abs=1e-6), step
     assert done["loss"] == pytest.approx(summary(uninterrupted)["loss"], rel=1e-4, abs=1e-6)
+    # the mean over ALL 8 steps (transformers alone would average only the resumed ones)
+    assert done["train_loss"] == pytest.approx(summary(uninterrupted)["train_loss"], rel=1e-5)
+    assert done["train_loss"] == pytest.approx(sum(r["loss"] for r in resumed.values()) / 8, rel=1e-5)
+    (final_row,) = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "final"]
+    assert final_row["train_loss"] == done["train_loss"]
 
     ids = {run_record(o)["run_id"] for o in offline_runs(run_dir)}
     assert len(ids) == 1, "the W&B run must be resumed, not duplicated"
@@ -111,9 +116,16 @@ def test_wandb_unreachable_does_not_stop_the_run(tmp_path, hh_file):
                       "dataset.eval_size=4", "epochs=1", "eval.enabled=false", "logger=wandb",
                       "logger.init_timeout=10", f"hydra.run.dir={run_dir}"], tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "W&B could not start" in result.stderr + result.stdout
-    assert summary(run_dir)["status"] == "completed"
+    output = result.stderr + result.stdout
+    assert "W&B online start failed" in output and "logging offline" in output
+    done = summary(run_dir)
+    assert done["status"] == "completed"
     assert train_rows(run_dir) and (run_dir / "plots" / "loss.png").exists() and (run_dir / "model").is_dir()
+    # the record is kept offline in the run folder, under the id the summary names, ready for `wandb sync`
+    runs = offline_runs(run_dir)
+    assert len(runs) == 1 and done["wandb_id"] and run_record(runs[0])["run_id"] == done["wandb_id"]
+    assert not list((run_dir / "wandb").glob("run-*"))  # nothing left of the failed online try
+    assert any("train/loss" in row for row in history(runs[0]))
 
 
 def test_wandb_failing_mid_run_is_reported_once_and_ignored(tmp_path, caplog):

@@ -94,10 +94,20 @@ def from_run_dir(run_dir: Path, cfg: Any, summary: dict, device: str = "cpu") ->
         from ..errors import UserError
 
         raise UserError(f"run_dir={run_dir} has no model/ folder (the run did not finish training)")
-    if (model_dir / "adapter_config.json").exists():
+    base = model_dir / "base"  # the run's own copy of its starting model (dpo_exp/export.py), when it has one
+    adapter = next((d for d in (model_dir / "adapter", model_dir) if (d / "adapter_config.json").exists()), None)
+    if adapter is not None:  # LoRA: the reference is the policy with its adapter disabled, as in the run
         from peft import PeftModel
 
-        reference = load_reference(cfg, summary, device)
-        return PolicyReference(PeftModel.from_pretrained(reference, str(model_dir)).to(device).eval())
+        if (base / "config.json").is_file():
+            reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
+        else:
+            reference = load_reference(cfg, summary, device)
+        return PolicyReference(PeftModel.from_pretrained(reference, str(adapter)).to(device).eval())
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto").to(device).eval()
-    return PolicyReference(policy, load_reference(cfg, summary, device, param_dtype(policy)))
+    dtype = param_dtype(policy)  # the reference runs in the policy's dtype: identical models -> KL exactly 0
+    if (base / "config.json").is_file():
+        reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype).to(device).eval()
+    else:
+        reference = load_reference(cfg, summary, device, dtype)
+    return PolicyReference(policy, reference)

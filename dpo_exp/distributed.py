@@ -1,0 +1,65 @@
+"""Which process am I in a multi-process run (torchrun / accelerate launch)? Only the main one writes the run folder.
+
+Read from the launcher's environment (RANK / WORLD_SIZE, set by torchrun and accelerate) so it works before torch
+or accelerate are imported; the Trainer sets up the process group itself.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def run_folder_lock(run_dir: Path) -> Any:
+    """The run folder's lock on the main process; nothing on the others (they share the main process's run)."""
+    from .runlock import RunLock
+
+    return RunLock(run_dir) if is_main_process() else nullcontext()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single-process run or before the process group exists)."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shared_run_dir(run_dir: Path) -> Path:
+    """Every process uses the main process's run folder (each rank's Hydra may have stamped a different time)."""
+    if world_size() <= 1:
+        return run_dir
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()  # joins the launcher's process group (gloo on CPU, nccl on GPUs); the Trainer reuses it
+    shared = broadcast_object_list([str(run_dir)], from_process=0)
+    return Path(shared[0])
+
+
+
+def broadcast(value: Any) -> Any:
+    """Process 0's `value` on every process (the value itself in a single-process run)."""
+    if world_size() <= 1:
+        return value
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()
+    return broadcast_object_list([value], from_process=0)[0]
