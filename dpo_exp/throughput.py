@@ -1,0 +1,88 @@
+"""CPU throughput hooks for TRL's DPOTrainer: compact fused LM head and length-grouped batches.
+
+Two places where TRL 1.x does avoidable work on a CPU (measured in benchmarks/bench_dpo_step.py):
+
+- The fused LM head (`trl.trainer.utils.add_fused_lm_head`) scores only the positions that have a label on
+  Triton devices (CUDA/XPU), but EVERY position (prompt tokens and padding included) elsewhere, because on
+  compiled backends such as Neuron a varying number of positions would recompile the kernel. Eager CPU has no
+  such cost, so `compact_lm_head()` makes it score only the completion tokens there too. The outputs are identical:
+  positions without a label are zero either way.
+- Random batches of pairs of very different lengths are mostly padding. `LengthGroupedPairSampler` shuffles, cuts
+  the pairs into mega-batches, sorts each by length and shuffles the resulting batches (the idea of
+  transformers' `LengthGroupedSampler`, whose mega-batch collapses to one batch on small datasets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+
+@contextlib.contextmanager
+def compact_lm_head() -> Iterator[None]:
+    """Within the block, TRL's fused LM head scores only labelled positions on CPU as it does on CUDA."""
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover - TRL is a dependency
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # another TRL version: leave it alone
+        yield
+        return
+
+    def compact(device: torch.device) -> bool:
+        return original(device) or device.type == "cpu"
+
+    trl_utils._use_triton = compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def pair_lengths(dataset: Any) -> list[int]:
+    """Padded cost of each tokenised pair: the longer of prompt+chosen and prompt+rejected."""
+    columns = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).with_format("arrow")
+    lengths: list[int] = []
+    for batch in columns.iter(batch_size=4096):
+        prompt = batch.column("prompt_ids").to_pylist()
+        chosen = batch.column("chosen_ids").to_pylist()
+        rejected = batch.column("rejected_ids").to_pylist()
+        lengths.extend(len(p) + max(len(c), len(r)) for p, c, r in zip(prompt, chosen, rejected))
+    return lengths
+
+
+class LengthGroupedPairSampler(Sampler[int]):
+    """Batches of pairs of similar length, in random order, drawn from torch's global RNG (so the Trainer's
+    seeding and checkpointed RNG state make it reproducible and resumable).
+
+    Each epoch: shuffle, cut into mega-batches of `mega_batches` batches, sort each mega-batch by length
+    (longest first), cut into batches, shuffle the batches. The batch size must be the per-step batch
+    (per-device batch x gradient accumulation)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, mega_batches: int = 8):
+        self.lengths = list(lengths)
+        self.batch_size = max(1, int(batch_size))
+        self.mega = self.batch_size * max(1, int(mega_batches))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(len(self.lengths)).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(order), self.mega):
+            group = sorted(order[start: start + self.mega], key=lambda i: -self.lengths[i])
+            batches.extend(group[i: i + self.batch_size] for i in range(0, len(group), self.batch_size))
+        # full batches first in random order, a short remainder batch last (as an unsorted sampler would end)
+        full = [b for b in batches if len(b) == self.batch_size]
+        rest = [b for b in batches if len(b) < self.batch_size]
+        for j in torch.randperm(len(full)).tolist():
+            yield from full[j]
+        for b in rest:
+            yield from b

@@ -1,0 +1,95 @@
+"""The CPU throughput hooks change how much work a DPO step does, not what it computes."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+
+from dpo_exp.models import build_model
+from dpo_exp.throughput import LengthGroupedPairSampler, compact_lm_head
+
+
+def _fused_model():
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = build_model(OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}),
+                        seed=0).eval()  # no dropout: two forwards must agree
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    return model
+
+
+def test_compact_lm_head_same_outputs_and_gradients():
+    model = _fused_model()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50257, (4, 12))
+    attention = torch.ones_like(ids)
+    attention[2:, 9:] = 0  # right padding
+    labels = ids.masked_fill(attention == 0, -100)
+    labels[:, :5] = -100  # prompt positions carry no label
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out, grads
+
+    full, full_grads = run()
+    with compact_lm_head():
+        compact, compact_grads = run()
+    for name in ("log_probs", "entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(compact, name), getattr(full, name), rtol=1e-5, atol=1e-5)
+    assert torch.equal(compact.is_top1, full.is_top1)
+    assert (compact.log_probs[labels[:, 1:] == -100] == 0).all()
+    for a, b in zip(compact_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compact_lm_head_scores_fewer_positions(monkeypatch):
+    """Inside the block the LM head projects only the labelled positions (fewer rows into the kernel)."""
+    import trl.trainer.utils as trl_utils
+
+    model = _fused_model()
+    ids = torch.randint(0, 50257, (2, 10))
+    labels = ids.clone()
+    labels[:, :7] = -100
+    rows = []
+    original = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        rows.append(hidden.shape[0])
+        return original(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    model(input_ids=ids, labels=labels, fused_lm_head=True)
+    with compact_lm_head():
+        model(input_ids=ids, labels=labels, fused_lm_head=True)
+    assert rows == [2 * 9, 2 * 3]
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after the block
+
+
+def test_length_grouped_sampler_is_a_seeded_permutation_with_less_padding():
+    lengths = [((i * 37) % 97) + 3 for i in range(64)]
+    sampler = LengthGroupedPairSampler(lengths, batch_size=8, mega_batches=8)
+    torch.manual_seed(1)
+    first = list(sampler)
+    torch.manual_seed(1)
+    assert list(sampler) == first  # same seed, same order (the Trainer seeds and checkpoints torch's RNG)
+    assert sorted(first) == list(range(64))
+    assert list(sampler) != first  # the next epoch draws a new order
+
+    def padding(order):
+        batches = [order[i: i + 8] for i in range(0, len(order), 8)]
+        return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
+
+    torch.manual_seed(1)
+    shuffled = torch.randperm(64).tolist()
+    assert padding(first) < padding(shuffled) / 4
+
+
+def test_length_grouped_sampler_remainder_batch_last():
+    sampler = LengthGroupedPairSampler([5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11], batch_size=4, mega_batches=2)
+    torch.manual_seed(0)
+    order = list(sampler)
+    assert sorted(order) == list(range(11))
+    assert len(order) == 11
