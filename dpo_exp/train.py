@@ -117,7 +117,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         if not self.group_by_length or dataset is None or "prompt_ids" not in getattr(dataset, "column_names", ()):
             return super()._get_train_sampler(train_dataset)
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-        return LengthGroupedPairSampler(pair_lengths(dataset), batch)
+        return LengthGroupedPairSampler(pair_lengths(dataset), batch, seed=self.args.data_seed or self.args.seed)
 
     def compute_loss(self, *args, **kwargs):
         with compact_lm_head():

@@ -70,13 +70,16 @@ def test_compact_lm_head_scores_fewer_positions(monkeypatch):
 
 def test_length_grouped_sampler_is_a_seeded_permutation_with_less_padding():
     lengths = [((i * 37) % 97) + 3 for i in range(64)]
-    sampler = LengthGroupedPairSampler(lengths, batch_size=8, mega_batches=8)
-    torch.manual_seed(1)
+    sampler = LengthGroupedPairSampler(lengths, batch_size=8, seed=1, mega_batches=8)
+    sampler.set_epoch(0)
     first = list(sampler)
-    torch.manual_seed(1)
-    assert list(sampler) == first  # same seed, same order (the Trainer seeds and checkpoints torch's RNG)
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # same seed and epoch, same order (a resumed run replays its epoch)
+    assert list(LengthGroupedPairSampler(lengths, batch_size=8, seed=1, mega_batches=8)) == first
     assert sorted(first) == list(range(64))
+    sampler.set_epoch(1)
     assert list(sampler) != first  # the next epoch draws a new order
+    assert list(LengthGroupedPairSampler(lengths, batch_size=8, seed=2, mega_batches=8)) != first
 
     def padding(order):
         batches = [order[i: i + 8] for i in range(0, len(order), 8)]
@@ -88,8 +91,9 @@ def test_length_grouped_sampler_is_a_seeded_permutation_with_less_padding():
 
 
 def test_length_grouped_sampler_remainder_batch_last():
-    sampler = LengthGroupedPairSampler([5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11], batch_size=4, mega_batches=2)
-    torch.manual_seed(0)
-    order = list(sampler)
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11]
+    order = list(LengthGroupedPairSampler(lengths, batch_size=4, mega_batches=2))
     assert sorted(order) == list(range(11))
-    assert len(order) == 11
+    full = [order[0:4], order[4:8]]
+    assert all(len(b) == 4 for b in full)
+    assert len(order[8:]) == 3  # the 3 pairs of the last mega-batch that do not fill a batch
