@@ -115,3 +115,42 @@ def test_length_grouped_sampler_remainder_batch_last():
     full = [order[0:4], order[4:8]]
     assert all(len(b) == 4 for b in full)
     assert len(order[8:]) == 3  # the 3 pairs of the last mega-batch that do not fill a batch
+
+
+def test_dpo_trainer_same_loss_as_trl_and_logs_trl_metric_names(tmp_path):
+    """The project's trainer (CPU LM head, length-grouped batches) gives TRL's loss on a batch and logs TRL's
+    metric names at every logging step."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    from dpo_exp import CONF_DIR
+    from dpo_exp.models import offline_gpt2_tokenizer
+    from dpo_exp.tracking import Tracker
+    from dpo_exp.train import build_trainer
+
+    trainer_cfg = OmegaConf.load(CONF_DIR / "trainer" / "dpo.yaml")
+    trainer_cfg.merge_with({"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 2,
+                            "max_length": 48, "per_device_train_batch_size": 2, "eval_strategy": "no",
+                            "save_strategy": "no", "precompute_ref_log_probs": False, "logging_steps": 1})
+    cfg = OmegaConf.create({"trainer": trainer_cfg, "lora": {"enabled": False}, "on_nonfinite": "stop", "seed": 0,
+                            "cache_dir": str(tmp_path / "cache")})
+    words = "the film was good bad long short dull bright".split()
+    pairs = [{"prompt": " ".join(words[: 2 + i % 5]), "chosen": " " + " ".join(words[i % 3:][: 3 + i]),
+              "rejected": " " + " ".join(words[::-1][: 2 + i % 4])} for i in range(8)]
+    model = build_model(OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}),
+                        seed=0)
+    trainer = build_trainer(cfg, model, offline_gpt2_tokenizer(), Dataset.from_list(pairs), None, tmp_path,
+                            Tracker(), "fp32", "cpu")
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    ours = trainer.compute_loss(trainer.model, batch)
+    theirs = DPOTrainer.compute_loss(trainer, trainer.model, batch)  # TRL's own path: its chunked kernel
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    trainer._metrics["train"].clear()
+
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "loss" in r and "train_runtime" not in r]
+    assert len(rows) == 2
+    names = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+             "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "num_tokens"}
+    for row in rows:
+        assert names <= set(row), names - set(row)
