@@ -22,6 +22,7 @@ shared machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -57,17 +58,16 @@ def machine() -> dict:
 
 def load_pairs(tokenizer, n: int, max_length: int) -> list[dict]:
     """The first `n` pairs whose prompt + chosen/rejected (+EOS) fit `max_length` tokens."""
-    from dpo_exp.data import normalize_ultrafeedback
     from omegaconf import OmegaConf
+
+    from dpo_exp.data import normalize_ultrafeedback
 
     columns = OmegaConf.create({"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})
     pairs = []
     for line in DATA.read_text().splitlines():
         row = json.loads(line)
-        try:
+        with contextlib.suppress(Exception):  # a row in another layout: take the plain fields
             row = normalize_ultrafeedback(row, columns)
-        except Exception:  # noqa: BLE001 - a row in another layout: take the plain fields
-            pass
         prompt, chosen, rejected = (str(row[k]) for k in ("prompt", "chosen", "rejected"))
         p = len(tokenizer(prompt).input_ids)
         longest = max(len(tokenizer(chosen).input_ids), len(tokenizer(rejected).input_ids)) + 1
@@ -79,8 +79,9 @@ def load_pairs(tokenizer, n: int, max_length: int) -> list[dict]:
 
 
 def tiny_model(seed: int = 0, n_positions: int = 512):
-    from dpo_exp.models import build_model
     from omegaconf import OmegaConf
+
+    from dpo_exp.models import build_model
 
     return build_model(OmegaConf.create({"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2,
                                                   "n_positions": n_positions}}), seed=seed)
@@ -270,8 +271,8 @@ def main() -> None:
                          "tokens": outs[0]["tokens"], "repeats": outs}
     floor = summary.get("hand_written", {}).get("tokens_per_s")
     if floor:
-        for name in summary:
-            summary[name]["vs_hand_written"] = summary[name]["tokens_per_s"] / floor
+        for entry in summary.values():
+            entry["vs_hand_written"] = entry["tokens_per_s"] / floor
     targets = {"project_precompute": 1.0, "project_no_precompute": 0.9}
     result = {
         "machine": machine() | {"load_average_before": load_before, "load_average_after": os.getloadavg()[0]},

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -129,7 +130,7 @@ def main() -> None:
         flops_per_token += 2 * n_params + 4 * layers * width * mean_len
     peak, peak_source = peak_tflops(device, args.peak_tflops)
     achieved = tokens_per_s * flops_per_token / 1e12
-    mfu = achieved / peak if peak == peak else None
+    mfu = None if math.isnan(peak) else achieved / peak
     result = {
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
                     "gpu": torch.cuda.get_device_name() if gpu else None, "torch": torch.__version__,

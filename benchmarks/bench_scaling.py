@@ -47,7 +47,7 @@ def preference_file(n: int, folder: Path) -> Path:
 
     rows = [json.loads(line) for line in (SHARED / "hh_rlhf" / "test.jsonl").read_text().splitlines()]
     pairs = []
-    for i in range(n):
+    for i in range(n + n // 4 + 16):  # extra rows: the loader holds some out for evaluation and drops ties
         row = rows[i % len(rows)]
         pair = split_hh_dialogue(row["chosen"], row["rejected"])
         pairs.append({"prompt": f"[{i}] " + pair["prompt"][-200:], "chosen": pair["chosen"][:200],
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--sentiment", default="64,256,1024")
     parser.add_argument("--preference", default="256,1024,4096")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true", help="keep the runs of --out not repeated now")
     args = parser.parse_args()
     sizes = {"sentiment": [int(x) for x in args.sentiment.split(",") if x],
              "preference": [int(x) for x in args.preference.split(",") if x]}
@@ -106,6 +107,11 @@ def main() -> None:
                 row = {"experiment": experiment, "data_size": n, **out, "seconds_per_item": out["seconds"] / n}
                 rows.append(row)
                 print(f"  {experiment:10s} {n:5d}  {out['seconds']:7.1f} s  {out['peak_rss_mb']:7.0f} MB", flush=True)
+    if args.merge and args.out.is_file():
+        done = {(r["experiment"], r["data_size"]) for r in rows}
+        old = [r for r in json.loads(args.out.read_text())["runs"] if (r["experiment"], r["data_size"]) not in done]
+        rows = sorted(old + rows, key=lambda r: (r["experiment"] != "sentiment", r["data_size"]))
+        sizes = {e: sorted({r["data_size"] for r in rows if r["experiment"] == e}) for e in ("sentiment", "preference")}
     growth = {}
     for experiment in sizes:
         mine = [r for r in rows if r["experiment"] == experiment]

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-
 # Above this many logits (rows x vocabulary; 2**28 fp32 = 1 GiB per copy) the full-logits CPU path would use too
 # much memory, and TRL's chunked kernel is used instead.
 MAX_FULL_LOGITS = 2**28

@@ -134,7 +134,7 @@ def test_dpo_trainer_same_loss_as_trl_and_logs_trl_metric_names(tmp_path):
                             "save_strategy": "no", "precompute_ref_log_probs": False, "logging_steps": 1})
     cfg = OmegaConf.create({"trainer": trainer_cfg, "lora": {"enabled": False}, "on_nonfinite": "stop", "seed": 0,
                             "cache_dir": str(tmp_path / "cache")})
-    words = "the film was good bad long short dull bright".split()
+    words = ["the", "film", "was", "good", "bad", "long", "short", "dull", "bright"]
     pairs = [{"prompt": " ".join(words[: 2 + i % 5]), "chosen": " " + " ".join(words[i % 3:][: 3 + i]),
               "rejected": " " + " ".join(words[::-1][: 2 + i % 4])} for i in range(8)]
     model = build_model(OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}),
