@@ -30,8 +30,12 @@ test: install
 test-fast: install   # skips the end-to-end tests marked slow (~4 min)
 	$(PY) -m pytest -n 2 -m "not slow"
 
-bench: install
-	$(PY) benchmarks/bench_generation.py
+bench: install   # quick sizes (several minutes on 2 idle cores); each script without --quick runs the full size
+	$(PY) benchmarks/bench_dpo_step.py --quick
+	$(PY) benchmarks/bench_generation.py --quick
+	$(PY) benchmarks/bench_sft.py --quick
+	$(PY) benchmarks/bench_scaling.py --quick
+	$(PY) benchmarks/bench_gpu.py --quick
 	$(PY) benchmarks/bench_sweep_cache.py
 
 clean:

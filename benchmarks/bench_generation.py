@@ -1,10 +1,12 @@
 """Batched vs one-prompt-at-a-time sampling and scoring on the same prompts (tiny GPT-2, CPU).
 
-    python benchmarks/bench_generation.py [--prompts 24] [--samples 4] [--new-tokens 24] [--repeats 3]
+    python benchmarks/bench_generation.py [--quick] [--prompts 64] [--samples 4] [--new-tokens 24] [--repeats 3]
 
-Sampling: `dpo_exp.generation.generate_samples` with every prompt in one left-padded batch, against one call per
-prompt (batch_size=1; each call still draws the prompt's `--samples` completions); the two are timed in turns
-(`--repeats`, median reported). Scoring: the tfidf_logreg scorer and a transformers text-classification
+Sampling: `dpo_exp.generation.generate_samples` with its default CPU batching (prompts sorted by length,
+`--batch-size` prompts per left-padded, KV-cached generate() call) against the one-prompt-at-a-time loop (a plain
+`model.generate` per prompt, drawing that prompt's `--samples` completions); timed in turns (`--repeats`, median
+reported). Also recorded: `generate_samples` run twice gives the same samples, and given the prompts in reverse
+order gives each prompt the same samples. Scoring: the tfidf_logreg scorer and a transformers text-classification
 pipeline (a tiny random DistilBERT standing in for sst2), called
 once on all completions against once per completion. Figures are printed and written to
 benchmarks/results/generation.json. The load average is recorded: on a shared machine, compare ratios, not
@@ -23,10 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
+import trl
 from omegaconf import OmegaConf
 
 from dpo_exp import DEMO_DIR
-from dpo_exp.generation import generate_samples
+from dpo_exp.generation import _strip, generate_samples
 from dpo_exp.models import build_model, offline_gpt2_tokenizer
 from dpo_exp.prompts import load_prompt_sets
 
@@ -53,13 +57,17 @@ def tiny_classifier(folder: Path, tokenizer) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--quick", action="store_true", help="32 prompts, 2 repeats")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate() call (the CPU default)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--single-texts", type=int, default=32, help="texts scored one at a time")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.repeats = 32, 2
     load_before = os.getloadavg()[0]
 
     tokenizer = offline_gpt2_tokenizer()
@@ -74,26 +82,43 @@ def main() -> None:
     model_cfg = OmegaConf.create({"tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256}})
     model = build_model(model_cfg, seed=0)  # the tiny_gpt2 preset's size
     gen = OmegaConf.create({"num_samples": args.samples, "max_new_tokens": args.new_tokens, "temperature": 1.0,
-                            "top_k": 0, "top_p": 1.0, "batch_size": len(prompts)})
+                            "top_k": 0, "top_p": 1.0, "batch_size": args.batch_size})
     generate_samples(model, tokenizer, prompts[:2], gen, seed=0, progress=False)  # warm-up
 
-    one = OmegaConf.merge(gen, {"batch_size": 1})
+    def one_prompt_at_a_time():
+        """The floor: a plain model.generate per prompt, seeded per prompt."""
+        out = []
+        with torch.no_grad():
+            for i, prompt in enumerate(prompts):
+                enc = tokenizer(prompt, return_tensors="pt")
+                torch.manual_seed(i)
+                gen_ids = model.generate(**enc, do_sample=True, max_new_tokens=args.new_tokens, top_k=0,
+                                         num_return_sequences=args.samples, pad_token_id=tokenizer.eos_token_id)
+                out.append([_strip(row[enc.input_ids.shape[1]:].tolist(), tokenizer.eos_token_id) for row in gen_ids])
+        return out
+
     runs: dict[str, list[float]] = {"batched": [], "one_prompt_at_a_time": []}
     for _ in range(args.repeats):  # interleaved, so a change in machine load hits both modes alike
         batched, t = timed(lambda: generate_samples(model, tokenizer, prompts, gen, seed=0, progress=False))
         runs["batched"].append(t)
-        single, t = timed(lambda: generate_samples(model, tokenizer, prompts, one, seed=0, progress=False))
+        single, t = timed(one_prompt_at_a_time)
         runs["one_prompt_at_a_time"].append(t)
     t_batched, t_single = statistics.median(runs["batched"]), statistics.median(runs["one_prompt_at_a_time"])
     n = len(prompts) * args.samples
     tokens_b = sum(len(ids) for row in batched.token_ids for ids in row)
-    tokens_s = sum(len(ids) for row in single.token_ids for ids in row)
+    tokens_s = sum(len(ids) for row in single for ids in row)
+    again = generate_samples(model, tokenizer, prompts, gen, seed=0, progress=False)
+    reverse = generate_samples(model, tokenizer, prompts[::-1], gen, seed=0, progress=False)
+    same_seed_same_samples = again.token_ids == batched.token_ids
+    order_independent = reverse.token_ids[::-1] == batched.token_ids
     generation = {
         "prompts": len(prompts), "samples_per_prompt": args.samples, "max_new_tokens": args.new_tokens,
         "batched": {"seconds": t_batched, "samples_per_s": n / t_batched, "tokens_per_s": tokens_b / t_batched},
         "one_prompt_at_a_time": {"seconds": t_single, "samples_per_s": n / t_single,
                                  "tokens_per_s": tokens_s / t_single},
-        "speedup": t_single / t_batched,
+        "speedup": t_single / t_batched, "speedup_target": 5.0, "batch_size": args.batch_size,
+        "tokens_per_s_speedup": (tokens_b / t_batched) / (tokens_s / t_single),
+        "same_seed_same_samples": same_seed_same_samples, "prompt_order_independent": order_independent,
         "seconds_per_repeat": runs,
     }
 
@@ -117,6 +142,8 @@ def main() -> None:
 
     result = {
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": None,
+                    "device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
+                    "trl": trl.__version__,
                     "platform": platform.platform(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()[0]},
         "model": "tiny GPT-2 (4 layers, width 128, 4 heads, GPT-2 BPE), random init",
@@ -131,7 +158,8 @@ def main() -> None:
     print(f"  batched            {b['samples_per_s']:7.1f} samples/s  {b['tokens_per_s']:7.0f} tok/s")
     print(f"  one prompt a time  {g['one_prompt_at_a_time']['samples_per_s']:7.1f} samples/s  "
           f"{g['one_prompt_at_a_time']['tokens_per_s']:7.0f} tok/s")
-    print(f"  speed-up x{g['speedup']:.2f}")
+    print(f"  speed-up x{g['speedup']:.2f} (target x5); same seed -> same samples: {same_seed_same_samples}; "
+          f"prompt order independent: {order_independent}")
     for name in ("tfidf_logreg", "hf_pipeline_tiny_classifier"):
         s = scoring[name]
         print(f"scoring {name}: batched {s['batched_texts_per_s']:.0f} texts/s, one at a time "

@@ -196,6 +196,8 @@ def validate(cfg: DictConfig) -> None:
     if gen.batch_size is not None:
         _positive(gen.batch_size, "generation.batch_size", integer=True)
     _validate_precision(cfg)
+    if gen.get("max_batch_tokens") is not None:
+        _positive(gen.max_batch_tokens, "generation.max_batch_tokens", integer=True)
     resume = cfg.get("resume")
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")

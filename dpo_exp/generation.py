@@ -1,7 +1,12 @@
 """Batched, left-padded, KV-cached sampling from a causal LM (pair building and evaluation share it).
 
-Sampling is seeded per batch in a fixed order, so two models given the same prompts, settings and seed draw
-the same random numbers: identical models give identical samples (paired comparisons are exact).
+Prompts are sorted by token length (then text) and cut into batches of `batch_size` prompts, optionally fewer
+so that a batch stays under `max_batch_tokens` padded tokens; similar lengths mean little left padding. Each
+batch is seeded (`seed + batch number`) in that sorted order and the samples are returned in the caller's
+prompt order. So two models given the same prompts, settings and seed draw the same random numbers (identical
+models give identical samples: paired comparisons are exact), and a prompt's samples do not depend on the order
+the prompts were given in. What a prompt draws does depend on the batching (`batch_size`, `max_batch_tokens`):
+cache keys include them (`sentiment.pair_key`).
 """
 
 from __future__ import annotations
@@ -55,17 +60,19 @@ def generate_samples(
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
     max_prompt_tokens = max(1, int(context) - max_new_tokens)
 
+    lengths = [len(x) for x in tokenizer(list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids]
+    plan = batch_plan(prompts, lengths, batch_size, num_samples, max_new_tokens, gen_cfg.get("max_batch_tokens"))
+
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    texts: list[list[str]] = []
-    ids: list[list[list[int]]] = []
+    texts: list[list[str]] = [[] for _ in prompts]
+    ids: list[list[list[int]]] = [[] for _ in prompts]
     eos = tokenizer.eos_token_id
     try:
-        batches = range(0, len(prompts), batch_size)
-        for number, start in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
-            chunk = prompts[start : start + batch_size]
+        for number, batch in enumerate(tqdm(plan, desc=desc, disable=not progress, unit="batch")):
+            chunk = [prompts[i] for i in batch]
             enc = tokenizer(
                 chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens
             ).to(device)
@@ -87,10 +94,10 @@ def generate_samples(
                     **({"streamer": streamer} if streamer is not None else {}),
                 )
             generated = out[:, enc.input_ids.shape[1] :].tolist()
-            for p in range(len(chunk)):
+            for p, index in enumerate(batch):
                 rows = [_strip(generated[p * num_samples + s], eos) for s in range(num_samples)]
-                ids.append(rows)
-                texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in rows])
+                ids[index] = rows
+                texts[index] = [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
     finally:
         tokenizer.padding_side = padding_side
         _reset_backend_padding(tokenizer)
@@ -114,6 +121,25 @@ def sample_sequences(tokenizer, samples: Samples, max_new_tokens: int, context: 
             ended = len(generated) < max_new_tokens
             out.append((prompt_ids, list(generated) + ([eos] if ended else [])))
     return out
+
+
+def batch_plan(prompts: list[str], lengths: list[int], batch_size: int, num_samples: int = 1,
+               max_new_tokens: int = 0, max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Prompt indices per generate() call: sorted by (token length, text, index), cut every `batch_size` prompts
+    and, with `max_batch_tokens`, before a batch's padded size (rows x (longest prompt + new tokens)) exceeds it."""
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], prompts[i], i))
+    budget = int(max_batch_tokens) if max_batch_tokens else None
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:  # ascending lengths: the newest prompt is the longest of the batch
+        cost = (len(current) + 1) * num_samples * (lengths[i] + max_new_tokens)
+        if current and (len(current) >= batch_size or (budget is not None and cost > budget)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _reset_backend_padding(tokenizer) -> None:

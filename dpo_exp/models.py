@@ -121,6 +121,22 @@ def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
 
 
 
+def init_kwargs(model_cfg: Any, device: str) -> dict[str, Any]:
+    """Extra `from_pretrained` arguments for the GPU path: `model.attn_implementation` (e.g. sdpa,
+    flash_attention_2) and `model.use_kernels` (transformers' fused hub kernels, needs the `kernels` package and a
+    GPU; ignored on CPU, where they do not apply)."""
+    import importlib.util
+
+    extra: dict[str, Any] = {}
+    if model_cfg.get("attn_implementation"):
+        extra["attn_implementation"] = str(model_cfg.attn_implementation)
+    if model_cfg.get("use_kernels") and str(device).startswith("cuda"):
+        if importlib.util.find_spec("kernels") is None:
+            raise UserError("model.use_kernels=true needs the `kernels` package (pip install kernels)")
+        extra["use_kernels"] = True
+    return extra
+
+
 def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> "PreTrainedModel":
     """Load (or, for tiny_gpt2, construct with a fixed seed) the causal LM, with weights in `precision`.
 
@@ -130,8 +146,9 @@ def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str 
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     dtype = torch_dtype(precision)
+    extra = init_kwargs(model_cfg, device)
     if model_cfg.get("path"):
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=dtype, **extra)
     elif model_cfg.get("tiny"):
         vocab, _ = _gpt2_bpe()
         tiny = model_cfg.tiny
@@ -154,7 +171,7 @@ def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str 
 
         with hub_access("model", str(model_cfg.hub_id), "model.path"):
             model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype,
-                                                         revision=model_cfg.get("revision"))
+                                                         revision=model_cfg.get("revision"), **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id

@@ -111,11 +111,12 @@ def pair_key(cfg: Any, model_identity: dict, prompts: list[str], scorer_identity
         "prompts": content_key(prompts, 64), "n_prompts": len(prompts), "n_train": n_train,
         "generation": {"num_samples": int(gen.num_samples), "max_new_tokens": int(gen.max_new_tokens),
                        "temperature": float(gen.temperature), "top_k": int(gen.top_k or 0), "top_p": float(gen.top_p),
-                       "batch_size": batch_size},  # sampling is seeded per batch: the batching changes samples
+                       "batch_size": batch_size,  # sampling is seeded per batch: the batching changes samples
+                       "max_batch_tokens": int(gen.get("max_batch_tokens") or 0), "batching": "length_sorted"},
         "scorer": scorer_identity,
         "pairs": {"strategy": str(ds.pairs.strategy), "min_margin": float(ds.pairs.min_margin),
                   "format": str(ds.pairs.get("format") or "jsonl")},
-        "seed": int(cfg.seed), "device": device, "precision": precision, "v": 2,
+        "seed": int(cfg.seed), "device": device, "precision": precision, "v": 3,
     }
     return content_key(description), description
 

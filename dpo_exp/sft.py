@@ -16,6 +16,7 @@ from typing import Any
 from .cache import CacheEntry, cached, content_key
 from .data import seeded_subset
 from .distributed import barrier, broadcast, is_main_process, world_size
+from .throughput import compact_lm_head
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def sft_settings(cfg: Any) -> dict[str, Any]:
     return {
         "lora": bool(s.lora), "max_steps": int(s.max_steps), "batch_size": int(s.batch_size), "lr": float(s.lr),
         "max_length": int(s.max_length), "num_texts": int(s.num_texts) if s.get("num_texts") else None,
+        **({"packing": True} if s.get("packing") else {}),  # absent when off: earlier cache keys stay valid
     }
 
 
@@ -55,12 +57,23 @@ def sft_key(cfg: Any, texts: list[str], device: str = "cpu", precision: str = "f
     return content_key(description), description
 
 
-def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: str, precision: str) -> dict[str, Any]:
-    """SFT with TRL (fp32 weights, bf16/fp16 autocast per `precision`), merge LoRA if used, save_pretrained into
-    `folder`; returns the loss figures."""
+def sft_trainer(cfg: Any, model, tokenizer, texts: list[str], out: str, device: str, precision: str = "fp32"):
+    """TRL's SFTTrainer for the warm start (`cfg.sft`), writing its checkpoints (none by default) under `out`: fp32
+    weights, bf16/fp16 autocast per `precision`.
+
+    `sft.packing` packs the texts into `max_length` rows with TRL's best-fit-decreasing packing (padding-free:
+    every row full, attention kept within each text through position_ids) instead of padding each batch; on CPU
+    the fused LM head scores only the labelled tokens (dpo_exp.throughput.compact_lm_head)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    class CompactSFTTrainer(SFTTrainer):
+        """SFTTrainer whose fused LM head scores only labelled tokens on CPU too (no projection of padding)."""
+
+        def compute_loss(self, *args, **kwargs):
+            with compact_lm_head():
+                return super().compute_loss(*args, **kwargs)
 
     settings = sft_settings(cfg)
     peft_config = None
@@ -69,37 +82,46 @@ def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: s
 
         peft_config = lora_config(sft_lora(cfg), model)
     model = model.to(torch.float32)  # trainable weights are fp32 master weights; autocast does the half precision
+    args = SFTConfig(
+        output_dir=out,
+        max_length=settings["max_length"],
+        per_device_train_batch_size=settings["batch_size"],
+        learning_rate=settings["lr"],
+        max_steps=settings["max_steps"],
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,                  # a float < 1 is a ratio of the total steps
+        logging_steps=max(1, settings["max_steps"] // 10),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        packing=bool(settings.get("packing", False)),
+        dataset_text_field="text",
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    return CompactSFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=tokenizer, peft_config=peft_config,
+    )
+
+
+def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: str, precision: str) -> dict[str, Any]:
+    """SFT with TRL (fp32 weights, bf16/fp16 autocast per `precision`), merge LoRA if used, save_pretrained into
+    `folder`; returns the loss figures."""
+    import torch
+
+    settings = sft_settings(cfg)
     with tempfile.TemporaryDirectory(prefix="dpo_exp_sft_") as out:
-        args = SFTConfig(
-            output_dir=out,
-            max_length=settings["max_length"],
-            per_device_train_batch_size=settings["batch_size"],
-            learning_rate=settings["lr"],
-            max_steps=settings["max_steps"],
-            lr_scheduler_type="cosine",
-            warmup_steps=0.05,                  # a float < 1 is a ratio of the total steps
-            logging_steps=max(1, settings["max_steps"] // 10),
-            save_strategy="no",
-            report_to="none",
-            use_cpu=device == "cpu",
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            seed=int(cfg.seed),
-            data_seed=int(cfg.seed),
-            packing=False,
-            dataset_text_field="text",
-            gradient_checkpointing=False,
-            dataloader_num_workers=0,
-            disable_tqdm=False,
-        )
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-            processing_class=tokenizer, peft_config=peft_config,
-        )
+        trainer = sft_trainer(cfg, model, tokenizer, texts, out, device, precision)
         trainer.train()
         history = [row["loss"] for row in trainer.state.log_history if "loss" in row]
         trained = trainer.model
-        if peft_config is not None:
+        if settings["lora"]:
             trained = trained.merge_and_unload()
         trained = trained.to(torch.float32)
         trained.save_pretrained(str(folder))

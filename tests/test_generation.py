@@ -66,3 +66,31 @@ def test_tokenizer_saved_after_sampling_reloads_right_padded(model_and_tokenizer
     tokenizer.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "right"
     assert tokenizer(["a b c", "d"], padding=True).attention_mask[1] == [1, 0, 0]
+
+
+def test_batches_sorted_by_length_and_samples_in_caller_order(model_and_tokenizer):
+    """Length-sorted batching: each prompt's samples follow it whatever order the prompts come in, and a
+    different batching (batch_size / max_batch_tokens) is a different, equally deterministic, draw."""
+    model, tokenizer = model_and_tokenizer
+    forward = generate_samples(model, tokenizer, PROMPTS, gen_cfg(), seed=3, progress=False)
+    backward = generate_samples(model, tokenizer, PROMPTS[::-1], gen_cfg(), seed=3, progress=False)
+    assert backward.prompts == PROMPTS[::-1]
+    assert backward.token_ids[::-1] == forward.token_ids
+    capped = gen_cfg(batch_size=8, max_batch_tokens=3 * (8 + 6) * 2)
+    first = generate_samples(model, tokenizer, PROMPTS, capped, seed=3, progress=False)
+    assert generate_samples(model, tokenizer, PROMPTS, capped, seed=3, progress=False).token_ids == first.token_ids
+    assert [len(t) for t in first.texts] == [3] * len(PROMPTS)
+
+
+def test_batch_plan_sorts_and_respects_token_budget():
+    from dpo_exp.generation import batch_plan
+
+    prompts = ["e", "a", "c", "b", "d"]
+    lengths = [5, 1, 3, 1, 4]
+    assert batch_plan(prompts, lengths, batch_size=2) == [[1, 3], [2, 4], [0]]
+    # 2 samples x (length + 2 new tokens) per prompt; a budget of 16 padded tokens fits 2 prompts up to length 2
+    plan = batch_plan(prompts, lengths, batch_size=8, num_samples=2, max_new_tokens=2, max_batch_tokens=16)
+    assert plan == [[1, 3], [2], [4], [0]]
+    assert sorted(i for b in plan for i in b) == list(range(5))
+    for batch in plan:
+        assert len(batch) == 1 or len(batch) * 2 * (max(lengths[i] for i in batch) + 2) <= 16
