@@ -87,6 +87,7 @@ def from_trainer(trainer, cfg: Any, summary: dict) -> PolicyReference:
 
 def from_run_dir(run_dir: Path, cfg: Any, summary: dict, device: str = "cpu") -> PolicyReference:
     """Rebuild a finished run's policy (run_dir/model) and reference, as evaluate_policy saw them in the run."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(run_dir) / "model"
