@@ -332,12 +332,38 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
                     textcoords="offset points")
     if "eval/reward_reference" in points.columns and points["eval/reward_reference"].notna().any():
         ax.axhline(points["eval/reward_reference"].mean(), ls="--", color="gray", label="reference")
+    plot_best_of_n(ax, points)
     ax.set_xlabel("KL(policy || reference) [nats]")
     ax.set_ylabel("reward of policy samples")
     ax.set_title("reward-KL frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, out / "reward_kl_frontier.png"), None
+
+
+def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
+    """Best-of-N from the reference on the frontier: (analytic KL, reference reward + best-of-N gain), averaged
+    over the runs that report it (a sweep's runs share reference and prompts). Returns whether it drew anything."""
+    from .evaluation.report import best_of_n_curve
+
+    if "eval/reward_reference" not in points.columns:
+        return False
+    curves = [(row["eval/reward_reference"], best_of_n_curve(row.to_dict(), "eval/")) for _, row in points.iterrows()
+              if _finite(row["eval/reward_reference"])]
+    curves = [(ref, curve) for ref, curve in curves if curve]
+    if not curves:
+        return False
+    by_n: dict[int, list[tuple[float, float]]] = {}
+    for ref, curve in curves:
+        for n, kl, gain in curve:
+            by_n.setdefault(n, []).append((kl, ref + gain))
+    ns = sorted(by_n)
+    xs = [sum(kl for kl, _ in by_n[n]) / len(by_n[n]) for n in ns]
+    ys = [sum(y for _, y in by_n[n]) / len(by_n[n]) for n in ns]
+    ax.plot(xs, ys, "s--", color="tab:green", markersize=4, label="best-of-N from the reference (labels = N)")
+    for n, x, y in zip(ns, xs, ys):
+        ax.annotate(f"N={n}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points", color="tab:green")
+    return True
 
 
 # ---------------------------------------------------------------- entry point

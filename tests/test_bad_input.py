@@ -156,6 +156,7 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("non_utf8_jsonl", non_utf8_jsonl, [], ["bad.jsonl: line 4 is not valid UTF-8"]),
     ("non_utf8_csv", non_utf8_csv, [], ["bad.csv: line", "is not valid UTF-8"]),
     ("empty_file", empty_file, [], ["bad.jsonl: no rows"]),
+    ("best_of_n_zero", good_jsonl, ["eval.enabled=true", "eval.best_of_n=[0,4]"], ["eval.best_of_n must be a list"]),
 ]
 
 

@@ -95,7 +95,7 @@ def sample_and_score(
     return SampleEval(policy_samples, reference_samples, rewards_policy, rewards_reference, kl, kl_rb)
 
 
-def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, float]:
+def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, Any]:
     """Reward (policy, reference, delta), win rate and KL, with bootstrap intervals over prompts.
 
     `_std` is the spread of single-sample values; the intervals resample prompts (per-prompt means), with the same
@@ -104,7 +104,7 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     kl = result.kl
     n_prompts = kl.shape[0]
     idx = bootstrap_indices(n_prompts, resamples, seed)
-    out: dict[str, float] = {"kl": float(kl.mean()), "kl_std": float(kl.std())}
+    out: dict[str, Any] = {"kl": float(kl.mean()), "kl_std": float(kl.std())}
     _, out["kl_ci_low"], out["kl_ci_high"] = mean_ci(kl.mean(axis=1), idx)
     if result.kl_rb is not None:
         out["kl_rb"], out["kl_rb_std"] = float(result.kl_rb.mean()), float(result.kl_rb.std())
@@ -116,10 +116,16 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
         _, out[f"{name}_ci_low"], out[f"{name}_ci_high"] = mean_ci(rewards.mean(axis=1), idx)
     delta = (result.rewards_policy - result.rewards_reference).mean(axis=1)
     out["reward_delta"], out["reward_delta_ci_low"], out["reward_delta_ci_high"] = mean_ci(delta, idx)
+    out["significant"] = significant(out["reward_delta_ci_low"], out["reward_delta_ci_high"])
     wins = paired_wins(result.rewards_policy, result.rewards_reference)
     out["win_rate"], out["win_rate_ci_low"], out["win_rate_ci_high"] = mean_ci(wins.mean(axis=1), idx)
     out["tie_rate"] = float((wins == 0.5).mean())
     return out
+
+
+def significant(ci_low: float, ci_high: float) -> bool:
+    """True when a 95% interval of a difference excludes 0 (the reward gain is not a coin flip)."""
+    return bool(ci_low > 0.0 or ci_high < 0.0)
 
 
 def implicit_rewards(
