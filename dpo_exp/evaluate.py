@@ -198,7 +198,8 @@ def evaluate_models(
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
     if pairs:
         chosen, rejected = implicit_rewards(
-            pair, tokenizer, pairs, float(cfg.trainer.beta), cfg.trainer.max_length, settings.logprob_batch_size
+            pair, tokenizer, pairs, float(cfg.trainer.beta), cfg.trainer.max_length, settings.logprob_batch_size,
+            progress=settings.progress,
         )
         metrics.update(implicit_reward_metrics(chosen, rejected))
         out.margins = (chosen - rejected).tolist()

@@ -13,11 +13,17 @@ FAST_IMDB = [*FAST_MODEL, *FAST_TRAINER, "generation.max_new_tokens=16", "epochs
 
 
 def _run(tmp_path: Path, imdb_dir: Path, name: str, *extra: str) -> tuple[Path, dict]:
+    run_dir, summary, _ = _run_with_output(tmp_path, imdb_dir, name, *extra)
+    return run_dir, summary
+
+
+def _run_with_output(tmp_path: Path, imdb_dir: Path, name: str, *extra: str) -> tuple[Path, dict, str]:
+    """(run directory, summary.json, stdout) of one CLI run on the shared IMDb sample."""
     run_dir = tmp_path / name
     result = run_cli(["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={imdb_dir}", "data_size=16",
                       *FAST_IMDB, f"hydra.run.dir={run_dir}", *extra], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, json.loads((run_dir / "summary.json").read_text())
+    return run_dir, json.loads((run_dir / "summary.json").read_text()), result.stdout
 
 
 def test_imdb_sentiment_cli_run(tmp_path, imdb_dir):
@@ -38,6 +44,26 @@ def test_imdb_sentiment_cli_run(tmp_path, imdb_dir):
     assert summary["data"]["train_prompts"] == 16
     assert summary["data"]["train_pairs"] == summary["pairs"]["train_pairs"] > 0
     assert (tmp_path / ".cache" / "pairs").is_dir()
+
+
+def test_imdb_run_records_stage_times_and_prints_the_headline(tmp_path, imdb_dir):
+    """summary.json has every stage's time; the console's last lines give reward, delta + CI, win rate + CI, KL."""
+    _, summary, stdout = _run_with_output(tmp_path, imdb_dir, "timed", "sft.enabled=true", "sft.max_steps=2", "sft.num_texts=64",
+                            "sft.max_length=32", "eval.num_prompts=6", "eval.num_samples=2", "eval.num_pairs=4",
+                            "eval.bootstrap=100", "eval.best_of_n=[1,2,4]", "eval.best_of_n_prompts=3")
+    for stage in ("sft", "pairs", "train", "eval"):
+        assert isinstance(summary[f"timing/{stage}_s"], float) and summary[f"timing/{stage}_s"] > 0, stage
+    assert sum(summary[f"timing/{s}_s"] for s in ("sft", "pairs", "train", "eval")) <= summary["wall_time_s"]
+    assert summary["eval/num_prompts"] == 6 and isinstance(summary["eval/significant"], bool)
+    assert summary["eval/bon_kl_4"] > summary["eval/bon_kl_2"] > summary["eval/bon_kl_1"] == 0.0
+    assert summary["eval/bon_reward_4"] >= summary["eval/bon_reward_1"]
+    lines = [line for line in stdout.splitlines() if line.startswith("[dpo_exp]")]
+    assert lines[0].startswith("[dpo_exp] completed in")
+    text = "\n".join(lines)
+    assert f"{summary['eval/reward_reference']:.4f} -> {summary['eval/reward_policy']:.4f}" in text
+    assert f"delta {summary['eval/reward_delta']:+.4f} [95% CI {summary['eval/reward_delta_ci_low']:+.4f}" in text
+    assert f"win rate {summary['eval/win_rate']:.3f} [95% CI {summary['eval/win_rate_ci_low']:.3f}" in text
+    assert f"KL(policy || reference) {summary['eval/kl']:.3f}" in text and "stage times: sft" in text
 
 
 def test_bad_imdb_labels_exit_2_before_any_model(tmp_path):

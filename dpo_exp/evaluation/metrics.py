@@ -56,7 +56,8 @@ def kl_estimates(pair: PolicyReference, tokenizer, samples: Samples, settings: S
     expectation with the exact per-token KL at each sampled prefix (much lower variance; see logprobs.sequence_kl).
     """
     sequences = sample_sequences(tokenizer, samples, settings.max_new_tokens, context_length(pair.policy))
-    mc, rb = sequence_kl(pair.policy, pair.reference, sequences, tokenizer.pad_token_id, settings.logprob_batch_size)
+    mc, rb = sequence_kl(pair.policy, pair.reference, sequences, tokenizer.pad_token_id, settings.logprob_batch_size,
+                         desc="eval: KL(policy || reference)" if settings.progress else None)
     shape = (len(samples.prompts), -1)
     return mc.reshape(shape), rb.reshape(shape)
 
@@ -129,7 +130,8 @@ def significant(ci_low: float, ci_high: float) -> bool:
 
 
 def implicit_rewards(
-    pair: PolicyReference, tokenizer, pairs: Sequence[dict], beta: float, max_length: int | None, batch_size: int = 8
+    pair: PolicyReference, tokenizer, pairs: Sequence[dict], beta: float, max_length: int | None, batch_size: int = 8,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DPO's implicit reward beta * log(pi/pi_ref) of every pair's chosen and rejected response."""
     limit = context_length(pair.policy)
@@ -137,9 +139,11 @@ def implicit_rewards(
     chosen, rejected = pair_sequences(tokenizer, pairs, max_length)
     sequences = chosen + rejected
     pad = tokenizer.pad_token_id
-    policy_logp = sequence_logprobs(pair.policy, sequences, pad, batch_size)
+    policy_logp = sequence_logprobs(pair.policy, sequences, pad, batch_size,
+                                    desc="eval: policy log-probs of held-out pairs" if progress else None)
     with pair.reference() as reference:
-        reference_logp = sequence_logprobs(reference, sequences, pad, batch_size)
+        reference_logp = sequence_logprobs(reference, sequences, pad, batch_size,
+                                           desc="eval: reference log-probs of held-out pairs" if progress else None)
     rewards = beta * (policy_logp - reference_logp)
     return rewards[: len(pairs)], rewards[len(pairs) :]
 
