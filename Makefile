@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1200   # whole suite, ~9 min on 2 cores; module fixtures shared per file
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-effect clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ test-fast: install   # skips the end-to-end tests marked slow (~4 min)
 bench: install
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_sweep_cache.py
+
+bench-effect: install   # the README's effect figures (issue-11 command, beta sweep, quickstart): ~30-40 min on 2 cores
+	$(PY) benchmarks/bench_sentiment_effect.py
 
 clean:
 	rm -rf outputs multirun .cache
