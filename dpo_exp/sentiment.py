@@ -151,6 +151,7 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
         started = time.time()
         model, entry = warm_start(cfg, model, tokenizer, prompt_sets.train.texts, ctx.device)
         ctx.summary["timing/sft_s"] = round(time.time() - started, 2)  # ~0 when the warm start came from the cache
+        ctx.tracker.summary({"timing/sft_s": ctx.summary["timing/sft_s"]})
         model_identity["sft"] = entry.key
         ctx.summary["reference_path"] = str(entry.path)
         ctx.summary["sft"] = {"cache": entry.status, "key": entry.key, "path": str(entry.path), **entry.info}
