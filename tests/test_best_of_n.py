@@ -112,3 +112,22 @@ def test_significant_when_the_delta_interval_excludes_zero():
     assert worse["significant"] is True and worse["reward_delta_ci_high"] < 0  # a significant loss is flagged too
     coin = reward_kl_metrics(_result(reference + rng.choice([-0.1, 0.1], size=(100, 4)), reference), 500, 0)
     assert coin["reward_delta_ci_low"] < 0 < coin["reward_delta_ci_high"] and coin["significant"] is False
+
+
+def test_headline_states_the_effect_and_whether_it_is_significant():
+    from dpo_exp.pipeline import headline
+
+    summary = {"eval/reward_scorer": "tfidf_logreg", "eval/reward_reference": 0.5, "eval/reward_policy": 0.55,
+               "eval/reward_delta": 0.05, "eval/reward_delta_ci_low": 0.02, "eval/reward_delta_ci_high": 0.08,
+               "eval/significant": True, "eval/win_rate": 0.8, "eval/win_rate_ci_low": 0.7, "eval/win_rate_ci_high": 0.9,
+               "eval/tie_rate": 0.0, "eval/num_prompts": 100, "eval/num_samples": 4, "eval/kl": 3.2,
+               "eval/kl_ci_low": 3.0, "eval/kl_ci_high": 3.4, "eval/bon_delta_4": 0.1, "eval/bon_kl_4": analytic_kl(4),
+               "timing/sft_s": 120.0, "timing/pairs_s": 60.0, "timing/train_s": 200.0, "timing/eval_s": 90.0}
+    text = "\n".join(headline(summary))
+    assert "0.5000 -> 0.5500: delta +0.0500 [95% CI +0.0200, +0.0800], significant" in text
+    assert "win rate 0.800 [95% CI 0.700, 0.900]" in text and "100 held-out prompts x 4 samples" in text
+    assert "KL(policy || reference) 3.200 nats" in text and "N=4 +0.1000 @ 0.64" in text
+    assert "stage times: sft 120 s, pairs 60 s, train 200 s, eval 90 s" in text
+    summary.update({"eval/reward_delta_ci_low": -0.01, "eval/significant": False})
+    assert "NOT significant" in "\n".join(headline(summary))
+    assert headline({}) == []  # evaluation off: nothing to say
