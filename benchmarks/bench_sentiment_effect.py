@@ -33,13 +33,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "sentiment_effect.json"
 
 ISSUE_COMMAND = ["dataset=imdb_sentiment", "model=tiny_gpt2", "reward=tfidf_logreg", "sft.enabled=true",
                  "data_size=256", "logger=none"]
-# The slow end-to-end test's setting (tests/test_imdb_e2e.py EFFECT): the tiny GPT-2 with a short warm start.
+# The slow end-to-end test's setting (tests/test_imdb_e2e.py EFFECT): the tiny GPT-2 with a short warm start, full
+# fine-tuning at lr 1e-4 (at this scale LoRA at 2e-3 moved it too little: KL 0.15, win rate CI [0.50, 0.59]).
 CI_SCALE = ["dataset=imdb_sentiment", "reward=tfidf_logreg", "model=tiny_gpt2", "trainer.max_length=64",
             "trainer.per_device_train_batch_size=8", "trainer.per_device_eval_batch_size=16", "trainer.save_strategy=no",
             "generation.batch_size=64", "generation.max_new_tokens=24", "sft.enabled=true", "sft.max_steps=60",
             "sft.batch_size=16", "sft.lr=3e-3", "sft.max_length=48", "sft.num_texts=960", "data_size=96",
             "logger=none", "eval.num_prompts=64", "eval.num_samples=4", "eval.num_pairs=16", "eval.bootstrap=500",
-            "eval.best_of_n=[1,2,4,8]", "eval.best_of_n_prompts=16"]
+            "eval.best_of_n=[1,2,4,8]", "eval.best_of_n_prompts=16", "lora=none", "lr=1e-4"]
 KEYS = ["reward_reference", "reward_policy", "reward_delta", "reward_delta_ci_low", "reward_delta_ci_high",
         "significant", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "tie_rate", "kl", "kl_ci_low", "kl_ci_high",
         "kl_rb", "num_prompts", "num_samples", "implicit_accuracy"]
