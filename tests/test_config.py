@@ -128,3 +128,17 @@ def test_evaluation_defaults_resolve_the_effect():
     assert list(cfg.eval.best_of_n) == [1, 2, 4, 8, 16] and cfg.eval.best_of_n_prompts > 0
     imdb = compose(["dataset=imdb_sentiment"])
     assert 500 * imdb.dataset.eval_fraction >= 100  # a 500-review file holds out enough reviews for ~100 prompts
+
+
+def test_a_single_500_review_file_holds_out_about_100_evaluation_prompts():
+    """The issue's command (one file of 500 reviews): dataset.eval_fraction leaves ~100 held-out prompts."""
+    from dpo_exp.models import load_tokenizer
+    from dpo_exp.prompts import load_prompt_sets
+
+    from .conftest import shared_file
+
+    path = shared_file("imdb/test.jsonl")
+    cfg = compose(["experiment=imdb_tiny", f"dataset.path={path}"])
+    counts = load_prompt_sets(cfg, load_tokenizer(cfg.model)).counts
+    assert counts["test_reviews"] == 125 and counts["train_prompts"] == 256
+    assert counts["eval_prompts"] == cfg.eval.num_prompts == 100
