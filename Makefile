@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1200   # whole suite, ~9 min on 2 cores; module fixtures shared per file
 
-.PHONY: install demo app test test-fast bench clean
+.PHONY: install demo app test test-fast bench bench-effect clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ bench: install   # quick sizes (several minutes on 2 idle cores); each script wi
 	$(PY) benchmarks/bench_scaling.py --quick
 	$(PY) benchmarks/bench_gpu.py --quick
 	$(PY) benchmarks/bench_sweep_cache.py
+
+bench-effect: install   # the README's effect figures (issue-11 command, beta sweep, quickstart): ~30-40 min on 2 cores
+	$(PY) benchmarks/bench_sentiment_effect.py
 
 clean:
 	rm -rf outputs multirun .cache

@@ -403,6 +403,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
             refs = points[points[REFERENCE].notna()]
             ax.errorbar([0.0] * len(refs), refs[REFERENCE], yerr=err(refs, REFERENCE), fmt="x", capsize=3,
                         color=color, label="reference (KL 0)" if i == 0 else None)
+    plot_best_of_n(ax, pd.concat([points for _, points in lines]))
     ax.set_xlabel(frontier_xlabel(kl), fontsize=8)
     ax.set_ylabel("reward of policy samples")
     ax.set_title(f"reward-KL frontier along {along}" if along else "reward-KL frontier")
@@ -411,6 +412,31 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
     note = (f"reward-KL frontier: x = {kl} ({dict(KL_ESTIMATORS)[kl]}), one line along {along or 'runs'} per "
             f"combination of the other swept keys ({len(lines)} line(s))")
     return save_figure(fig, out / "reward_kl_frontier.png"), note
+
+
+def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
+    """Best-of-N from the reference on the frontier: (analytic KL, reference reward + best-of-N gain), averaged
+    over the runs that report it (a sweep's runs share reference and prompts). Returns whether it drew anything."""
+    from .evaluation.report import best_of_n_curve
+
+    if "eval/reward_reference" not in points.columns:
+        return False
+    curves = [(row["eval/reward_reference"], best_of_n_curve(row.to_dict(), "eval/")) for _, row in points.iterrows()
+              if _finite(row["eval/reward_reference"])]
+    curves = [(ref, curve) for ref, curve in curves if curve]
+    if not curves:
+        return False
+    by_n: dict[int, list[tuple[float, float]]] = {}
+    for ref, curve in curves:
+        for n, kl, gain in curve:
+            by_n.setdefault(n, []).append((kl, ref + gain))
+    ns = sorted(by_n)
+    xs = [sum(kl for kl, _ in by_n[n]) / len(by_n[n]) for n in ns]
+    ys = [sum(y for _, y in by_n[n]) / len(by_n[n]) for n in ns]
+    ax.plot(xs, ys, "s--", color="tab:green", markersize=4, label="best-of-N from the reference (labels = N)")
+    for n, x, y in zip(ns, xs, ys):
+        ax.annotate(f"N={n}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points", color="tab:green")
+    return True
 
 
 # ---------------------------------------------------------------- entry point

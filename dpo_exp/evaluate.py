@@ -53,8 +53,13 @@ def check_eval_config(cfg: DictConfig) -> None:
         value = ev.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UserError(f"eval.{key} must be a whole number > 0, got {value!r}")
-    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts"):
+    ns = ev.get("best_of_n") or []
+    if isinstance(ns, (int, str)) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in ns):
+        raise UserError(f"eval.best_of_n must be a list of whole numbers >= 1 (e.g. [1,2,4,8,16]), got {ns!r}")
+    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
         value = ev.get(key)
+        if value is None and key == "best_of_n_prompts":  # a run saved before best-of-N existed
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise UserError(f"eval.{key} must be a whole number >= 0, got {value!r}")
     if ev.get("reward") and not (CONF_DIR / "reward" / f"{ev.reward}.yaml").is_file():
@@ -183,12 +188,20 @@ def evaluate_models(
         metrics.update(reward_kl_metrics(result, int(ev.bootstrap), settings.seed))
         out.samples = result
         out.side_by_side = side_by_side_rows(result, int(ev.num_side_by_side))
+        ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
+        if scorer is not None and ns and n_bon > 0:
+            from .evaluation.best_of_n import evaluate_best_of_n
+
+            metrics.update(evaluate_best_of_n(
+                pair, tokenizer, prompts[:n_bon], settings, scorer, ns, int(ev.bootstrap),
+                reuse=result.reference, reuse_scores=result.rewards_reference,
+            ))
     else:
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
     if pairs:
         chosen, rejected = implicit_rewards(
             pair, tokenizer, pairs, float(cfg.trainer.beta), cfg.trainer.max_length, settings.logprob_batch_size,
-            str(cfg.trainer.get("truncation_mode") or "keep_start"),
+            str(cfg.trainer.get("truncation_mode") or "keep_start"), progress=settings.progress,
         )
         metrics.update(implicit_reward_metrics(chosen, rejected))
         out.margins = (chosen - rejected).tolist()

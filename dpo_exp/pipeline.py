@@ -154,6 +154,8 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
     ctx.tracker.finish(exit_code=0)
     if is_main_process():
         print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
+        for line in headline(ctx.summary):
+            print(f"[dpo_exp] {line}")
     return objective_value(ctx.summary, objective_key(cfg))
 
 
@@ -183,23 +185,63 @@ def _run_stages(ctx: RunContext) -> None:
         from .sentiment import build_sentiment_pairs
 
         # every process runs this (a warm start trains with all of them); the pair cache is written once, locked
-        data, model = build_sentiment_pairs(ctx, model, tokenizer, data)
+        started = time.time()
+        data, model = build_sentiment_pairs(ctx, model, tokenizer, data)  # records timing/sft_s itself
+        _timing(ctx, "pairs", time.time() - started - ctx.summary.get("timing/sft_s", 0.0))
     ctx.summary["data"] = {"source": data.source, **data.counts}
     ctx.summary["heldout"] = data.heldout_hashes()
     ctx.summary["dataset"]["source"] = data.source
     ctx.save_summary()
     ctx.tracker.summary({f"data/{k}": v for k, v in data.counts.items()})
 
+    started = time.time()
     trainer = train_policy(ctx, model, tokenizer, data)
+    _timing(ctx, "train", time.time() - started)
     if cfg.eval.enabled:
         from .evaluate import evaluate_policy
 
         if is_main_process():  # sampling is not split across processes: the main one evaluates, the others wait
+            started = time.time()
             results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
             ctx.save_summary(**results)
+            _timing(ctx, "eval", time.time() - started)
         barrier()
     if is_main_process():
         write_plots(ctx)
+
+
+def _timing(ctx: RunContext, stage: str, seconds: float) -> None:
+    """`timing/<stage>_s` in summary.json and the tracker (sft, pairs, train, eval)."""
+    key = f"timing/{stage}_s"
+    ctx.save_summary(**{key: round(max(0.0, seconds), 2)})
+    ctx.tracker.summary({key: ctx.summary[key]})
+
+
+def headline(summary: dict[str, Any]) -> list[str]:
+    """The run's result in a few console lines: reward ref -> policy, delta with CI, win rate with CI, KL, stages."""
+    lines = []
+    s = summary
+    if isinstance(s.get("eval/reward_delta"), (int, float)):
+        verdict = "significant" if s.get("eval/significant") else "NOT significant (95% CI includes 0)"
+        lines.append(
+            f"reward ({s.get('eval/reward_scorer', 'scorer')}) {s['eval/reward_reference']:.4f} -> "
+            f"{s['eval/reward_policy']:.4f}: delta {s['eval/reward_delta']:+.4f} "
+            f"[95% CI {s['eval/reward_delta_ci_low']:+.4f}, {s['eval/reward_delta_ci_high']:+.4f}], {verdict}")
+        lines.append(
+            f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
+            f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
+            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples")
+    if isinstance(s.get("eval/kl"), (int, float)):
+        lines.append(f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
+                     f"{s['eval/kl_ci_high']:.3f}]")
+    bon = sorted(int(k.split("_")[-1]) for k in s if k.startswith("eval/bon_delta_"))
+    if bon:
+        lines.append("best-of-N from the reference (delta @ KL): " + ", ".join(
+            f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon))
+    stages = [(k[len("timing/"):-2], v) for k, v in s.items() if k.startswith("timing/")]
+    if stages:
+        lines.append("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages))
+    return lines
 
 
 def train_policy(ctx: RunContext, model, tokenizer, data):

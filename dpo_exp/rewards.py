@@ -97,10 +97,16 @@ class HFClassifierScorer(Scorer):
         self.info = {"kind": self.name, "hub_id": self.hub_id, "score": self.output, "device": device}
 
     def score(self, texts: list[str]) -> list[float]:
-        outputs = self.pipe(
-            list(texts), batch_size=self.batch_size, truncation=True, top_k=None,
-            function_to_apply="none" if self.output == "logit" else "softmax",
-        )
+        from tqdm.auto import tqdm
+
+        texts, chunk = list(texts), self.batch_size * 8
+        outputs = []
+        for start in tqdm(range(0, len(texts), chunk), desc=f"scoring ({self.name})", unit="chunk",
+                          disable=len(texts) <= chunk):  # a bar when scoring takes a while (pair building, eval)
+            outputs += self.pipe(
+                texts[start : start + chunk], batch_size=self.batch_size, truncation=True, top_k=None,
+                function_to_apply="none" if self.output == "logit" else "softmax",
+            )
         return [float(next(d["score"] for d in out if d["label"] == self.positive_label)) for out in outputs]
 
     def identity(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,10 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
     if cfg.sft.enabled:
         from .sft import warm_start
 
+        started = time.time()
         model, entry = warm_start(cfg, model, tokenizer, prompt_sets.train.texts, ctx.device, ctx.precision)
+        ctx.summary["timing/sft_s"] = round(time.time() - started, 2)  # ~0 when the warm start came from the cache
+        ctx.tracker.summary({"timing/sft_s": ctx.summary["timing/sft_s"]})
         identity["sft"] = entry.key
         ctx.summary["reference_path"] = str(entry.path)
         ctx.summary["sft"] = {"cache": entry.status, "key": entry.key, "path": str(entry.path), **entry.info}

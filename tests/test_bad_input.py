@@ -178,6 +178,7 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
      ["trainer.precision=fp16 needs a GPU", "device is cpu"]),
     ("bf16_model_dtype_on_cpu", good_jsonl, ["model.dtype=bf16", "model.device=cpu"],
      ["model.dtype=bf16 needs a GPU"]),
+    ("best_of_n_zero", good_jsonl, ["eval.enabled=true", "eval.best_of_n=[0,4]"], ["eval.best_of_n must be a list"]),
 ]
 
 

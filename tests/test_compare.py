@@ -203,3 +203,27 @@ def test_evaluation_reports_a_bootstrap_ci_for_kl_rb():
     half_width = 1.96 * kl_rb.mean(axis=1).std(ddof=1) / np.sqrt(40)  # the normal-theory interval, for scale
     assert out["kl_rb_ci_high"] - out["kl_rb_ci_low"] == pytest.approx(2 * half_width, rel=0.25)
     assert out["kl_rb_ci_high"] - out["kl_rb_ci_low"] < out["kl_ci_high"] - out["kl_ci_low"]  # lower variance
+
+
+def test_frontier_draws_the_best_of_n_curve_beside_the_runs():
+    """plot_best_of_n: (analytic KL, reference reward + best-of-N gain), averaged over the runs that report it."""
+    from dpo_exp.compare import plot_best_of_n
+    from dpo_exp.evaluation.best_of_n import analytic_kl
+    from dpo_exp.plots import plt
+
+    rows = []
+    for ref in (0.50, 0.52):
+        row = {"eval/kl": 1.0, "eval/reward_policy": 0.6, "eval/reward_reference": ref}
+        for n, gain in ((1, 0.0), (4, 0.05), (16, 0.1)):
+            row.update({f"eval/bon_delta_{n}": gain, f"eval/bon_kl_{n}": analytic_kl(n), f"eval/bon_reward_{n}": 0.0})
+        rows.append(row)
+    fig, ax = plt.subplots()
+    assert plot_best_of_n(ax, pd.DataFrame(rows))
+    line = ax.get_lines()[-1]
+    assert list(line.get_xdata()) == pytest.approx([analytic_kl(1), analytic_kl(4), analytic_kl(16)])
+    assert list(line.get_ydata()) == pytest.approx([0.51, 0.56, 0.61])
+    fig2, ax2 = plt.subplots()
+    assert not plot_best_of_n(ax2, pd.DataFrame([{"eval/kl": 1.0, "eval/reward_policy": 0.6,
+                                                   "eval/reward_reference": 0.5}]))  # no best-of-N: nothing drawn
+    plt.close(fig)
+    plt.close(fig2)

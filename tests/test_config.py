@@ -125,3 +125,54 @@ def test_trl_defaults_are_overridden_explicitly(tmp_path):
 def test_validate_names_the_bad_field(override, field):
     with pytest.raises(UserError, match=field):
         validate(compose([override]))
+
+
+def _model_default(option: str, key: str):
+    return OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml")[key]
+
+
+def test_model_options_carry_their_own_learning_rate_and_the_cli_wins():
+    """Per-model defaults: tiny_gpt2 brings the LoRA lr that moves a random tiny model, gpt2 the seed project's."""
+    tiny = compose(["model=tiny_gpt2"])
+    assert tiny.lr == tiny.trainer.learning_rate == _model_default("tiny_gpt2", "lr") >= 1e-3
+    assert tiny.sft.max_steps == _model_default("tiny_gpt2", "sft").max_steps
+    assert tiny.model.tiny.n_layer == 4 and tiny.model.name == "tiny-gpt2"  # the model block is still `model`
+    for option in ("gpt2", "gpt2_medium"):
+        cfg = compose([f"model={option}"])
+        assert cfg.trainer.learning_rate == 1e-4 and cfg.lora.enabled
+    # command-line values win over the model option, in either order
+    assert compose(["model=tiny_gpt2", "lr=5e-4"]).trainer.learning_rate == 5e-4
+    assert compose(["lr=5e-4", "model=tiny_gpt2"]).trainer.learning_rate == 5e-4
+    assert compose(["model=tiny_gpt2", "sft.max_steps=7"]).sft.max_steps == 7
+
+
+def test_experiment_presets_override_the_model_defaults():
+    quick = compose(["experiment=quickstart"])
+    preset = OmegaConf.load(CONF_DIR.parent / "experiments" / "quickstart.yaml")
+    assert quick.model.name == "tiny-gpt2"
+    assert quick.trainer.learning_rate == preset.lr and quick.sft.max_steps == preset.sft.max_steps
+    assert compose(["experiment=quickstart", "lr=7e-4"]).trainer.learning_rate == 7e-4  # and the CLI over both
+    seed = compose(["experiment=seed_ultrafeedback", "model=tiny_gpt2"])  # a preset's lr beats the model's
+    assert seed.trainer.learning_rate == 1e-4
+
+
+def test_evaluation_defaults_resolve_the_effect():
+    cfg = compose([])
+    assert cfg.eval.num_prompts >= 100 and cfg.eval.num_samples >= 4
+    assert list(cfg.eval.best_of_n) == [1, 2, 4, 8, 16] and cfg.eval.best_of_n_prompts > 0
+    imdb = compose(["dataset=imdb_sentiment"])
+    assert 500 * imdb.dataset.eval_fraction >= 100  # a 500-review file holds out enough reviews for ~100 prompts
+
+
+def test_a_single_500_review_file_holds_out_about_100_evaluation_prompts():
+    """The issue's command (one file of 500 reviews): dataset.eval_fraction leaves ~100 held-out prompts."""
+    from dpo_exp.models import load_tokenizer
+    from dpo_exp.prompts import load_prompt_sets
+
+    from .conftest import shared_file
+
+    path = shared_file("imdb/test.jsonl")
+    cfg = compose(["experiment=imdb_tiny", f"dataset.path={path}"])
+    counts = load_prompt_sets(cfg, load_tokenizer(cfg.model)).counts
+    assert counts["test_reviews"] == 125 and counts["train_prompts"] == 256
+    assert counts["eval_prompts"] == cfg.eval.num_prompts == 100

@@ -60,11 +60,23 @@ def _log_softmax(model, ids, mask) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
-def sequence_logprobs(model, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8) -> np.ndarray:
-    """Sum of log p(target tokens) for each (context, target) pair, in float64. Empty targets give 0."""
+def _progress(batches, sequences: Sequence[TokenSequence], batch_size: int, desc: str | None):
+    """A tqdm bar over the batches when `desc` is given (the evaluation's progress), else the batches as they are."""
+    if not desc:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc=desc, total=-(-len(sequences) // batch_size), unit="batch")
+
+
+def sequence_logprobs(
+    model, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8, desc: str | None = None
+) -> np.ndarray:
+    """Sum of log p(target tokens) for each (context, target) pair, in float64. Empty targets give 0.
+    `desc`: show a progress bar with this label."""
     out = np.zeros(len(sequences), dtype=np.float64)
     with inference_mode(model):
-        for chunk, ids, mask, target in _batches(sequences, pad_id, batch_size):
+        for chunk, ids, mask, target in _progress(_batches(sequences, pad_id, batch_size), sequences, batch_size, desc):
             logp = _log_softmax(model, ids, mask)
             token_logp = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
             out[chunk] = (token_logp * target.to(logp.device)).sum(-1).double().cpu().numpy()
@@ -72,7 +84,8 @@ def sequence_logprobs(model, sequences: Sequence[TokenSequence], pad_id: int, ba
 
 
 def sequence_kl(
-    policy, reference_context, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8
+    policy, reference_context, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8,
+    desc: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two per-sequence estimates of KL(policy || reference) from sequences sampled from the policy.
 
@@ -84,7 +97,7 @@ def sequence_kl(
     mc = np.zeros(len(sequences), dtype=np.float64)
     rb = np.zeros(len(sequences), dtype=np.float64)
     with inference_mode(policy):
-        for chunk, ids, mask, target in _batches(sequences, pad_id, batch_size):
+        for chunk, ids, mask, target in _progress(_batches(sequences, pad_id, batch_size), sequences, batch_size, desc):
             logp = _log_softmax(policy, ids, mask)
             with reference_context() as reference, inference_mode(reference):
                 logq = _log_softmax(reference, ids, mask)

@@ -60,7 +60,8 @@ def kl_estimates(pair: PolicyReference, tokenizer, samples: Samples, settings: S
     expectation with the exact per-token KL at each sampled prefix (much lower variance; see logprobs.sequence_kl).
     """
     sequences = sample_sequences(tokenizer, samples, settings.max_new_tokens, context_length(pair.policy))
-    mc, rb = sequence_kl(pair.policy, pair.reference, sequences, tokenizer.pad_token_id, settings.logprob_batch_size)
+    mc, rb = sequence_kl(pair.policy, pair.reference, sequences, tokenizer.pad_token_id, settings.logprob_batch_size,
+                         desc="eval: KL(policy || reference)" if settings.progress else None)
     shape = (len(samples.prompts), -1)
     return mc.reshape(shape), rb.reshape(shape)
 
@@ -107,7 +108,7 @@ def sample_and_score(
                       rewards_independent)
 
 
-def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, float]:
+def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, Any]:
     """Reward (policy, reference, delta), win rate and KL, with bootstrap intervals over prompts.
 
     `_std` is the spread of single-sample values; the intervals resample prompts (per-prompt means), with the same
@@ -116,7 +117,7 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     kl = result.kl
     n_prompts = kl.shape[0]
     idx = bootstrap_indices(n_prompts, resamples, seed)
-    out: dict[str, float] = {"kl": float(kl.mean()), "kl_std": float(kl.std())}
+    out: dict[str, Any] = {"kl": float(kl.mean()), "kl_std": float(kl.std())}
     _, out["kl_ci_low"], out["kl_ci_high"] = mean_ci(kl.mean(axis=1), idx)
     if result.kl_rb is not None:
         out["kl_rb"], out["kl_rb_std"] = float(result.kl_rb.mean()), float(result.kl_rb.std())
@@ -129,6 +130,7 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
         _, out[f"{name}_ci_low"], out[f"{name}_ci_high"] = mean_ci(rewards.mean(axis=1), idx)
     delta = (result.rewards_policy - result.rewards_reference).mean(axis=1)
     out["reward_delta"], out["reward_delta_ci_low"], out["reward_delta_ci_high"] = mean_ci(delta, idx)
+    out["significant"] = significant(out["reward_delta_ci_low"], out["reward_delta_ci_high"])
     wins = paired_wins(result.rewards_policy, result.rewards_reference)
     out["win_rate"], out["win_rate_ci_low"], out["win_rate_ci_high"] = mean_ci(wins.mean(axis=1), idx)
     out["tie_rate"] = float((wins == 0.5).mean())
@@ -140,6 +142,11 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     return out
 
 
+def significant(ci_low: float, ci_high: float) -> bool:
+    """True when a 95% interval of a difference excludes 0 (the reward gain is not a coin flip)."""
+    return bool(ci_low > 0.0 or ci_high < 0.0)
+
+
 def implicit_rewards(
     pair: PolicyReference,
     tokenizer,
@@ -148,6 +155,7 @@ def implicit_rewards(
     max_length: int | None,
     batch_size: int = 8,
     truncation_mode: str = "keep_start",
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DPO's implicit reward beta * log(pi/pi_ref) of every pair's chosen and rejected response, on the token ids
     and truncation (`trainer.max_length`, `trainer.truncation_mode`) the trainer used."""
@@ -156,9 +164,11 @@ def implicit_rewards(
     chosen, rejected = pair_sequences(tokenizer, pairs, max_length, truncation_mode)
     sequences = chosen + rejected
     pad = tokenizer.pad_token_id
-    policy_logp = sequence_logprobs(pair.policy, sequences, pad, batch_size)
+    policy_logp = sequence_logprobs(pair.policy, sequences, pad, batch_size,
+                                    desc="eval: policy log-probs of held-out pairs" if progress else None)
     with pair.reference() as reference:
-        reference_logp = sequence_logprobs(reference, sequences, pad, batch_size)
+        reference_logp = sequence_logprobs(reference, sequences, pad, batch_size,
+                                           desc="eval: reference log-probs of held-out pairs" if progress else None)
     rewards = beta * (policy_logp - reference_logp)
     return rewards[: len(pairs)], rewards[len(pairs) :]
 

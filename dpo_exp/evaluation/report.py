@@ -85,6 +85,12 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
         fmt="*", color="tab:red", markersize=12, capsize=3,
         label=f"final policy ({final.get('num_prompts')} prompts, 95% CI)",
     )
+    curve = best_of_n_curve(final)
+    if curve:
+        ax.plot([kl for _, kl, _ in curve], [gain for _, _, gain in curve], "s--", color="tab:green", markersize=4,
+                label=f"best-of-N from the reference ({final.get('bon_prompts')} prompts; labels = N)")
+        for n, kl, gain in curve:
+            ax.annotate(str(n), (kl, gain), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.axhline(0.0, color="gray", linestyle="--", linewidth=1, label="reference")
     ax.set_xlabel("KL(policy || reference), nats per sequence (Monte-Carlo)")
     ax.set_ylabel("reward gain over the reference")
@@ -92,6 +98,14 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int, float, float]]:
+    """(N, analytic KL, reward gain over the reference) of every best-of-N in `metrics` (keys [prefix]bon_*_N)."""
+    head = f"{prefix}bon_delta_"
+    ns = sorted(int(k[len(head):]) for k in metrics if k.startswith(head) and k[len(head):].isdigit())
+    return [(n, float(metrics[f"{prefix}bon_kl_{n}"]), float(metrics[f"{head}{n}"])) for n in ns
+            if _finite(metrics.get(f"{prefix}bon_kl_{n}")) and _finite(metrics.get(f"{head}{n}"))]
 
 
 def _finite(value: Any) -> bool:
