@@ -165,13 +165,18 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         self._good_loss = None  # sum of the finite micro-batch losses of the current step
         self.skip_pending = False  # the coming optimizer step is to be skipped (GradientGuard applies it)
 
+    def _trl_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """TRL's loss and metrics; on CPU its fused LM head scores only completion tokens (dpo_exp.throughput)."""
+        with compact_lm_head():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
         metrics = self._metrics["train"]
         logged = {key: list(values) for key, values in metrics.items()}  # a few floats per logging window
         tokens = getattr(self, "_total_train_tokens", None)
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        result = self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if torch.isfinite(loss).all():
             return result
@@ -209,10 +214,6 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
             return super()._get_train_sampler(train_dataset)
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedPairSampler(pair_lengths(dataset), batch, seed=self.args.data_seed or self.args.seed)
-
-    def compute_loss(self, *args, **kwargs):
-        with compact_lm_head():
-            return super().compute_loss(*args, **kwargs)
 
     def compute_ref_log_probs(self, *args, **kwargs):
         with compact_lm_head():

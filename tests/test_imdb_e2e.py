@@ -115,7 +115,7 @@ def test_presets_compose():
         quick = hydra_compose(config_name="config", overrides=["experiment=quickstart"])
     assert (paper.dataset.prompt_tokens_min, paper.dataset.prompt_tokens_max) == (2, 8)
     assert paper.generation.num_samples == 4 and paper.dataset.pairs.strategy == "all_pairs"
-    assert paper.reward.kind == "siebert" and paper.sft.enabled and paper.model.name == "gpt2"
+    assert paper.reward.kind == "siebert" and paper.sft.enabled and paper.model.name == "gpt2-large"
     assert paper.hydra.sweeper.params.beta == "0.05,0.1,1,5"
     assert gpt2.reward.kind == "sst2" and gpt2.model.name == "gpt2" and not gpt2.sft.enabled
     assert quick.reward.kind == "vader" and quick.model.tiny and quick.sft.enabled and quick.lora.enabled

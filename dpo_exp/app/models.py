@@ -15,8 +15,15 @@ from ..evaluation.models import PolicyReference, from_run_dir, is_peft
 from .runs import REFERENCE, RunInfo
 
 
+def adapter_dir(run: RunInfo):
+    """The run's LoRA adapter folder (model/adapter, or model/ itself in runs saved before the standalone layout),
+    None for a fully fine-tuned run."""
+    model_dir = run.path / "model"
+    return next((d for d in (model_dir / "adapter", model_dir) if (d / "adapter_config.json").is_file()), None)
+
+
 def is_lora_run(run: RunInfo) -> bool:
-    return (run.path / "model" / "adapter_config.json").is_file()
+    return adapter_dir(run) is not None
 
 
 @dataclass
@@ -53,13 +60,12 @@ def load_models(runs: list[RunInfo], device: str) -> Models:
     pair = from_run_dir(first.path, first.cfg, first.summary, device)
     policies: dict[str, Any] = {first.label: "default" if is_peft(pair.policy) else pair.policy}
     for number, run in enumerate(ordered[1:], start=1):
-        model_dir = str(run.path / "model")
         if is_lora_run(run):
             name = f"run{number}"
-            pair.policy.load_adapter(model_dir, adapter_name=name)
+            pair.policy.load_adapter(str(adapter_dir(run)), adapter_name=name)
             policies[run.label] = name
         else:
-            policies[run.label] = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+            policies[run.label] = AutoModelForCausalLM.from_pretrained(str(run.path / "model")).to(device).eval()
     if is_peft(pair.policy):
         pair.policy.eval()
     return Models(load_tokenizer(first.cfg.model), pair, policies)
