@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1200   # whole suite, ~9 min on 2 cores; module fixtures shared per file
 
-.PHONY: install demo app test test-fast bench bench-effect clean
+.PHONY: install demo app lint test test-fast bench bench-effect clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,11 @@ app: install   # the Gradio app on the newest run under outputs/ (the demo's aft
 	if [ -z "$$run" ]; then echo "error: no run under outputs/: run make demo first" >&2; exit 2; fi; \
 	echo "opening $$run"; HF_HUB_OFFLINE=1 $(PY) -m dpo_exp.app "$$run"
 
-test: install
+lint: install   # ruff lint + format check (configured in pyproject.toml; pre-commit runs the same)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install   # skips the end-to-end tests marked slow (~4 min)

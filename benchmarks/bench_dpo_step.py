@@ -51,9 +51,17 @@ def machine() -> dict:
     import transformers
     import trl
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu", "gpu": None,
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "gpu": None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def load_pairs(tokenizer, n: int, max_length: int) -> list[dict]:
@@ -83,8 +91,9 @@ def tiny_model(seed: int = 0, n_positions: int = 512):
 
     from dpo_exp.models import build_model
 
-    return build_model(OmegaConf.create({"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2,
-                                                  "n_positions": n_positions}}), seed=seed)
+    return build_model(
+        OmegaConf.create({"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": n_positions}}), seed=seed
+    )
 
 
 # ---- the floor: a minimal hand-written DPO loop ----------------------------------------------------------------
@@ -92,8 +101,14 @@ def tiny_model(seed: int = 0, n_positions: int = 512):
 
 def encode(tokenizer, pairs: list[dict]) -> list[tuple[list[int], list[int], list[int]]]:
     eos = tokenizer.eos_token_id
-    return [(tokenizer(p["prompt"]).input_ids, tokenizer(p["chosen"]).input_ids + [eos],
-             tokenizer(p["rejected"]).input_ids + [eos]) for p in pairs]
+    return [
+        (
+            tokenizer(p["prompt"]).input_ids,
+            tokenizer(p["chosen"]).input_ids + [eos],
+            tokenizer(p["rejected"]).input_ids + [eos],
+        )
+        for p in pairs
+    ]
 
 
 def collate(batch, pad: int):
@@ -105,7 +120,7 @@ def collate(batch, pad: int):
     for i, (p, c) in enumerate(rows):
         ids[i, : len(p) + len(c)] = torch.tensor(p + c)
         attn[i, : len(p) + len(c)] = 1
-        comp[i, len(p): len(p) + len(c)] = 1
+        comp[i, len(p) : len(p) + len(c)] = 1
     return ids, attn, comp
 
 
@@ -125,7 +140,7 @@ def hand_written(model, encoded, pad: int, epochs: int, batch: int, lr: float, b
         order = list(range(len(encoded)))
         rng.shuffle(order)
         for i in range(0, len(order), batch):
-            ids, attn, comp = collate([encoded[j] for j in order[i: i + batch]], pad)
+            ids, attn, comp = collate([encoded[j] for j in order[i : i + batch]], pad)
             logps = sequence_logps(model, ids, attn, comp)
             with torch.no_grad():
                 ref = sequence_logps(reference, ids, attn, comp)
@@ -146,13 +161,29 @@ def project_cfg(args, precompute: bool, cache_dir: str):
     from omegaconf import OmegaConf
 
     trainer = OmegaConf.load(ROOT / "conf" / "trainer" / "dpo.yaml")
-    trainer.merge_with({
-        "beta": args.beta, "learning_rate": args.lr, "num_train_epochs": args.epochs, "max_length": args.max_length,
-        "per_device_train_batch_size": args.batch, "eval_strategy": "no", "save_strategy": "no",
-        "precompute_ref_log_probs": precompute, "warmup_ratio": 0.0, "lr_scheduler_type": "constant",
-    })
-    return OmegaConf.create({"trainer": trainer, "lora": {"enabled": False}, "on_nonfinite": "stop",
-                             "seed": args.seed, "cache_dir": cache_dir})
+    trainer.merge_with(
+        {
+            "beta": args.beta,
+            "learning_rate": args.lr,
+            "num_train_epochs": args.epochs,
+            "max_length": args.max_length,
+            "per_device_train_batch_size": args.batch,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "precompute_ref_log_probs": precompute,
+            "warmup_ratio": 0.0,
+            "lr_scheduler_type": "constant",
+        }
+    )
+    return OmegaConf.create(
+        {
+            "trainer": trainer,
+            "lora": {"enabled": False},
+            "on_nonfinite": "stop",
+            "seed": args.seed,
+            "cache_dir": cache_dir,
+        }
+    )
 
 
 def run_project(args, tokenizer, pairs, precompute: bool, workdir: Path) -> dict:
@@ -164,8 +195,17 @@ def run_project(args, tokenizer, pairs, precompute: bool, workdir: Path) -> dict
     cfg = project_cfg(args, precompute, cache)
     ref_cache = RefLogpsCache.from_config(cfg)
     start = time.perf_counter()
-    trainer = build_trainer(cfg, tiny_model(args.seed), tokenizer, ref_cache.dataset(pairs), None,
-                            Path(tempfile.mkdtemp(dir=workdir)), Tracker(), "fp32", "cpu")
+    trainer = build_trainer(
+        cfg,
+        tiny_model(args.seed),
+        tokenizer,
+        ref_cache.dataset(pairs),
+        None,
+        Path(tempfile.mkdtemp(dir=workdir)),
+        Tracker(),
+        "fp32",
+        "cpu",
+    )
     setup = time.perf_counter() - start
     return train_and_count(trainer) | {"setup_seconds": setup}
 
@@ -175,27 +215,48 @@ def run_trl_plain(args, tokenizer, pairs, workdir: Path) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     model = tiny_model(args.seed)
-    config = DPOConfig(output_dir=tempfile.mkdtemp(dir=workdir), beta=args.beta, learning_rate=args.lr,
-                       num_train_epochs=args.epochs, per_device_train_batch_size=args.batch,
-                       max_length=args.max_length, lr_scheduler_type="constant", save_strategy="no",
-                       report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
-                       seed=args.seed, logging_steps=1)
+    config = DPOConfig(
+        output_dir=tempfile.mkdtemp(dir=workdir),
+        beta=args.beta,
+        learning_rate=args.lr,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch,
+        max_length=args.max_length,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=args.seed,
+        logging_steps=1,
+    )
     start = time.perf_counter()
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config,
-                         train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=config,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+    )
     setup = time.perf_counter() - start
     return train_and_count(trainer) | {"setup_seconds": setup}
 
 
 def train_and_count(trainer) -> dict:
-    tokens = sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                 for r in trainer.train_dataset) * int(trainer.args.num_train_epochs)
+    tokens = sum(
+        len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset
+    ) * int(trainer.args.num_train_epochs)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     logged = [row for row in trainer.state.log_history if "loss" in row and "train_runtime" not in row]
-    return {"seconds": seconds, "tokens": tokens, "steps": trainer.state.global_step,
-            "logged_keys": sorted(logged[-1]) if logged else []}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "steps": trainer.state.global_step,
+        "logged_keys": sorted(logged[-1]) if logged else [],
+    }
 
 
 def profile_step(args, tokenizer, pairs, workdir: Path, precompute: bool) -> str:
@@ -207,8 +268,17 @@ def profile_step(args, tokenizer, pairs, workdir: Path, precompute: bool) -> str
 
     cfg = project_cfg(args, precompute, tempfile.mkdtemp(dir=workdir))
     cfg.trainer.max_steps = 2
-    trainer = build_trainer(cfg, tiny_model(args.seed), tokenizer, RefLogpsCache.from_config(cfg).dataset(pairs),
-                            None, Path(tempfile.mkdtemp(dir=workdir)), Tracker(), "fp32", "cpu")
+    trainer = build_trainer(
+        cfg,
+        tiny_model(args.seed),
+        tokenizer,
+        RefLogpsCache.from_config(cfg).dataset(pairs),
+        None,
+        Path(tempfile.mkdtemp(dir=workdir)),
+        Tracker(),
+        "fp32",
+        "cpu",
+    )
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.train()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
@@ -253,8 +323,16 @@ def main() -> None:
         for name in contenders:
             torch.manual_seed(args.seed)
             if name == "hand_written":
-                out = hand_written(tiny_model(args.seed), encoded, tokenizer.pad_token_id, args.epochs, args.batch,
-                                   args.lr, args.beta, args.seed)
+                out = hand_written(
+                    tiny_model(args.seed),
+                    encoded,
+                    tokenizer.pad_token_id,
+                    args.epochs,
+                    args.batch,
+                    args.lr,
+                    args.beta,
+                    args.seed,
+                )
             elif name == "trl_plain":
                 out = run_trl_plain(args, tokenizer, pairs, workdir)
             else:
@@ -265,10 +343,13 @@ def main() -> None:
 
     summary = {}
     for name, outs in runs.items():
-        summary[name] = {"tokens_per_s": statistics.median(o["tokens_per_s"] for o in outs),
-                         "train_seconds": statistics.median(o["seconds"] for o in outs),
-                         "setup_seconds": statistics.median(o.get("setup_seconds", 0.0) for o in outs),
-                         "tokens": outs[0]["tokens"], "repeats": outs}
+        summary[name] = {
+            "tokens_per_s": statistics.median(o["tokens_per_s"] for o in outs),
+            "train_seconds": statistics.median(o["seconds"] for o in outs),
+            "setup_seconds": statistics.median(o.get("setup_seconds", 0.0) for o in outs),
+            "tokens": outs[0]["tokens"],
+            "repeats": outs,
+        }
     floor = summary.get("hand_written", {}).get("tokens_per_s")
     if floor:
         for entry in summary.values():
@@ -277,24 +358,33 @@ def main() -> None:
     result = {
         "machine": machine() | {"load_average_before": load_before, "load_average_after": os.getloadavg()[0]},
         "model": "tiny GPT-2 (2 layers, width 64, 2 heads, GPT-2 BPE vocabulary 50257), random init, fp32",
-        "setup": {"pairs": len(pairs), "max_length": args.max_length, "batch_size": args.batch,
-                  "epochs": args.epochs, "repeats": args.repeats, "data": "ultrafeedback/sample.jsonl"},
+        "setup": {
+            "pairs": len(pairs),
+            "max_length": args.max_length,
+            "batch_size": args.batch,
+            "epochs": args.epochs,
+            "repeats": args.repeats,
+            "data": "ultrafeedback/sample.jsonl",
+        },
         "targets_vs_hand_written": targets,
         "contenders": summary,
-        "targets_met": {k: summary[k]["vs_hand_written"] >= v for k, v in targets.items()
-                        if k in summary and "vs_hand_written" in summary[k]},
+        "targets_met": {
+            k: summary[k]["vs_hand_written"] >= v
+            for k, v in targets.items()
+            if k in summary and "vs_hand_written" in summary[k]
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nDPO training, {len(pairs)} pairs x {args.epochs} epoch(s), batch {args.batch}, "
-          f"median of {args.repeats}:")
+    print(f"\nDPO training, {len(pairs)} pairs x {args.epochs} epoch(s), batch {args.batch}, median of {args.repeats}:")
     print(f"  {'contender':24s} {'tokens/s':>9s} {'train s':>8s} {'setup s':>8s} {'vs hand':>8s}  target")
     for name, s in summary.items():
         target = f">= {targets[name]:.1f}" if name in targets else ""
-        print(f"  {name:24s} {s['tokens_per_s']:9.0f} {s['train_seconds']:8.1f} {s['setup_seconds']:8.1f} "
-              f"{s.get('vs_hand_written', float('nan')):8.2f}  {target}")
-    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"written to {args.out}")
+        print(
+            f"  {name:24s} {s['tokens_per_s']:9.0f} {s['train_seconds']:8.1f} {s['setup_seconds']:8.1f} "
+            f"{s.get('vs_hand_written', float('nan')):8.2f}  {target}"
+        )
+    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -47,9 +47,18 @@ def tiny_classifier(folder: Path, tokenizer) -> None:
     """A randomly initialised 2-layer DistilBERT classifier (the sst2 scorer's architecture), saved locally."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    config = DistilBertConfig(vocab_size=len(tokenizer), n_layers=2, dim=64, hidden_dim=128, n_heads=2,
-                              max_position_embeddings=512, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                              label2id={"NEGATIVE": 0, "POSITIVE": 1}, pad_token_id=tokenizer.pad_token_id)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer),
+        n_layers=2,
+        dim=64,
+        hidden_dim=128,
+        n_heads=2,
+        max_position_embeddings=512,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     DistilBertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -72,17 +81,37 @@ def main() -> None:
 
     tokenizer = offline_gpt2_tokenizer()
     cache = tempfile.mkdtemp(prefix="bench_gen_")
-    cfg = OmegaConf.create({
-        "seed": 0, "cache_dir": cache, "data_size": args.prompts,
-        "dataset": {"path": str(DEMO_DIR / "reviews.jsonl"), "columns": {"text": "text", "label": "label"},
-                    "prompt_tokens_min": 2, "prompt_tokens_max": 8, "eval_fraction": 0.1, "eval_size": 8,
-                    "eval_prompts": 8, "data_size": args.prompts, "hub_id": None},
-    })
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "cache_dir": cache,
+            "data_size": args.prompts,
+            "dataset": {
+                "path": str(DEMO_DIR / "reviews.jsonl"),
+                "columns": {"text": "text", "label": "label"},
+                "prompt_tokens_min": 2,
+                "prompt_tokens_max": 8,
+                "eval_fraction": 0.1,
+                "eval_size": 8,
+                "eval_prompts": 8,
+                "data_size": args.prompts,
+                "hub_id": None,
+            },
+        }
+    )
     prompts = load_prompt_sets(cfg, tokenizer).train_prompts
     model_cfg = OmegaConf.create({"tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 256}})
     model = build_model(model_cfg, seed=0)  # the tiny_gpt2 preset's size
-    gen = OmegaConf.create({"num_samples": args.samples, "max_new_tokens": args.new_tokens, "temperature": 1.0,
-                            "top_k": 0, "top_p": 1.0, "batch_size": args.batch_size})
+    gen = OmegaConf.create(
+        {
+            "num_samples": args.samples,
+            "max_new_tokens": args.new_tokens,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "batch_size": args.batch_size,
+        }
+    )
     generate_samples(model, tokenizer, prompts[:2], gen, seed=0, progress=False)  # warm-up
 
     def one_prompt_at_a_time():
@@ -92,9 +121,15 @@ def main() -> None:
             for i, prompt in enumerate(prompts):
                 enc = tokenizer(prompt, return_tensors="pt")
                 torch.manual_seed(i)
-                gen_ids = model.generate(**enc, do_sample=True, max_new_tokens=args.new_tokens, top_k=0,
-                                         num_return_sequences=args.samples, pad_token_id=tokenizer.eos_token_id)
-                out.append([_strip(row[enc.input_ids.shape[1]:].tolist(), tokenizer.eos_token_id) for row in gen_ids])
+                gen_ids = model.generate(
+                    **enc,
+                    do_sample=True,
+                    max_new_tokens=args.new_tokens,
+                    top_k=0,
+                    num_return_sequences=args.samples,
+                    pad_token_id=tokenizer.eos_token_id,
+                )
+                out.append([_strip(row[enc.input_ids.shape[1] :].tolist(), tokenizer.eos_token_id) for row in gen_ids])
         return out
 
     runs: dict[str, list[float]] = {"batched": [], "one_prompt_at_a_time": []}
@@ -112,13 +147,21 @@ def main() -> None:
     same_seed_same_samples = again.token_ids == batched.token_ids
     order_independent = reverse.token_ids[::-1] == batched.token_ids
     generation = {
-        "prompts": len(prompts), "samples_per_prompt": args.samples, "max_new_tokens": args.new_tokens,
+        "prompts": len(prompts),
+        "samples_per_prompt": args.samples,
+        "max_new_tokens": args.new_tokens,
         "batched": {"seconds": t_batched, "samples_per_s": n / t_batched, "tokens_per_s": tokens_b / t_batched},
-        "one_prompt_at_a_time": {"seconds": t_single, "samples_per_s": n / t_single,
-                                 "tokens_per_s": tokens_s / t_single},
-        "speedup": t_single / t_batched, "speedup_target": 5.0, "batch_size": args.batch_size,
+        "one_prompt_at_a_time": {
+            "seconds": t_single,
+            "samples_per_s": n / t_single,
+            "tokens_per_s": tokens_s / t_single,
+        },
+        "speedup": t_single / t_batched,
+        "speedup_target": 5.0,
+        "batch_size": args.batch_size,
         "tokens_per_s_speedup": (tokens_b / t_batched) / (tokens_s / t_single),
-        "same_seed_same_samples": same_seed_same_samples, "prompt_order_independent": order_independent,
+        "same_seed_same_samples": same_seed_same_samples,
+        "prompt_order_independent": order_independent,
         "seconds_per_repeat": runs,
     }
 
@@ -129,23 +172,32 @@ def main() -> None:
     tfidf = TfidfLogRegScorer(OmegaConf.create({"kind": "tfidf_logreg"}), cfg)
     with tempfile.TemporaryDirectory() as folder:
         tiny_classifier(Path(folder), tokenizer)
-        hf = Sst2Scorer(OmegaConf.create({"hub_id": folder, "score": "probability", "batch_size": 64,
-                                          "device": "cpu"}))
+        hf = Sst2Scorer(OmegaConf.create({"hub_id": folder, "score": "probability", "batch_size": 64, "device": "cpu"}))
         for name, scorer in (("tfidf_logreg", tfidf), ("hf_pipeline_tiny_classifier", hf)):
             scorer.score(texts[:4])  # warm-up
-            all_at_once, t_b = timed(lambda: scorer.score(texts))
+            all_at_once, t_b = timed(lambda: scorer.score(texts))  # noqa: B023 (called at once)
             few = texts[: args.single_texts]  # one at a time is slow: time a subset, compare per-text rates
-            each, t_s = timed(lambda: [scorer.score([t])[0] for t in few])
-            scoring[name] = {"max_abs_diff_batched_vs_single": max(abs(a - b) for a, b in zip(all_at_once, each)),
-                             "batched_texts_per_s": len(texts) / t_b, "one_at_a_time_texts_per_s": len(few) / t_s,
-                             "speedup": (t_s / len(few)) / (t_b / len(texts))}
+            each, t_s = timed(lambda: [scorer.score([t])[0] for t in few])  # noqa: B023 (called at once)
+            scoring[name] = {
+                "max_abs_diff_batched_vs_single": max(abs(a - b) for a, b in zip(all_at_once, each)),
+                "batched_texts_per_s": len(texts) / t_b,
+                "one_at_a_time_texts_per_s": len(few) / t_s,
+                "speedup": (t_s / len(few)) / (t_b / len(texts)),
+            }
 
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": None,
-                    "device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
-                    "trl": trl.__version__,
-                    "platform": platform.platform(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()[0]},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": None,
+            "device": "cpu",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+        },
         "model": "tiny GPT-2 (4 layers, width 128, 4 heads, GPT-2 BPE), random init",
         "generation": generation,
         "scoring": scoring,
@@ -156,14 +208,20 @@ def main() -> None:
     print(f"generation ({g['prompts']} prompts x {args.samples} samples, {args.new_tokens} new tokens):")
     b = g["batched"]
     print(f"  batched            {b['samples_per_s']:7.1f} samples/s  {b['tokens_per_s']:7.0f} tok/s")
-    print(f"  one prompt a time  {g['one_prompt_at_a_time']['samples_per_s']:7.1f} samples/s  "
-          f"{g['one_prompt_at_a_time']['tokens_per_s']:7.0f} tok/s")
-    print(f"  speed-up x{g['speedup']:.2f} (target x5); same seed -> same samples: {same_seed_same_samples}; "
-          f"prompt order independent: {order_independent}")
+    print(
+        f"  one prompt a time  {g['one_prompt_at_a_time']['samples_per_s']:7.1f} samples/s  "
+        f"{g['one_prompt_at_a_time']['tokens_per_s']:7.0f} tok/s"
+    )
+    print(
+        f"  speed-up x{g['speedup']:.2f} (target x5); same seed -> same samples: {same_seed_same_samples}; "
+        f"prompt order independent: {order_independent}"
+    )
     for name in ("tfidf_logreg", "hf_pipeline_tiny_classifier"):
         s = scoring[name]
-        print(f"scoring {name}: batched {s['batched_texts_per_s']:.0f} texts/s, one at a time "
-              f"{s['one_at_a_time_texts_per_s']:.0f} texts/s, speed-up x{s['speedup']:.2f}")
+        print(
+            f"scoring {name}: batched {s['batched_texts_per_s']:.0f} texts/s, one at a time "
+            f"{s['one_at_a_time_texts_per_s']:.0f} texts/s, speed-up x{s['speedup']:.2f}"
+        )
     print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; written to {args.out}")
 
 

@@ -33,8 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results" / "gpu.json"
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0,
-                    "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+}
 
 
 def peak_tflops(device: str, override: float | None) -> tuple[float, str]:
@@ -83,18 +91,24 @@ def main() -> None:
     batch = args.batch or (16 if gpu else 8)
     max_length = args.max_length or (512 if gpu else 384)
     precision = resolve_precision("auto", device)
-    shape = ({"n_layer": 24, "n_embd": 1024, "n_head": 16, "n_positions": 1024} if gpu
-             else {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512})
+    shape = (
+        {"n_layer": 24, "n_embd": 1024, "n_head": 16, "n_positions": 1024}
+        if gpu
+        else {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512}
+    )
     if not gpu:
-        print("no GPU here: running the tiny GPT-2 (2 layers, width 64) on CPU in fp32; the gpt2-medium / bf16 "
-              "figures need a GPU")
+        print(
+            "no GPU here: running the tiny GPT-2 (2 layers, width 64) on CPU in fp32; the gpt2-medium / bf16 "
+            "figures need a GPU"
+        )
     tokenizer = offline_gpt2_tokenizer()
     n_pairs = batch * (args.steps + args.warmup)
     pairs = load_pairs(tokenizer, n_pairs, max_length)
     while len(pairs) < n_pairs:  # few pairs fit: cycle them
         pairs += pairs[: n_pairs - len(pairs)]
-    model = build_model(OmegaConf.create({"tiny": shape}), seed=0, precision="fp32" if not gpu else precision,
-                        device=device)
+    model = build_model(
+        OmegaConf.create({"tiny": shape}), seed=0, precision="fp32" if not gpu else precision, device=device
+    )
     n_params = sum(p.numel() for p in model.parameters())  # tied LM head counted once: it is one matmul each way
 
     ns = argparse.Namespace(beta=0.1, lr=1e-5, epochs=1, max_length=max_length, batch=batch, seed=0)
@@ -102,8 +116,17 @@ def main() -> None:
     cfg = project_cfg(ns, args.precompute, str(workdir / "cache"))
     cfg.trainer.max_steps = args.steps + args.warmup
     cfg.trainer.logging_steps = 1
-    trainer = build_trainer(cfg, model, tokenizer, RefLogpsCache.from_config(cfg).dataset(pairs), None, workdir,
-                            Tracker(), precision, device)
+    trainer = build_trainer(
+        cfg,
+        model,
+        tokenizer,
+        RefLogpsCache.from_config(cfg).dataset(pairs),
+        None,
+        workdir,
+        Tracker(),
+        precision,
+        device,
+    )
     marks: list[float] = []
 
     from transformers import TrainerCallback
@@ -117,8 +140,9 @@ def main() -> None:
     trainer.add_callback(Clock())
     trainer.train()
     rows = list(trainer.train_dataset)
-    seq_tokens = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in rows] + \
-                 [len(r["prompt_ids"]) + len(r["rejected_ids"]) for r in rows]
+    seq_tokens = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in rows] + [
+        len(r["prompt_ids"]) + len(r["rejected_ids"]) for r in rows
+    ]
     tokens_per_step = sum(seq_tokens) / len(rows) * batch  # mean real tokens per step (chosen + rejected rows)
     timed_steps = len(marks) - args.warmup
     seconds = marks[-1] - marks[args.warmup - 1] if args.warmup > 0 else marks[-1] - marks[0]
@@ -132,21 +156,39 @@ def main() -> None:
     achieved = tokens_per_s * flops_per_token / 1e12
     mfu = None if math.isnan(peak) else achieved / peak
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
-                    "gpu": torch.cuda.get_device_name() if gpu else None, "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": device,
+            "gpu": torch.cuda.get_device_name() if gpu else None,
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "model": ("gpt2-medium shape (24x1024), random init" if gpu else "tiny GPT-2 (2x64), random init (no GPU)"),
-        "parameters": n_params, "precision": precision if gpu else "fp32", "batch_pairs": batch,
-        "max_length": max_length, "precompute_ref_log_probs": args.precompute, "timed_steps": timed_steps,
-        "mean_sequence_tokens": mean_len, "tokens_per_s": tokens_per_s, "model_tflops_per_s": achieved,
-        "peak_tflops": peak, "peak_source": peak_source, "mfu": mfu, "mfu_target_h100_bf16": 0.40,
+        "parameters": n_params,
+        "precision": precision if gpu else "fp32",
+        "batch_pairs": batch,
+        "max_length": max_length,
+        "precompute_ref_log_probs": args.precompute,
+        "timed_steps": timed_steps,
+        "mean_sequence_tokens": mean_len,
+        "tokens_per_s": tokens_per_s,
+        "model_tflops_per_s": achieved,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "mfu": mfu,
+        "mfu_target_h100_bf16": 0.40,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['model']}, {result['precision']}, batch {batch} pairs, {timed_steps} timed steps:")
     print(f"  tokens/s {tokens_per_s:,.0f}   model TFLOP/s {achieved:.3f}   peak {peak:.2f} ({peak_source})")
-    print(f"  MFU {mfu:.1%}" if mfu is not None else "  MFU: unknown peak", "(target >= 40% on an H100 in bf16)"
-          if gpu else "(CPU: relative to the measured matmul rate; the 40% target applies to an H100)")
+    print(
+        f"  MFU {mfu:.1%}" if mfu is not None else "  MFU: unknown peak",
+        "(target >= 40% on an H100 in bf16)"
+        if gpu
+        else "(CPU: relative to the measured matmul rate; the 40% target applies to an H100)",
+    )
     print(f"written to {args.out}")
 
 

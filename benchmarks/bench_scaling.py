@@ -32,12 +32,32 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
-COMMON = ["model=tiny_gpt2", "model.tiny.n_layer=2", "model.tiny.n_embd=64", "model.tiny.n_head=2",
-          "model.tiny.n_positions=128", "logger=none", "epochs=1", "trainer.save_strategy=no",
-          "trainer.per_device_train_batch_size=16", "trainer.eval_strategy=no", "lora=none", "lr=1e-4"]
-SENTIMENT = ["dataset=imdb_sentiment", "reward=vader", "sft.enabled=false", "generation.max_new_tokens=16",
-             "generation.num_samples=4", "trainer.max_length=32", "eval.num_prompts=16", "eval.num_samples=2",
-             "eval.num_pairs=16", "dataset.eval_size=16"]
+COMMON = [
+    "model=tiny_gpt2",
+    "model.tiny.n_layer=2",
+    "model.tiny.n_embd=64",
+    "model.tiny.n_head=2",
+    "model.tiny.n_positions=128",
+    "logger=none",
+    "epochs=1",
+    "trainer.save_strategy=no",
+    "trainer.per_device_train_batch_size=16",
+    "trainer.eval_strategy=no",
+    "lora=none",
+    "lr=1e-4",
+]
+SENTIMENT = [
+    "dataset=imdb_sentiment",
+    "reward=vader",
+    "sft.enabled=false",
+    "generation.max_new_tokens=16",
+    "generation.num_samples=4",
+    "trainer.max_length=32",
+    "eval.num_prompts=16",
+    "eval.num_samples=2",
+    "eval.num_pairs=16",
+    "dataset.eval_size=16",
+]
 PREFERENCE = ["dataset=preference_files", "trainer.max_length=96", "dataset.eval_size=16", "eval.enabled=false"]
 
 
@@ -50,19 +70,36 @@ def preference_file(n: int, folder: Path) -> Path:
     for i in range(n + n // 4 + 16):  # extra rows: the loader holds some out for evaluation and drops ties
         row = rows[i % len(rows)]
         pair = split_hh_dialogue(row["chosen"], row["rejected"])
-        pairs.append({"prompt": f"[{i}] " + pair["prompt"][-200:], "chosen": pair["chosen"][:200],
-                      "rejected": pair["rejected"][:200]})
+        pairs.append(
+            {
+                "prompt": f"[{i}] " + pair["prompt"][-200:],
+                "chosen": pair["chosen"][:200],
+                "rejected": pair["rejected"][:200],
+            }
+        )
     path = folder / f"pairs_{n}.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return path
 
 
 def run(args: list[str], cwd: Path) -> dict:
-    env = {**os.environ, "DPO_EXP_CACHE": str(cwd / ".cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "DPO_EXP_CACHE": str(cwd / ".cache"),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(ROOT),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "dpo_exp", *args, f"hydra.run.dir={cwd / 'run'}"], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_exp", *args, f"hydra.run.dir={cwd / 'run'}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     peak = 0
     parent = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -87,8 +124,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--merge", action="store_true", help="keep the runs of --out not repeated now")
     args = parser.parse_args()
-    sizes = {"sentiment": [int(x) for x in args.sentiment.split(",") if x],
-             "preference": [int(x) for x in args.preference.split(",") if x]}
+    sizes = {
+        "sentiment": [int(x) for x in args.sentiment.split(",") if x],
+        "preference": [int(x) for x in args.preference.split(",") if x],
+    }
     if args.quick:
         sizes = {k: v[:2] for k, v in sizes.items()}
     load_before = os.getloadavg()[0]
@@ -117,30 +156,45 @@ def main() -> None:
         mine = [r for r in rows if r["experiment"] == experiment]
         if len(mine) >= 2:
             a, b = mine[0], mine[-1]
-            growth[experiment] = {"size_ratio": b["data_size"] / a["data_size"],
-                                  "time_ratio": b["seconds"] / a["seconds"],
-                                  "rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"]}
+            growth[experiment] = {
+                "size_ratio": b["data_size"] / a["data_size"],
+                "time_ratio": b["seconds"] / a["seconds"],
+                "rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
+            }
     import torch
     import transformers
     import trl
 
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
-                    "gpu": None, "torch": torch.__version__, "transformers": transformers.__version__,
-                    "trl": trl.__version__, "platform": platform.platform(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()[0]},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": "cpu",
+            "gpu": None,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+        },
         "settings": {"common": COMMON, "sentiment": SENTIMENT, "preference": PREFERENCE},
-        "runs": rows, "growth_first_to_last": growth,
+        "runs": rows,
+        "growth_first_to_last": growth,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n  {'experiment':10s} {'size':>5s} {'wall s':>8s} {'s/item':>8s} {'peak RSS MB':>12s}")
     for r in rows:
-        print(f"  {r['experiment']:10s} {r['data_size']:5d} {r['seconds']:8.1f} {r['seconds_per_item']:8.3f} "
-              f"{r['peak_rss_mb']:12.0f}")
+        print(
+            f"  {r['experiment']:10s} {r['data_size']:5d} {r['seconds']:8.1f} {r['seconds_per_item']:8.3f} "
+            f"{r['peak_rss_mb']:12.0f}"
+        )
     for experiment, g in growth.items():
-        print(f"  {experiment}: {g['size_ratio']:.0f}x the data -> {g['time_ratio']:.1f}x the time, "
-              f"{g['rss_ratio']:.2f}x the peak RSS")
+        print(
+            f"  {experiment}: {g['size_ratio']:.0f}x the data -> {g['time_ratio']:.1f}x the time, "
+            f"{g['rss_ratio']:.2f}x the peak RSS"
+        )
     print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; written to {args.out}")
 
 

@@ -31,30 +31,77 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results" / "sentiment_effect.json"
 
-ISSUE_COMMAND = ["dataset=imdb_sentiment", "model=tiny_gpt2", "reward=tfidf_logreg", "sft.enabled=true",
-                 "data_size=256", "logger=none"]
+ISSUE_COMMAND = [
+    "dataset=imdb_sentiment",
+    "model=tiny_gpt2",
+    "reward=tfidf_logreg",
+    "sft.enabled=true",
+    "data_size=256",
+    "logger=none",
+]
 # The slow end-to-end test's setting (tests/test_imdb_e2e.py EFFECT): the tiny GPT-2 with a short warm start, full
 # fine-tuning at lr 1e-4 (at this scale LoRA at 2e-3 moved it too little: KL 0.15, win rate CI [0.50, 0.59]).
-CI_SCALE = ["dataset=imdb_sentiment", "reward=tfidf_logreg", "model=tiny_gpt2", "trainer.max_length=64",
-            "trainer.per_device_train_batch_size=8", "trainer.per_device_eval_batch_size=16", "trainer.save_strategy=no",
-            "generation.batch_size=64", "generation.max_new_tokens=24", "sft.enabled=true", "sft.max_steps=60",
-            "sft.batch_size=16", "sft.lr=3e-3", "sft.max_length=48", "sft.num_texts=960", "data_size=96",
-            "logger=none", "eval.num_prompts=64", "eval.num_samples=4", "eval.num_pairs=16", "eval.bootstrap=500",
-            "eval.best_of_n=[1,2,4,8]", "eval.best_of_n_prompts=16", "lora=none", "lr=1e-4"]
-KEYS = ["reward_reference", "reward_policy", "reward_delta", "reward_delta_ci_low", "reward_delta_ci_high",
-        "significant", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "tie_rate", "kl", "kl_ci_low", "kl_ci_high",
-        "kl_rb", "num_prompts", "num_samples", "implicit_accuracy"]
+CI_SCALE = [
+    "dataset=imdb_sentiment",
+    "reward=tfidf_logreg",
+    "model=tiny_gpt2",
+    "trainer.max_length=64",
+    "trainer.per_device_train_batch_size=8",
+    "trainer.per_device_eval_batch_size=16",
+    "trainer.save_strategy=no",
+    "generation.batch_size=64",
+    "generation.max_new_tokens=24",
+    "sft.enabled=true",
+    "sft.max_steps=60",
+    "sft.batch_size=16",
+    "sft.lr=3e-3",
+    "sft.max_length=48",
+    "sft.num_texts=960",
+    "data_size=96",
+    "logger=none",
+    "eval.num_prompts=64",
+    "eval.num_samples=4",
+    "eval.num_pairs=16",
+    "eval.bootstrap=500",
+    "eval.best_of_n=[1,2,4,8]",
+    "eval.best_of_n_prompts=16",
+    "lora=none",
+    "lr=1e-4",
+]
+KEYS = [
+    "reward_reference",
+    "reward_policy",
+    "reward_delta",
+    "reward_delta_ci_low",
+    "reward_delta_ci_high",
+    "significant",
+    "win_rate",
+    "win_rate_ci_low",
+    "win_rate_ci_high",
+    "tie_rate",
+    "kl",
+    "kl_ci_low",
+    "kl_ci_high",
+    "kl_rb",
+    "num_prompts",
+    "num_samples",
+    "implicit_accuracy",
+]
 
 
 def figures(summary: dict) -> dict:
     """The headline figures of one run's summary.json."""
     out = {k: summary.get(f"eval/{k}") for k in KEYS}
     out["best_of_n"] = {
-        int(k.rsplit("_", 1)[1]): {"reward": summary[k], "delta": summary.get(f"eval/bon_delta_{k.rsplit('_', 1)[1]}"),
-                                   "kl": summary.get(f"eval/bon_kl_{k.rsplit('_', 1)[1]}")}
-        for k in summary if k.startswith("eval/bon_reward_") and k.rsplit("_", 1)[1].isdigit()
+        int(k.rsplit("_", 1)[1]): {
+            "reward": summary[k],
+            "delta": summary.get(f"eval/bon_delta_{k.rsplit('_', 1)[1]}"),
+            "kl": summary.get(f"eval/bon_kl_{k.rsplit('_', 1)[1]}"),
+        }
+        for k in summary
+        if k.startswith("eval/bon_reward_") and k.rsplit("_", 1)[1].isdigit()
     }
-    out["timing"] = {k[len("timing/"):]: v for k, v in summary.items() if k.startswith("timing/")}
+    out["timing"] = {k[len("timing/") :]: v for k, v in summary.items() if k.startswith("timing/")}
     out["wall_time_s"] = summary.get("wall_time_s")
     out["train_reward_accuracy"] = summary.get("rewards/accuracies")
     out["train_pairs"] = (summary.get("data") or {}).get("train_pairs")
@@ -62,9 +109,16 @@ def figures(summary: dict) -> dict:
 
 
 def run(args: list[str], cwd: Path, cache: Path) -> float:
-    env = {**os.environ, "DPO_EXP_CACHE": str(cache), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "DPO_EXP_CACHE": str(cache),
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     cmd = [sys.executable, "-m", "dpo_exp", *args]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
@@ -91,16 +145,24 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data).resolve()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "torch_threads": _torch_threads(), "load_avg_at_start": os.getloadavg()}
+    results["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": _torch_threads(),
+        "load_avg_at_start": os.getloadavg(),
+    }
     parts = args.only.split(",")
     if "headline" in parts:
         run_dir = work / "headline"
         command = [*ISSUE_COMMAND, f"dataset.path={data}"]
         wall = run([*command, f"hydra.run.dir={run_dir}"], work, work / "cache")
         summary = json.loads((run_dir / "summary.json").read_text())
-        results["headline"] = {"command": "python -m dpo_exp " + " ".join(command).replace(str(data), data.name),
-                               "data": data.name, "process_wall_s": round(wall, 1), **figures(summary)}
+        results["headline"] = {
+            "command": "python -m dpo_exp " + " ".join(command).replace(str(data), data.name),
+            "data": data.name,
+            "process_wall_s": round(wall, 1),
+            **figures(summary),
+        }
         save(results)
     if "beta" in parts:
         sweep_dir = work / "beta_sweep"
@@ -110,8 +172,11 @@ def main() -> None:
         for job in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
             summary = json.loads((job / "summary.json").read_text())
             rows.append({"beta": (summary.get("sweep") or {}).get("beta"), **figures(summary)})
-        results["beta_sweep"] = {"command": "python -m dpo_exp " + " ".join(command).replace(str(data), data.name),
-                                 "process_wall_s": round(wall, 1), "runs": rows}
+        results["beta_sweep"] = {
+            "command": "python -m dpo_exp " + " ".join(command).replace(str(data), data.name),
+            "process_wall_s": round(wall, 1),
+            "runs": rows,
+        }
         save(results)
     if "ci_scale" in parts:
         run_dir = work / "ci_scale"
@@ -119,26 +184,35 @@ def main() -> None:
         command = [*CI_SCALE, f"dataset.path={folder}"]
         wall = run([*command, f"hydra.run.dir={run_dir}"], work, work / "cache_ci")
         summary = json.loads((run_dir / "summary.json").read_text())
-        results["ci_scale"] = {"command": "python -m dpo_exp " + " ".join(command).replace(str(folder), "imdb/"),
-                               "process_wall_s": round(wall, 1), **figures(summary)}
+        results["ci_scale"] = {
+            "command": "python -m dpo_exp " + " ".join(command).replace(str(folder), "imdb/"),
+            "process_wall_s": round(wall, 1),
+            **figures(summary),
+        }
         save(results)
     if "quickstart" in parts:
         run_dir = work / "quickstart"
         wall = run(["experiment=quickstart", "logger=none", f"hydra.run.dir={run_dir}"], work, work / "cache_qs")
         summary = json.loads((run_dir / "summary.json").read_text())
-        results["quickstart"] = {"command": "python -m dpo_exp experiment=quickstart", "process_wall_s": round(wall, 1),
-                                 **figures(summary)}
+        results["quickstart"] = {
+            "command": "python -m dpo_exp experiment=quickstart",
+            "process_wall_s": round(wall, 1),
+            **figures(summary),
+        }
         save(results)
     print(json.dumps(results, indent=2))
     print(markdown(results))
 
 
 def _line(f: dict) -> str:
-    return (f"reward {f['reward_reference']:.3f} -> {f['reward_policy']:.3f}, delta {f['reward_delta']:+.3f} "
-            f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], win rate {f['win_rate']:.2f} "
-            f"[{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], KL {f['kl']:.2f} nats, on {f['num_prompts']} "
-            f"held-out prompts x {f['num_samples']} samples; {f['wall_time_s'] / 60:.1f} min ("
-            + ", ".join(f"{k} {v:.0f} s" for k, v in f["timing"].items()) + ")")
+    return (
+        f"reward {f['reward_reference']:.3f} -> {f['reward_policy']:.3f}, delta {f['reward_delta']:+.3f} "
+        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], win rate {f['win_rate']:.2f} "
+        f"[{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], KL {f['kl']:.2f} nats, on {f['num_prompts']} "
+        f"held-out prompts x {f['num_samples']} samples; {f['wall_time_s'] / 60:.1f} min ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in f["timing"].items())
+        + ")"
+    )
 
 
 def markdown(results: dict) -> str:
@@ -150,15 +224,24 @@ def markdown(results: dict) -> str:
             bon = results[part].get("best_of_n") or {}
             if bon:
                 out += ["| N | best-of-N reward gain | KL (analytic) |", "|---|---|---|"]
-                out += [f"| {n} | {v['delta']:+.3f} | {v['kl']:.2f} |" for n, v in sorted(bon.items(), key=lambda x: int(x[0]))]
+                out += [
+                    f"| {n} | {v['delta']:+.3f} | {v['kl']:.2f} |"
+                    for n, v in sorted(bon.items(), key=lambda x: int(x[0]))
+                ]
                 out.append("")
     if "beta_sweep" in results:
-        out += [f"`{results['beta_sweep']['command']}`", "",
-                "| beta | reward delta [95% CI] | win rate [95% CI] | KL (nats) |", "|---|---|---|---|"]
+        out += [
+            f"`{results['beta_sweep']['command']}`",
+            "",
+            "| beta | reward delta [95% CI] | win rate [95% CI] | KL (nats) |",
+            "|---|---|---|---|",
+        ]
         for r in results["beta_sweep"]["runs"]:
-            out.append(f"| {r['beta']} | {r['reward_delta']:+.3f} [{r['reward_delta_ci_low']:+.3f}, "
-                       f"{r['reward_delta_ci_high']:+.3f}] | {r['win_rate']:.2f} [{r['win_rate_ci_low']:.2f}, "
-                       f"{r['win_rate_ci_high']:.2f}] | {r['kl']:.2f} |")
+            out.append(
+                f"| {r['beta']} | {r['reward_delta']:+.3f} [{r['reward_delta_ci_low']:+.3f}, "
+                f"{r['reward_delta_ci_high']:+.3f}] | {r['win_rate']:.2f} [{r['win_rate_ci_low']:.2f}, "
+                f"{r['win_rate_ci_high']:.2f}] | {r['kl']:.2f} |"
+            )
     return "\n".join(out)
 
 

@@ -43,9 +43,17 @@ def machine() -> dict:
     import transformers
     import trl
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu", "gpu": None,
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "gpu": None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def tiny_model(seed: int):
@@ -53,8 +61,9 @@ def tiny_model(seed: int):
 
     from dpo_exp.models import build_model
 
-    return build_model(OmegaConf.create({"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}}),
-                       seed=seed)
+    return build_model(
+        OmegaConf.create({"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}}), seed=seed
+    )
 
 
 def hand_written(model, tokenizer, texts, args) -> dict:
@@ -89,10 +98,22 @@ def project(model, tokenizer, texts, args, packing: bool, workdir: Path) -> dict
 
     from dpo_exp.sft import sft_trainer
 
-    cfg = OmegaConf.create({"seed": args.seed, "lora": {"enabled": False},
-                            "sft": {"enabled": True, "lora": False, "max_steps": args.steps, "batch_size": args.batch,
-                                    "lr": args.lr, "max_length": args.max_length, "num_texts": len(texts),
-                                    "packing": packing}})
+    cfg = OmegaConf.create(
+        {
+            "seed": args.seed,
+            "lora": {"enabled": False},
+            "sft": {
+                "enabled": True,
+                "lora": False,
+                "max_steps": args.steps,
+                "batch_size": args.batch,
+                "lr": args.lr,
+                "max_length": args.max_length,
+                "num_texts": len(texts),
+                "packing": packing,
+            },
+        }
+    )
     setup = time.perf_counter()
     trainer = sft_trainer(cfg, model, tokenizer, texts, tempfile.mkdtemp(dir=workdir), "cpu")
     trainer.args.logging_steps = 1
@@ -140,10 +161,15 @@ def main() -> None:
             out["tokens_per_s"] = out["tokens"] / out["seconds"]
             runs[name].append(out)
             print(f"  {name:18s} {out['seconds']:6.1f} s  {out['tokens_per_s']:7.0f} tok/s", flush=True)
-    summary = {name: {"tokens_per_s": statistics.median(o["tokens_per_s"] for o in outs),
-                      "train_seconds": statistics.median(o["seconds"] for o in outs),
-                      "tokens": statistics.median(o["tokens"] for o in outs), "repeats": outs}
-               for name, outs in runs.items()}
+    summary = {
+        name: {
+            "tokens_per_s": statistics.median(o["tokens_per_s"] for o in outs),
+            "train_seconds": statistics.median(o["seconds"] for o in outs),
+            "tokens": statistics.median(o["tokens"] for o in outs),
+            "repeats": outs,
+        }
+        for name, outs in runs.items()
+    }
     floor = summary["hand_written"]["tokens_per_s"]
     for s in summary.values():
         s["vs_hand_written"] = s["tokens_per_s"] / floor
@@ -151,20 +177,32 @@ def main() -> None:
     result = {
         "machine": machine() | {"load_average_before": load_before, "load_average_after": os.getloadavg()[0]},
         "model": "tiny GPT-2 (2 layers, width 64, 2 heads, GPT-2 BPE vocabulary 50257), random init, fp32",
-        "setup": {"texts": len(texts), "max_length": args.max_length, "batch_size": args.batch, "steps": args.steps,
-                  "repeats": args.repeats, "data": "imdb/train.jsonl"},
-        "target_vs_hand_written": 0.9, "contenders": summary,
-        "best_project": best, "target_met": summary[best]["vs_hand_written"] >= 0.9,
+        "setup": {
+            "texts": len(texts),
+            "max_length": args.max_length,
+            "batch_size": args.batch,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "data": "imdb/train.jsonl",
+        },
+        "target_vs_hand_written": 0.9,
+        "contenders": summary,
+        "best_project": best,
+        "target_met": summary[best]["vs_hand_written"] >= 0.9,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nSFT, {args.steps} steps x batch {args.batch}, texts cut to {args.max_length} tokens, "
-          f"median of {args.repeats}:")
+    print(
+        f"\nSFT, {args.steps} steps x batch {args.batch}, texts cut to {args.max_length} tokens, "
+        f"median of {args.repeats}:"
+    )
     print(f"  {'contender':18s} {'tokens/s':>9s} {'train s':>8s} {'vs hand':>8s}")
     for name, s in summary.items():
         print(f"  {name:18s} {s['tokens_per_s']:9.0f} {s['train_seconds']:8.1f} {s['vs_hand_written']:8.2f}")
-    print(f"target >= 0.9 ({best}): {'met' if result['target_met'] else 'NOT met'}; load average "
-          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; written to {args.out}")
+    print(
+        f"target >= 0.9 ({best}): {'met' if result['target_met'] else 'NOT met'}; load average "
+        f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; written to {args.out}"
+    )
 
 
 if __name__ == "__main__":

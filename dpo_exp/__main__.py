@@ -41,12 +41,20 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
             return  # the pipeline recorded it (and finished its W&B run as failed)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         summary.update(
-            status="failed", error=f"{type(exc).__name__}: {message}", name=identity.name, group=identity.group,
-            overrides=identity.overrides, sweep=identity.swept,
+            status="failed",
+            error=f"{type(exc).__name__}: {message}",
+            name=identity.name,
+            group=identity.group,
+            overrides=identity.overrides,
+            sweep=identity.swept,
         )
         if not summary.get("wandb_id"):
             tracker = start_tracker(
-                cfg.logger, identity.run_dir, identity.name, identity.group, identity.tags,
+                cfg.logger,
+                identity.run_dir,
+                identity.name,
+                identity.group,
+                identity.tags,
                 {"overrides": identity.overrides, "sweep": identity.swept, **identity.swept},
             )
             summary["wandb_id"] = tracker.run_id
@@ -84,8 +92,9 @@ def main(cfg: DictConfig) -> float | None:
     if result is None and _is_multirun():
         from .pipeline import objective_key
 
-        log.warning("objective %r is not a number in summary.json: a sweeper gets None for this job",
-                    objective_key(cfg))
+        log.warning(
+            "objective %r is not a number in summary.json: a sweeper gets None for this job", objective_key(cfg)
+        )
     return result
 
 

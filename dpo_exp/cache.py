@@ -17,9 +17,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock
 
@@ -67,7 +68,7 @@ class CacheEntry:
 
     path: Path
     key: str
-    status: str                      # "built" | "reused" | "rebuilt" (a corrupt entry was replaced)
+    status: str  # "built" | "reused" | "rebuilt" (a corrupt entry was replaced)
     manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -142,8 +143,13 @@ def cached(
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".tmp"))
         try:
             info = build(tmp) or {}
-            manifest = {"key": key, "namespace": namespace, "info": info, "description": description,
-                        "files": _listing(tmp)}
+            manifest = {
+                "key": key,
+                "namespace": namespace,
+                "info": info,
+                "description": description,
+                "files": _listing(tmp),
+            }
             atomic_write_json(tmp / MANIFEST, manifest)  # written last: its presence marks a finished build
             _share(tmp)
             os.replace(tmp, folder)

@@ -41,7 +41,7 @@ FINAL_METRICS = [
 EVAL_SHOWN = ["eval/reward_policy", "eval/reward_reference", "eval/reward_delta", "eval/win_rate", "eval/kl"]
 CURVES = [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")]
 SKIP_DIRS = {"wandb", "checkpoints", "model", "plots", "__pycache__"}
-IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")   # never treated as swept parameters
+IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")  # never treated as swept parameters
 REWARD, REFERENCE = "eval/reward_policy", "eval/reward_reference"
 # KL estimators for the frontier's x axis, preferred first: (summary key, what it is)
 KL_ESTIMATORS = [
@@ -287,8 +287,7 @@ def plot_learning_curves(runs: list[Run], labels: dict[Path, str], out: Path) ->
                 pts = [(r["step"], r[key]) for r in run.metrics if r.get("split") == split and _finite(r.get(key))]
                 if pts:
                     xs, ys = zip(*pts)
-                    ax.plot(xs, ys, style, color=color, markersize=4,
-                            label=f"{labels[run.path]} ({split})")
+                    ax.plot(xs, ys, style, color=color, markersize=4, label=f"{labels[run.path]} ({split})")
                     drawn = True
     if not drawn:
         plt.close(fig)
@@ -334,7 +333,7 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
             values = [v for v in done[param] if _finite(v)]
             if numeric and values and min(values) > 0 and max(values) / min(values) >= 20:
                 ax.set_xscale("log")
-        for ax in list(axes.flat)[len(metrics):]:
+        for ax in list(axes.flat)[len(metrics) :]:
             ax.set_visible(False)
         if others:
             axes.flat[0].legend(fontsize=7)
@@ -377,8 +376,10 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
     """The DPO paper's reward-KL frontier with 95% CIs; each line's reference model sits at KL 0 in its colour."""
     kl = frontier_x(df)
     if kl is None:
-        return None, ("reward-KL frontier skipped: no run has eval/kl_rb or eval/kl with eval/reward_policy "
-                      "(enable the evaluation with a reward, e.g. eval.enabled=true eval.reward=vader)")
+        return None, (
+            "reward-KL frontier skipped: no run has eval/kl_rb or eval/kl with eval/reward_policy "
+            "(enable the evaluation with a reward, e.g. eval.enabled=true eval.reward=vader)"
+        )
     along, lines = frontier_lines(df, params, kl)
     if not lines:
         return None, f"reward-KL frontier skipped: no run has both {kl} and {REWARD}"
@@ -394,23 +395,40 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
 
     for i, (label, points) in enumerate(lines):
         color = f"C{i % 10}"
-        ax.errorbar(points[kl], points[REWARD], xerr=err(points, kl), yerr=err(points, REWARD), fmt="o-",
-                    capsize=3, color=color, label=label)
+        ax.errorbar(
+            points[kl],
+            points[REWARD],
+            xerr=err(points, kl),
+            yerr=err(points, REWARD),
+            fmt="o-",
+            capsize=3,
+            color=color,
+            label=label,
+        )
         for _, row in points.iterrows():
             text = f"{along}={_fmt(row[along])}" if along else str(row["run"])
             ax.annotate(text, (row[kl], row[REWARD]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         if REFERENCE in points.columns and points[REFERENCE].notna().any():
             refs = points[points[REFERENCE].notna()]
-            ax.errorbar([0.0] * len(refs), refs[REFERENCE], yerr=err(refs, REFERENCE), fmt="x", capsize=3,
-                        color=color, label="reference (KL 0)" if i == 0 else None)
+            ax.errorbar(
+                [0.0] * len(refs),
+                refs[REFERENCE],
+                yerr=err(refs, REFERENCE),
+                fmt="x",
+                capsize=3,
+                color=color,
+                label="reference (KL 0)" if i == 0 else None,
+            )
     plot_best_of_n(ax, pd.concat([points for _, points in lines]))
     ax.set_xlabel(frontier_xlabel(kl), fontsize=8)
     ax.set_ylabel("reward of policy samples")
     ax.set_title(f"reward-KL frontier along {along}" if along else "reward-KL frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    note = (f"reward-KL frontier: x = {kl} ({dict(KL_ESTIMATORS)[kl]}), one line along {along or 'runs'} per "
-            f"combination of the other swept keys ({len(lines)} line(s))")
+    note = (
+        f"reward-KL frontier: x = {kl} ({dict(KL_ESTIMATORS)[kl]}), one line along {along or 'runs'} per "
+        f"combination of the other swept keys ({len(lines)} line(s))"
+    )
     return save_figure(fig, out / "reward_kl_frontier.png"), note
 
 
@@ -421,8 +439,11 @@ def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
 
     if "eval/reward_reference" not in points.columns:
         return False
-    curves = [(row["eval/reward_reference"], best_of_n_curve(row.to_dict(), "eval/")) for _, row in points.iterrows()
-              if _finite(row["eval/reward_reference"])]
+    curves = [
+        (row["eval/reward_reference"], best_of_n_curve(row.to_dict(), "eval/"))
+        for _, row in points.iterrows()
+        if _finite(row["eval/reward_reference"])
+    ]
     curves = [(ref, curve) for ref, curve in curves if curve]
     if not curves:
         return False
@@ -473,8 +494,10 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
         frontier, note = plot_frontier(df, params, plot_dir)
         written += [frontier] if frontier else []
         notes += [note] if note else []
-    notes.append(f"train/* columns{TRAIN_SUFFIX}: the mean over the logged steps of each run's last epoch "
-                 "(metrics.jsonl); eval/* come from the final evaluation")
+    notes.append(
+        f"train/* columns{TRAIN_SUFFIX}: the mean over the logged steps of each run's last epoch "
+        "(metrics.jsonl); eval/* come from the final evaluation"
+    )
     write_markdown(df, params, out, written, notes, paths)
     if console:
         print_console(df, params)
@@ -489,8 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="a multirun folder and/or run directories")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log a sweep-summary W&B run in the sweep's group and build its W&B workspace")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log a sweep-summary W&B run in the sweep's group and build its W&B workspace",
+    )
     args = parser.parse_args(argv)
     try:
         compare(args.paths, args.out, console=True, plots=not args.no_plots)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .errors import UserError
 
@@ -43,7 +44,8 @@ class PreferenceData:
             "eval_pairs": digest([[r["prompt"], r["chosen"], r["rejected"]] for r in self.eval]),
             "eval_pair_prompts": digest(sorted({r["prompt"] for r in self.eval})),
             "eval_prompts": digest(self.eval_prompts),
-            "n_eval_pairs": len(self.eval), "n_eval_prompts": len(self.eval_prompts),
+            "n_eval_pairs": len(self.eval),
+            "n_eval_prompts": len(self.eval_prompts),
         }
 
 
@@ -228,8 +230,6 @@ def load_located_splits(ds_cfg: Any) -> tuple[dict[str, RawSplit], str]:
         raise UserError(f"dataset={ds_cfg.name}: set dataset.path to a local file or folder")
     hub = load_hub_splits(ds_cfg)
     return {k: RawSplit(v, f"hub:{ds_cfg.hub_id} [{k}]") for k, v in hub.items()}, f"hub:{ds_cfg.hub_id}"
-
-
 
 
 # ---------------------------------------------------------------- normalisation per source

@@ -53,7 +53,6 @@ def shared_run_dir(run_dir: Path) -> Path:
     return Path(shared[0])
 
 
-
 def broadcast(value: Any) -> Any:
     """Process 0's `value` on every process (the value itself in a single-process run)."""
     if world_size() <= 1:

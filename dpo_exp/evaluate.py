@@ -23,8 +23,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import CONF_DIR
-from .errors import UserError
 from .data import PAIR_ID_COLUMNS
+from .errors import UserError
 from .storage import atomic_write_json, read_json, read_jsonl
 
 if TYPE_CHECKING:  # torch / transformers load lazily, so a bad run_dir is reported in a second
@@ -36,10 +36,10 @@ if TYPE_CHECKING:  # torch / transformers load lazily, so a bad run_dir is repor
 log = logging.getLogger(__name__)
 
 PREFIX = "eval/"
-INPUTS_FILE = "eval_inputs.json"      # the held-out prompts and pairs the run evaluated on (for re-evaluation)
-RESULTS_FILE = "evaluation.json"      # full results: metrics, margins, settings
+INPUTS_FILE = "eval_inputs.json"  # the held-out prompts and pairs the run evaluated on (for re-evaluation)
+RESULTS_FILE = "evaluation.json"  # full results: metrics, margins, settings
 SAMPLES_FILE = "samples.md"
-TRACE_FILE = "eval_trace.jsonl"       # the reward-KL trace during training (evaluation.trace writes it)
+TRACE_FILE = "eval_trace.jsonl"  # the reward-KL trace during training (evaluation.trace writes it)
 PLOT_FILE = "plots/reward_kl.png"
 
 
@@ -100,7 +100,7 @@ def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
     if name:
         check_eval_config(cfg)
         run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,
-        with open_dict(run_cfg):                                                # so ${...} in the option resolve
+        with open_dict(run_cfg):  # so ${...} in the option resolve
             run_cfg.reward = OmegaConf.load(CONF_DIR / "reward" / f"{name}.yaml")
         reward_cfg, context, label = run_cfg.reward, run_cfg, str(name)
     else:
@@ -127,7 +127,7 @@ class EvalInputs:
     dropped_seen_in_training: int = 0
 
     @classmethod
-    def from_data(cls, data: Any) -> "EvalInputs":
+    def from_data(cls, data: Any) -> EvalInputs:
         """From PreferenceData: eval_prompts minus any prompt that is also a training prompt; the eval pairs."""
         train_prompts = {r["prompt"] for r in getattr(data, "train", [])}
         prompts = list(dict.fromkeys(getattr(data, "eval_prompts", None) or []))
@@ -140,7 +140,7 @@ class EvalInputs:
         atomic_write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> "EvalInputs | None":
+    def load(cls, path: Path) -> EvalInputs | None:
         raw = read_json(path)
         return cls(**raw) if raw else None
 
@@ -178,8 +178,11 @@ def evaluate_models(
     settings = sample_settings(cfg, progress)
     prompts = inputs.prompts[: int(ev.num_prompts)]
     pairs = inputs.pairs[: int(ev.num_pairs)]
-    metrics: dict[str, Any] = {"num_prompts": len(prompts), "num_samples": settings.num_samples,
-                               "prompts_dropped_seen_in_training": inputs.dropped_seen_in_training}
+    metrics: dict[str, Any] = {
+        "num_prompts": len(prompts),
+        "num_samples": settings.num_samples,
+        "prompts_dropped_seen_in_training": inputs.dropped_seen_in_training,
+    }
     out = Evaluation(metrics=metrics, scorer=scorer_name)
     if skip_reason:
         out.notes.append(f"reward metrics skipped: {skip_reason}")
@@ -192,16 +195,31 @@ def evaluate_models(
         if scorer is not None and ns and n_bon > 0:
             from .evaluation.best_of_n import evaluate_best_of_n
 
-            metrics.update(evaluate_best_of_n(
-                pair, tokenizer, prompts[:n_bon], settings, scorer, ns, int(ev.bootstrap),
-                reuse=result.reference, reuse_scores=result.rewards_reference,
-            ))
+            metrics.update(
+                evaluate_best_of_n(
+                    pair,
+                    tokenizer,
+                    prompts[:n_bon],
+                    settings,
+                    scorer,
+                    ns,
+                    int(ev.bootstrap),
+                    reuse=result.reference,
+                    reuse_scores=result.rewards_reference,
+                )
+            )
     else:
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
     if pairs:
         chosen, rejected = implicit_rewards(
-            pair, tokenizer, pairs, float(cfg.trainer.beta), cfg.trainer.max_length, settings.logprob_batch_size,
-            str(cfg.trainer.get("truncation_mode") or "keep_start"), progress=settings.progress,
+            pair,
+            tokenizer,
+            pairs,
+            float(cfg.trainer.beta),
+            cfg.trainer.max_length,
+            settings.logprob_batch_size,
+            str(cfg.trainer.get("truncation_mode") or "keep_start"),
+            progress=settings.progress,
         )
         metrics.update(implicit_reward_metrics(chosen, rejected))
         out.margins = (chosen - rejected).tolist()
@@ -229,19 +247,28 @@ def publish(run_dir: Path, evaluation: Evaluation, tracker, source: str, cfg: Di
     results = {f"{PREFIX}{k}": v for k, v in metrics.items()}
     if evaluation.notes:
         results[f"{PREFIX}notes"] = evaluation.notes
-    atomic_write_json(run_dir / RESULTS_FILE, {
-        "source": source,
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "metrics": results,
-        "implicit_margins": evaluation.margins,
-        "settings": {"eval": OmegaConf.to_container(cfg.eval, resolve=True), "seed": eval_seed(cfg),
-                     "score_with_prompt": sample_settings(cfg).score_with_prompt,
-                     "generation": OmegaConf.to_container(cfg.generation, resolve=True)},
-    })
+    atomic_write_json(
+        run_dir / RESULTS_FILE,
+        {
+            "source": source,
+            "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "metrics": results,
+            "implicit_margins": evaluation.margins,
+            "settings": {
+                "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+                "seed": eval_seed(cfg),
+                "score_with_prompt": sample_settings(cfg).score_with_prompt,
+                "generation": OmegaConf.to_container(cfg.generation, resolve=True),
+            },
+        },
+    )
     tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float, str))})
     if evaluation.side_by_side:
-        tracker.table("eval/side_by_side", SIDE_BY_SIDE_COLUMNS,
-                      [[row[c] for c in SIDE_BY_SIDE_COLUMNS] for row in evaluation.side_by_side])
+        tracker.table(
+            "eval/side_by_side",
+            SIDE_BY_SIDE_COLUMNS,
+            [[row[c] for c in SIDE_BY_SIDE_COLUMNS] for row in evaluation.side_by_side],
+        )
     if plot is not None:
         tracker.image("plots/reward_kl", plot)
     return results
@@ -281,11 +308,19 @@ def trace_callbacks(ctx, tokenizer, data) -> list[RewardKLTrace]:
         log.warning("eval.every_n_steps is set but there are no held-out prompts: no reward-KL trace")
         return []
     scorer, _, _ = build_eval_scorer(cfg)
-    return [RewardKLTrace(
-        int(cfg.eval.every_n_steps), prompts, tokenizer, sample_settings(cfg), scorer,
-        lambda trainer: from_trainer(trainer, cfg, ctx.summary), ctx.run_dir / TRACE_FILE, ctx.tracker,
-        bootstrap=min(int(cfg.eval.bootstrap), 200),
-    )]
+    return [
+        RewardKLTrace(
+            int(cfg.eval.every_n_steps),
+            prompts,
+            tokenizer,
+            sample_settings(cfg),
+            scorer,
+            lambda trainer: from_trainer(trainer, cfg, ctx.summary),
+            ctx.run_dir / TRACE_FILE,
+            ctx.tracker,
+            bootstrap=min(int(cfg.eval.bootstrap), 200),
+        )
+    ]
 
 
 # ---------------------------------------------------------------- standalone: a finished run directory
@@ -319,8 +354,11 @@ def rebuild_inputs(run_dir: Path, cfg: DictConfig, tokenizer) -> EvalInputs:
     from .pipeline import RunContext, load_data
     from .runinfo import RunIdentity
 
-    log.warning("rebuilding the held-out prompts of %s from the dataset config (%s)", run_dir,
-                "no " + INPUTS_FILE if saved is None else f"eval.num_prompts > {len(saved.prompts)} saved")
+    log.warning(
+        "rebuilding the held-out prompts of %s from the dataset config (%s)",
+        run_dir,
+        "no " + INPUTS_FILE if saved is None else f"eval.num_prompts > {len(saved.prompts)} saved",
+    )
     ctx = RunContext(cfg=cfg, identity=RunIdentity(run_dir, "evaluate", "evaluate"))
     data = load_data(ctx, tokenizer)
     if isinstance(data, PreferenceData):
@@ -364,8 +402,15 @@ def main(args: DictConfig) -> None:
         cfg = load_run_config(run_dir, args)  # a UserError when run_dir is not a dpo_exp run directory
         summary = read_json(run_dir / "summary.json") or {}
         if args.wandb and summary.get("wandb_id"):
-            tracker = start_tracker(cfg.logger, run_dir, summary.get("name", "dpo"), summary.get("group", "dpo"), [],
-                                    {}, resume_id=summary["wandb_id"])
+            tracker = start_tracker(
+                cfg.logger,
+                run_dir,
+                summary.get("name", "dpo"),
+                summary.get("group", "dpo"),
+                [],
+                {},
+                resume_id=summary["wandb_id"],
+            )
         results = evaluate_run_dir(run_dir, cfg, tracker)
         if tracker is not None:
             tracker.finish(exit_code=0)

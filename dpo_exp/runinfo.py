@@ -7,7 +7,7 @@ import platform
 import socket
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,13 @@ PACKAGES = ("dpo_exp", "torch", "transformers", "trl", "peft", "datasets", "acce
 @dataclass
 class RunIdentity:
     run_dir: Path
-    name: str                       # e.g. dpo/beta=0.1,lr=1e-4
-    group: str                      # one per sweep (W&B group)
+    name: str  # e.g. dpo/beta=0.1,lr=1e-4
+    group: str  # one per sweep (W&B group)
     tags: list[str] = field(default_factory=list)
-    overrides: dict[str, str] = field(default_factory=dict)   # the task overrides, key -> value
+    overrides: dict[str, str] = field(default_factory=dict)  # the task overrides, key -> value
     multirun: bool = False
     job_num: int | None = None
-    swept: dict[str, str] = field(default_factory=dict)       # multirun: the swept keys -> this job's values
+    swept: dict[str, str] = field(default_factory=dict)  # multirun: the swept keys -> this job's values
 
 
 def _hydra_config():
@@ -109,9 +109,11 @@ def run_identity(cfg: DictConfig, run_dir: Path | None = None) -> RunIdentity:
         group = str(cfg.name)
     tagged = {**shown, **swept}
     identity_tags = {"dataset": cfg.dataset.name, "model": cfg.model.name}  # unless an override already says it
-    tags = [t for t in (_tag(k, v) for k, v in tagged.items()) if t] + [
-        f"{k}={v}" for k, v in identity_tags.items() if k not in tagged
-    ] + ["lora" if cfg.lora.enabled else "full-ft", *map(str, cfg.logger.get("tags") or [])]
+    tags = (
+        [t for t in (_tag(k, v) for k, v in tagged.items()) if t]
+        + [f"{k}={v}" for k, v in identity_tags.items() if k not in tagged]
+        + ["lora" if cfg.lora.enabled else "full-ft", *map(str, cfg.logger.get("tags") or [])]
+    )
     if multirun:
         tags.append("sweep")
     job_num = int(hc.job.num) if multirun and hc.job.get("num") is not None else None

@@ -41,8 +41,9 @@ def make_pairs(
         worst = min(range(len(scores)), key=lambda i: scores[i])
         candidates = [(best, worst)] if len(scores) > 1 else []
     else:
-        candidates = [(i, j) if scores[i] >= scores[j] else (j, i)
-                      for i, j in itertools.combinations(range(len(scores)), 2)]
+        candidates = [
+            (i, j) if scores[i] >= scores[j] else (j, i) for i, j in itertools.combinations(range(len(scores)), 2)
+        ]
     pairs = []
     for hi, lo in candidates:
         gap = scores[hi] - scores[lo]
@@ -51,15 +52,27 @@ def make_pairs(
         elif gap <= min_margin:
             dropped["below_margin"] += 1
         else:
-            pairs.append({"prompt": prompt, "chosen": completions[hi], "rejected": completions[lo],
-                          "score_chosen": float(scores[hi]), "score_rejected": float(scores[lo]),
-                          "chosen_index": hi, "rejected_index": lo})
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": completions[hi],
+                    "rejected": completions[lo],
+                    "score_chosen": float(scores[hi]),
+                    "score_rejected": float(scores[lo]),
+                    "chosen_index": hi,
+                    "rejected_index": lo,
+                }
+            )
     return pairs, dropped
 
 
 def build_pairs(
-    samples, scores: list[list[float]], strategy: str, min_margin: float,
-    sequences: list[tuple[list[int], list[int]]] | None = None, first_id: int = 0,
+    samples,
+    scores: list[list[float]],
+    strategy: str,
+    min_margin: float,
+    sequences: list[tuple[list[int], list[int]]] | None = None,
+    first_id: int = 0,
 ) -> tuple[list[dict], dict]:
     """Pairs over all prompts and the drop counts. Each row keeps its prompt index (`prompt_id`, from `first_id`)
     and, given the samples' token `sequences` (generation.sample_sequences), the exact ids that were sampled:
@@ -72,8 +85,11 @@ def build_pairs(
             row = {**pair, "prompt_id": first_id + index}
             if sequences is not None:
                 context, chosen = sequences[index * n + pair["chosen_index"]]
-                row.update(prompt_ids=list(context), chosen_ids=list(chosen),
-                           rejected_ids=list(sequences[index * n + pair["rejected_index"]][1]))
+                row.update(
+                    prompt_ids=list(context),
+                    chosen_ids=list(chosen),
+                    rejected_ids=list(sequences[index * n + pair["rejected_index"]][1]),
+                )
             rows.append(row)
         for k, v in dropped.items():
             counts[k] += v
@@ -101,29 +117,52 @@ def read_pairs(path: Path) -> list[dict]:
     return read_jsonl(path)
 
 
-def pair_key(cfg: Any, model_identity: dict, prompts: list[str], scorer_identity: str, batch_size: int,
-             device: str, precision: str, n_train: int | None = None) -> tuple[str, dict]:
+def pair_key(
+    cfg: Any,
+    model_identity: dict,
+    prompts: list[str],
+    scorer_identity: str,
+    batch_size: int,
+    device: str,
+    precision: str,
+    n_train: int | None = None,
+) -> tuple[str, dict]:
     """Content key of a pair dataset and everything it is computed from: the reference's weights, the prompts
     (and where training prompts end), sampling settings, the scorer (incl. its dtype), pairing and file format."""
     gen = cfg.generation
     ds = cfg.dataset
     description = {
         "model": model_identity,
-        "prompts": content_key(prompts, 64), "n_prompts": len(prompts), "n_train": n_train,
-        "generation": {"num_samples": int(gen.num_samples), "max_new_tokens": int(gen.max_new_tokens),
-                       "temperature": float(gen.temperature), "top_k": int(gen.top_k or 0), "top_p": float(gen.top_p),
-                       "batch_size": batch_size,  # sampling is seeded per batch: the batching changes samples
-                       "max_batch_tokens": int(gen.get("max_batch_tokens") or 0), "batching": "length_sorted"},
+        "prompts": content_key(prompts, 64),
+        "n_prompts": len(prompts),
+        "n_train": n_train,
+        "generation": {
+            "num_samples": int(gen.num_samples),
+            "max_new_tokens": int(gen.max_new_tokens),
+            "temperature": float(gen.temperature),
+            "top_k": int(gen.top_k or 0),
+            "top_p": float(gen.top_p),
+            "batch_size": batch_size,  # sampling is seeded per batch: the batching changes samples
+            "max_batch_tokens": int(gen.get("max_batch_tokens") or 0),
+            "batching": "length_sorted",
+        },
         "scorer": scorer_identity,
-        "pairs": {"strategy": str(ds.pairs.strategy), "min_margin": float(ds.pairs.min_margin),
-                  "format": str(ds.pairs.get("format") or "jsonl")},
-        "seed": int(cfg.seed), "device": device, "precision": precision, "v": 3,
+        "pairs": {
+            "strategy": str(ds.pairs.strategy),
+            "min_margin": float(ds.pairs.min_margin),
+            "format": str(ds.pairs.get("format") or "jsonl"),
+        },
+        "seed": int(cfg.seed),
+        "device": device,
+        "precision": precision,
+        "v": 3,
     }
     return content_key(description), description
 
 
-def _sample_pairs(model, tokenizer, prompts: list[str], cfg: Any, seed: int, scorer, first_id: int,
-                  desc: str) -> tuple[list[dict], dict[str, Any]]:
+def _sample_pairs(
+    model, tokenizer, prompts: list[str], cfg: Any, seed: int, scorer, first_id: int, desc: str
+) -> tuple[list[dict], dict[str, Any]]:
     """Sample `generation.num_samples` completions per prompt, score prompt + completion, pair them up."""
     from .generation import generate_samples, sample_sequences
 
@@ -137,8 +176,9 @@ def _sample_pairs(model, tokenizer, prompts: list[str], cfg: Any, seed: int, sco
     scored = scorer.score(flat)
     n = int(gen.num_samples)
     scores = [scored[i * n : (i + 1) * n] for i in range(len(prompts))]
-    rows, dropped = build_pairs(samples, scores, str(cfg.dataset.pairs.strategy), float(cfg.dataset.pairs.min_margin),
-                                sequences, first_id)
+    rows, dropped = build_pairs(
+        samples, scores, str(cfg.dataset.pairs.strategy), float(cfg.dataset.pairs.min_margin), sequences, first_id
+    )
     return rows, {"samples": len(flat), "score_sum": float(sum(scored)), **dropped}
 
 
@@ -178,8 +218,10 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
         raise UserError(f"dataset.pairs.format={fmt!r} is not one of {list(PAIR_FORMATS)}")
     scorer = build_scorer(cfg.reward, cfg)
     if scorer is None:
-        raise UserError("dataset=imdb_sentiment needs a sentiment scorer: set reward=sst2|siebert|distilbert_imdb|"
-                        "tfidf_logreg|vader")
+        raise UserError(
+            "dataset=imdb_sentiment needs a sentiment scorer: set reward=sst2|siebert|distilbert_imdb|"
+            "tfidf_logreg|vader"
+        )
     ctx.summary["reward"] = {"kind": scorer.name, "identity": scorer.identity(), **scorer.info}
     ctx.tracker.summary({f"reward/{k}": v for k, v in scorer.info.items() if isinstance(v, (int, float))})
 
@@ -199,31 +241,39 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
     prompts = list(prompt_sets.train_prompts) + list(prompt_sets.pair_eval_prompts)
     batch_size = int(cfg.generation.batch_size or default_batch_size(ctx.device))
     n_train = len(prompt_sets.train_prompts)
-    key, description = pair_key(cfg, identity, prompts, scorer.identity(), batch_size, ctx.device, ctx.precision,
-                                n_train)
+    key, description = pair_key(
+        cfg, identity, prompts, scorer.identity(), batch_size, ctx.device, ctx.precision, n_train
+    )
     filename = f"pairs.{fmt}"
 
     def build(folder: Path) -> dict[str, Any]:
         # The held-out prompts are sampled on their own seed stream, so their pairs do not depend on data_size.
-        parts = [(prompt_sets.train_prompts, int(cfg.seed), 0, "sampling training pairs"),
-                 (prompt_sets.pair_eval_prompts, int(cfg.seed) + EVAL_PAIRS_SEED_OFFSET, n_train,
-                  "sampling held-out pairs")]
+        parts = [
+            (prompt_sets.train_prompts, int(cfg.seed), 0, "sampling training pairs"),
+            (prompt_sets.pair_eval_prompts, int(cfg.seed) + EVAL_PAIRS_SEED_OFFSET, n_train, "sampling held-out pairs"),
+        ]
         rows, stats = [], {"samples": 0, "score_sum": 0.0, "ties": 0, "below_margin": 0}
         for part_prompts, seed, first_id, desc in parts:
             part_rows, part_stats = _sample_pairs(model, tokenizer, part_prompts, cfg, seed, scorer, first_id, desc)
             rows.extend(part_rows)
             stats = {k: stats[k] + part_stats[k] for k in stats}
         _write_pairs(rows, folder / filename)
-        return {"rows": len(rows), "prompts": len(prompts), "samples": stats["samples"],
-                "mean_sample_score": stats["score_sum"] / max(1, stats["samples"]),
-                "dropped_ties": stats["ties"], "dropped_below_margin": stats["below_margin"]}
+        return {
+            "rows": len(rows),
+            "prompts": len(prompts),
+            "samples": stats["samples"],
+            "mean_sample_score": stats["score_sum"] / max(1, stats["samples"]),
+            "dropped_ties": stats["ties"],
+            "dropped_below_margin": stats["below_margin"],
+        }
 
     entry = cached(cfg.cache_dir, "pairs", key, build, description)
     rows = read_pairs(entry.path / filename)
     if len(rows) != entry.info.get("rows"):
         raise RuntimeError(f"pair cache {entry.path}: {len(rows)} rows, manifest says {entry.info.get('rows')}")
-    log.info("pairs %s: %d pairs from %d prompts (cache %s, key %s)", entry.status, len(rows), len(prompts),
-             entry.path, key)
+    log.info(
+        "pairs %s: %d pairs from %d prompts (cache %s, key %s)", entry.status, len(rows), len(prompts), entry.path, key
+    )
 
     from .distributed import is_main_process
 
@@ -254,15 +304,30 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
         "eval_pairs": len(evals),
     }
     ctx.summary["pairs"] = {
-        "cache": entry.status, "key": key, "path": str(entry.path / filename), "run_copy": str(run_pairs),
-        "strategy": strategy, "min_margin": float(ds.pairs.min_margin),
-        "mean_score_gap": sum(gaps) / len(gaps), "mean_sample_score": entry.info.get("mean_sample_score"),
+        "cache": entry.status,
+        "key": key,
+        "path": str(entry.path / filename),
+        "run_copy": str(run_pairs),
+        "strategy": strategy,
+        "min_margin": float(ds.pairs.min_margin),
+        "mean_score_gap": sum(gaps) / len(gaps),
+        "mean_sample_score": entry.info.get("mean_sample_score"),
         **{k: v for k, v in counts.items() if k.startswith(("pairs_", "train_pairs", "eval_pairs", "samples"))},
     }
-    ctx.tracker.summary({"pairs/cache_reused": int(entry.status == "reused"),
-                         "pairs/mean_score_gap": ctx.summary["pairs"]["mean_score_gap"],
-                         "pairs/train": len(train), "pairs/eval": len(evals)})
+    ctx.tracker.summary(
+        {
+            "pairs/cache_reused": int(entry.status == "reused"),
+            "pairs/mean_score_gap": ctx.summary["pairs"]["mean_score_gap"],
+            "pairs/train": len(train),
+            "pairs/eval": len(evals),
+        }
+    )
     ctx.save_summary()
-    data = PreferenceData(train=train, eval=evals, counts=counts, source=f"{prompt_sets.source} -> {scorer.name} pairs",
-                          eval_prompts=list(prompt_sets.eval_prompts))
+    data = PreferenceData(
+        train=train,
+        eval=evals,
+        counts=counts,
+        source=f"{prompt_sets.source} -> {scorer.name} pairs",
+        eval_prompts=list(prompt_sets.eval_prompts),
+    )
     return data, model

@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 def sft_settings(cfg: Any) -> dict[str, Any]:
     s = cfg.sft
     return {
-        "lora": bool(s.lora), "max_steps": int(s.max_steps), "batch_size": int(s.batch_size), "lr": float(s.lr),
-        "max_length": int(s.max_length), "num_texts": int(s.num_texts) if s.get("num_texts") else None,
+        "lora": bool(s.lora),
+        "max_steps": int(s.max_steps),
+        "batch_size": int(s.batch_size),
+        "lr": float(s.lr),
+        "max_length": int(s.max_length),
+        "num_texts": int(s.num_texts) if s.get("num_texts") else None,
         **({"packing": True} if s.get("packing") else {}),  # absent when off: earlier cache keys stay valid
     }
 
@@ -47,12 +51,21 @@ def sft_key(cfg: Any, texts: list[str], device: str = "cpu", precision: str = "f
     lora = None
     if settings["lora"]:
         lora_cfg = sft_lora(cfg)
-        lora = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
-                for k, v in lora_cfg.items() if k in ("r", "alpha", "dropout", "target_modules")}
+        lora = {
+            k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+            for k, v in lora_cfg.items()
+            if k in ("r", "alpha", "dropout", "target_modules")
+        }
     description = {
-        "model": model_identity(cfg.model), "seed": int(cfg.seed), "settings": settings, "lora": lora,
-        "texts": content_key(texts, 64), "n_texts": len(texts), "device": device.split(":")[0],
-        "precision": precision, "v": 2,
+        "model": model_identity(cfg.model),
+        "seed": int(cfg.seed),
+        "settings": settings,
+        "lora": lora,
+        "texts": content_key(texts, 64),
+        "n_texts": len(texts),
+        "device": device.split(":")[0],
+        "precision": precision,
+        "v": 2,
     }
     return content_key(description), description
 
@@ -89,7 +102,7 @@ def sft_trainer(cfg: Any, model, tokenizer, texts: list[str], out: str, device: 
         learning_rate=settings["lr"],
         max_steps=settings["max_steps"],
         lr_scheduler_type="cosine",
-        warmup_steps=0.05,                  # a float < 1 is a ratio of the total steps
+        warmup_steps=0.05,  # a float < 1 is a ratio of the total steps
         logging_steps=max(1, settings["max_steps"] // 10),
         save_strategy="no",
         report_to="none",
@@ -105,8 +118,11 @@ def sft_trainer(cfg: Any, model, tokenizer, texts: list[str], out: str, device: 
         disable_tqdm=False,
     )
     return CompactSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-        processing_class=tokenizer, peft_config=peft_config,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
 
 
@@ -126,8 +142,11 @@ def _train(cfg: Any, model, tokenizer, texts: list[str], folder: Path, device: s
         trained = trained.to(torch.float32)
         trained.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
-    return {"steps": settings["max_steps"], "first_loss": history[0] if history else None,
-            "last_loss": history[-1] if history else None}
+    return {
+        "steps": settings["max_steps"],
+        "first_loss": history[0] if history else None,
+        "last_loss": history[-1] if history else None,
+    }
 
 
 def _default_lora() -> dict:
@@ -148,8 +167,13 @@ def _train_together(
     manifest, _ = check_entry(Path(cfg.cache_dir) / "sft" / key, key)
     if broadcast(manifest is None):  # process 0 decides: everybody trains, or nobody does
         if is_main_process():
-            cached(cfg.cache_dir, "sft", key, lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision),
-                   description)
+            cached(
+                cfg.cache_dir,
+                "sft",
+                key,
+                lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision),
+                description,
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="dpo_exp_sft_rank_") as scratch:
                 _train(cfg, model, tokenizer, texts, Path(scratch), device, precision)
@@ -171,8 +195,13 @@ def warm_start(
     key, description = sft_key(cfg, texts, device, precision)
     if world_size() > 1:
         key = _train_together(cfg, model, tokenizer, texts, device, precision, key, description)
-    entry = cached(cfg.cache_dir, "sft", key,
-                   lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision), description)
+    entry = cached(
+        cfg.cache_dir,
+        "sft",
+        key,
+        lambda folder: _train(cfg, model, tokenizer, texts, folder, device, precision),
+        description,
+    )
     log.info("SFT warm start %s: %s (%s)", entry.status, entry.path, entry.info)
     warm = AutoModelForCausalLM.from_pretrained(str(entry.path), dtype=torch.float32)
     if warm.config.pad_token_id is None:

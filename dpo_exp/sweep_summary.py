@@ -51,8 +51,11 @@ def curve_series(runs: list, labels: dict[Path, str], key: str) -> tuple[list, l
     """(xs, ys, keys) of the train rows of metric `key`, one series per run that has them."""
     xs, ys, keys = [], [], []
     for run in runs:
-        pts = [(r["step"], r[key]) for r in run.metrics
-               if r.get("split") == "train" and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        pts = [
+            (r["step"], r[key])
+            for r in run.metrics
+            if r.get("split") == "train" and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        ]
         if pts:
             xs.append([p[0] for p in pts])
             ys.append([p[1] for p in pts])
@@ -60,8 +63,9 @@ def curve_series(runs: list, labels: dict[Path, str], key: str) -> tuple[list, l
     return xs, ys, keys
 
 
-def _log_views(tracker: WandbTracker, out: Path, table: pd.DataFrame, runs: list, labels: dict[Path, str],
-               group: str) -> None:
+def _log_views(
+    tracker: WandbTracker, out: Path, table: pd.DataFrame, runs: list, labels: dict[Path, str], group: str
+) -> None:
     import wandb
 
     run = tracker.run
@@ -74,8 +78,9 @@ def _log_views(tracker: WandbTracker, out: Path, table: pd.DataFrame, runs: list
     for key, title in CURVES:
         xs, ys, keys = curve_series(runs, labels, key)
         if xs:
-            logged[f"sweep/curves/{key}"] = wandb.plot.line_series(xs, ys, keys=keys, title=f"train {title}",
-                                                                   xname="step")
+            logged[f"sweep/curves/{key}"] = wandb.plot.line_series(
+                xs, ys, keys=keys, title=f"train {title}", xname="step"
+            )
     run.log(logged)
     run.summary.update({"jobs": len(table), "completed": int((table["status"] == "completed").sum())})
     artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{group}-comparison")[:120], type="sweep-comparison")
@@ -96,15 +101,25 @@ def log_sweep_summary(out: Path, paths: list[Path] | None = None, workspace: boo
     table = pd.read_csv(out / "comparison.csv")  # the very numbers of comparison.csv
     params = swept_params(runs)
     group, logger = sweep_identity(runs)
-    labels = {Path(row["path"]): ",".join(f"{k}={row[k]}" for k in params) or str(row["run"])
-              for _, row in table.iterrows()}
+    labels = {
+        Path(row["path"]): ",".join(f"{k}={row[k]}" for k in params) or str(row["run"]) for _, row in table.iterrows()
+    }
     logger_cfg = OmegaConf.create({**logger, "enabled": True, "job_type": JOB_TYPE})
-    tracker = start_tracker(logger_cfg, out, f"{group}/summary", group, [JOB_TYPE],
-                            {"sweep_dir": str(out), "swept": params, "jobs": len(table)})
+    tracker = start_tracker(
+        logger_cfg,
+        out,
+        f"{group}/summary",
+        group,
+        [JOB_TYPE],
+        {"sweep_dir": str(out), "swept": params, "jobs": len(table)},
+    )
     if isinstance(tracker, WandbTracker):
         tracker._guard("sweep summary", _log_views, tracker, out, table, runs, labels, group)
-        where = f"offline in {tracker.run_dir} (upload: wandb sync {tracker.run_dir})" \
-            if tracker.mode == "offline" else f"online, group {group}"
+        where = (
+            f"offline in {tracker.run_dir} (upload: wandb sync {tracker.run_dir})"
+            if tracker.mode == "offline"
+            else f"online, group {group}"
+        )
         tracker.finish(exit_code=0)
         print(f"W&B sweep summary run logged {where}")
     else:
@@ -113,8 +128,9 @@ def log_sweep_summary(out: Path, paths: list[Path] | None = None, workspace: boo
         from .sweep_workspace import create_or_write
 
         online = resolve_mode(str(logger_cfg.get("mode", "auto"))) == "online"
-        print(create_or_write(out, logger.get("entity"), str(logger.get("project") or "dpo_exp"), group, params,
-                              online))
+        print(
+            create_or_write(out, logger.get("entity"), str(logger.get("project") or "dpo_exp"), group, params, online)
+        )
     return tracker
 
 

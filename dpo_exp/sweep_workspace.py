@@ -31,8 +31,14 @@ KL, REWARD = "eval/kl", "eval/reward_policy"
 def build_workspace(entity: str, project: str, group: str, params: list[str]):
     """The Workspace object (no network): sections of panels, runs filtered to `group`, grouped by `params`."""
     from wandb_workspaces import expr
-    from wandb_workspaces.reports.v2.interface import Config, LinePlot, ParallelCoordinatesPlot
-    from wandb_workspaces.reports.v2.interface import ParallelCoordinatesPlotColumn, ScatterPlot, SummaryMetric
+    from wandb_workspaces.reports.v2.interface import (
+        Config,
+        LinePlot,
+        ParallelCoordinatesPlot,
+        ParallelCoordinatesPlotColumn,
+        ScatterPlot,
+        SummaryMetric,
+    )
     from wandb_workspaces.workspaces import RunsetSettings, Section, SectionPanelSettings, Workspace
 
     curves = [LinePlot(title=title, x=STEP, y=keys) for title, keys in CURVES]
@@ -47,8 +53,12 @@ def build_workspace(entity: str, project: str, group: str, params: list[str]):
         project=project,
         name=f"sweep {group}",
         sections=[
-            Section(name="DPO training curves", panels=curves, is_open=True,
-                    panel_settings=SectionPanelSettings(x_axis=STEP)),
+            Section(
+                name="DPO training curves",
+                panels=curves,
+                is_open=True,
+                panel_settings=SectionPanelSettings(x_axis=STEP),
+            ),
             Section(name="sweep outcome", panels=evaluation, is_open=True),
         ],
         runset_settings=RunsetSettings(
@@ -62,12 +72,13 @@ def workspace_json(workspace) -> dict[str, Any]:
     """The library's serialisations: the Workspace fields (pydantic) and the view spec `Workspace.save()` uploads."""
     from pydantic import TypeAdapter
 
-    return {"workspace": TypeAdapter(type(workspace)).dump_python(workspace, mode="json"),
-            "view": workspace._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")}
+    return {
+        "workspace": TypeAdapter(type(workspace)).dump_python(workspace, mode="json"),
+        "view": workspace._to_model().model_dump(by_alias=True, exclude_none=True, mode="json"),
+    }
 
 
-def create_or_write(out: Path, entity: str | None, project: str, group: str, params: list[str],
-                    online: bool) -> str:
+def create_or_write(out: Path, entity: str | None, project: str, group: str, params: list[str], online: bool) -> str:
     """Save the workspace online (returns its URL), or write OUT/wandb_workspace.json (returns a how-to line).
 
     Never raises: a W&B failure is reported in the returned line and the JSON is written instead.
@@ -86,5 +97,7 @@ def create_or_write(out: Path, entity: str | None, project: str, group: str, par
         log.warning("W&B workspace not created (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if not path.exists():
             return f"W&B workspace not created: {exc}"
-    return (f"W&B workspace definition written to {path}; with an API key (`wandb login`), create it with "
-            f"`python -m dpo_exp.compare {out} --wandb`")
+    return (
+        f"W&B workspace definition written to {path}; with an API key (`wandb login`), create it with "
+        f"`python -m dpo_exp.compare {out} --wandb`"
+    )

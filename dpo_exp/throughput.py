@@ -29,8 +29,17 @@ from torch.utils.data import Sampler
 MAX_FULL_LOGITS = 2**28
 
 
-def full_logits_log_probs(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
-                          logit_scale=1.0, outputs=("log_probs",)):
+def full_logits_log_probs(
+    hidden,
+    weight,
+    bias,
+    targets,
+    temperature,
+    chunk_size,
+    final_logit_softcapping=None,
+    logit_scale=1.0,
+    outputs=("log_probs",),
+):
     """What TRL's `ChunkedLogProbFunction.apply` returns, computed from the materialised [N, V] logits with plain
     autograd ops (log_softmax + gather: a few passes over the logits instead of the chunked kernel's torch
     fallback, which makes ~a dozen elementwise passes per tile forward and again backward, plus a second matmul).
@@ -142,8 +151,8 @@ class LengthGroupedPairSampler(Sampler[int]):
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         batches: list[list[int]] = []
         for start in range(0, len(order), self.mega):
-            group = sorted(order[start: start + self.mega], key=lambda i: -self.lengths[i])
-            batches.extend(group[i: i + self.batch_size] for i in range(0, len(group), self.batch_size))
+            group = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
+            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
         full = [b for b in batches if len(b) == self.batch_size]
         rest = [b for b in batches if len(b) < self.batch_size]
         for j in torch.randperm(len(full), generator=generator).tolist():

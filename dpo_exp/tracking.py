@@ -123,7 +123,6 @@ def start_tracker(
     os.environ.setdefault("WANDB_CONSOLE", "off")
     try:
         import wandb
-
         from wandb.sdk.lib.runid import generate_id
 
         run_id = resume_id or generate_id()  # one id for the online try and its offline fallback
@@ -146,13 +145,16 @@ def start_tracker(
         except Exception as exc:  # noqa: BLE001
             if mode != "online":
                 raise
-            log.warning("W&B online start failed (%s): logging offline into %s instead; upload later with "
-                        "`wandb sync`.", str(exc).splitlines()[0], kwargs["dir"])
+            log.warning(
+                "W&B online start failed (%s): logging offline into %s instead; upload later with `wandb sync`.",
+                str(exc).splitlines()[0],
+                kwargs["dir"],
+            )
             mode = "offline"
             wandb.teardown()  # the service still holds the failed online stream under this id
             run = wandb.init(mode=mode, settings=_settings(wandb, timeout, mode), **kwargs)
             for failed in (Path(kwargs["dir"]) / "wandb").glob(f"run-*-{run_id}"):  # the online try's empty folder,
-                shutil.rmtree(failed, ignore_errors=True)                          # so `wandb sync` sees one run
+                shutil.rmtree(failed, ignore_errors=True)  # so `wandb sync` sees one run
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
         return Tracker()

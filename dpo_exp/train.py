@@ -53,9 +53,10 @@ class MetricsRecorder(TrainerCallback):
         row = {"split": split, "step": state.global_step, "epoch": state.epoch, **metrics}
         append_jsonl(self.path, row)
         prefix = {"train": "train/", "eval": "eval/", "final": "train/"}[split]
-        self.tracker.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {
-            "train/global_step": state.global_step
-        })
+        self.tracker.log(
+            {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            | {"train/global_step": state.global_step}
+        )
 
 
 class GracefulStop(TrainerCallback):
@@ -204,8 +205,11 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         if not set(PAIR_ID_COLUMNS) <= set(dataset.column_names):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if args.max_length is not None and args.truncation_mode == "keep_start":
-            dataset = dataset.filter(_prompt_fits, fn_kwargs={"max_length": args.max_length},
-                                     desc=f"Dropping fully truncated examples from {dataset_name} dataset")
+            dataset = dataset.filter(
+                _prompt_fits,
+                fn_kwargs={"max_length": args.max_length},
+                desc=f"Dropping fully truncated examples from {dataset_name} dataset",
+            )
         return dataset
 
     def _get_train_sampler(self, train_dataset=None):
@@ -259,8 +263,12 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         """Make the coming optimizer step a no-op (weights, optimizer state, LR schedule) and count it."""
         self.skip_pending = True
         self.skipped_steps += 1
-        log.warning("%s at step %d: step skipped, weights, optimizer state and LR schedule unchanged (%d so far)",
-                    reason, self.state.global_step + 1, self.skipped_steps)
+        log.warning(
+            "%s at step %d: step skipped, weights, optimizer state and LR schedule unchanged (%d so far)",
+            reason,
+            self.state.global_step + 1,
+            self.skipped_steps,
+        )
 
 
 class GradientGuard(TrainerCallback):
@@ -282,7 +290,8 @@ class GradientGuard(TrainerCallback):
             if grads and not all(torch.isfinite(g).all() for g in grads):
                 if self.policy != "skip":
                     raise NonFiniteError(
-                        f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept")
+                        f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
+                    )
                 trainer.skip_optimizer_step("non-finite gradients")
         if trainer.skip_pending:  # after clipping, just before optimizer.step()
             trainer.skip_pending = False
@@ -399,4 +408,3 @@ def final_metrics(log_history: list[dict]) -> dict[str, float]:
         elif "train_runtime" in row:
             out.update({k: v for k, v in row.items() if k.startswith("train_")})
     return {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-

@@ -21,10 +21,24 @@ PROMPT = "The movie was"
 
 def _tiny_run_args(run_dir: Path) -> list[str]:
     hh = shared_file("hh_rlhf/test.jsonl")
-    return [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh}", "data_size=8", "epochs=1",
-            "lr=5e-3", "trainer.eval_strategy=no", "logger=none", "eval.reward=vader", "eval.num_prompts=4",
-            "eval.num_samples=1", "eval.num_pairs=4", "eval.max_new_tokens=12", "eval.bootstrap=50",
-            f"hydra.run.dir={run_dir}"]
+    return [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=hh_rlhf",
+        f"dataset.path={hh}",
+        "data_size=8",
+        "epochs=1",
+        "lr=5e-3",
+        "trainer.eval_strategy=no",
+        "logger=none",
+        "eval.reward=vader",
+        "eval.num_prompts=4",
+        "eval.num_samples=1",
+        "eval.num_pairs=4",
+        "eval.max_new_tokens=12",
+        "eval.bootstrap=50",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +63,12 @@ def app_url(tiny_run: Path, tmp_path_factory):
     log = tmp_path_factory.mktemp("app_log") / "app.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dpo_exp.app", str(tiny_run), "--server-port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dpo_exp.app", str(tiny_run), "--server-port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 400
     try:
@@ -79,8 +97,12 @@ def test_a_path_that_is_not_a_completed_run_is_one_error_line_and_exit_2(tmp_pat
     no_model = tmp_path / "no_model"
     no_model.mkdir()
     (no_model / "summary.json").write_text(json.dumps({"status": "completed"}))
-    for path, message in ((failed, "status='failed'"), (no_model, "no model/ folder"),
-                          (tmp_path / "missing", "does not exist"), (tmp_path, "holds no completed run")):
+    for path, message in (
+        (failed, "status='failed'"),
+        (no_model, "no model/ folder"),
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path, "holds no completed run"),
+    ):
         proc = run_cli([str(path)], tmp_path, module="dpo_exp.app", timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -105,11 +127,11 @@ def test_client_gets_reference_and_policy_completions_with_scores_same_for_the_s
     rows = {row[0]: row[1:] for row in scores["data"]}
     assert set(rows) == {"reference", "policy"}
     for model in ("reference", "policy"):
-        assert isinstance(rows[model][0], float)            # the VADER score of that completion
+        assert isinstance(rows[model][0], float)  # the VADER score of that completion
     assert rows["reference"][1] == "n/a" and isinstance(rows["policy"][1], float)  # log pi - log pi_ref
-    assert generate(7) == (reference, policy, scores)        # same seed: the very same completions and numbers
-    assert generate(8)[0] != reference                       # the seed is used
-    unscored = generate(7, "none")                           # a scorer picked in the UI: here none
+    assert generate(7) == (reference, policy, scores)  # same seed: the very same completions and numbers
+    assert generate(8)[0] != reference  # the seed is used
+    unscored = generate(7, "none")  # a scorer picked in the UI: here none
     assert unscored[:2] == (reference, policy) and [r[1] for r in unscored[2]["data"]] == ["n/a", "n/a"]
 
 
@@ -121,8 +143,10 @@ def _chromium() -> tuple[str, str]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (browser and driver):
-        message = "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y chromium " \
-                  "chromium-driver; .ci/run installs them)"
+        message = (
+            "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y chromium "
+            "chromium-driver; .ci/run installs them)"
+        )
         if os.environ.get("CI") or os.environ.get("DPO_EXP_REQUIRE_SHARED_DATA"):
             pytest.fail(message)
         pytest.skip(message)
@@ -145,8 +169,13 @@ def test_browser_types_a_prompt_clicks_generate_and_sees_both_completions(app_ur
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1100"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1100",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -145,12 +145,23 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("train_batch_negative", good_jsonl, ["trainer.per_device_train_batch_size=-4"], ["per_device_train_batch_size"]),
     ("eval_batch_zero", good_jsonl, ["trainer.per_device_eval_batch_size=0"], ["per_device_eval_batch_size"]),
     ("grad_accum_zero", good_jsonl, ["trainer.gradient_accumulation_steps=0"], ["gradient_accumulation_steps"]),
-    ("lora_target_unknown", good_jsonl, ["lora.target_modules=[q_proj,c_attn]"],
-     ["lora.target_modules", "q_proj", "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']"]),
+    (
+        "lora_target_unknown",
+        good_jsonl,
+        ["lora.target_modules=[q_proj,c_attn]"],
+        ["lora.target_modules", "q_proj", "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']"],
+    ),
     # dotted names need the meta-device build: one unknown, one a block LoRA cannot wrap (one run checks both)
-    ("lora_target_dotted", good_jsonl, ["lora.target_modules=[attn.q_proj,h.0.attn,attn.c_attn]"],
-     ["'attn.q_proj' is not a module of the model", "'h.0.attn' is a GPT2Attention, which LoRA cannot wrap",
-      "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']"]),
+    (
+        "lora_target_dotted",
+        good_jsonl,
+        ["lora.target_modules=[attn.q_proj,h.0.attn,attn.c_attn]"],
+        [
+            "'attn.q_proj' is not a module of the model",
+            "'h.0.attn' is a GPT2Attention, which LoRA cannot wrap",
+            "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']",
+        ],
+    ),
     ("missing_columns_jsonl", missing_column_jsonl, [], ["missing column(s) ['prompt', 'rejected']"]),
     ("missing_columns_csv", missing_column_csv, [], ["bad.csv", "missing column(s) ['chosen', 'rejected']"]),
     ("missing_columns_parquet", missing_column_parquet, [], ["b.parquet", "missing column(s) ['rejected']"]),
@@ -172,19 +183,33 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("data_size_not_a_number", good_jsonl, ["data_size=abc"], ["data_size must be a whole number, got 'abc'"]),
     ("data_size_one", good_jsonl, ["data_size=1"], ["data_size must be >= 2", "got 1"]),
     ("folder_without_train_file", only_validation_folder, [], ["no train file", "validation.jsonl"]),
-    ("reward_on_preference_data", good_jsonl, ["reward=tfidf_logreg"],
-     ["reward=tfidf_logreg builds pairs for dataset=imdb_sentiment only", "eval.reward=tfidf_logreg"]),
-    ("fp16_on_cpu", good_jsonl, ["trainer.precision=fp16", "model.device=cpu"],
-     ["trainer.precision=fp16 needs a GPU", "device is cpu"]),
-    ("bf16_model_dtype_on_cpu", good_jsonl, ["model.dtype=bf16", "model.device=cpu"],
-     ["model.dtype=bf16 needs a GPU"]),
+    (
+        "reward_on_preference_data",
+        good_jsonl,
+        ["reward=tfidf_logreg"],
+        ["reward=tfidf_logreg builds pairs for dataset=imdb_sentiment only", "eval.reward=tfidf_logreg"],
+    ),
+    (
+        "fp16_on_cpu",
+        good_jsonl,
+        ["trainer.precision=fp16", "model.device=cpu"],
+        ["trainer.precision=fp16 needs a GPU", "device is cpu"],
+    ),
+    ("bf16_model_dtype_on_cpu", good_jsonl, ["model.dtype=bf16", "model.device=cpu"], ["model.dtype=bf16 needs a GPU"]),
     ("best_of_n_zero", good_jsonl, ["eval.enabled=true", "eval.best_of_n=[0,4]"], ["eval.best_of_n must be a list"]),
 ]
 
 
 def base_args(path: Path, tmp_path: Path) -> list[str]:
-    return [*FAST_MODEL, *FAST_TRAINER, "dataset=preference_files", f"dataset.path={path}", "logger=none",
-            "eval.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    return [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=preference_files",
+        f"dataset.path={path}",
+        "logger=none",
+        "eval.enabled=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
 
 
 def run_probed(args: list[str], tmp_path: Path):
@@ -227,8 +252,9 @@ def test_data_size_error_says_how_many_are_available(tmp_path):
     rows = sample_rows()
     ties = sum(r["metadata"]["score_chosen"] == r["metadata"]["score_rejected"] for r in rows)
     path = write_jsonl(tmp_path / "d.jsonl", [{**flat([r])[0], **r["metadata"]} for r in rows])
-    proc, imported = run_probed([*base_args(path, tmp_path), "data_size=99", "trainer.max_length=1024",
-                                 "model.tiny.n_positions=1024"], tmp_path)
+    proc, imported = run_probed(
+        [*base_args(path, tmp_path), "data_size=99", "trainer.max_length=1024", "model.tiny.n_positions=1024"], tmp_path
+    )
     pairs = len(rows) - ties
     available = pairs - max(1, round(pairs * 0.1))
     assert_clean_error(proc, [f"only {available} training pairs are available", f"from {len(rows)} rows"], imported)
@@ -246,8 +272,14 @@ def test_hh_rlhf_with_non_text_dialogue_names_the_column(tmp_path, hh_file):
         rows = [json.loads(next(handle)) for _ in range(6)]
     rows[4]["rejected"] = ["not", "a", "dialogue"]
     path = write_jsonl(tmp_path / "hh.jsonl", rows)
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={path}", "logger=none",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=hh_rlhf",
+        f"dataset.path={path}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc, imported = run_probed(args, tmp_path)
     assert_clean_error(proc, imported=imported, needles=["hh.jsonl line 5: column 'rejected' must be text, got list"])
 
@@ -256,8 +288,14 @@ def test_ultrafeedback_non_numeric_score_names_the_line(tmp_path):
     rows = sample_rows()
     rows[6]["metadata"]["score_chosen"] = "high"
     path = write_jsonl(tmp_path / "uf.jsonl", rows)
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=ultrafeedback", f"dataset.path={path}", "logger=none",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=ultrafeedback",
+        f"dataset.path={path}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc, imported = run_probed(args, tmp_path)
     needle = "uf.jsonl line 7: column 'score_chosen' must be a number, got 'high'"
     assert_clean_error(proc, imported=imported, needles=[needle])
@@ -268,8 +306,15 @@ def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
     rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
     rows[5]["label"] = 3
     path = write_jsonl(tmp_path / "imdb.jsonl", rows)
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=imdb_sentiment", f"dataset.path={path}", "logger=none",
-            "reward=vader", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=imdb_sentiment",
+        f"dataset.path={path}",
+        "logger=none",
+        "reward=vader",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc, imported = run_probed(args, tmp_path)
     assert_clean_error(proc, ["imdb.jsonl", "'label'", "got 3"], imported)
 
@@ -277,8 +322,16 @@ def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
 def test_imdb_with_one_sample_per_prompt_is_caught_in_validation(tmp_path):
     rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
     path = write_jsonl(tmp_path / "imdb.jsonl", rows)
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=imdb_sentiment", f"dataset.path={path}", "logger=none",
-            "reward=vader", "generation.num_samples=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=imdb_sentiment",
+        f"dataset.path={path}",
+        "logger=none",
+        "reward=vader",
+        "generation.num_samples=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc, imported = run_probed(args, tmp_path)
     assert_clean_error(proc, ["generation.num_samples=1", "needs >= 2 samples per prompt"], imported)
 
@@ -293,11 +346,17 @@ def test_unwritable_output_folder_is_one_line(tmp_path):
     assert_clean_error(sweep, ["hydra.sweep.dir=", "cannot be used as the output folder"])
 
 
-@pytest.mark.parametrize("overrides,needles", [
-    ([*FAST_MODEL, *FAST_TRAINER],
-     ["dataset 'trl-lib/ultrafeedback_binarized'", "HF_HUB_OFFLINE=1", "dataset.path=PATH"]),
-    (["model=gpt2"], ["model 'gpt2'", "HF_HUB_OFFLINE=1", "model.path=PATH"]),
-], ids=["dataset", "model"])
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        (
+            [*FAST_MODEL, *FAST_TRAINER],
+            ["dataset 'trl-lib/ultrafeedback_binarized'", "HF_HUB_OFFLINE=1", "dataset.path=PATH"],
+        ),
+        (["model=gpt2"], ["model 'gpt2'", "HF_HUB_OFFLINE=1", "model.path=PATH"]),
+    ],
+    ids=["dataset", "model"],
+)
 def test_hub_defaults_offline_are_one_line_naming_the_local_alternative(tmp_path, overrides, needles):
     """The default hub dataset / model with the offline flags (conftest sets them): one line, no traceback."""
     args = [*overrides, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]

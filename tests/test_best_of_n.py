@@ -30,7 +30,7 @@ def test_expected_best_matches_brute_force_over_subsets():
         brute = [np.mean([max(row[list(c)]) for c in itertools.combinations(range(6), n)]) for row in scores]
         np.testing.assert_allclose(expected_best(scores, n), brute)
     np.testing.assert_allclose(expected_best(scores, 1), scores.mean(axis=1))  # best-of-1 = the mean
-    np.testing.assert_allclose(expected_best(scores, 6), scores.max(axis=1))   # best-of-K = the max
+    np.testing.assert_allclose(expected_best(scores, 6), scores.max(axis=1))  # best-of-K = the max
     with pytest.raises(ValueError):
         expected_best(scores, 7)
 
@@ -60,8 +60,16 @@ def test_best_of_1_equals_the_reference_mean_on_the_same_samples_and_reuses_them
     with pair.reference() as reference:
         from dpo_exp.generation import generate_samples
 
-        reuse = generate_samples(reference, tokenizer, prompts, settings.gen_cfg, settings.seed, num_samples=2,
-                                 max_new_tokens=settings.max_new_tokens, progress=False)
+        reuse = generate_samples(
+            reference,
+            tokenizer,
+            prompts,
+            settings.gen_cfg,
+            settings.seed,
+            num_samples=2,
+            max_new_tokens=settings.max_new_tokens,
+            progress=False,
+        )
     scorer = _LengthScorer()
     reuse_scores = np.array([[len(p + t) for t in texts] for p, texts in zip(prompts, reuse.texts)], float)
     out = evaluate_best_of_n(pair, tokenizer, prompts, settings, scorer, [1, 2, 4], 100, reuse, reuse_scores)
@@ -91,8 +99,9 @@ def tiny_pair():
     tokenizer = load_tokenizer(cfg.model)
     model = build_model(cfg.model, 0)
     pair = PolicyReference(model, model)  # only the reference is sampled here
-    gen = OmegaConf.create({"temperature": 1.0, "top_k": 0, "top_p": 1.0, "batch_size": 8, "num_samples": 2,
-                            "max_new_tokens": 6})
+    gen = OmegaConf.create(
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "batch_size": 8, "num_samples": 2, "max_new_tokens": 6}
+    )
     return pair, tokenizer, SampleSettings(gen_cfg=gen, num_samples=2, max_new_tokens=6, seed=3, score_with_prompt=True)
 
 
@@ -117,12 +126,30 @@ def test_significant_when_the_delta_interval_excludes_zero():
 def test_headline_states_the_effect_and_whether_it_is_significant():
     from dpo_exp.pipeline import headline
 
-    summary = {"eval/reward_scorer": "tfidf_logreg", "eval/reward_reference": 0.5, "eval/reward_policy": 0.55,
-               "eval/reward_delta": 0.05, "eval/reward_delta_ci_low": 0.02, "eval/reward_delta_ci_high": 0.08,
-               "eval/significant": True, "eval/win_rate": 0.8, "eval/win_rate_ci_low": 0.7, "eval/win_rate_ci_high": 0.9,
-               "eval/tie_rate": 0.0, "eval/num_prompts": 100, "eval/num_samples": 4, "eval/kl": 3.2,
-               "eval/kl_ci_low": 3.0, "eval/kl_ci_high": 3.4, "eval/bon_delta_4": 0.1, "eval/bon_kl_4": analytic_kl(4),
-               "timing/sft_s": 120.0, "timing/pairs_s": 60.0, "timing/train_s": 200.0, "timing/eval_s": 90.0}
+    summary = {
+        "eval/reward_scorer": "tfidf_logreg",
+        "eval/reward_reference": 0.5,
+        "eval/reward_policy": 0.55,
+        "eval/reward_delta": 0.05,
+        "eval/reward_delta_ci_low": 0.02,
+        "eval/reward_delta_ci_high": 0.08,
+        "eval/significant": True,
+        "eval/win_rate": 0.8,
+        "eval/win_rate_ci_low": 0.7,
+        "eval/win_rate_ci_high": 0.9,
+        "eval/tie_rate": 0.0,
+        "eval/num_prompts": 100,
+        "eval/num_samples": 4,
+        "eval/kl": 3.2,
+        "eval/kl_ci_low": 3.0,
+        "eval/kl_ci_high": 3.4,
+        "eval/bon_delta_4": 0.1,
+        "eval/bon_kl_4": analytic_kl(4),
+        "timing/sft_s": 120.0,
+        "timing/pairs_s": 60.0,
+        "timing/train_s": 200.0,
+        "timing/eval_s": 90.0,
+    }
     text = "\n".join(headline(summary))
     assert "0.5000 -> 0.5500: delta +0.0500 [95% CI +0.0200, +0.0800], significant" in text
     assert "win rate 0.800 [95% CI 0.700, 0.900]" in text and "100 held-out prompts x 4 samples" in text

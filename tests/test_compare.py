@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from .conftest import run_cli
 
-from dpo_exp.compare import (compare, find_run_dirs, frontier_lines, frontier_x, frontier_xlabel, last_epoch_means,
-                             load_run, swept_params)
+from dpo_exp.compare import (
+    compare,
+    find_run_dirs,
+    frontier_lines,
+    frontier_x,
+    frontier_xlabel,
+    last_epoch_means,
+    load_run,
+    swept_params,
+)
 from dpo_exp.errors import UserError
+
+from .conftest import run_cli
 
 
 def write_run(run_dir: Path, overrides: dict[str, str], summary: dict, metrics: list[dict] | None = None) -> Path:
@@ -28,10 +37,19 @@ def write_run(run_dir: Path, overrides: dict[str, str], summary: dict, metrics: 
 def curves(beta: float) -> list[dict]:
     rows = []
     for step in (1, 2, 3, 4):
-        rows.append({"split": "train", "step": step, "epoch": step / 2, "loss": 0.7 - 0.05 * step * beta,
-                     "rewards/accuracies": 0.5 + 0.1 * step, "rewards/margins": 0.1 * step * beta})
-    rows.append({"split": "eval", "step": 4, "epoch": 2, "loss": 0.65, "rewards/accuracies": 0.6,
-                 "rewards/margins": 0.2})
+        rows.append(
+            {
+                "split": "train",
+                "step": step,
+                "epoch": step / 2,
+                "loss": 0.7 - 0.05 * step * beta,
+                "rewards/accuracies": 0.5 + 0.1 * step,
+                "rewards/margins": 0.1 * step * beta,
+            }
+        )
+    rows.append(
+        {"split": "eval", "step": 4, "epoch": 2, "loss": 0.65, "rewards/accuracies": 0.6, "rewards/margins": 0.2}
+    )
     return rows
 
 
@@ -44,18 +62,31 @@ def sweep(tmp_path: Path) -> Path:
         for lr in ("1e-4", "1e-3"):
             overrides = {"model": "tiny_gpt2", "data_size": "8", "beta": beta, "lr": lr}
             if (beta, lr) == ("0.5", "1e-3"):
-                summary = {"status": "failed", "error": "NonFiniteError: non-finite loss at step 3",
-                           "sweep": {"beta": beta, "lr": lr}}
+                summary = {
+                    "status": "failed",
+                    "error": "NonFiniteError: non-finite loss at step 3",
+                    "sweep": {"beta": beta, "lr": lr},
+                }
                 write_run(root / str(job), overrides, summary)
             else:
                 b = float(beta)
                 summary = {
-                    "status": "completed", "sweep": {"beta": beta, "lr": lr}, "loss": 0.7 - 0.2 * b,
-                    "eval_loss": 0.66 - b / 10, "rewards/accuracies": 0.9, "eval_rewards/accuracies": 0.6 + b / 10,
-                    "rewards/margins": 0.4 * b, "eval_rewards/margins": 0.2 * b,
-                    "eval/reward_policy": 0.55 + 0.05 / b, "eval/reward_reference": 0.5, "eval/kl": 1 / b,
-                    "eval/kl_ci_low": 0.8 / b, "eval/kl_ci_high": 1.2 / b, "eval/win_rate": 0.6,
-                    "eval/notes": "text is not a metric", "ref_logps": {"cache": "reused" if job else "built"},
+                    "status": "completed",
+                    "sweep": {"beta": beta, "lr": lr},
+                    "loss": 0.7 - 0.2 * b,
+                    "eval_loss": 0.66 - b / 10,
+                    "rewards/accuracies": 0.9,
+                    "eval_rewards/accuracies": 0.6 + b / 10,
+                    "rewards/margins": 0.4 * b,
+                    "eval_rewards/margins": 0.2 * b,
+                    "eval/reward_policy": 0.55 + 0.05 / b,
+                    "eval/reward_reference": 0.5,
+                    "eval/kl": 1 / b,
+                    "eval/kl_ci_low": 0.8 / b,
+                    "eval/kl_ci_high": 1.2 / b,
+                    "eval/win_rate": 0.6,
+                    "eval/notes": "text is not a metric",
+                    "ref_logps": {"cache": "reused" if job else "built"},
                 }
                 write_run(root / str(job), overrides, summary, curves(b))
             job += 1
@@ -82,7 +113,7 @@ def test_compare_writes_csv_md_and_plots(sweep: Path, capsys):
     assert list(csv.columns[:4]) == ["run", "beta", "lr", "status"]
     assert sorted(zip(csv["beta"], csv["lr"])) == [(0.1, 1e-4), (0.1, 1e-3), (0.5, 1e-4), (0.5, 1e-3)]
     ok = csv[csv["status"] == "completed"].set_index(["beta", "lr"])
-    assert ok.loc[(0.5, 1e-4), "eval/loss"] == pytest.approx(0.61)          # W&B's name for TRL's eval_loss
+    assert ok.loc[(0.5, 1e-4), "eval/loss"] == pytest.approx(0.61)  # W&B's name for TRL's eval_loss
     assert ok.loc[(0.1, 1e-4), "eval/rewards/accuracies"] == pytest.approx(0.61)
     assert ok.loc[(0.1, 1e-3), "eval/kl"] == pytest.approx(10.0)
     assert "eval/notes" not in csv.columns
@@ -105,8 +136,12 @@ def test_compare_writes_csv_md_and_plots(sweep: Path, capsys):
 
 def test_frontier_is_skipped_with_a_note_without_eval_metrics(tmp_path: Path):
     for i, beta in enumerate(("0.1", "1.0")):
-        write_run(tmp_path / str(i), {"beta": beta}, {"status": "completed", "loss": 0.6, "eval_loss": 0.7},
-                  curves(float(beta)))
+        write_run(
+            tmp_path / str(i),
+            {"beta": beta},
+            {"status": "completed", "loss": 0.6, "eval_loss": 0.7},
+            curves(float(beta)),
+        )
     compare([tmp_path], console=False)
     assert not (tmp_path / "plots" / "reward_kl_frontier.png").exists()
     assert "reward-KL frontier skipped" in (tmp_path / "comparison.md").read_text()
@@ -115,8 +150,9 @@ def test_frontier_is_skipped_with_a_note_without_eval_metrics(tmp_path: Path):
 
 def test_cli_accepts_several_run_dirs_and_an_output_folder(sweep: Path, tmp_path: Path):
     out = tmp_path / "report"
-    proc = run_cli([str(sweep / "0"), str(sweep / "2"), "--out", str(out), "--no-plots"], tmp_path,
-                   module="dpo_exp.compare")
+    proc = run_cli(
+        [str(sweep / "0"), str(sweep / "2"), "--out", str(out), "--no-plots"], tmp_path, module="dpo_exp.compare"
+    )
     assert proc.returncode == 0, proc.stderr
     csv = pd.read_csv(out / "comparison.csv")
     assert list(csv["beta"]) == [0.1, 0.5] and list(csv["lr"]) == [1e-4, 1e-4]  # the recorded sweep keys
@@ -131,9 +167,12 @@ def test_no_runs_is_a_user_error(tmp_path: Path):
 
 def test_train_columns_are_the_mean_over_the_last_epoch(tmp_path: Path):
     """Two epochs of 3 logged steps each: the table shows the mean of epoch 2's steps, not the last step alone."""
-    rows = [{"split": "train", "step": k, "epoch": k / 3, "loss": loss, "rewards/accuracies": acc}
-            for k, (loss, acc) in enumerate([(0.9, 0.1), (0.8, 0.2), (0.7, 0.3), (0.6, 0.4), (0.2, 1.0), (0.4, 0.7)],
-                                            start=1)]
+    rows = [
+        {"split": "train", "step": k, "epoch": k / 3, "loss": loss, "rewards/accuracies": acc}
+        for k, (loss, acc) in enumerate(
+            [(0.9, 0.1), (0.8, 0.2), (0.7, 0.3), (0.6, 0.4), (0.2, 1.0), (0.4, 0.7)], start=1
+        )
+    ]
     rows.append({"split": "eval", "step": 6, "epoch": 2.0, "loss": 5.0})  # eval rows never count
     run = write_run(tmp_path / "0", {"beta": "0.1"}, {"status": "completed", "loss": 0.4}, rows)
     assert last_epoch_means(load_run(run).metrics) == pytest.approx({"loss": 0.4, "rewards/accuracies": 0.7})
@@ -148,12 +187,21 @@ def test_train_columns_are_the_mean_over_the_last_epoch(tmp_path: Path):
 
 def _frontier_run(root: Path, job: int, beta: str, lr: str, data_size: str, with_rb: bool = True) -> None:
     b, scale = float(beta), float(lr) * 1e4
-    summary = {"status": "completed", "sweep": {"beta": beta, "lr": lr, "data_size": data_size},
-               "eval/reward_policy": 0.5 + scale * 0.1 / b, "eval/reward_reference": 0.4 + 0.01 * int(data_size),
-               "eval/kl": scale / b, "eval/kl_ci_low": 0.5 * scale / b, "eval/kl_ci_high": 1.5 * scale / b}
+    summary = {
+        "status": "completed",
+        "sweep": {"beta": beta, "lr": lr, "data_size": data_size},
+        "eval/reward_policy": 0.5 + scale * 0.1 / b,
+        "eval/reward_reference": 0.4 + 0.01 * int(data_size),
+        "eval/kl": scale / b,
+        "eval/kl_ci_low": 0.5 * scale / b,
+        "eval/kl_ci_high": 1.5 * scale / b,
+    }
     if with_rb:
-        summary |= {"eval/kl_rb": 0.9 * scale / b, "eval/kl_rb_ci_low": 0.8 * scale / b,
-                    "eval/kl_rb_ci_high": scale / b}
+        summary |= {
+            "eval/kl_rb": 0.9 * scale / b,
+            "eval/kl_rb_ci_low": 0.8 * scale / b,
+            "eval/kl_rb_ci_high": scale / b,
+        }
     write_run(root / str(job), {"beta": beta, "lr": lr, "data_size": data_size}, summary)
 
 
@@ -169,12 +217,16 @@ def test_reward_kl_frontier_is_one_line_per_combination_of_the_other_swept_keys(
     assert frontier_x(df) == "eval/kl_rb"
     along, lines = frontier_lines(df, ["beta", "lr", "data_size"], "eval/kl_rb")
     assert along == "beta" and len(lines) == 4
-    for label, points in lines:
-        assert len(points) == 3 and points["beta"].nunique() == 3            # each line: the three betas ...
-        assert points["lr"].nunique() == 1 and points["data_size"].nunique() == 1   # ... and nothing else varies
+    for _label, points in lines:
+        assert len(points) == 3 and points["beta"].nunique() == 3  # each line: the three betas ...
+        assert points["lr"].nunique() == 1 and points["data_size"].nunique() == 1  # ... and nothing else varies
         assert list(points["eval/kl_rb"]) == sorted(points["eval/kl_rb"])
-    assert {label for label, _ in lines} == {"lr=0.0001,data_size=8", "lr=0.0003,data_size=8",
-                                             "lr=0.0001,data_size=16", "lr=0.0003,data_size=16"}
+    assert {label for label, _ in lines} == {
+        "lr=0.0001,data_size=8",
+        "lr=0.0003,data_size=8",
+        "lr=0.0001,data_size=16",
+        "lr=0.0003,data_size=16",
+    }
     assert "eval/kl_rb" in frontier_xlabel("eval/kl_rb") and "Rao-Blackwell" in frontier_xlabel("eval/kl_rb")
     md = (tmp_path / "comparison.md").read_text()
     assert "x = eval/kl_rb" in md and "4 line(s)" in md
@@ -223,7 +275,8 @@ def test_frontier_draws_the_best_of_n_curve_beside_the_runs():
     assert list(line.get_xdata()) == pytest.approx([analytic_kl(1), analytic_kl(4), analytic_kl(16)])
     assert list(line.get_ydata()) == pytest.approx([0.51, 0.56, 0.61])
     fig2, ax2 = plt.subplots()
-    assert not plot_best_of_n(ax2, pd.DataFrame([{"eval/kl": 1.0, "eval/reward_policy": 0.6,
-                                                   "eval/reward_reference": 0.5}]))  # no best-of-N: nothing drawn
+    assert not plot_best_of_n(
+        ax2, pd.DataFrame([{"eval/kl": 1.0, "eval/reward_policy": 0.6, "eval/reward_reference": 0.5}])
+    )  # no best-of-N: nothing drawn
     plt.close(fig)
     plt.close(fig2)

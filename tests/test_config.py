@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from omegaconf import OmegaConf
 
@@ -119,8 +118,14 @@ def test_trl_defaults_are_overridden_explicitly(tmp_path):
 
 @pytest.mark.parametrize(
     "override,field",
-    [("beta=0", "beta"), ("beta=-1", "beta"), ("lr=0", "lr"), ("data_size=0", "data_size"),
-     ("trainer.loss_type=nope", "trainer.loss_type"), ("trainer.per_device_train_batch_size=0", "batch_size")],
+    [
+        ("beta=0", "beta"),
+        ("beta=-1", "beta"),
+        ("lr=0", "lr"),
+        ("data_size=0", "data_size"),
+        ("trainer.loss_type=nope", "trainer.loss_type"),
+        ("trainer.per_device_train_batch_size=0", "batch_size"),
+    ],
 )
 def test_validate_names_the_bad_field(override, field):
     with pytest.raises(UserError, match=field):

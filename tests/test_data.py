@@ -45,8 +45,9 @@ def pair_key(row: dict) -> tuple[str, str, str]:
 
 def test_ultrafeedback_flat_sample_is_templated_and_ties_counted(ultrafeedback_file):
     raw = read_jsonl(ultrafeedback_file)
-    usable = [r for r in raw if r["chosen"].strip() and r["rejected"].strip() and
-              r["chosen"].strip() != r["rejected"].strip()]
+    usable = [
+        r for r in raw if r["chosen"].strip() and r["rejected"].strip() and r["chosen"].strip() != r["rejected"].strip()
+    ]
     ties = sum(r["metadata"]["score_chosen"] == r["metadata"]["score_rejected"] for r in usable)
     data = load_preference_data(dataset_cfg("dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}"), seed=0)
     assert data.counts["train_raw"] == len(raw) == 1000
@@ -112,10 +113,14 @@ def test_hh_split_cases():
     row = split_hh_dialogue(same_prefix + "\n\nAssistant: no.", same_prefix + "\n\nAssistant: sure!")
     assert row == {"prompt": same_prefix + ASSISTANT_TAG, "chosen": " no.", "rejected": " sure!"}
     # diverging inside an earlier assistant turn: the prompt stops at that turn's tag
-    row = split_hh_dialogue("\n\nHuman: q\n\nAssistant: A\n\nHuman: more\n\nAssistant: x",
-                            "\n\nHuman: q\n\nAssistant: B")
-    assert row == {"prompt": "\n\nHuman: q\n\nAssistant:", "chosen": " A\n\nHuman: more\n\nAssistant: x",
-                   "rejected": " B"}
+    row = split_hh_dialogue(
+        "\n\nHuman: q\n\nAssistant: A\n\nHuman: more\n\nAssistant: x", "\n\nHuman: q\n\nAssistant: B"
+    )
+    assert row == {
+        "prompt": "\n\nHuman: q\n\nAssistant:",
+        "chosen": " A\n\nHuman: more\n\nAssistant: x",
+        "rejected": " B",
+    }
     # no shared assistant turn at all: no prompt can be separated
     assert split_hh_dialogue("\n\nHuman: a", "\n\nHuman: b")["prompt"] == ""
 
@@ -133,11 +138,11 @@ def test_hh_file_loads_with_counts(hh_file):
 def test_filter_counts_empty_identical_ties():
     rows = [
         {"prompt": "p", "chosen": "a", "rejected": "b"},
-        {"prompt": "p", "chosen": "  ", "rejected": "b"},              # empty
-        {"prompt": "p", "chosen": "a", "rejected": None},              # missing value: empty
-        {"prompt": "p", "chosen": " same ", "rejected": "same"},       # identical after stripping
+        {"prompt": "p", "chosen": "  ", "rejected": "b"},  # empty
+        {"prompt": "p", "chosen": "a", "rejected": None},  # missing value: empty
+        {"prompt": "p", "chosen": " same ", "rejected": "same"},  # identical after stripping
         {"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 5.0, "score_rejected": 5.0},  # tie
-        {"prompt": "", "chosen": "a", "rejected": "b", "score_chosen": 6.0, "score_rejected": 5.0},   # empty prompt ok
+        {"prompt": "", "chosen": "a", "rejected": "b", "score_chosen": 6.0, "score_rejected": 5.0},  # empty prompt ok
     ]
     kept, counts = filter_pairs(rows, drop_ties=True, where="x")
     assert counts == {"empty": 2, "identical": 1, "ties": 1} and kept == [rows[0], rows[5]]
@@ -147,8 +152,11 @@ def test_filter_counts_empty_identical_ties():
 
 def test_filter_rejects_non_text_naming_row_and_column():
     with pytest.raises(UserError, match=r"x: row 2: column 'rejected' must be text, got int"):
-        filter_pairs([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": 1}],
-                     drop_ties=True, where="x")
+        filter_pairs(
+            [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": 1}],
+            drop_ties=True,
+            where="x",
+        )
 
 
 def test_file_counts_reach_the_preference_data(tmp_path):
@@ -158,8 +166,14 @@ def test_file_counts_reach_the_preference_data(tmp_path):
     path = write_jsonl(tmp_path / "f.jsonl", rows)
     data = load_preference_data(dataset_cfg("dataset=preference_files", f"dataset.path={path}"), 0)
     assert data.counts == {
-        "train_raw": 13, "train_dropped_empty": 1, "train_dropped_identical": 1, "train_dropped_ties": 1,
-        "train_dropped_too_long": 0, "train_pairs": 9, "eval_pairs": 1, "eval_dropped_prompt_overlap": 0,
+        "train_raw": 13,
+        "train_dropped_empty": 1,
+        "train_dropped_identical": 1,
+        "train_dropped_ties": 1,
+        "train_dropped_too_long": 0,
+        "train_pairs": 9,
+        "eval_pairs": 1,
+        "eval_dropped_prompt_overlap": 0,
     }
 
 
@@ -184,7 +198,8 @@ def test_eval_split_from_a_test_file_has_no_overlap(tmp_path, hh_file):
     cfg = dataset_cfg("dataset=hh_rlhf")
     test_pairs = {pair_key(normalize_hh(r, cfg.columns)) for r in raw[300:400]}
     assert {pair_key(r) for r in data.eval} <= test_pairs and len(data.eval) == data.counts["test_raw"] - sum(
-        data.counts[f"test_dropped_{k}"] for k in ("empty", "identical", "ties", "too_long"))
+        data.counts[f"test_dropped_{k}"] for k in ("empty", "identical", "ties", "too_long")
+    )
     assert not {pair_key(r) for r in data.train} & test_pairs
     assert data.counts["train_raw"] == 300 and data.counts["test_raw"] == 100
 
@@ -192,8 +207,9 @@ def test_eval_split_from_a_test_file_has_no_overlap(tmp_path, hh_file):
 def test_held_out_fraction_has_no_overlap(tmp_path):
     rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)]
     path = write_jsonl(tmp_path / "f.jsonl", rows)
-    data = load_preference_data(dataset_cfg("dataset=preference_files", f"dataset.path={path}",
-                                            "dataset.eval_fraction=0.25"), seed=0)
+    data = load_preference_data(
+        dataset_cfg("dataset=preference_files", f"dataset.path={path}", "dataset.eval_fraction=0.25"), seed=0
+    )
     assert len(data.eval) == 10 and len(data.train) == 30
     assert not {pair_key(r) for r in data.train} & {pair_key(r) for r in data.eval}
     assert data.eval_prompts == [r["prompt"] for r in data.eval]
@@ -203,8 +219,10 @@ def test_held_out_fraction_has_no_overlap(tmp_path):
 
 
 def test_csv_parquet_json_and_jsonl_read_the_same_rows(tmp_path):
-    rows = [{"prompt": f"q{i}, with a comma", "chosen": f"good\n{i}", "rejected": "", "score_chosen": float(i)}
-            for i in range(5)]
+    rows = [
+        {"prompt": f"q{i}, with a comma", "chosen": f"good\n{i}", "rejected": "", "score_chosen": float(i)}
+        for i in range(5)
+    ]
     write_jsonl(tmp_path / "a.jsonl", rows)
     (tmp_path / "a.json").write_text(json.dumps(rows), encoding="utf-8")
     pd.DataFrame(rows).to_csv(tmp_path / "a.csv", index=False)

@@ -15,9 +15,21 @@ def _trainer(hh_file, tmp_path, disable: bool):
     from dpo_exp.tracking import Tracker
     from dpo_exp.train import build_trainer
 
-    cfg = compose([*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh_file}", "data_size=4",
-                   "dataset.eval_size=2", "logger=none", "lora.dropout=0.2", f"trainer.disable_dropout={disable}",
-                   "trainer.precompute_ref_log_probs=false", "trainer.eval_strategy=no"])
+    cfg = compose(
+        [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "dataset=hh_rlhf",
+            f"dataset.path={hh_file}",
+            "data_size=4",
+            "dataset.eval_size=2",
+            "logger=none",
+            "lora.dropout=0.2",
+            f"trainer.disable_dropout={disable}",
+            "trainer.precompute_ref_log_probs=false",
+            "trainer.eval_strategy=no",
+        ]
+    )
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.dataset, 0, lambda p: len(tokenizer(p, verbose=False).input_ids) < 48)
     model = build_model(cfg.model, 0)

@@ -51,8 +51,17 @@ def assert_run_directory(run_dir: Path, lora: bool = True) -> dict:
 
 def test_ultrafeedback_run_with_wandb_offline(tmp_path, ultrafeedback_file):
     run_dir = tmp_path / "run"
-    result = run_cli(["model=tiny_gpt2", "dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}", *SMALL,
-                      "logger=wandb", f"hydra.run.dir={run_dir}"], tmp_path)
+    result = run_cli(
+        [
+            "model=tiny_gpt2",
+            "dataset=ultrafeedback",
+            f"dataset.path={ultrafeedback_file}",
+            *SMALL,
+            "logger=wandb",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_run_directory(run_dir)
     assert summary["data"]["train_dropped_ties"] > 0  # the sample has tied scores
@@ -72,8 +81,10 @@ def test_ultrafeedback_run_with_wandb_offline(tmp_path, ultrafeedback_file):
 
 def test_hh_rlhf_run_with_full_finetuning(tmp_path, hh_file):
     run_dir = tmp_path / "run"
-    result = run_cli(["dataset=hh_rlhf", f"dataset.path={hh_file}", *SMALL, "lora=none", "logger=none",
-                      f"hydra.run.dir={run_dir}"], tmp_path)
+    result = run_cli(
+        ["dataset=hh_rlhf", f"dataset.path={hh_file}", *SMALL, "lora=none", "logger=none", f"hydra.run.dir={run_dir}"],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_run_directory(run_dir, lora=False)
     assert summary["rewards/chosen"] != 0 or summary["rewards/rejected"] != 0  # the policy moved off the reference
@@ -82,8 +93,19 @@ def test_hh_rlhf_run_with_full_finetuning(tmp_path, hh_file):
 
 def test_two_job_multirun_gives_two_run_dirs_and_two_wandb_runs(tmp_path, hh_file):
     sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "dataset=hh_rlhf", f"dataset.path={hh_file}", *SMALL, "trainer.eval_strategy=no",
-                      "beta=0.1,0.5", "logger=wandb", f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_cli(
+        [
+            "-m",
+            "dataset=hh_rlhf",
+            f"dataset.path={hh_file}",
+            *SMALL,
+            "trainer.eval_strategy=no",
+            "beta=0.1,0.5",
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / "summary.json").exists())
     assert len(jobs) == 2

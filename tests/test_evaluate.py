@@ -13,26 +13,49 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
-from .wandb_records import offline_runs, run_info
 from dpo_exp.evaluate import EvalInputs, build_eval_scorer, evaluate_models, sample_settings
 from dpo_exp.evaluation.metrics import implicit_reward_metrics, implicit_rewards, sample_and_score
 from dpo_exp.evaluation.models import PolicyReference, from_trainer, load_reference
 from dpo_exp.evaluation.stats import bootstrap_indices, mean_ci, paired_wins
 
+from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
+from .wandb_records import offline_runs, run_info
+
 REQUIRED_KEYS = [
-    "eval/reward_policy", "eval/reward_reference", "eval/reward_policy_std", "eval/reward_reference_std",
-    "eval/reward_policy_ci_low", "eval/reward_policy_ci_high", "eval/reward_reference_ci_low",
-    "eval/reward_reference_ci_high", "eval/reward_delta", "eval/win_rate", "eval/win_rate_ci_low",
-    "eval/win_rate_ci_high", "eval/kl", "eval/kl_std", "eval/implicit_accuracy", "eval/implicit_auc",
+    "eval/reward_policy",
+    "eval/reward_reference",
+    "eval/reward_policy_std",
+    "eval/reward_reference_std",
+    "eval/reward_policy_ci_low",
+    "eval/reward_policy_ci_high",
+    "eval/reward_reference_ci_low",
+    "eval/reward_reference_ci_high",
+    "eval/reward_delta",
+    "eval/win_rate",
+    "eval/win_rate_ci_low",
+    "eval/win_rate_ci_high",
+    "eval/kl",
+    "eval/kl_std",
+    "eval/implicit_accuracy",
+    "eval/implicit_auc",
 ]
 
 
 def _overrides(hh_file: Path, *extra: str) -> list[str]:
     return [
-        *FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh_file}", "data_size=8", "logger=none",
-        "eval.reward=vader", "eval.num_prompts=6", "eval.num_samples=2", "eval.num_pairs=8",
-        "eval.max_new_tokens=12", "eval.bootstrap=200", *extra,
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=hh_rlhf",
+        f"dataset.path={hh_file}",
+        "data_size=8",
+        "logger=none",
+        "eval.reward=vader",
+        "eval.num_prompts=6",
+        "eval.num_samples=2",
+        "eval.num_pairs=8",
+        "eval.max_new_tokens=12",
+        "eval.bootstrap=200",
+        *extra,
     ]
 
 
@@ -45,14 +68,30 @@ def setup():
     from dpo_exp.pipeline import load_data
 
     hh_file = shared_file("hh_rlhf/test.jsonl")
-    cfg = compose(_overrides(hh_file, "lora=none", "lr=3e-3", "epochs=5", "trainer.eval_strategy=no",
-                             "trainer.per_device_train_batch_size=8", "trainer.warmup_ratio=0.0",
-                             "trainer.logging_steps=50"))
+    cfg = compose(
+        _overrides(
+            hh_file,
+            "lora=none",
+            "lr=3e-3",
+            "epochs=5",
+            "trainer.eval_strategy=no",
+            "trainer.per_device_train_batch_size=8",
+            "trainer.warmup_ratio=0.0",
+            "trainer.logging_steps=50",
+        )
+    )
     tokenizer = load_tokenizer(cfg.model)
     data = load_data(SimpleNamespace(cfg=cfg), tokenizer)  # as the pipeline: pairs whose prompt fits max_length
     scorer, name, skip = build_eval_scorer(cfg)
-    return {"cfg": cfg, "tokenizer": tokenizer, "data": data, "scorer": scorer, "scorer_name": name,
-            "model": build_model(cfg.model, int(cfg.seed)), "hh_file": hh_file}
+    return {
+        "cfg": cfg,
+        "tokenizer": tokenizer,
+        "data": data,
+        "scorer": scorer,
+        "scorer_name": name,
+        "model": build_model(cfg.model, int(cfg.seed)),
+        "hh_file": hh_file,
+    }
 
 
 # ---------------------------------------------------------------- statistics
@@ -135,8 +174,9 @@ def test_without_a_scorer_reward_metrics_are_skipped_and_said_so(setup, tmp_path
     scorer, name, reason = build_eval_scorer(cfg)
     assert scorer is None and name is None and "eval.reward" in reason
     m = setup["model"]
-    ev = evaluate_models(cfg, PolicyReference(m, m), setup["tokenizer"], EvalInputs.from_data(setup["data"]),
-                         None, None, reason)
+    ev = evaluate_models(
+        cfg, PolicyReference(m, m), setup["tokenizer"], EvalInputs.from_data(setup["data"]), None, None, reason
+    )
     assert "kl" in ev.metrics and "reward_policy" not in ev.metrics and "implicit_auc" not in ev.metrics
     results = publish(tmp_path, ev, Tracker(), "test", cfg)
     assert any("reward metrics skipped" in note for note in results["eval/notes"])
@@ -150,10 +190,10 @@ def test_without_a_scorer_reward_metrics_are_skipped_and_said_so(setup, tmp_path
 
 def test_overtrained_policy_separates_its_pairs_and_drifts(setup, tmp_path):
     """Full fine-tuning at a high lr on 8 pairs: implicit-reward AUC ~1 on those pairs, KL(policy||ref) > 0."""
-    from dpo_exp.ref_logps import pairs_dataset
     from dpo_exp.models import build_model
-    from dpo_exp.train import build_trainer
+    from dpo_exp.ref_logps import pairs_dataset
     from dpo_exp.tracking import Tracker
+    from dpo_exp.train import build_trainer
 
     cfg, tokenizer, data = setup["cfg"].copy(), setup["tokenizer"], setup["data"]
     cfg.trainer.precompute_ref_log_probs = False  # TRL keeps its frozen reference copy (the path under test)
@@ -167,8 +207,9 @@ def test_overtrained_policy_separates_its_pairs_and_drifts(setup, tmp_path):
     metrics = implicit_reward_metrics(chosen, rejected)
     assert metrics["implicit_accuracy"] == 1.0
     assert metrics["implicit_auc"] >= 0.9
-    result = sample_and_score(pair, tokenizer, EvalInputs.from_data(data).prompts[:4], sample_settings(cfg),
-                              with_reference=False)
+    result = sample_and_score(
+        pair, tokenizer, EvalInputs.from_data(data).prompts[:4], sample_settings(cfg), with_reference=False
+    )
     # The plain Monte-Carlo KL is unbiased but noisy (per-sample std ~0.3 nats against a true KL of ~0.04 here);
     # its low-variance twin (exact per-token KL along the same samples) must be clearly positive.
     assert result.kl_rb.mean() > 0.01 and result.kl_rb.min() > 0
@@ -183,9 +224,20 @@ def finished_run(tmp_path_factory, setup):
     """One CLI run (LoRA, W&B offline, reward-KL trace every step)."""
     cwd = tmp_path_factory.mktemp("evalrun")
     run_dir = cwd / "run"
-    args = [a for a in _overrides(setup["hh_file"], "lr=5e-3", "epochs=1", "eval.every_n_steps=1",
-                                  "eval.trace_prompts=3", "eval.num_side_by_side=3", "trainer.eval_strategy=no",
-                                  "trainer.warmup_ratio=0.0") if a != "logger=none"]
+    args = [
+        a
+        for a in _overrides(
+            setup["hh_file"],
+            "lr=5e-3",
+            "epochs=1",
+            "eval.every_n_steps=1",
+            "eval.trace_prompts=3",
+            "eval.num_side_by_side=3",
+            "trainer.eval_strategy=no",
+            "trainer.warmup_ratio=0.0",
+        )
+        if a != "logger=none"
+    ]
     proc = run_cli([*args, "logger=wandb", "logger.mode=offline", f"hydra.run.dir={run_dir}"], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir

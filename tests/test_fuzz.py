@@ -12,8 +12,8 @@ import json
 import random
 import signal
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -23,9 +23,9 @@ from dpo_exp.errors import UserError
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
 
-N_ROWS = 14          # rows of the real UltraFeedback sample each fuzzed file starts from
-N_CASES = 50         # in-process cases
-MAX_LENGTH = 64      # as in FAST_TRAINER
+N_ROWS = 14  # rows of the real UltraFeedback sample each fuzzed file starts from
+N_CASES = 50  # in-process cases
+MAX_LENGTH = 64  # as in FAST_TRAINER
 
 
 def base_rows() -> list[dict]:
@@ -62,7 +62,7 @@ def _parses(line: bytes) -> bool:
 
 def truncate_line(lines, rng):
     i = _row_index(lines, rng)
-    return [*lines[:i], lines[i][: rng.randrange(1, max(2, len(lines[i])))], *lines[i + 1:]] if lines else lines
+    return [*lines[:i], lines[i][: rng.randrange(1, max(2, len(lines[i])))], *lines[i + 1 :]] if lines else lines
 
 
 def drop_key(lines, rng):
@@ -88,8 +88,11 @@ def invalid_bytes(lines, rng):
     if not lines:
         return lines
     cut = rng.randrange(len(lines[i]) + 1)
-    return [*lines[:i], lines[i][:cut] + rng.choice([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80\x80"]) +
-            lines[i][cut:], *lines[i + 1:]]
+    return [
+        *lines[:i],
+        lines[i][:cut] + rng.choice([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80\x80"]) + lines[i][cut:],
+        *lines[i + 1 :],
+    ]
 
 
 def empty_strings(lines, rng):
@@ -121,7 +124,7 @@ def lone_surrogate(lines, rng):
     i = _row_index(lines, rng)
     if not lines:
         return lines
-    return [*lines[:i], lines[i].replace(b'"chosen": "', b'"chosen": "\\ud800', 1), *lines[i + 1:]]
+    return [*lines[:i], lines[i].replace(b'"chosen": "', b'"chosen": "\\ud800', 1), *lines[i + 1 :]]
 
 
 def byte_order_mark(lines, rng):
@@ -139,8 +142,20 @@ def all_identical(lines, rng):
 
 
 CORRUPTIONS = [
-    truncate_line, drop_key, swap_type, swap_score_type, invalid_bytes, empty_strings, chosen_equals_rejected,
-    huge_prompt, empty_file, blank_and_crlf, non_object_line, lone_surrogate, byte_order_mark, keep_few_rows,
+    truncate_line,
+    drop_key,
+    swap_type,
+    swap_score_type,
+    invalid_bytes,
+    empty_strings,
+    chosen_equals_rejected,
+    huge_prompt,
+    empty_file,
+    blank_and_crlf,
+    non_object_line,
+    lone_surrogate,
+    byte_order_mark,
+    keep_few_rows,
     all_identical,
 ]
 
@@ -173,8 +188,17 @@ def rows() -> list[dict]:
 
 def load_like_the_cli(path: Path, dataset: str, tokenizer) -> PreferenceData:
     """validate + load_preference_data, exactly as the pipeline calls them before building the model."""
-    cfg = compose([*FAST_MODEL, *FAST_TRAINER, f"dataset={dataset}", f"dataset.path={path}", "logger=none",
-                   "lora=none", "data_size=4"])
+    cfg = compose(
+        [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            f"dataset={dataset}",
+            f"dataset.path={path}",
+            "logger=none",
+            "lora=none",
+            "data_size=4",
+        ]
+    )
     validate(cfg)
 
     def prompt_fits(prompt: str) -> bool:
@@ -256,8 +280,9 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
 
 CLI_CASES = {
     # benign damage the filters absorb: the run completes on what is left
-    "absorbed": lambda lines, rng: huge_prompt(empty_strings(chosen_equals_rejected(drop_key(
-        blank_and_crlf(lines, rng), rng), rng), rng), rng),
+    "absorbed": lambda lines, rng: huge_prompt(
+        empty_strings(chosen_equals_rejected(drop_key(blank_and_crlf(lines, rng), rng), rng), rng), rng
+    ),
     "truncated_line": lambda lines, rng: [*lines[:5], lines[5][:37], *lines[6:]],
     "invalid_bytes": lambda lines, rng: [*lines[:2], lines[2][:10] + b"\xff" + lines[2][10:], *lines[3:]],
 }
@@ -270,8 +295,17 @@ def test_corrupted_file_through_the_cli(tmp_path, case, rows):
     lines = CLI_CASES[case]([json.dumps(r).encode("utf-8") for r in rows], rng)
     path = write_lines(tmp_path / "pairs.jsonl", lines)
     run_dir = tmp_path / "run"
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=ultrafeedback", f"dataset.path={path}", "data_size=4", "epochs=1",
-            "eval.enabled=false", "logger=none", f"hydra.run.dir={run_dir}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=ultrafeedback",
+        f"dataset.path={path}",
+        "data_size=4",
+        "epochs=1",
+        "eval.enabled=false",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = run_cli(args, tmp_path, timeout=240)  # a hang raises TimeoutExpired and fails the test
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}

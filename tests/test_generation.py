@@ -30,15 +30,19 @@ def test_counts_and_max_new_tokens(model_and_tokenizer):
     assert len(samples.flat()) == 15
     lengths = [len(ids) for row in samples.token_ids for ids in row]
     assert max(lengths) == 6 and min(lengths) >= 0  # random weights rarely pick EOS: most run to the limit
-    assert all(t == tokenizer.decode(i, skip_special_tokens=True)
-               for texts, ids in zip(samples.texts, samples.token_ids) for t, i in zip(texts, ids))
+    assert all(
+        t == tokenizer.decode(i, skip_special_tokens=True)
+        for texts, ids in zip(samples.texts, samples.token_ids)
+        for t, i in zip(texts, ids)
+    )
     assert tokenizer.padding_side == "right"  # restored after left-padded generation
 
 
 def test_num_samples_and_length_overrides(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    samples = generate_samples(model, tokenizer, PROMPTS[:2], gen_cfg(), seed=1, num_samples=5, max_new_tokens=2,
-                               progress=False)
+    samples = generate_samples(
+        model, tokenizer, PROMPTS[:2], gen_cfg(), seed=1, num_samples=5, max_new_tokens=2, progress=False
+    )
     assert [len(t) for t in samples.texts] == [5, 5]
     assert max(len(ids) for row in samples.token_ids for ids in row) <= 2
 

@@ -20,8 +20,18 @@ def _run(tmp_path: Path, imdb_dir: Path, name: str, *extra: str) -> tuple[Path, 
 def _run_with_output(tmp_path: Path, imdb_dir: Path, name: str, *extra: str) -> tuple[Path, dict, str]:
     """(run directory, summary.json, stdout) of one CLI run on the shared IMDb sample."""
     run_dir = tmp_path / name
-    result = run_cli(["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={imdb_dir}", "data_size=16",
-                      *FAST_IMDB, f"hydra.run.dir={run_dir}", *extra], cwd=tmp_path)
+    result = run_cli(
+        [
+            "dataset=imdb_sentiment",
+            "reward=tfidf_logreg",
+            f"dataset.path={imdb_dir}",
+            "data_size=16",
+            *FAST_IMDB,
+            f"hydra.run.dir={run_dir}",
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, json.loads((run_dir / "summary.json").read_text()), result.stdout
 
@@ -48,9 +58,21 @@ def test_imdb_sentiment_cli_run(tmp_path, imdb_dir):
 
 def test_imdb_run_records_stage_times_and_prints_the_headline(tmp_path, imdb_dir):
     """summary.json has every stage's time; the console's last lines give reward, delta + CI, win rate + CI, KL."""
-    _, summary, stdout = _run_with_output(tmp_path, imdb_dir, "timed", "sft.enabled=true", "sft.max_steps=2", "sft.num_texts=64",
-                            "sft.max_length=32", "eval.num_prompts=6", "eval.num_samples=2", "eval.num_pairs=4",
-                            "eval.bootstrap=100", "eval.best_of_n=[1,2,4]", "eval.best_of_n_prompts=3")
+    _, summary, stdout = _run_with_output(
+        tmp_path,
+        imdb_dir,
+        "timed",
+        "sft.enabled=true",
+        "sft.max_steps=2",
+        "sft.num_texts=64",
+        "sft.max_length=32",
+        "eval.num_prompts=6",
+        "eval.num_samples=2",
+        "eval.num_pairs=4",
+        "eval.bootstrap=100",
+        "eval.best_of_n=[1,2,4]",
+        "eval.best_of_n_prompts=3",
+    )
     for stage in ("sft", "pairs", "train", "eval"):
         assert isinstance(summary[f"timing/{stage}_s"], float) and summary[f"timing/{stage}_s"] > 0, stage
     assert sum(summary[f"timing/{s}_s"] for s in ("sft", "pairs", "train", "eval")) <= summary["wall_time_s"]
@@ -69,8 +91,19 @@ def test_imdb_run_records_stage_times_and_prints_the_headline(tmp_path, imdb_dir
 def test_bad_imdb_labels_exit_2_before_any_model(tmp_path):
     data = tmp_path / "reviews.jsonl"
     data.write_text('{"text": "a fine film", "label": 3}\n' * 10)
-    result = run_cli(["dataset=imdb_sentiment", "reward=vader", f"dataset.path={data}", *FAST_MODEL, *FAST_TRAINER,
-                      "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=300)
+    result = run_cli(
+        [
+            "dataset=imdb_sentiment",
+            "reward=vader",
+            f"dataset.path={data}",
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "label" in result.stderr and "Traceback" not in result.stderr
 
@@ -131,12 +164,30 @@ def test_presets_compose():
 # small for this: after its warm start it still writes near-uniform token soup (entropy ~10.4 nats) and DPO found no
 # sentiment direction (measured: delta -0.008 [-0.021, +0.004], win rate 0.45).
 EFFECT = [
-    "model.tiny.n_layer=4", "model.tiny.n_embd=128", "model.tiny.n_head=4", "model.tiny.n_positions=256",
-    "sft.enabled=true", "sft.max_steps=60", "sft.batch_size=16", "sft.lr=3e-3", "sft.max_length=48",
-    "sft.num_texts=960", "data_size=96", "epochs=3", "generation.max_new_tokens=24",
-    "generation.batch_size=64", "trainer.per_device_train_batch_size=8", "trainer.per_device_eval_batch_size=16",
-    "eval.num_prompts=64", "eval.num_samples=4", "eval.num_pairs=16", "eval.bootstrap=500",
-    "eval.best_of_n=[1,2,4,8]", "eval.best_of_n_prompts=16", "lora=none", "lr=1e-4",
+    "model.tiny.n_layer=4",
+    "model.tiny.n_embd=128",
+    "model.tiny.n_head=4",
+    "model.tiny.n_positions=256",
+    "sft.enabled=true",
+    "sft.max_steps=60",
+    "sft.batch_size=16",
+    "sft.lr=3e-3",
+    "sft.max_length=48",
+    "sft.num_texts=960",
+    "data_size=96",
+    "epochs=3",
+    "generation.max_new_tokens=24",
+    "generation.batch_size=64",
+    "trainer.per_device_train_batch_size=8",
+    "trainer.per_device_eval_batch_size=16",
+    "eval.num_prompts=64",
+    "eval.num_samples=4",
+    "eval.num_pairs=16",
+    "eval.bootstrap=500",
+    "eval.best_of_n=[1,2,4,8]",
+    "eval.best_of_n_prompts=16",
+    "lora=none",
+    "lr=1e-4",
 ]
 
 

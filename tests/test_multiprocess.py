@@ -25,14 +25,33 @@ def test_torchrun_two_processes_write_one_run(tmp_path, ultrafeedback_file):
     if not torchrun.exists():
         torchrun = Path(shutil.which("torchrun") or "torchrun")
     run_dir = tmp_path / "run"
-    args = [*FAST_MODEL, *FAST_TRAINER, f"trainer.per_device_train_batch_size={PER_DEVICE}",
-            "dataset=preference_files", f"dataset.path={ultrafeedback_file}", f"data_size={PAIRS}",
-            "dataset.eval_size=4", "epochs=1", "eval.num_prompts=4", "eval.num_samples=1", "eval.num_pairs=4",
-            "eval.bootstrap=10", "eval.max_new_tokens=4", "eval.reward=vader", "logger=wandb",
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        f"trainer.per_device_train_batch_size={PER_DEVICE}",
+        "dataset=preference_files",
+        f"dataset.path={ultrafeedback_file}",
+        f"data_size={PAIRS}",
+        "dataset.eval_size=4",
+        "epochs=1",
+        "eval.num_prompts=4",
+        "eval.num_samples=1",
+        "eval.num_pairs=4",
+        "eval.bootstrap=10",
+        "eval.max_new_tokens=4",
+        "eval.reward=vader",
+        "logger=wandb",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "DPO_EXP_CACHE": str(tmp_path / ".cache"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", str(PROCESSES), "-m", "dpo_exp", *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", str(PROCESSES), "-m", "dpo_exp", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("[dpo_exp] completed") == 1
 
@@ -54,11 +73,26 @@ def test_torchrun_imdb_with_warm_start_does_not_deadlock(tmp_path):
     (process 0 alone would wait forever for the other), the pairs are sampled once and reused."""
     torchrun = Path(sys.executable).with_name("torchrun")
     run_dir = tmp_path / "run"
-    args = ["experiment=quickstart", "data_size=16", "epochs=1", "sft.max_steps=4", "eval.num_prompts=4",
-            "eval.num_samples=1", "eval.bootstrap=10", "logger=none", f"hydra.run.dir={run_dir}"]
+    args = [
+        "experiment=quickstart",
+        "data_size=16",
+        "epochs=1",
+        "sft.max_steps=4",
+        "eval.num_prompts=4",
+        "eval.num_samples=1",
+        "eval.bootstrap=10",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "DPO_EXP_CACHE": str(tmp_path / ".cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun if torchrun.exists() else "torchrun"), "--nproc_per_node", "2", "-m",
-                           "dpo_exp", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(torchrun if torchrun.exists() else "torchrun"), "--nproc_per_node", "2", "-m", "dpo_exp", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["num_processes"] == 2

@@ -17,11 +17,26 @@ def _setup(hh_file, tmp_path, policy: str, extra: tuple[str, ...] = ()):
     from dpo_exp.tracking import Tracker
     from dpo_exp.train import build_trainer
 
-    cfg = compose([*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh_file}", "data_size=8",
-                   "dataset.eval_size=4", "epochs=1", "logger=none", "lora=none", f"on_nonfinite={policy}",
-                   "trainer.precompute_ref_log_probs=false", "trainer.eval_strategy=no",
-                   "trainer.save_strategy=steps", "trainer.save_steps=1",
-                   "trainer.per_device_train_batch_size=2", *extra])
+    cfg = compose(
+        [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "dataset=hh_rlhf",
+            f"dataset.path={hh_file}",
+            "data_size=8",
+            "dataset.eval_size=4",
+            "epochs=1",
+            "logger=none",
+            "lora=none",
+            f"on_nonfinite={policy}",
+            "trainer.precompute_ref_log_probs=false",
+            "trainer.eval_strategy=no",
+            "trainer.save_strategy=steps",
+            "trainer.save_steps=1",
+            "trainer.per_device_train_batch_size=2",
+            *extra,
+        ]
+    )
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.dataset, 0, lambda p: len(tokenizer(p, verbose=False).input_ids) < 48)
     model = build_model(cfg.model, 0)
@@ -94,8 +109,9 @@ def _same_optimizer_state(a: dict, b: dict) -> bool:
         return False
     for key, state in a["state"].items():
         other = b["state"][key]
-        if state.keys() != other.keys() or not all(torch.equal(torch.as_tensor(state[k]), torch.as_tensor(other[k]))
-                                                   for k in state):
+        if state.keys() != other.keys() or not all(
+            torch.equal(torch.as_tensor(state[k]), torch.as_tensor(other[k])) for k in state
+        ):
             return False
     return True
 
@@ -143,8 +159,9 @@ def test_with_gradient_accumulation_only_the_bad_micro_batch_is_dropped(hh_file,
     micro-batch's own (full-weight) gradient, the step is taken and the schedule advances."""
     from transformers import TrainerCallback
 
-    trainer = _setup(hh_file, tmp_path, "skip", (*SKIP_TRAINER, "trainer.gradient_accumulation_steps=2",
-                                                 "trainer.max_grad_norm=1e9"))  # no clipping: compare raw gradients
+    trainer = _setup(
+        hh_file, tmp_path, "skip", (*SKIP_TRAINER, "trainer.gradient_accumulation_steps=2", "trainer.max_grad_norm=1e9")
+    )  # no clipping: compare raw gradients
     poison = _OneShotNaN(trainer.model.transformer.ln_f)
     micro_batches: list = []
     seen: dict = {}

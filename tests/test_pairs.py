@@ -14,7 +14,6 @@ from dpo_exp.sentiment import make_pairs
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
-
 # ---------------------------------------------------------------- pairing rules
 
 
@@ -109,9 +108,21 @@ def _build(tmp_path: Path, imdb_dir: Path, *extra: str):
     from dpo_exp.runinfo import RunIdentity
     from dpo_exp.sentiment import build_sentiment_pairs
 
-    cfg = compose(["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={imdb_dir}", *FAST_MODEL,
-                   *FAST_TRAINER, "data_size=10", "generation.max_new_tokens=8", f"cache_dir={tmp_path / 'cache'}",
-                   "dataset.pairs.strategy=all_pairs", "dataset.pairs.min_margin=0.02", *extra])
+    cfg = compose(
+        [
+            "dataset=imdb_sentiment",
+            "reward=tfidf_logreg",
+            f"dataset.path={imdb_dir}",
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "data_size=10",
+            "generation.max_new_tokens=8",
+            f"cache_dir={tmp_path / 'cache'}",
+            "dataset.pairs.strategy=all_pairs",
+            "dataset.pairs.min_margin=0.02",
+            *extra,
+        ]
+    )
     run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
     ctx = RunContext(cfg=cfg, identity=RunIdentity(run_dir, "test", "test"))
     tokenizer = load_tokenizer(cfg.model)
@@ -156,11 +167,23 @@ def test_sft_warm_start_is_cached_and_merged(tmp_path):
     from dpo_exp.models import build_model, offline_gpt2_tokenizer
     from dpo_exp.sft import warm_start
 
-    cfg = compose([*FAST_MODEL, f"cache_dir={tmp_path / 'cache'}", "sft.enabled=true", "sft.lora=true",
-                   "sft.max_steps=2", "sft.batch_size=4", "sft.max_length=16", "sft.num_texts=8"])
+    cfg = compose(
+        [
+            *FAST_MODEL,
+            f"cache_dir={tmp_path / 'cache'}",
+            "sft.enabled=true",
+            "sft.lora=true",
+            "sft.max_steps=2",
+            "sft.batch_size=4",
+            "sft.max_length=16",
+            "sft.num_texts=8",
+        ]
+    )
     tokenizer = offline_gpt2_tokenizer()
-    texts = [f"Review {i}: a {'great' if i % 2 else 'dull'} film with a {'moving' if i % 2 else 'weak'} story."
-             for i in range(12)]
+    texts = [
+        f"Review {i}: a {'great' if i % 2 else 'dull'} film with a {'moving' if i % 2 else 'weak'} story."
+        for i in range(12)
+    ]
     base = build_model(cfg.model, int(cfg.seed))
     before = {k: v.clone() for k, v in base.state_dict().items()}
     warm, entry = warm_start(cfg, base, tokenizer, texts)
@@ -171,8 +194,17 @@ def test_sft_warm_start_is_cached_and_merged(tmp_path):
     again, entry2 = warm_start(cfg, build_model(cfg.model, int(cfg.seed)), tokenizer, texts)
     assert entry2.status == "reused" and entry2.path == entry.path
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in warm.state_dict().items())
-    other = compose([*FAST_MODEL, f"cache_dir={tmp_path / 'cache'}", "sft.lora=true", "sft.max_steps=3",
-                     "sft.batch_size=4", "sft.max_length=16", "sft.num_texts=8"])
+    other = compose(
+        [
+            *FAST_MODEL,
+            f"cache_dir={tmp_path / 'cache'}",
+            "sft.lora=true",
+            "sft.max_steps=3",
+            "sft.batch_size=4",
+            "sft.max_length=16",
+            "sft.num_texts=8",
+        ]
+    )
     from dpo_exp.sft import sft_key
 
     assert sft_key(other, texts)[0] != sft_key(cfg, texts)[0]

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from .conftest import FAST_MODEL, compose
 
 from dpo_exp import DEMO_DIR
 from dpo_exp.errors import UserError
 from dpo_exp.models import offline_gpt2_tokenizer
 from dpo_exp.prompts import clean_text, load_prompt_sets
+
+from .conftest import FAST_MODEL, compose
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,14 @@ def test_fixed_prefix_length(imdb_dir, tokenizer):
 
 
 def test_single_file_holds_out_reviews(tmp_path, tokenizer):
-    rows = [{"text": f"Review number {i} says the movie was {'great' if i % 2 else 'bad'}.", "label": i % 2}
-            for i in range(200)]
+    rows = [
+        {"text": f"Review number {i} says the movie was {'great' if i % 2 else 'bad'}.", "label": i % 2}
+        for i in range(200)
+    ]
     path = write_jsonl(tmp_path / "reviews.jsonl", rows)
-    sets = load_prompt_sets(imdb_cfg(path, "data_size=4", "dataset.prompt_tokens_min=3",
-                                     "dataset.prompt_tokens_max=4"), tokenizer)
+    sets = load_prompt_sets(
+        imdb_cfg(path, "data_size=4", "dataset.prompt_tokens_min=3", "dataset.prompt_tokens_max=4"), tokenizer
+    )
     assert sets.counts["test_reviews"] == 20 and sets.counts["train_reviews"] == 180
     assert not set(sets.train.texts) & set(sets.test.texts)
     assert not set(sets.train_prompts) & set(sets.eval_prompts)
@@ -82,8 +86,9 @@ def test_acl_imdb_folder(tmp_path, tokenizer):
             folder.mkdir(parents=True)
             for i in range(6):
                 (folder / f"{i}_7.txt").write_text(f"{split} {label} review {i}<br />with a second line.")
-    sets = load_prompt_sets(imdb_cfg(tmp_path, "data_size=4", "dataset.prompt_tokens_min=4",
-                                     "dataset.prompt_tokens_max=4"), tokenizer)
+    sets = load_prompt_sets(
+        imdb_cfg(tmp_path, "data_size=4", "dataset.prompt_tokens_min=4", "dataset.prompt_tokens_max=4"), tokenizer
+    )
     assert sets.source.startswith("aclImdb:")
     assert sets.counts["train_reviews"] == 12 and sets.counts["test_reviews"] == 12
     assert sorted(set(sets.train.labels)) == [0, 1]
@@ -106,8 +111,11 @@ def test_demo_fixture_resolves_inside_the_package(tokenizer):
         ([{"text": "  <br />", "label": 1}] * 5, [], "empty"),
         ([{"review": "fine film", "label": 1}] * 5, [], "missing column"),
         ([{"text": f"film {i} is good", "label": 1} for i in range(20)], ["data_size=500"], "data_size=500"),
-        ([{"text": f"film {i} is good", "label": 1} for i in range(20)], ["dataset.prompt_tokens_min=5",
-                                                                          "dataset.prompt_tokens_max=2"], "min <= max"),
+        (
+            [{"text": f"film {i} is good", "label": 1} for i in range(20)],
+            ["dataset.prompt_tokens_min=5", "dataset.prompt_tokens_max=2"],
+            "min <= max",
+        ),
     ],
 )
 def test_bad_data_is_one_clear_user_error(tmp_path, tokenizer, rows, extra, message):

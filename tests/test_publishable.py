@@ -4,25 +4,38 @@ truncation-aware implicit rewards, unpaired win rate, dtype-matched references, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-from .conftest import FAST_MODEL, FAST_TRAINER, compose, shared_file
 from dpo_exp.evaluate import EvalInputs, build_eval_scorer, evaluate_models
-from dpo_exp.evaluation.models import PolicyReference, from_run_dir, from_trainer
+from dpo_exp.evaluation.models import from_run_dir, from_trainer
 from dpo_exp.tracking import Tracker
+
+from .conftest import FAST_MODEL, FAST_TRAINER, compose, shared_file
 
 
 def _hh(*extra: str):
     hh_file = shared_file("hh_rlhf/test.jsonl")
-    return compose([*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh_file}", "data_size=8",
-                    "logger=none", "eval.reward=vader", "eval.num_prompts=4", "eval.num_samples=2",
-                    "eval.num_pairs=6", "eval.max_new_tokens=8", "eval.bootstrap=50", "trainer.eval_strategy=no",
-                    *extra])
+    return compose(
+        [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "dataset=hh_rlhf",
+            f"dataset.path={hh_file}",
+            "data_size=8",
+            "logger=none",
+            "eval.reward=vader",
+            "eval.num_prompts=4",
+            "eval.num_samples=2",
+            "eval.num_pairs=6",
+            "eval.max_new_tokens=8",
+            "eval.bootstrap=50",
+            "trainer.eval_strategy=no",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +59,9 @@ def test_trainable_weights_are_fp32_and_frozen_reference_follows_compute_dtype(h
 
     cfg = _hh(f"lora={lora}", "trainer.precision=bf16", "trainer.precompute_ref_log_probs=false")
     model = build_policy(cfg.model, 0, "cpu")
-    trainer = build_trainer(cfg, model, hh.tokenizer, pairs_dataset(hh.data.train), None, tmp_path, Tracker(),
-                            "bf16", "cpu")
+    trainer = build_trainer(
+        cfg, model, hh.tokenizer, pairs_dataset(hh.data.train), None, tmp_path, Tracker(), "bf16", "cpu"
+    )
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     assert trainer.args.bf16  # bf16 = autocast over the fp32 master weights
@@ -65,8 +79,16 @@ def test_sft_warm_start_trains_fp32_weights(tmp_path):
     from dpo_exp.models import build_model, offline_gpt2_tokenizer
     from dpo_exp.sft import warm_start
 
-    cfg = compose([*FAST_MODEL, f"cache_dir={tmp_path}", "sft.max_steps=1", "sft.batch_size=2", "sft.max_length=8",
-                   "sft.num_texts=4"])
+    cfg = compose(
+        [
+            *FAST_MODEL,
+            f"cache_dir={tmp_path}",
+            "sft.max_steps=1",
+            "sft.batch_size=2",
+            "sft.max_length=8",
+            "sft.num_texts=4",
+        ]
+    )
     half = build_model(cfg.model, 0, "bf16")  # even a half-precision start comes back with fp32 weights
     warm, entry = warm_start(cfg, half, offline_gpt2_tokenizer(), ["a good film", "a bad film", "fine", "dull"])
     assert all(p.dtype == torch.float32 for p in warm.parameters())
@@ -81,8 +103,10 @@ def test_imdb_heldout_prompts_do_not_depend_on_data_size(imdb_dir):
     from dpo_exp.prompts import load_prompt_sets
 
     tokenizer = offline_gpt2_tokenizer()
-    small, large = (load_prompt_sets(compose(["dataset=imdb_sentiment", f"dataset.path={imdb_dir}",
-                                              f"data_size={n}"]), tokenizer) for n in (16, 64))
+    small, large = (
+        load_prompt_sets(compose(["dataset=imdb_sentiment", f"dataset.path={imdb_dir}", f"data_size={n}"]), tokenizer)
+        for n in (16, 64)
+    )
     assert small.pair_eval_prompts == large.pair_eval_prompts and small.eval_prompts == large.eval_prompts
     assert large.train_prompts[:16] == small.train_prompts  # the subset grows; held-out sets stay put
     held = set(large.pair_eval_prompts) | set(large.eval_prompts)
@@ -141,9 +165,20 @@ def test_sampled_pairs_train_on_the_sampled_ids(tmp_path, imdb_dir):
     from dpo_exp.sentiment import build_sentiment_pairs
     from dpo_exp.train import build_trainer
 
-    cfg = compose(["dataset=imdb_sentiment", "reward=vader", f"dataset.path={imdb_dir}", *FAST_MODEL, *FAST_TRAINER,
-                   "data_size=8", "generation.max_new_tokens=6", f"cache_dir={tmp_path / 'cache'}", "lora=none",
-                   "trainer.eval_strategy=no"])
+    cfg = compose(
+        [
+            "dataset=imdb_sentiment",
+            "reward=vader",
+            f"dataset.path={imdb_dir}",
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "data_size=8",
+            "generation.max_new_tokens=6",
+            f"cache_dir={tmp_path / 'cache'}",
+            "lora=none",
+            "trainer.eval_strategy=no",
+        ]
+    )
     ctx = RunContext(cfg=cfg, identity=RunIdentity(tmp_path / "run", "t", "t"))
     tokenizer = load_tokenizer(cfg.model)
     sets = load_prompt_sets(cfg, tokenizer)
@@ -184,8 +219,9 @@ def test_identical_models_give_kl_zero_and_half_win_rate_in_every_path(hh, tmp_p
     cfg = hh.cfg
     model = build_model(cfg.model, int(cfg.seed)).to(dtype)
     # in a run: full fine-tuning with precomputed reference log-probs (TRL keeps no reference; it is rebuilt)
-    trainer = build_trainer(cfg, model, hh.tokenizer, pairs_dataset(hh.data.train), None, tmp_path, Tracker(),
-                            "fp32", "cpu")
+    trainer = build_trainer(
+        cfg, model, hh.tokenizer, pairs_dataset(hh.data.train), None, tmp_path, Tracker(), "fp32", "cpu"
+    )
     assert trainer.ref_model is None
     _identical(cfg, from_trainer(trainer, cfg, {}), hh.tokenizer, hh.data)
     # standalone re-evaluation of a saved run (the model saved in the policy's dtype)
@@ -212,8 +248,10 @@ def test_sft_and_pair_keys_change_with_every_input_and_only_then(tmp_path):
     for change in (["lora.r=8"], ["lora.target_modules=[c_attn]"], ["sft.max_steps=7"]):
         assert sft_key(compose(base + change), texts)[0] != key, change
     assert sft_key(compose(base), texts, "cuda", "bf16")[0] != key
-    assert sft_key(compose([*FAST_MODEL, "sft.lora=false", "lora.r=8"]), texts)[0] == \
-        sft_key(compose([*FAST_MODEL, "sft.lora=false"]), texts)[0]  # LoRA settings only count when SFT uses them
+    assert (
+        sft_key(compose([*FAST_MODEL, "sft.lora=false", "lora.r=8"]), texts)[0]
+        == sft_key(compose([*FAST_MODEL, "sft.lora=false"]), texts)[0]
+    )  # LoRA settings only count when SFT uses them
 
     folder = tmp_path / "local"
     cfg = compose(FAST_MODEL)
@@ -224,7 +262,8 @@ def test_sft_and_pair_keys_change_with_every_input_and_only_then(tmp_path):
     build_model(cfg.model, 1).save_pretrained(folder)  # other weights re-saved at the same path
     assert model_identity(local) != first
     assert model_identity(compose(["model=gpt2", "model.revision=abc123"]).model) != model_identity(
-        compose(["model=gpt2"]).model)
+        compose(["model=gpt2"]).model
+    )
 
     pcfg = compose(["dataset=imdb_sentiment", *FAST_MODEL])
     args = ({"source": "x"}, ["p1", "p2"], "vader:3", 8, "cpu", "fp32", 1)

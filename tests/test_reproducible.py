@@ -13,17 +13,42 @@ from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
 pytestmark = pytest.mark.slow
 
 # Everything that a run's numbers are made of, and that must not move when caches are warm.
-VOLATILE = ("wall_time_s", "train_runtime", "train_samples_per_second", "train_steps_per_second",
-            "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+VOLATILE = (
+    "wall_time_s",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+)
 
 
 def _imdb(*extra: str) -> list[str]:
     imdb = shared_file("imdb/train.jsonl").parent
-    return [*FAST_MODEL, *FAST_TRAINER, "dataset=imdb_sentiment", f"dataset.path={imdb}", "reward=vader",
-            "sft.enabled=true", "sft.max_steps=2", "sft.batch_size=4", "sft.max_length=16", "sft.num_texts=16",
-            "generation.num_samples=2", "generation.max_new_tokens=8", "dataset.eval_size=8", "epochs=1",
-            "eval.num_prompts=6", "eval.num_samples=2", "eval.num_pairs=8", "eval.bootstrap=50", "logger=none",
-            "lr=1e-3", *extra]
+    return [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=imdb_sentiment",
+        f"dataset.path={imdb}",
+        "reward=vader",
+        "sft.enabled=true",
+        "sft.max_steps=2",
+        "sft.batch_size=4",
+        "sft.max_length=16",
+        "sft.num_texts=16",
+        "generation.num_samples=2",
+        "generation.max_new_tokens=8",
+        "dataset.eval_size=8",
+        "epochs=1",
+        "eval.num_prompts=6",
+        "eval.num_samples=2",
+        "eval.num_pairs=8",
+        "eval.bootstrap=50",
+        "logger=none",
+        "lr=1e-3",
+        *extra,
+    ]
 
 
 def _jobs(sweep: Path) -> list[dict]:
@@ -32,8 +57,11 @@ def _jobs(sweep: Path) -> list[dict]:
 
 
 def _numbers(summary: dict) -> dict:
-    return {k: v for k, v in summary.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in VOLATILE}
+    return {
+        k: v
+        for k, v in summary.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in VOLATILE
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +111,19 @@ def test_lora_seed_sweep_reuses_reference_logps(tmp_path):
     rows = [json.loads(line) for line in shared_file("hh_rlhf/test.jsonl").read_text().splitlines()[:40]]
     (pairs / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
     (pairs / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
-    args = ["model=gpt2", f"model.path={model_dir}", *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={pairs}",
-            "lora=gpt2_attn", "epochs=1", "eval.enabled=false", "logger=none", "hydra.sweep.dir=multirun/seeds",
-            "seed=1,2"]
+    args = [
+        "model=gpt2",
+        f"model.path={model_dir}",
+        *FAST_TRAINER,
+        "dataset=hh_rlhf",
+        f"dataset.path={pairs}",
+        "lora=gpt2_attn",
+        "epochs=1",
+        "eval.enabled=false",
+        "logger=none",
+        "hydra.sweep.dir=multirun/seeds",
+        "seed=1,2",
+    ]
     proc = run_cli(["-m", *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _jobs(tmp_path / "multirun" / "seeds")

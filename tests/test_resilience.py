@@ -15,12 +15,22 @@ import pytest
 from dpo_exp.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
-from .wandb_records import history, offline_runs, run_info, run_record
+from .wandb_records import history, offline_runs, run_record
 
 # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs = 8 steps; a checkpoint every 2 steps.
-RUN = [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", "data_size=16", "dataset.eval_size=4", "epochs=2",
-       "trainer.eval_strategy=no", "trainer.save_strategy=steps", "trainer.save_steps=2", "eval.enabled=false",
-       "lr=1e-3"]
+RUN = [
+    *FAST_MODEL,
+    *FAST_TRAINER,
+    "dataset=hh_rlhf",
+    "data_size=16",
+    "dataset.eval_size=4",
+    "epochs=2",
+    "trainer.eval_strategy=no",
+    "trainer.save_strategy=steps",
+    "trainer.save_steps=2",
+    "eval.enabled=false",
+    "lr=1e-3",
+]
 
 
 def train_rows(run_dir: Path) -> dict[int, dict]:
@@ -43,8 +53,16 @@ def reference_runs(tmp_path_factory):
     for name in ("a", "b"):
         args = [*RUN, f"dataset.path={hh}", "logger=none", f"hydra.run.dir={base / name}"]
         env = {**os.environ, "DPO_EXP_CACHE": str(base / ".cache"), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "dpo_exp", *args], cwd=base, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dpo_exp", *args],
+                cwd=base,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -67,8 +85,14 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
     run_dir = tmp_path / "run"
     args = [*RUN, f"dataset.path={hh}", "logger=wandb", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "DPO_EXP_CACHE": str(tmp_path / ".cache"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dpo_exp", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_exp", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (run_dir / "metrics.jsonl").exists() and len(train_rows(run_dir)) >= 3:
@@ -112,9 +136,24 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
 def test_wandb_unreachable_does_not_stop_the_run(tmp_path, hh_file):
     run_dir = tmp_path / "run"
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    result = run_cli([*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh_file}", "data_size=8",
-                      "dataset.eval_size=4", "epochs=1", "eval.enabled=false", "logger=wandb",
-                      "logger.init_timeout=10", f"hydra.run.dir={run_dir}"], tmp_path, env=env, timeout=300)
+    result = run_cli(
+        [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "dataset=hh_rlhf",
+            f"dataset.path={hh_file}",
+            "data_size=8",
+            "dataset.eval_size=4",
+            "epochs=1",
+            "eval.enabled=false",
+            "logger=wandb",
+            "logger.init_timeout=10",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stderr + result.stdout
     assert "W&B online start failed" in output and "logging offline" in output

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .conftest import compose
 from omegaconf import OmegaConf
 
 from dpo_exp.errors import UserError
 from dpo_exp.rewards import Sst2Scorer, build_scorer
+
+from .conftest import compose
 
 POSITIVE = "A wonderful, moving film with brilliant acting. I loved every minute and highly recommend it."
 NEGATIVE = "A boring, awful film with terrible acting. I hated every minute, a complete waste of time."
 
 
 def test_tfidf_logreg_accuracy_and_cache(imdb_dir, tmp_path):
-    cfg = compose(["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={imdb_dir}",
-                   f"cache_dir={tmp_path / 'cache'}"])
+    cfg = compose(
+        ["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={imdb_dir}", f"cache_dir={tmp_path / 'cache'}"]
+    )
     scorer = build_scorer(cfg.reward, cfg)
     info = scorer.info
     # measured: accuracy 0.850, ROC-AUC 0.933 on the 500 test reviews (train on the 2000 train reviews)
@@ -40,8 +42,9 @@ def test_tfidf_logreg_accuracy_and_cache(imdb_dir, tmp_path):
 def test_tfidf_needs_both_labels(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(f'{{"text": "review {i} good", "label": 1}}\n' for i in range(30)))
-    cfg = compose(["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={path}",
-                   f"cache_dir={tmp_path / 'cache'}"])
+    cfg = compose(
+        ["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={path}", f"cache_dir={tmp_path / 'cache'}"]
+    )
     with pytest.raises(UserError, match="both classes"):
         build_scorer(cfg.reward, cfg)
 
@@ -54,9 +57,17 @@ def tiny_classifier(tmp_path_factory):
     from dpo_exp.models import offline_gpt2_tokenizer
 
     tokenizer = offline_gpt2_tokenizer()
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=32, n_head=2, n_positions=64, num_labels=2,
-                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        n_positions=64,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = GPT2ForSequenceClassification(config).eval()
     folder = tmp_path_factory.mktemp("tiny_classifier")
@@ -70,8 +81,16 @@ def test_hf_pipeline_scorer_positive_logit_and_probability(tiny_classifier):
     texts = [POSITIVE, NEGATIVE, "ok", "An average film, neither good nor bad, that I will soon forget entirely."]
     with torch.no_grad():
         expected = [model(**tokenizer(t, return_tensors="pt")).logits[0] for t in texts]
-    cfg = OmegaConf.create({"kind": "sst2", "hub_id": str(folder), "positive_label": "POSITIVE", "score": "logit",
-                            "batch_size": 3, "device": "cpu"})
+    cfg = OmegaConf.create(
+        {
+            "kind": "sst2",
+            "hub_id": str(folder),
+            "positive_label": "POSITIVE",
+            "score": "logit",
+            "batch_size": 3,
+            "device": "cpu",
+        }
+    )
     scorer = build_scorer(cfg)
     assert isinstance(scorer, Sst2Scorer)
     logits = scorer.score(texts)
@@ -90,9 +109,11 @@ def test_hf_scorer_rejects_unknown_label(tiny_classifier):
 
 
 def test_reward_configs_compose():
-    for name, hub in [("sst2", "distilbert-base-uncased-finetuned-sst-2-english"),
-                      ("distilbert_imdb", "lvwerra/distilbert-imdb"),
-                      ("siebert", "siebert/sentiment-roberta-large-english")]:
+    for name, hub in [
+        ("sst2", "distilbert-base-uncased-finetuned-sst-2-english"),
+        ("distilbert_imdb", "lvwerra/distilbert-imdb"),
+        ("siebert", "siebert/sentiment-roberta-large-english"),
+    ]:
         cfg = compose(["dataset=imdb_sentiment", f"reward={name}"])
         assert cfg.reward.kind == name and cfg.reward.hub_id == hub
     assert compose(["dataset=imdb_sentiment"]).reward.kind == "sst2"  # the dataset's default scorer

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -51,8 +50,14 @@ def test_a_second_process_on_a_held_folder_stops_naming_the_holder(tmp_path, ult
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = [*FAST_MODEL, *FAST_TRAINER, "dataset=preference_files", f"dataset.path={ultrafeedback_file}",
-                "logger=none", f"hydra.run.dir={run_dir}"]
+        args = [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "dataset=preference_files",
+            f"dataset.path={ultrafeedback_file}",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ]
         proc = run_cli(args, tmp_path, timeout=120)
         assert_clean_error(proc, [f"is in use by pid {holder.pid}", str(run_dir)])
         assert not (run_dir / "summary.json").exists()  # the holder's folder is left alone
@@ -66,8 +71,14 @@ def test_a_second_process_on_a_held_folder_stops_naming_the_holder(tmp_path, ult
     assert (run_dir / LOCK_NAME).exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "chosen": "c"}) + "\n", encoding="utf-8")
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=preference_files", f"dataset.path={bad}", "logger=none",
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=preference_files",
+        f"dataset.path={bad}",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = run_cli(args, tmp_path, timeout=120)
     assert_clean_error(proc, ["missing column(s) ['rejected']"])
     assert not (run_dir / LOCK_NAME).exists()
@@ -80,15 +91,35 @@ def test_ctrl_c_while_reading_data_marks_the_run_interrupted(tmp_path):
     with big.open("w", encoding="utf-8") as handle:
         for i in range(40_000):  # long enough to still be loading when the signal comes
             row = rows[i % len(rows)]
-            handle.write(json.dumps({"prompt": f"{row['prompt'][:300]} #{i}", "chosen": row["chosen"][:200],
-                                     "rejected": row["rejected"][:200]}) + "\n")  # ~25 MB: seconds of tokenising
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": f"{row['prompt'][:300]} #{i}",
+                        "chosen": row["chosen"][:200],
+                        "rejected": row["rejected"][:200],
+                    }
+                )
+                + "\n"
+            )  # ~25 MB: seconds of tokenising
     run_dir = tmp_path / "run"
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=preference_files", f"dataset.path={big}", "logger=none",
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=preference_files",
+        f"dataset.path={big}",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "DPO_EXP_CACHE": str(tmp_path / ".cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "dpo_exp", *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_exp", *args],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # as in a terminal
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         summary = run_dir / "summary.json"

@@ -38,30 +38,61 @@ def test_moved_run_folder_loads_without_cache_or_dpo_exp(tmp_path, ultrafeedback
     work = tmp_path / "work"
     work.mkdir()
     run_dir = work / "run"
-    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}", "data_size=8",
-            "dataset.eval_size=4", "epochs=1", "lr=1e-2", "logger=none", "eval.enabled=false",
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=ultrafeedback",
+        f"dataset.path={ultrafeedback_file}",
+        "data_size=8",
+        "dataset.eval_size=4",
+        "epochs=1",
+        "lr=1e-2",
+        "logger=none",
+        "eval.enabled=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     result = run_cli(args, work)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["saved_model"] == {"policy": "model", "kind": "lora-merged", "adapter": "model/adapter",
-                                      "base": "model/base"}
+    assert summary["saved_model"] == {
+        "policy": "model",
+        "kind": "lora-merged",
+        "adapter": "model/adapter",
+        "base": "model/base",
+    }
     shutil.rmtree(work / ".cache")  # documented as always safe
     moved = tmp_path / "elsewhere" / "copied_run"
     moved.parent.mkdir()
     shutil.move(str(run_dir), moved)
     shutil.rmtree(work)
 
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(moved)], cwd=tmp_path / "elsewhere", capture_output=True,
-                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, str(moved)],
+        cwd=tmp_path / "elsewhere",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["text"].startswith("The movie was") and len(out["text"]) > len("The movie was")
     assert out["merged_vs_adapter"] < 1e-4  # the merged policy is the base + adapter
     assert out["policy_vs_base"] > 1e-4  # and training moved it away from the base
 
-    evaluated = run_cli([f"run_dir={moved}", "wandb=false", "eval.num_prompts=4", "eval.num_samples=1",
-                         "eval.num_pairs=4", "eval.bootstrap=10", "eval.max_new_tokens=4"],
-                        tmp_path / "elsewhere", module="dpo_exp.evaluate", timeout=300)
+    evaluated = run_cli(
+        [
+            f"run_dir={moved}",
+            "wandb=false",
+            "eval.num_prompts=4",
+            "eval.num_samples=1",
+            "eval.num_pairs=4",
+            "eval.bootstrap=10",
+            "eval.max_new_tokens=4",
+        ],
+        tmp_path / "elsewhere",
+        module="dpo_exp.evaluate",
+        timeout=300,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "eval/kl" in json.dumps(json.loads((moved / "summary.json").read_text()))

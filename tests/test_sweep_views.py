@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dpo_exp.sweep_summary import TABLE_KEY
+from dpo_exp.sweep_workspace import CURVES, OUTCOMES, WORKSPACE_FILE, build_workspace
+
 from .conftest import run_cli
 from .test_compare import curves, write_run
 from .wandb_records import offline_runs, records
-from dpo_exp.sweep_summary import TABLE_KEY
-from dpo_exp.sweep_workspace import CURVES, OUTCOMES, WORKSPACE_FILE, build_workspace
 
 GROUP = "quickstart-sweep-2026-01-01_10-00-00"
 
@@ -24,9 +25,18 @@ def sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("views") / "multirun" / "2026-01-01" / "10-00-00"
     for job, beta in enumerate(("0.1", "0.5", "1.0")):
         b = float(beta)
-        summary = {"status": "completed", "group": GROUP, "sweep": {"beta": beta}, "loss": 0.7 - 0.2 * b,
-                   "eval_loss": 0.66 - b / 10, "eval/reward_policy": 0.55 + 0.05 / b, "eval/reward_reference": 0.5,
-                   "eval/reward_delta": 0.05 / b, "eval/kl": 1 / b, "eval/win_rate": 0.6}
+        summary = {
+            "status": "completed",
+            "group": GROUP,
+            "sweep": {"beta": beta},
+            "loss": 0.7 - 0.2 * b,
+            "eval_loss": 0.66 - b / 10,
+            "eval/reward_policy": 0.55 + 0.05 / b,
+            "eval/reward_reference": 0.5,
+            "eval/reward_delta": 0.05 / b,
+            "eval/kl": 1 / b,
+            "eval/win_rate": 0.6,
+        }
         if job == 2:
             summary = {"status": "failed", "group": GROUP, "sweep": {"beta": beta}, "error": "NonFiniteError"}
         write_run(root / str(job), {"model": "tiny_gpt2", "beta": beta}, summary, curves(b) if job < 2 else None)
@@ -85,8 +95,12 @@ def test_summary_run_has_frontier_scatter_curves_and_the_comparison_artifact(sum
     assert charts["sweep/curves/loss"]["panelDefId"] == "wandb/lineseries/v0"
     item = _history(recs)
     assert item["sweep/curves/loss_table.nrows"] == 8  # 2 jobs with curves x 4 train steps
-    files = {c["path"] for r in recs if r.get("type") == "artifact" and r["artifact"]["type"] == "sweep-comparison"
-             for c in r["artifact"]["manifest"]["contents"]}
+    files = {
+        c["path"]
+        for r in recs
+        if r.get("type") == "artifact" and r["artifact"]["type"] == "sweep-comparison"
+        for c in r["artifact"]["manifest"]["contents"]
+    }
     assert {"comparison.md", "comparison.csv", "plots/reward_kl_frontier.png"} <= files
 
 
@@ -97,7 +111,8 @@ def test_workspace_for_a_two_parameter_sweep_has_the_panels_and_the_group_filter
     for title, keys in CURVES:
         assert lines[title] == keys
     assert {"train/loss", "eval/loss", "train/rewards/chosen", "eval/rewards/rejected"} <= {
-        k for keys in lines.values() for k in keys}
+        k for keys in lines.values() for k in keys
+    }
     parallel, scatter = outcome.panels
     assert [c.metric.name for c in parallel.columns] == ["beta", "lr", *OUTCOMES]
     assert (scatter.x.name, scatter.y.name) == ("eval/kl", "eval/reward_policy")
@@ -109,14 +124,19 @@ def test_without_an_api_key_the_workspace_definition_is_written_to_the_sweep(swe
     saved = json.loads((sweep / WORKSPACE_FILE).read_text())
     run_set = saved["view"]["spec"]["section"]["runSets"][0]
     assert run_set["filters"]["filters"] == [
-        {"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP, "disabled": False}]
+        {"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP, "disabled": False}
+    ]
     assert run_set["grouping"] == [{"section": "config", "name": "beta.value"}]
     panels = [p for s in saved["view"]["spec"]["section"]["panelBankConfig"]["sections"] for p in s["panels"]]
     kinds = [p["viewType"] for p in panels]
     assert kinds.count("Run History Line Plot") == len(CURVES)
     parallel = next(p for p in panels if p["viewType"] == "Parallel Coordinates Plot")
     assert [c["accessor"] for c in parallel["config"]["columns"]] == [
-        "config:beta.value", "summary:eval/reward_delta", "summary:eval/win_rate", "summary:eval/kl"]
+        "config:beta.value",
+        "summary:eval/reward_delta",
+        "summary:eval/win_rate",
+        "summary:eval/kl",
+    ]
     scatter = next(p for p in panels if p["viewType"] == "Scatter Plot")
     assert (scatter["config"]["xAxis"], scatter["config"]["yAxis"]) == ("summary:eval/kl", "summary:eval/reward_policy")
     assert saved["workspace"]["name"] == f"sweep {GROUP}"

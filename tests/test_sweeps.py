@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
 
 WANDB = str(Path(sys.executable).parent / "wandb")
@@ -17,8 +18,17 @@ WANDB = str(Path(sys.executable).parent / "wandb")
 def fast_overrides() -> list[str]:
     """Tiny model, 8 training pairs, 8 eval pairs, one epoch, no sampling-based evaluation."""
     hh = shared_file("hh_rlhf/test.jsonl")
-    return [*FAST_MODEL, *FAST_TRAINER, "dataset=hh_rlhf", f"dataset.path={hh}", "data_size=8",
-            "dataset.eval_size=8", "epochs=1", "eval.enabled=false", "lora=none"]
+    return [
+        *FAST_MODEL,
+        *FAST_TRAINER,
+        "dataset=hh_rlhf",
+        f"dataset.path={hh}",
+        "data_size=8",
+        "dataset.eval_size=8",
+        "epochs=1",
+        "eval.enabled=false",
+        "lora=none",
+    ]
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -33,8 +43,9 @@ def wandb_records(run_dir: Path) -> dict:
     """The offline .wandb log of a run, read back by W&B's own CLI: the run record and the exit record."""
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, f"expected one offline W&B run in {run_dir}, found {offline}"
-    out = subprocess.run([WANDB, "leet", "inspect", "--json", str(offline[0])], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [WANDB, "leet", "inspect", "--json", str(offline[0])], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     records = {}
     for line in out.splitlines():
         record = json.loads(line)
@@ -50,8 +61,16 @@ def wandb_records(run_dir: Path) -> dict:
 def beta_sweep(tmp_path_factory) -> Path:
     """`-m beta=0.1,0.5,1.0,-1`: three jobs complete, beta=-1 fails validation; the sweep must still finish."""
     cwd = tmp_path_factory.mktemp("beta_sweep")
-    proc = run_cli(["-m", *fast_overrides(), "trainer.precompute_ref_log_probs=true",
-                    "hydra.sweep.dir=multirun/beta", "beta=0.1,0.5,1.0,-1"], cwd)
+    proc = run_cli(
+        [
+            "-m",
+            *fast_overrides(),
+            "trainer.precompute_ref_log_probs=true",
+            "hydra.sweep.dir=multirun/beta",
+            "beta=0.1,0.5,1.0,-1",
+        ],
+        cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "multirun" / "beta"
 
@@ -76,7 +95,7 @@ def test_sweep_wandb_runs_share_one_group_with_distinct_names(beta_sweep: Path):
     assert [r["display_name"] for r in runs] == ["dpo/beta=0.1", "dpo/beta=0.5", "dpo/beta=1.0", "dpo/beta=-1"]
     assert "beta=0.5" in runs[1]["tags"] and "sweep" in runs[1]["tags"]
     assert runs[1]["config"]["update"]["beta"] == 0.5  # a config field, for parallel coordinates
-    assert [r["exit"]["exit_code"] for r in records] == [0, 0, 0, 1]       # the failed job is failed in W&B
+    assert [r["exit"]["exit_code"] for r in records] == [0, 0, 0, 1]  # the failed job is failed in W&B
 
 
 def test_finished_sweep_leaves_a_summary_run_in_its_group(beta_sweep: Path):
@@ -118,8 +137,16 @@ def test_compare_on_the_sweep_marks_the_failed_job(beta_sweep: Path, tmp_path: P
 def test_relaunching_the_sweep_skips_completed_jobs(beta_sweep: Path):
     """A half-finished (here: partly failed) sweep re-launched over the same folder does not redo completed jobs."""
     before = {d.name: (d / "summary.json").read_text() for d in job_dirs(beta_sweep)}
-    proc = run_cli(["-m", *fast_overrides(), "trainer.precompute_ref_log_probs=true",
-                    "hydra.sweep.dir=multirun/beta", "beta=0.1,0.5,1.0,-1"], beta_sweep.parent.parent)
+    proc = run_cli(
+        [
+            "-m",
+            *fast_overrides(),
+            "trainer.precompute_ref_log_probs=true",
+            "hydra.sweep.dir=multirun/beta",
+            "beta=0.1,0.5,1.0,-1",
+        ],
+        beta_sweep.parent.parent,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("0", "1", "2"):
         assert (beta_sweep / name / "summary.json").read_text() == before[name]  # untouched: skipped
@@ -157,9 +184,29 @@ def test_accelerate_launch_composes_the_config(tmp_path: Path):
     """The multi-GPU entry point (`accelerate launch -m dpo_exp ...`) parses and composes; DDP needs GPUs."""
     accelerate = str(Path(sys.executable).parent / "accelerate")
     proc = subprocess.run(
-        [accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "dpo_exp", "--cfg", "job", "model=tiny_gpt2", "beta=0.3"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            accelerate,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "dpo_exp",
+            "--cfg",
+            "job",
+            "model=tiny_gpt2",
+            "beta=0.3",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "beta: 0.3" in proc.stdout.splitlines()
@@ -169,8 +216,18 @@ def test_accelerate_launch_composes_the_config(tmp_path: Path):
 
 
 def launcher_sweep(tmp_path: Path, extra: list[str]) -> list[dict]:
-    proc = run_cli(["-m", *fast_overrides(), "logger=none", "trainer.eval_strategy=no", "objective=loss",
-                    "hydra.sweep.dir=multirun/s", *extra], tmp_path)
+    proc = run_cli(
+        [
+            "-m",
+            *fast_overrides(),
+            "logger=none",
+            "trainer.eval_strategy=no",
+            "objective=loss",
+            "hydra.sweep.dir=multirun/s",
+            *extra,
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [summary(d) for d in job_dirs(tmp_path / "multirun" / "s")]
 
@@ -184,8 +241,9 @@ def test_joblib_launcher_runs_a_two_job_sweep(tmp_path: Path):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path):
-    summaries = launcher_sweep(tmp_path, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                                          "lr=1e-4,1e-3"])
+    summaries = launcher_sweep(
+        tmp_path, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "lr=1e-4,1e-3"]
+    )
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert [s["sweep"] for s in summaries] == [{"lr": "0.0001"}, {"lr": "0.001"}]
     assert (tmp_path / "multirun" / "s" / ".submitit").is_dir()
@@ -194,9 +252,18 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path):
 @pytest.mark.slow
 def test_optuna_preset_runs_trials_and_optimises_the_objective(tmp_path: Path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optuna extra")
-    proc = run_cli(["hparams_search=optuna_beta_lr", *fast_overrides(), "logger=none", "objective=loss",
-                    "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=2", "hydra.sweep.dir=multirun/o"],
-                   tmp_path)
+    proc = run_cli(
+        [
+            "hparams_search=optuna_beta_lr",
+            *fast_overrides(),
+            "logger=none",
+            "objective=loss",
+            "hydra.sweeper.direction=minimize",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweep.dir=multirun/o",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "multirun" / "o"
     summaries = [summary(d) for d in job_dirs(sweep)]

@@ -12,8 +12,9 @@ from dpo_exp.throughput import LengthGroupedPairSampler, compact_lm_head
 def _fused_model():
     from trl.trainer.utils import add_fused_lm_head
 
-    model = build_model(OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}),
-                        seed=0).eval()  # no dropout: two forwards must agree
+    model = build_model(
+        OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}), seed=0
+    ).eval()  # no dropout: two forwards must agree
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     return model
 
@@ -100,7 +101,7 @@ def test_length_grouped_sampler_is_a_seeded_permutation_with_less_padding():
     assert list(LengthGroupedPairSampler(lengths, batch_size=8, seed=2, mega_batches=8)) != first
 
     def padding(order):
-        batches = [order[i: i + 8] for i in range(0, len(order), 8)]
+        batches = [order[i : i + 8] for i in range(0, len(order), 8)]
         return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
 
     torch.manual_seed(1)
@@ -129,18 +130,44 @@ def test_dpo_trainer_same_loss_as_trl_and_logs_trl_metric_names(tmp_path):
     from dpo_exp.train import build_trainer
 
     trainer_cfg = OmegaConf.load(CONF_DIR / "trainer" / "dpo.yaml")
-    trainer_cfg.merge_with({"beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 2,
-                            "max_length": 48, "per_device_train_batch_size": 2, "eval_strategy": "no",
-                            "save_strategy": "no", "precompute_ref_log_probs": False, "logging_steps": 1})
-    cfg = OmegaConf.create({"trainer": trainer_cfg, "lora": {"enabled": False}, "on_nonfinite": "stop", "seed": 0,
-                            "cache_dir": str(tmp_path / "cache")})
+    trainer_cfg.merge_with(
+        {
+            "beta": 0.1,
+            "learning_rate": 1e-3,
+            "num_train_epochs": 1,
+            "max_steps": 2,
+            "max_length": 48,
+            "per_device_train_batch_size": 2,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "precompute_ref_log_probs": False,
+            "logging_steps": 1,
+        }
+    )
+    cfg = OmegaConf.create(
+        {
+            "trainer": trainer_cfg,
+            "lora": {"enabled": False},
+            "on_nonfinite": "stop",
+            "seed": 0,
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
     words = ["the", "film", "was", "good", "bad", "long", "short", "dull", "bright"]
-    pairs = [{"prompt": " ".join(words[: 2 + i % 5]), "chosen": " " + " ".join(words[i % 3:][: 3 + i]),
-              "rejected": " " + " ".join(words[::-1][: 2 + i % 4])} for i in range(8)]
-    model = build_model(OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}),
-                        seed=0)
-    trainer = build_trainer(cfg, model, offline_gpt2_tokenizer(), Dataset.from_list(pairs), None, tmp_path,
-                            Tracker(), "fp32", "cpu")
+    pairs = [
+        {
+            "prompt": " ".join(words[: 2 + i % 5]),
+            "chosen": " " + " ".join(words[i % 3 :][: 3 + i]),
+            "rejected": " " + " ".join(words[::-1][: 2 + i % 4]),
+        }
+        for i in range(8)
+    ]
+    model = build_model(
+        OmegaConf.create({"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}}), seed=0
+    )
+    trainer = build_trainer(
+        cfg, model, offline_gpt2_tokenizer(), Dataset.from_list(pairs), None, tmp_path, Tracker(), "fp32", "cpu"
+    )
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     ours = trainer.compute_loss(trainer.model, batch)
     theirs = DPOTrainer.compute_loss(trainer, trainer.model, batch)  # TRL's own path: its chunked kernel
@@ -150,7 +177,19 @@ def test_dpo_trainer_same_loss_as_trl_and_logs_trl_metric_names(tmp_path):
     trainer.train()
     rows = [r for r in trainer.state.log_history if "loss" in r and "train_runtime" not in r]
     assert len(rows) == 2
-    names = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-             "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "num_tokens"}
+    names = {
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "entropy",
+        "mean_token_accuracy",
+        "num_tokens",
+    }
     for row in rows:
         assert names <= set(row), names - set(row)

@@ -11,17 +11,24 @@ from .conftest import compose
 from .wandb_records import offline_runs, run_record
 
 
-@pytest.mark.parametrize("env,key,default", [
-    ("WANDB_PROJECT", "project", "dpo_exp"), ("WANDB_ENTITY", "entity", None), ("WANDB_DIR", "dir", None),
-    ("WANDB_MODE", "mode", "auto"),
-])
+@pytest.mark.parametrize(
+    "env,key,default",
+    [
+        ("WANDB_PROJECT", "project", "dpo_exp"),
+        ("WANDB_ENTITY", "entity", None),
+        ("WANDB_DIR", "dir", None),
+        ("WANDB_MODE", "mode", "auto"),
+    ],
+)
 def test_env_beats_default_and_command_line_beats_env(monkeypatch, env, key, default):
     monkeypatch.delenv(env, raising=False)
     assert compose([]).logger[key] == default
     monkeypatch.setenv(env, "offline" if key == "mode" else "from_env")
     assert compose([]).logger[key] == ("offline" if key == "mode" else "from_env")
     assert compose([f"logger.{key}=disabled" if key == "mode" else f"logger.{key}=from_cli"]).logger[key] in (
-        "disabled", "from_cli")
+        "disabled",
+        "from_cli",
+    )
 
 
 def test_wandb_project_from_the_environment_reaches_the_run(monkeypatch, tmp_path):

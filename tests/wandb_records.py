@@ -20,8 +20,13 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 
 def records(offline_run: Path) -> list[dict]:
-    out = subprocess.run([_wandb_cli(), "leet", "inspect", "--json", str(offline_run)],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [_wandb_cli(), "leet", "inspect", "--json", str(offline_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
 
 
@@ -31,8 +36,13 @@ def history(offline_run: Path) -> list[dict]:
 
 def run_info(offline_run: Path) -> dict:
     """State, name, group-less run metadata, config and summary (`wandb leet inspect --summary --json`)."""
-    out = subprocess.run([_wandb_cli(), "leet", "inspect", "--summary", "--json", str(offline_run)],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [_wandb_cli(), "leet", "inspect", "--summary", "--json", str(offline_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 

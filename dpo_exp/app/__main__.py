@@ -16,13 +16,21 @@ from ..errors import UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dpo_exp.app",
-                                     description="Reference vs DPO policy, side by side, in the browser.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dpo_exp.app", description="Reference vs DPO policy, side by side, in the browser."
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="completed run directories and/or multirun folders")
-    parser.add_argument("--server-name", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="interface to listen on (0.0.0.0 for every interface)")
-    parser.add_argument("--server-port", type=int, default=None,
-                        help="port (default: GRADIO_SERVER_PORT or the first free one from 7860)")
+    parser.add_argument(
+        "--server-name",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to listen on (0.0.0.0 for every interface)",
+    )
+    parser.add_argument(
+        "--server-port",
+        type=int,
+        default=None,
+        help="port (default: GRADIO_SERVER_PORT or the first free one from 7860)",
+    )
     parser.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, mps")
     return parser.parse_args(argv)
@@ -47,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading {len(runs)} run(s) on {device}: " + ", ".join(r.label for r in runs), flush=True)
     demo = build_app(runs, load_models(runs, device))
     allowed = sorted({str(r.path) for r in runs} | {str(r.sweep_dir) for r in runs if r.sweep_dir})
-    demo.queue().launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
-                        allowed_paths=allowed, inbrowser=False)
+    demo.queue().launch(
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        allowed_paths=allowed,
+        inbrowser=False,
+    )
     return 0
 
 

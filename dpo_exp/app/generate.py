@@ -8,8 +8,9 @@ log pi(y|x) - log pi_ref(y|x) of each completion from `evaluation.logprobs.seque
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,16 +36,29 @@ class Sampling:
     seed: int
 
     @classmethod
-    def defaults(cls, cfg: DictConfig) -> "Sampling":
+    def defaults(cls, cfg: DictConfig) -> Sampling:
         """The run's own settings: its generation block, eval.max_new_tokens and the evaluation seed."""
         gen, ev = cfg.generation, cfg.eval
         seed = ev.get("seed") if ev.get("seed") is not None else cfg.seed
-        return cls(float(gen.temperature), int(gen.top_k or 0), float(gen.top_p),
-                   int(ev.get("max_new_tokens") or gen.max_new_tokens), int(seed))
+        return cls(
+            float(gen.temperature),
+            int(gen.top_k or 0),
+            float(gen.top_p),
+            int(ev.get("max_new_tokens") or gen.max_new_tokens),
+            int(seed),
+        )
 
     def gen_cfg(self) -> DictConfig:
-        return OmegaConf.create({"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                                 "num_samples": 1, "max_new_tokens": self.max_new_tokens, "batch_size": 1})
+        return OmegaConf.create(
+            {
+                "temperature": self.temperature,
+                "top_k": self.top_k,
+                "top_p": self.top_p,
+                "num_samples": 1,
+                "max_new_tokens": self.max_new_tokens,
+                "batch_size": 1,
+            }
+        )
 
 
 @dataclass
@@ -55,7 +69,7 @@ class Completion:
     text: str
     reward: float | None
     log_ratio: float | None  # log pi(y|x) - log pi_ref(y|x); None for the reference's own completion
-    finished: bool = True    # False while the text is still streaming in
+    finished: bool = True  # False while the text is still streaming in
 
 
 def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
@@ -72,9 +86,17 @@ def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
 
 def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, streamer: Any = None) -> Samples:
     with models.use(label) as model:
-        return generate_samples(model, models.tokenizer, [prompt], sampling.gen_cfg(), sampling.seed,
-                                num_samples=1, max_new_tokens=sampling.max_new_tokens, progress=False,
-                                streamer=streamer)
+        return generate_samples(
+            model,
+            models.tokenizer,
+            [prompt],
+            sampling.gen_cfg(),
+            sampling.seed,
+            num_samples=1,
+            max_new_tokens=sampling.max_new_tokens,
+            progress=False,
+            streamer=streamer,
+        )
 
 
 def stream_one(models: Models, label: str, prompt: str, sampling: Sampling) -> Iterator[str | Samples]:
@@ -117,8 +139,9 @@ def log_ratio(models: Models, label: str, samples: Samples, max_new_tokens: int)
     return float(logp[0] - logq[0])
 
 
-def compare_completions(models: Models, cfg: DictConfig, prompt: str, labels: list[str], sampling: Sampling,
-                        scorer_choice: str = RUN_SCORER) -> Iterator[list[Completion]]:
+def compare_completions(
+    models: Models, cfg: DictConfig, prompt: str, labels: list[str], sampling: Sampling, scorer_choice: str = RUN_SCORER
+) -> Iterator[list[Completion]]:
     """Yield the completions so far, reference first: while a model samples, its partial text (no scores yet);
     then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
     scorer, _ = scorer_for(cfg, scorer_choice)

@@ -7,9 +7,10 @@ once. Full fine-tuned runs load their own model next to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..evaluation.models import PolicyReference, from_run_dir, is_peft
 from .runs import REFERENCE, RunInfo

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..evaluate import PLOT_FILE, SAMPLES_FILE
 from .runs import RunInfo
 
-FRONTIER = "plots/reward_kl_frontier.png"   # written into a sweep folder by `python -m dpo_exp.compare`
+FRONTIER = "plots/reward_kl_frontier.png"  # written into a sweep folder by `python -m dpo_exp.compare`
 
 
 def metrics_rows(run: RunInfo) -> list[list]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from ..compare import find_run_dirs, swept_params, load_run
+from ..compare import find_run_dirs, load_run, swept_params
 from ..errors import UserError
 from ..evaluate import INPUTS_FILE, EvalInputs, load_run_config
 from ..storage import read_json
@@ -89,8 +88,14 @@ def _run_info(path: Path, sweep_dir: Path | None, index: int) -> RunInfo:
     with open_dict(cfg):  # conf/config.yaml's default, resolved as Hydra would here (the app is not a Hydra app)
         cfg.cache_dir = os.environ.get("DPO_EXP_CACHE") or str(Path.cwd() / ".cache" / "dpo_exp")
     inputs = EvalInputs.load(path / INPUTS_FILE)
-    return RunInfo(path, f"policy {index + 1}", cfg, read_json(path / "summary.json") or {},
-                   inputs.prompts if inputs else [], sweep_dir)
+    return RunInfo(
+        path,
+        f"policy {index + 1}",
+        cfg,
+        read_json(path / "summary.json") or {},
+        inputs.prompts if inputs else [],
+        sweep_dir,
+    )
 
 
 def label_runs(runs: list[RunInfo]) -> None:
@@ -102,7 +107,7 @@ def label_runs(runs: list[RunInfo]) -> None:
     params = swept_params([load_run(r.path) for r in runs])
     seen: set[str] = set()
     for run in runs:
-        swept = (run.summary.get("sweep") or {})
+        swept = run.summary.get("sweep") or {}
         overrides = load_run(run.path).overrides
         label = ",".join(f"{k}={overrides.get(k, swept.get(k))}" for k in params) or run.path.name
         if label in seen or label == REFERENCE:

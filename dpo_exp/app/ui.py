@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gradio as gr
 
 from . import report
-from .generate import SCORER_CHOICES, RUN_SCORER, Completion, Sampling, compare_completions
+from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions
 from .models import Models
 from .runs import REFERENCE, RunInfo
 
@@ -35,8 +36,16 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
     labels = [run.label for run in runs]
     cfg = runs[0].cfg
 
-    def generate(prompt: str, selected: list[str], temperature: float, top_k: float, top_p: float,
-                 max_new_tokens: float, seed: float, scorer: str) -> Iterator[list[Any]]:
+    def generate(
+        prompt: str,
+        selected: list[str],
+        temperature: float,
+        top_k: float,
+        top_p: float,
+        max_new_tokens: float,
+        seed: float,
+        scorer: str,
+    ) -> Iterator[list[Any]]:
         if not (prompt or "").strip():
             raise gr.Error("type a prompt or pick one of the held-out prompts")
         sampling = Sampling(float(temperature), int(top_k), float(top_p), int(max_new_tokens), int(seed))
@@ -71,22 +80,41 @@ def generate_tab(runs: list[RunInfo], models: Models) -> None:
                 scorer = gr.Dropdown(choices=SCORER_CHOICES, value=RUN_SCORER, label="reward scorer")
         with gr.Column(scale=2):
             boxes = [gr.Textbox(label=REFERENCE, lines=3, elem_id="out-reference", interactive=False)]
-            boxes += [gr.Textbox(label=label if label == "policy" else f"policy: {label}", lines=3,
-                                 elem_id=f"out-policy-{i}", interactive=False) for i, label in enumerate(labels)]
-            scores = gr.Dataframe(headers=SCORE_HEADERS, label="reward and log-ratio to the reference",
-                                  elem_id="scores", interactive=False)
+            boxes += [
+                gr.Textbox(
+                    label=label if label == "policy" else f"policy: {label}",
+                    lines=3,
+                    elem_id=f"out-policy-{i}",
+                    interactive=False,
+                )
+                for i, label in enumerate(labels)
+            ]
+            scores = gr.Dataframe(
+                headers=SCORE_HEADERS,
+                label="reward and log-ratio to the reference",
+                elem_id="scores",
+                interactive=False,
+            )
     pick.change(lambda p: p or "", pick, prompt, api_name=False)
-    button.click(make_generate_fn(runs, models),
-                 [prompt, selected, temperature, top_k, top_p, max_new, seed, scorer], [*boxes, scores],
-                 api_name="generate")
+    button.click(
+        make_generate_fn(runs, models),
+        [prompt, selected, temperature, top_k, top_p, max_new, seed, scorer],
+        [*boxes, scores],
+        api_name="generate",
+    )
 
 
 def evaluation_views(run: RunInfo) -> list[Any]:
     """Metrics table, reward-KL image, curve gallery, samples choices and the first sample section."""
     sections = report.sample_sections(run)
     titles = [title for title, _ in sections]
-    return [report.metrics_rows(run), report.reward_kl_plot(run), report.curve_plots(run),
-            gr.Dropdown(choices=titles, value=titles[0]), sections[0][1]]
+    return [
+        report.metrics_rows(run),
+        report.reward_kl_plot(run),
+        report.curve_plots(run),
+        gr.Dropdown(choices=titles, value=titles[0]),
+        sections[0][1],
+    ]
 
 
 def evaluation_tab(runs: list[RunInfo]) -> tuple:
@@ -95,8 +123,7 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
     run_pick = gr.Dropdown(choices=list(by_label), value=runs[0].label, label="run")
     path = gr.Markdown(shown_path(runs[0]))
     with gr.Row():
-        metrics = gr.Dataframe(headers=["metric", "value"], label="eval/* metrics (summary.json)",
-                               interactive=False)
+        metrics = gr.Dataframe(headers=["metric", "value"], label="eval/* metrics (summary.json)", interactive=False)
         reward_kl = gr.Image(type="filepath", label="reward vs KL", interactive=False)
     curves = gr.Gallery(label="training curves (plots/)", columns=3, height="auto", object_fit="contain")
     section = gr.Dropdown(label="samples.md: reference vs policy, by prompt")

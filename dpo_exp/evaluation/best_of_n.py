@@ -10,7 +10,8 @@ upper bound). The reference's evaluation samples are reused: only the samples be
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,15 @@ def reference_samples(
     extra = total - have
     if extra > 0:
         drawn = generate_samples(
-            reference, tokenizer, prompts, settings.gen_cfg, settings.seed + SEED_OFFSET, num_samples=extra,
-            max_new_tokens=settings.max_new_tokens, desc="eval: best-of-n reference samples", progress=settings.progress,
+            reference,
+            tokenizer,
+            prompts,
+            settings.gen_cfg,
+            settings.seed + SEED_OFFSET,
+            num_samples=extra,
+            max_new_tokens=settings.max_new_tokens,
+            desc="eval: best-of-n reference samples",
+            progress=settings.progress,
         )
         for i in range(len(prompts)):
             texts[i] += drawn.texts[i]
@@ -73,8 +81,15 @@ def reference_samples(
 
 
 def evaluate_best_of_n(
-    pair, tokenizer, prompts: list[str], settings: Any, scorer, ns: Sequence[int], resamples: int,
-    reuse: Samples | None = None, reuse_scores: np.ndarray | None = None,
+    pair,
+    tokenizer,
+    prompts: list[str],
+    settings: Any,
+    scorer,
+    ns: Sequence[int],
+    resamples: int,
+    reuse: Samples | None = None,
+    reuse_scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Best-of-N from the reference on `prompts` for every N in `ns`: reward with CI, gain, analytic KL.
 

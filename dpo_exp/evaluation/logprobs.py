@@ -7,15 +7,14 @@ processed in a fixed (length-sorted) order, so the same inputs always give the s
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..data import PAIR_ID_COLUMNS
 from ..generation import TokenSequence, sample_sequences  # noqa: F401  (sample_sequences is re-exported)
-
 
 
 @contextmanager
@@ -84,7 +83,11 @@ def sequence_logprobs(
 
 
 def sequence_kl(
-    policy, reference_context, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8,
+    policy,
+    reference_context,
+    sequences: Sequence[TokenSequence],
+    pad_id: int,
+    batch_size: int = 8,
     desc: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two per-sequence estimates of KL(policy || reference) from sequences sampled from the policy.

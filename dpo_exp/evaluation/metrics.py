@@ -5,8 +5,9 @@ Everything here takes in-memory models (a `PolicyReference`) and plain inputs, s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,6 @@ from .logprobs import context_length, pair_sequences, sample_sequences, sequence
 from .models import PolicyReference
 from .stats import bootstrap_indices, describe, mean_ci, paired_wins
 
-
 INDEPENDENT_SEED_OFFSET = 7_919  # seed offset of the independent reference samples (eval/win_rate_independent)
 
 
@@ -23,7 +23,7 @@ INDEPENDENT_SEED_OFFSET = 7_919  # seed offset of the independent reference samp
 class SampleSettings:
     """How evaluation samples are drawn and scored (resolved from the `eval` and `generation` config blocks)."""
 
-    gen_cfg: Any                 # the `generation` block: temperature, top_k, top_p, batch_size
+    gen_cfg: Any  # the `generation` block: temperature, top_k, top_p, batch_size
     num_samples: int
     max_new_tokens: int
     seed: int
@@ -60,8 +60,14 @@ def kl_estimates(pair: PolicyReference, tokenizer, samples: Samples, settings: S
     expectation with the exact per-token KL at each sampled prefix (much lower variance; see logprobs.sequence_kl).
     """
     sequences = sample_sequences(tokenizer, samples, settings.max_new_tokens, context_length(pair.policy))
-    mc, rb = sequence_kl(pair.policy, pair.reference, sequences, tokenizer.pad_token_id, settings.logprob_batch_size,
-                         desc="eval: KL(policy || reference)" if settings.progress else None)
+    mc, rb = sequence_kl(
+        pair.policy,
+        pair.reference,
+        sequences,
+        tokenizer.pad_token_id,
+        settings.logprob_batch_size,
+        desc="eval: KL(policy || reference)" if settings.progress else None,
+    )
     shape = (len(samples.prompts), -1)
     return mc.reshape(shape), rb.reshape(shape)
 
@@ -86,8 +92,14 @@ def sample_and_score(
 
     def draw(model, desc: str, seed_offset: int = 0) -> Samples:
         return generate_samples(
-            model, tokenizer, list(prompts), settings.gen_cfg, settings.seed + seed_offset,
-            num_samples=settings.num_samples, max_new_tokens=settings.max_new_tokens, desc=desc,
+            model,
+            tokenizer,
+            list(prompts),
+            settings.gen_cfg,
+            settings.seed + seed_offset,
+            num_samples=settings.num_samples,
+            max_new_tokens=settings.max_new_tokens,
+            desc=desc,
             progress=settings.progress,
         )
 
@@ -104,8 +116,9 @@ def sample_and_score(
             with pair.reference() as reference:
                 other = draw(reference, "eval: reference samples (independent seed)", INDEPENDENT_SEED_OFFSET)
             rewards_independent = score_samples(scorer, other, settings.score_with_prompt)
-    return SampleEval(policy_samples, reference_samples, rewards_policy, rewards_reference, kl, kl_rb,
-                      rewards_independent)
+    return SampleEval(
+        policy_samples, reference_samples, rewards_policy, rewards_reference, kl, kl_rb, rewards_independent
+    )
 
 
 def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, Any]:
@@ -136,8 +149,9 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     out["tie_rate"] = float((wins == 0.5).mean())
     if result.rewards_reference_independent is not None:
         wins = paired_wins(result.rewards_policy, result.rewards_reference_independent)
-        out["win_rate_independent"], out["win_rate_independent_ci_low"], out["win_rate_independent_ci_high"] = (
-            mean_ci(wins.mean(axis=1), idx))
+        out["win_rate_independent"], out["win_rate_independent_ci_low"], out["win_rate_independent_ci_high"] = mean_ci(
+            wins.mean(axis=1), idx
+        )
         out["tie_rate_independent"] = float((wins == 0.5).mean())
     return out
 
@@ -164,11 +178,17 @@ def implicit_rewards(
     chosen, rejected = pair_sequences(tokenizer, pairs, max_length, truncation_mode)
     sequences = chosen + rejected
     pad = tokenizer.pad_token_id
-    policy_logp = sequence_logprobs(pair.policy, sequences, pad, batch_size,
-                                    desc="eval: policy log-probs of held-out pairs" if progress else None)
+    policy_logp = sequence_logprobs(
+        pair.policy, sequences, pad, batch_size, desc="eval: policy log-probs of held-out pairs" if progress else None
+    )
     with pair.reference() as reference:
-        reference_logp = sequence_logprobs(reference, sequences, pad, batch_size,
-                                           desc="eval: reference log-probs of held-out pairs" if progress else None)
+        reference_logp = sequence_logprobs(
+            reference,
+            sequences,
+            pad,
+            batch_size,
+            desc="eval: reference log-probs of held-out pairs" if progress else None,
+        )
     rewards = beta * (policy_logp - reference_logp)
     return rewards[: len(pairs)], rewards[len(pairs) :]
 

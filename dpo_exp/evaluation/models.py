@@ -12,9 +12,10 @@ KL exactly 0 and win rate exactly 0.5.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def is_peft(model) -> bool:

@@ -16,13 +16,15 @@ def side_by_side_rows(result: SampleEval, count: int) -> list[dict[str, Any]]:
     """The first sample of reference and policy for the first `count` prompts (same seed: a paired comparison)."""
     rows = []
     for i, prompt in enumerate(result.policy.prompts[:count]):
-        rows.append({
-            "prompt": prompt,
-            "reference": result.reference.texts[i][0] if result.reference is not None else None,
-            "reference_score": _score(result.rewards_reference, i),
-            "policy": result.policy.texts[i][0],
-            "policy_score": _score(result.rewards_policy, i),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "reference": result.reference.texts[i][0] if result.reference is not None else None,
+                "reference_score": _score(result.rewards_reference, i),
+                "policy": result.policy.texts[i][0],
+                "policy_score": _score(result.rewards_policy, i),
+            }
+        )
     return rows
 
 
@@ -50,9 +52,20 @@ def write_samples_md(path: Path, rows: list[dict[str, Any]], metrics: dict[str, 
             ci = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
             lines.append(f"- {key}: {metrics[key]:.4f}{ci}")
     for n, row in enumerate(rows, start=1):
-        lines += ["", f"## Prompt {n}", "", _block(row["prompt"]), "",
-                  f"**Reference** (score {_fmt(row['reference_score'])})", "", _block(row["reference"]), "",
-                  f"**Policy** (score {_fmt(row['policy_score'])})", "", _block(row["policy"])]
+        lines += [
+            "",
+            f"## Prompt {n}",
+            "",
+            _block(row["prompt"]),
+            "",
+            f"**Reference** (score {_fmt(row['reference_score'])})",
+            "",
+            _block(row["reference"]),
+            "",
+            f"**Policy** (score {_fmt(row['policy_score'])})",
+            "",
+            _block(row["policy"]),
+        ]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -72,23 +85,42 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     points = [r for r in trace if _finite(r.get("kl")) and _finite(r.get("reward_delta"))]
     if points:
         xs, ys = [r["kl"] for r in points], [r["reward_delta"] for r in points]
-        ax.plot(xs, ys, "o-", color="tab:blue", markersize=4,
-                label=f"during training ({points[0].get('prompts')} prompts; labels = step)")
+        ax.plot(
+            xs,
+            ys,
+            "o-",
+            color="tab:blue",
+            markersize=4,
+            label=f"during training ({points[0].get('prompts')} prompts; labels = step)",
+        )
         for r in points:
-            ax.annotate(str(r["step"]), (r["kl"], r["reward_delta"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                str(r["step"]), (r["kl"], r["reward_delta"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
     ax.errorbar(
-        [final["kl"]], [final["reward_delta"]],
+        [final["kl"]],
+        [final["reward_delta"]],
         xerr=[[final["kl"] - final["kl_ci_low"]], [final["kl_ci_high"] - final["kl"]]],
-        yerr=[[final["reward_delta"] - final["reward_delta_ci_low"]],
-              [final["reward_delta_ci_high"] - final["reward_delta"]]],
-        fmt="*", color="tab:red", markersize=12, capsize=3,
+        yerr=[
+            [final["reward_delta"] - final["reward_delta_ci_low"]],
+            [final["reward_delta_ci_high"] - final["reward_delta"]],
+        ],
+        fmt="*",
+        color="tab:red",
+        markersize=12,
+        capsize=3,
         label=f"final policy ({final.get('num_prompts')} prompts, 95% CI)",
     )
     curve = best_of_n_curve(final)
     if curve:
-        ax.plot([kl for _, kl, _ in curve], [gain for _, _, gain in curve], "s--", color="tab:green", markersize=4,
-                label=f"best-of-N from the reference ({final.get('bon_prompts')} prompts; labels = N)")
+        ax.plot(
+            [kl for _, kl, _ in curve],
+            [gain for _, _, gain in curve],
+            "s--",
+            color="tab:green",
+            markersize=4,
+            label=f"best-of-N from the reference ({final.get('bon_prompts')} prompts; labels = N)",
+        )
         for n, kl, gain in curve:
             ax.annotate(str(n), (kl, gain), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.axhline(0.0, color="gray", linestyle="--", linewidth=1, label="reference")
@@ -103,9 +135,12 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
 def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int, float, float]]:
     """(N, analytic KL, reward gain over the reference) of every best-of-N in `metrics` (keys [prefix]bon_*_N)."""
     head = f"{prefix}bon_delta_"
-    ns = sorted(int(k[len(head):]) for k in metrics if k.startswith(head) and k[len(head):].isdigit())
-    return [(n, float(metrics[f"{prefix}bon_kl_{n}"]), float(metrics[f"{head}{n}"])) for n in ns
-            if _finite(metrics.get(f"{prefix}bon_kl_{n}")) and _finite(metrics.get(f"{head}{n}"))]
+    ns = sorted(int(k[len(head) :]) for k in metrics if k.startswith(head) and k[len(head) :].isdigit())
+    return [
+        (n, float(metrics[f"{prefix}bon_kl_{n}"]), float(metrics[f"{head}{n}"]))
+        for n in ns
+        if _finite(metrics.get(f"{prefix}bon_kl_{n}")) and _finite(metrics.get(f"{head}{n}"))
+    ]
 
 
 def _finite(value: Any) -> bool:

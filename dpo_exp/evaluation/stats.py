@@ -31,5 +31,12 @@ def describe(values: np.ndarray) -> dict[str, float]:
     """Mean, std, min, quartiles and max of a distribution (e.g. implicit-reward margins)."""
     values = np.asarray(values, dtype=np.float64)
     q = np.percentile(values, [0, 25, 50, 75, 100])
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(q[0]), "q25": float(q[1]),
-            "median": float(q[2]), "q75": float(q[3]), "max": float(q[4])}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(q[0]),
+        "q25": float(q[1]),
+        "median": float(q[2]),
+        "q75": float(q[3]),
+        "max": float(q[4]),
+    }

@@ -9,8 +9,9 @@ tracing does not change the training run itself. Rows go to run_dir/eval_trace.j
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
@@ -81,16 +82,23 @@ class RewardKLTrace(TrainerCallback):
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             result = sample_and_score(
-                self._pair, self.tokenizer, self.prompts, self.settings, self.scorer,
-                reference_samples=self._reference_samples, with_reference=False, independent=False,
+                self._pair,
+                self.tokenizer,
+                self.prompts,
+                self.settings,
+                self.scorer,
+                reference_samples=self._reference_samples,
+                with_reference=False,
+                independent=False,
             )
         self._reference_samples = result.reference
         metrics = reward_kl_metrics(result, self.bootstrap, self.settings.seed)
         row = {"step": int(state.global_step), "epoch": state.epoch, "prompts": len(self.prompts)}
         row.update({k: metrics[k] for k in TRACE_KEYS if k in metrics})
         append_jsonl(self.path, row)
-        self.tracker.log({f"eval_trace/{k}": v for k, v in row.items() if k in TRACE_KEYS}
-                         | {"train/global_step": row["step"]})
+        self.tracker.log(
+            {f"eval_trace/{k}": v for k, v in row.items() if k in TRACE_KEYS} | {"train/global_step": row["step"]}
+        )
         log.info("eval trace step %d: %s", row["step"], {k: round(v, 4) for k, v in row.items() if k in TRACE_KEYS})
         self._last_step = row["step"]
         return row
