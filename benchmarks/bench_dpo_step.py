@@ -26,7 +26,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -42,26 +41,11 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "dpo_step.json"
 DATA = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data")) / "ultrafeedback" / "sample.jsonl"
 
+from machine_info import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
-
-
-def machine() -> dict:
-    import transformers
-    import trl
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "gpu": None,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def load_pairs(tokenizer, n: int, max_length: int) -> list[dict]:

@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import transformers
-import trl
+from machine_info import machine
 from omegaconf import OmegaConf
 
 from dpo_exp import DEMO_DIR
@@ -186,18 +184,7 @@ def main() -> None:
             }
 
     result = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": None,
-            "device": "cpu",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-            "platform": platform.platform(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
+        "machine": machine(load_average_before=load_before, load_average_after=os.getloadavg()[0]),
         "model": "tiny GPT-2 (4 layers, width 128, 4 heads, GPT-2 BPE), random init",
         "generation": generation,
         "scoring": scoring,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import psutil
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -161,23 +161,9 @@ def main() -> None:
                 "time_ratio": b["seconds"] / a["seconds"],
                 "rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
             }
-    import torch
-    import transformers
-    import trl
 
     result = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": "cpu",
-            "gpu": None,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-            "platform": platform.platform(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
+        "machine": machine(load_average_before=load_before, load_average_after=os.getloadavg()[0]),
         "settings": {"common": COMMON, "sentiment": SENTIMENT, "preference": PREFERENCE},
         "runs": rows,
         "growth_first_to_last": growth,
