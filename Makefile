@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1200   # whole suite, ~9 min on 2 cores; module fixtures shared per file
+PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500   # two workers; module fixtures shared per file
 
-.PHONY: install demo app lint test test-fast bench bench-effect clean
+.PHONY: install demo app lint test test-slow test-all bench bench-effect clean
 
 install: $(VENV)/.installed
 
@@ -28,11 +28,13 @@ lint: install   # ruff lint + format check (configured in pyproject.toml; pre-co
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install lint   # lint, then every test not marked slow
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
-test-fast: install   # skips the end-to-end tests marked slow (~4 min)
-	$(PY) -m pytest -n 2 -m "not slow"
+test-slow: install   # the end-to-end runs marked slow (CI runs them after make test)
+	$(PY) -m pytest $(PYTEST_ARGS) -m slow
+
+test-all: test test-slow
 
 bench: install   # quick sizes (several minutes on 2 idle cores); each script without --quick runs the full size
 	$(PY) benchmarks/bench_dpo_step.py --quick

@@ -74,7 +74,7 @@ def test_single_file_holds_out_reviews(tmp_path, tokenizer):
     sets = load_prompt_sets(
         imdb_cfg(path, "data_size=4", "dataset.prompt_tokens_min=3", "dataset.prompt_tokens_max=4"), tokenizer
     )
-    assert sets.counts["test_reviews"] == 20 and sets.counts["train_reviews"] == 180
+    assert sets.counts["test_reviews"] == 50 and sets.counts["train_reviews"] == 150  # dataset.eval_fraction 0.25
     assert not set(sets.train.texts) & set(sets.test.texts)
     assert not set(sets.train_prompts) & set(sets.eval_prompts)
 
