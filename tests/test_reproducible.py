@@ -60,7 +60,7 @@ def _numbers(summary: dict) -> dict:
     return {
         k: v
         for k, v in summary.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in VOLATILE
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in VOLATILE and not k.startswith("timing/")
     }
 
 
