@@ -19,7 +19,6 @@ from .wandb_records import offline_runs, run_record
 PAIRS, PER_DEVICE, PROCESSES = 16, 2, 2
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_write_one_run(tmp_path, ultrafeedback_file):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

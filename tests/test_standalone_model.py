@@ -8,8 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
 
 LOAD = """import json, sys
@@ -33,7 +31,6 @@ print(json.dumps({"text": text, "merged_vs_adapter": gap, "policy_vs_base": move
 """
 
 
-@pytest.mark.slow
 def test_moved_run_folder_loads_without_cache_or_dpo_exp(tmp_path, ultrafeedback_file):
     work = tmp_path / "work"
     work.mkdir()
