@@ -152,13 +152,17 @@ def start_tracker(
             )
             mode = "offline"
             wandb.teardown()  # the service still holds the failed online stream under this id
-            run = wandb.init(mode=mode, settings=_settings(wandb, timeout, mode), **kwargs)
+            # offline needs no network, only a fresh local W&B service: give a loaded machine time to start it
+            run = wandb.init(mode=mode, settings=_settings(wandb, max(timeout, OFFLINE_INIT_TIMEOUT), mode), **kwargs)
             for failed in (Path(kwargs["dir"]) / "wandb").glob(f"run-*-{run_id}"):  # the online try's empty folder,
                 shutil.rmtree(failed, ignore_errors=True)  # so `wandb sync` sees one run
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
         return Tracker()
     return WandbTracker(run, mode)
+
+
+OFFLINE_INIT_TIMEOUT = 90.0  # seconds for the offline fallback's start (local service only; cannot hang on a network)
 
 
 def _settings(wandb: Any, init_timeout: float, mode: str) -> Any:
