@@ -38,7 +38,14 @@ FINAL_METRICS = [
     ("eval/rewards/margins", "eval_rewards/margins"),
 ]
 # Sampling-based evaluation (dpo_exp.evaluate writes them as eval/* keys): shown in the markdown/console table.
-EVAL_SHOWN = ["eval/reward_policy", "eval/reward_reference", "eval/reward_delta", "eval/win_rate", "eval/kl"]
+EVAL_SHOWN = [
+    "eval/reward_policy",
+    "eval/reward_reference",
+    "eval/reward_delta",
+    "eval/win_rate",
+    "eval/win_rate_prompt",
+    "eval/kl",
+]
 CURVES = [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")]
 SKIP_DIRS = {"wandb", "checkpoints", "model", "plots", "__pycache__"}
 IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")  # never treated as swept parameters

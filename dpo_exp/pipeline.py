@@ -245,8 +245,13 @@ def headline(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
             f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
-            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples"
+            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples (per sample)"
         )
+        if isinstance(s.get("eval/win_rate_prompt"), (int, float)):
+            lines.append(
+                f"win rate per prompt (mean reward over its samples) {s['eval/win_rate_prompt']:.3f} "
+                f"[95% CI {s['eval/win_rate_prompt_ci_low']:.3f}, {s['eval/win_rate_prompt_ci_high']:.3f}]"
+            )
     if isinstance(s.get("eval/kl"), (int, float)):
         lines.append(
             f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "

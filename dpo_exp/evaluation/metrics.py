@@ -122,7 +122,12 @@ def sample_and_score(
 
 
 def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str, Any]:
-    """Reward (policy, reference, delta), win rate and KL, with bootstrap intervals over prompts.
+    """Reward (policy, reference, delta), win rates and KL, with bootstrap intervals over prompts.
+
+    win_rate: share of (prompt, sample index) pairs where the policy's sample outscores the reference's (ties 1/2);
+    win_rate_prompt: share of prompts where the policy's MEAN reward over its samples beats the reference's (ties
+    1/2), the per-prompt comparison of ../shared/CALIBRATION.md; averaging samples first makes it the larger of the
+    two when the policy is better on average.
 
     `_std` is the spread of single-sample values; the intervals resample prompts (per-prompt means), with the same
     resampled prompt sets for every metric, so reward_delta's interval is a paired one.
@@ -147,6 +152,8 @@ def reward_kl_metrics(result: SampleEval, resamples: int, seed: int) -> dict[str
     wins = paired_wins(result.rewards_policy, result.rewards_reference)
     out["win_rate"], out["win_rate_ci_low"], out["win_rate_ci_high"] = mean_ci(wins.mean(axis=1), idx)
     out["tie_rate"] = float((wins == 0.5).mean())
+    prompt_wins = paired_wins(result.rewards_policy.mean(axis=1), result.rewards_reference.mean(axis=1))
+    out["win_rate_prompt"], out["win_rate_prompt_ci_low"], out["win_rate_prompt_ci_high"] = mean_ci(prompt_wins, idx)
     if result.rewards_reference_independent is not None:
         wins = paired_wins(result.rewards_policy, result.rewards_reference_independent)
         out["win_rate_independent"], out["win_rate_independent_ci_low"], out["win_rate_independent_ci_high"] = mean_ci(

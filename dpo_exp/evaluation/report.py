@@ -46,7 +46,7 @@ def write_samples_md(path: Path, rows: list[dict[str, Any]], metrics: dict[str, 
     lines = ["# Reference vs policy: side-by-side samples", ""]
     lines.append(f"Scorer: {scorer_name or 'none (reward metrics skipped)'}. Same prompt, same seed for both models.")
     lines.append("")
-    for key in ("reward_reference", "reward_policy", "reward_delta", "win_rate", "kl", "kl_rb"):
+    for key in ("reward_reference", "reward_policy", "reward_delta", "win_rate", "win_rate_prompt", "kl", "kl_rb"):
         if key in metrics:
             low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
             ci = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""

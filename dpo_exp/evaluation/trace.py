@@ -22,7 +22,16 @@ from .models import PolicyReference
 
 log = logging.getLogger(__name__)
 
-TRACE_KEYS = ("kl", "kl_std", "kl_rb", "reward_policy", "reward_reference", "reward_delta", "win_rate")
+TRACE_KEYS = (
+    "kl",
+    "kl_std",
+    "kl_rb",
+    "reward_policy",
+    "reward_reference",
+    "reward_delta",
+    "win_rate",
+    "win_rate_prompt",
+)
 
 
 class RewardKLTrace(TrainerCallback):
