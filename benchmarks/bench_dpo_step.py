@@ -52,7 +52,7 @@ def load_pairs(tokenizer, n: int, max_length: int) -> list[dict]:
     """The first `n` pairs whose prompt + chosen/rejected (+EOS) fit `max_length` tokens."""
     from omegaconf import OmegaConf
 
-    from dpo_exp.data import normalize_ultrafeedback
+    from dpo_exp.data.preference import normalize_ultrafeedback
 
     columns = OmegaConf.create({"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})
     pairs = []
@@ -171,9 +171,9 @@ def project_cfg(args, precompute: bool, cache_dir: str):
 
 
 def run_project(args, tokenizer, pairs, precompute: bool, workdir: Path) -> dict:
-    from dpo_exp.ref_logps import RefLogpsCache
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.infra.tracking import Tracker
+    from dpo_exp.training.ref_logps import RefLogpsCache
+    from dpo_exp.training.trainer import build_trainer
 
     cache = tempfile.mkdtemp(dir=workdir)  # a fresh cache: the precomputation is really done (and timed)
     cfg = project_cfg(args, precompute, cache)
@@ -246,9 +246,9 @@ def train_and_count(trainer) -> dict:
 def profile_step(args, tokenizer, pairs, workdir: Path, precompute: bool) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    from dpo_exp.ref_logps import RefLogpsCache
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.infra.tracking import Tracker
+    from dpo_exp.training.ref_logps import RefLogpsCache
+    from dpo_exp.training.trainer import build_trainer
 
     cfg = project_cfg(args, precompute, tempfile.mkdtemp(dir=workdir))
     cfg.trainer.max_steps = 2

@@ -28,9 +28,9 @@ from machine_info import machine
 from omegaconf import OmegaConf
 
 from dpo_exp import DEMO_DIR
+from dpo_exp.data.imdb import load_prompt_sets
 from dpo_exp.generation import _strip, generate_samples
 from dpo_exp.models import build_model, offline_gpt2_tokenizer
-from dpo_exp.prompts import load_prompt_sets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
 

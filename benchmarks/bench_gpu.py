@@ -79,10 +79,10 @@ def main() -> None:
     from bench_dpo_step import load_pairs, project_cfg
     from omegaconf import OmegaConf
 
+    from dpo_exp.infra.tracking import Tracker
     from dpo_exp.models import build_model, offline_gpt2_tokenizer, resolve_precision
-    from dpo_exp.ref_logps import RefLogpsCache
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.ref_logps import RefLogpsCache
+    from dpo_exp.training.trainer import build_trainer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = device == "cuda"

@@ -63,7 +63,7 @@ PREFERENCE = ["dataset=preference_files", "trainer.max_length=96", "dataset.eval
 
 def preference_file(n: int, folder: Path) -> Path:
     """N distinct pairs from the hh_rlhf sample (cycled, numbered), as one jsonl the `files` loader reads."""
-    from dpo_exp.data import split_hh_dialogue
+    from dpo_exp.data.preference import split_hh_dialogue
 
     rows = [json.loads(line) for line in (SHARED / "hh_rlhf" / "test.jsonl").read_text().splitlines()]
     pairs = []

@@ -127,7 +127,7 @@ def main() -> None:
         overrides = SETUPS[args.setup]
         # Uncached first: the cached sweep then cannot profit from anything the first one left behind except the
         # OS page cache, which both share after this warm-up import.
-        subprocess.run([sys.executable, "-c", "import dpo_exp.train, dpo_exp.pipeline"], check=True)
+        subprocess.run([sys.executable, "-c", "import dpo_exp.training.trainer, dpo_exp.pipeline"], check=True)
         uncached_wall, uncached = run_sweep(
             tmp / "uncached", str(tmp / "nocache") + "/${hydra:job.num}", overrides, args.betas
         )

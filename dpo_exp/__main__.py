@@ -29,10 +29,10 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
     """Make sure a failed job is visible as failed on disk and in W&B, even when it failed before the pipeline
     wrote anything (e.g. config validation). Never raises: recording must not stop the sweep either."""
     try:
+        from .infra.runinfo import run_identity
+        from .infra.storage import atomic_write_json, read_json
+        from .infra.tracking import start_tracker
         from .pipeline import SUMMARY
-        from .runinfo import run_identity
-        from .storage import atomic_write_json, read_json
-        from .tracking import start_tracker
 
         identity = run_identity(cfg)
         identity.run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,8 +67,8 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from .infra.runlock import RunFolderBusy
     from .pipeline import RunInterrupted, run
-    from .runlock import RunFolderBusy
 
     try:
         result = run(cfg)

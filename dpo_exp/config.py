@@ -202,7 +202,7 @@ def validate(cfg: DictConfig) -> None:
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")
     if cfg.eval.enabled:
-        from .evaluate import check_eval_config
+        from .evaluation.orchestrator import check_eval_config
 
         check_eval_config(cfg)
 

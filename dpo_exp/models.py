@@ -84,7 +84,7 @@ def model_identity(model_cfg: Any) -> str:
     (re-saving different weights at the same path changes it), a hub model by id and `model.revision` (pin a
     commit for a key that cannot drift), a tiny model by its architecture (its weights follow from the seed)."""
     if model_cfg.get("path"):
-        from .cache import folder_digest
+        from .infra.cache import folder_digest
 
         return f"files:{folder_digest(Path(model_cfg.path), MODEL_FILE_PATTERNS)}"
     return model_source(model_cfg)
@@ -113,7 +113,7 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         return offline_gpt2_tokenizer()
     from transformers import AutoTokenizer
 
-    from .hub import hub_access
+    from .infra.hub import hub_access
 
     with hub_access("model", str(model_cfg.hub_id), "model.path"):
         return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
@@ -165,7 +165,7 @@ def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str 
             model = GPT2LMHeadModel(config).to(dtype)
         model.config.name_or_path = "tiny-gpt2"
     else:
-        from .hub import hub_access
+        from .infra.hub import hub_access
 
         with hub_access("model", str(model_cfg.hub_id), "model.path"):
             model = AutoModelForCausalLM.from_pretrained(

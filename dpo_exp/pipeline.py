@@ -15,7 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
-from .distributed import (
+from .errors import UserError
+from .infra.distributed import (
     barrier,
     is_main_process,
     rank,
@@ -23,10 +24,9 @@ from .distributed import (
     shared_run_dir,
     world_size,
 )
-from .errors import UserError
-from .runinfo import RunIdentity, environment, run_identity
-from .storage import atomic_write_json, read_json, read_jsonl
-from .tracking import Tracker, start_tracker
+from .infra.runinfo import RunIdentity, environment, run_identity
+from .infra.storage import atomic_write_json, read_json, read_jsonl
+from .infra.tracking import Tracker, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ def load_data(ctx: RunContext, tokenizer) -> Any:
     """Preference pairs (or, for imdb_sentiment, the prompt sets) — before any model is loaded."""
     cfg = ctx.cfg
     if cfg.dataset.kind == "imdb_sentiment":
-        from .prompts import load_prompt_sets
+        from .data.imdb import load_prompt_sets
 
         return load_prompt_sets(cfg, tokenizer)
-    from .data import load_preference_data
+    from .data.preference import load_preference_data
 
     max_length = cfg.trainer.max_length
     room = int(cfg.trainer.min_prompt_tokens)
@@ -196,7 +196,7 @@ def _run_stages(ctx: RunContext) -> None:
 
     model = build_policy(cfg.model, int(cfg.seed), ctx.device)  # fp32 master weights; precision = autocast
     if cfg.dataset.kind == "imdb_sentiment":
-        from .sentiment import build_sentiment_pairs
+        from .tasks.sentiment import build_sentiment_pairs
 
         # every process runs this (a warm start trains with all of them); the pair cache is written once, locked
         started = time.time()
@@ -212,7 +212,7 @@ def _run_stages(ctx: RunContext) -> None:
     trainer = train_policy(ctx, model, tokenizer, data)
     _timing(ctx, "train", time.time() - started)
     if cfg.eval.enabled:
-        from .evaluate import evaluate_policy
+        from .evaluation.orchestrator import evaluate_policy
 
         if is_main_process():  # sampling is not split across processes: the main one evaluates, the others wait
             started = time.time()
@@ -271,9 +271,9 @@ def headline(summary: dict[str, Any]) -> list[str]:
 
 def train_policy(ctx: RunContext, model, tokenizer, data):
     """DPO with checkpoints and graceful stop; saves the adapter/model, final metrics into the summary."""
-    from .evaluate import trace_callbacks
-    from .ref_logps import RefLogpsCache
-    from .train import GracefulStop, build_trainer, final_metrics, last_checkpoint
+    from .evaluation.orchestrator import trace_callbacks
+    from .training.ref_logps import RefLogpsCache
+    from .training.trainer import GracefulStop, build_trainer, final_metrics, last_checkpoint
 
     cfg = ctx.cfg
     metrics_path = ctx.run_dir / "metrics.jsonl"
@@ -318,7 +318,7 @@ def train_policy(ctx: RunContext, model, tokenizer, data):
         final["train_loss"] = whole_run_train_loss(trainer.state.log_history, final["train_loss"], start)
         if is_main_process():
             _patch_final_row(metrics_path, train_loss=final["train_loss"])
-    from .export import save_run_model
+    from .training.export import save_run_model
 
     ctx.summary["saved_model"] = save_run_model(trainer, tokenizer, ctx.run_dir / "model", cfg.model, ctx.summary)
     ctx.save_summary(**final, skipped_steps=trainer.skipped_steps)  # steps skipped by on_nonfinite=skip
@@ -353,7 +353,7 @@ def _patch_final_row(path: Path, **values: Any) -> None:
     """Replace values in metrics.jsonl's `final` row (the resumed run's whole-run train_loss)."""
     if not path.exists():
         return
-    from .storage import write_jsonl
+    from .infra.storage import write_jsonl
 
     write_jsonl(path, [{**r, **values} if r.get("split") == "final" else r for r in read_jsonl(path)])
 
@@ -362,13 +362,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Keep only rows up to the checkpoint's step, so a resumed run does not log steps twice."""
     if not path.exists():
         return
-    from .storage import write_jsonl
+    from .infra.storage import write_jsonl
 
     write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step and r.get("split") != "final"])
 
 
 def write_plots(ctx: RunContext) -> None:
-    from .plots import plot_training
+    from .infra.plots import plot_training
 
     path = ctx.run_dir / "metrics.jsonl"
     if not path.exists():

@@ -79,7 +79,7 @@ class HFClassifierScorer(Scorer):
         device = str(_get(cfg, "device", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        from .hub import hub_access
+        from .infra.hub import hub_access
 
         self.dtype = "fp16" if device.startswith("cuda") else "fp32"  # frozen: half precision is fine on a GPU
         self.revision = _get(cfg, "revision", None)
@@ -123,7 +123,7 @@ class HFClassifierScorer(Scorer):
 
         source = f"{self.hub_id}@{self.revision or 'main'}"
         if Path(self.hub_id).is_dir():
-            from .cache import folder_digest
+            from .infra.cache import folder_digest
             from .models import MODEL_FILE_PATTERNS
 
             source = f"files:{folder_digest(Path(self.hub_id), MODEL_FILE_PATTERNS)}"
@@ -165,8 +165,8 @@ class TfidfLogRegScorer(Scorer):
         super().__init__()
         import joblib
 
-        from .cache import cached, content_key
-        from .prompts import load_labelled_splits
+        from .data.imdb import load_labelled_splits
+        from .infra.cache import cached, content_key
 
         self.params = {
             "ngram_max": int(_get(cfg, "ngram_max", 2)),

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cache import CacheEntry, cached, content_key
-from .data import seeded_subset
-from .distributed import barrier, broadcast, is_main_process, world_size
+from .data.preference import seeded_subset
+from .infra.cache import CacheEntry, cached, content_key
+from .infra.distributed import barrier, broadcast, is_main_process, world_size
 from .throughput import compact_lm_head
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _train_together(
     """Several processes (torchrun / accelerate): the warm start trains data-parallel with all of them (a lone
     process 0 would wait forever for the others), process 0 writing the cache entry; the key counts the processes
     (the effective batch differs). Returns that key; afterwards every process finds the entry built."""
-    from .cache import check_entry
+    from .infra.cache import check_entry
 
     key = content_key({"sft": key, "processes": world_size()})
     manifest, _ = check_entry(Path(cfg.cache_dir) / "sft" / key, key)

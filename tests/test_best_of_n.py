@@ -90,7 +90,7 @@ def tiny_pair():
     from omegaconf import OmegaConf
 
     from dpo_exp.evaluation.metrics import SampleSettings
-    from dpo_exp.evaluation.models import PolicyReference
+    from dpo_exp.evaluation.policy_ref import PolicyReference
     from dpo_exp.models import build_model, load_tokenizer
 
     from .conftest import FAST_MODEL, compose

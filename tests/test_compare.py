@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_exp.compare import (
+from dpo_exp.compare.table import (
     compare,
     find_run_dirs,
     frontier_lines,
@@ -259,9 +259,9 @@ def test_evaluation_reports_a_bootstrap_ci_for_kl_rb():
 
 def test_frontier_draws_the_best_of_n_curve_beside_the_runs():
     """plot_best_of_n: (analytic KL, reference reward + best-of-N gain), averaged over the runs that report it."""
-    from dpo_exp.compare import plot_best_of_n
+    from dpo_exp.compare.table import plot_best_of_n
     from dpo_exp.evaluation.best_of_n import analytic_kl
-    from dpo_exp.plots import plt
+    from dpo_exp.infra.plots import plt
 
     rows = []
     for ref in (0.50, 0.52):

@@ -77,7 +77,7 @@ def test_dpo_paper_preset_matches_the_papers_appendix(tmp_path):
     from hydra import initialize_config_dir
     from transformers import Trainer
 
-    from dpo_exp.train import dpo_config
+    from dpo_exp.training.trainer import dpo_config
 
     cfg = compose(["experiment=dpo_paper_imdb"])
     assert cfg.model.hub_id == "gpt2-large" and cfg.reward.kind == "siebert" and not cfg.lora.enabled
@@ -96,7 +96,7 @@ def test_dpo_paper_preset_matches_the_papers_appendix(tmp_path):
 
 
 def test_warmup_steps_overrides_the_ratio(tmp_path):
-    from dpo_exp.train import dpo_config
+    from dpo_exp.training.trainer import dpo_config
 
     assert dpo_config(compose(["model=tiny_gpt2"]), tmp_path, "fp32", "cpu").get_warmup_steps(100) == 10  # ratio 0.1
     args = dpo_config(compose(["model=tiny_gpt2", "trainer.warmup_steps=7"]), tmp_path, "fp32", "cpu")
@@ -105,7 +105,7 @@ def test_warmup_steps_overrides_the_ratio(tmp_path):
 
 def test_trl_defaults_are_overridden_explicitly(tmp_path):
     """TRL's DPOConfig defaults (lr 1e-6, bf16 on, gradient checkpointing on) must not leak into a CPU run."""
-    from dpo_exp.train import dpo_config
+    from dpo_exp.training.trainer import dpo_config
 
     cfg = compose(["model=tiny_gpt2", "lr=3e-4"])
     args = dpo_config(cfg, tmp_path, "fp32", "cpu")
@@ -171,8 +171,8 @@ def test_evaluation_defaults_resolve_the_effect():
 
 def test_a_single_500_review_file_holds_out_about_100_evaluation_prompts():
     """The issue's command (one file of 500 reviews): dataset.eval_fraction leaves ~100 held-out prompts."""
+    from dpo_exp.data.imdb import load_prompt_sets
     from dpo_exp.models import load_tokenizer
-    from dpo_exp.prompts import load_prompt_sets
 
     from .conftest import shared_file
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_exp.data import (
+from dpo_exp.data.preference import (
     ASSISTANT_TAG,
     filter_pairs,
     load_preference_data,

@@ -9,11 +9,11 @@ from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
 
 def _trainer(hh_file, tmp_path, disable: bool):
-    from dpo_exp.data import load_preference_data
+    from dpo_exp.data.preference import load_preference_data
+    from dpo_exp.infra.tracking import Tracker
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.ref_logps import pairs_dataset
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
 
     cfg = compose(
         [

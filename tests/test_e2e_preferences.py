@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_exp.storage import read_jsonl
+from dpo_exp.infra.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
 from .wandb_records import history, offline_runs, run_info

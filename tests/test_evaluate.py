@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_exp.evaluate import EvalInputs, build_eval_scorer, evaluate_models, sample_settings
 from dpo_exp.evaluation.metrics import implicit_reward_metrics, implicit_rewards, sample_and_score
-from dpo_exp.evaluation.models import PolicyReference, from_trainer, load_reference
+from dpo_exp.evaluation.orchestrator import EvalInputs, build_eval_scorer, evaluate_models, sample_settings
+from dpo_exp.evaluation.policy_ref import PolicyReference, from_trainer, load_reference
 from dpo_exp.evaluation.stats import bootstrap_indices, mean_ci, paired_wins
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
@@ -167,8 +167,8 @@ def test_rebuilt_reference_equals_starting_model(setup):
 
 def test_without_a_scorer_reward_metrics_are_skipped_and_said_so(setup, tmp_path):
     from dpo_exp.errors import UserError
-    from dpo_exp.evaluate import publish
-    from dpo_exp.tracking import Tracker
+    from dpo_exp.evaluation.orchestrator import publish
+    from dpo_exp.infra.tracking import Tracker
 
     cfg = compose(_overrides(setup["hh_file"], "eval.reward=null", "eval.num_pairs=0"))
     scorer, name, reason = build_eval_scorer(cfg)
@@ -190,10 +190,10 @@ def test_without_a_scorer_reward_metrics_are_skipped_and_said_so(setup, tmp_path
 
 def test_overtrained_policy_separates_its_pairs_and_drifts(setup, tmp_path):
     """Full fine-tuning at a high lr on 8 pairs: implicit-reward AUC ~1 on those pairs, KL(policy||ref) > 0."""
+    from dpo_exp.infra.tracking import Tracker
     from dpo_exp.models import build_model
-    from dpo_exp.ref_logps import pairs_dataset
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
 
     cfg, tokenizer, data = setup["cfg"].copy(), setup["tokenizer"], setup["data"]
     cfg.trainer.precompute_ref_log_probs = False  # TRL keeps its frozen reference copy (the path under test)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_exp.storage import read_jsonl
+from dpo_exp.infra.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER
 from .wandb_records import offline_runs, run_record

@@ -11,11 +11,11 @@ from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
 
 def _setup(hh_file, tmp_path, policy: str, extra: tuple[str, ...] = ()):
-    from dpo_exp.data import load_preference_data
+    from dpo_exp.data.preference import load_preference_data
+    from dpo_exp.infra.tracking import Tracker
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.ref_logps import pairs_dataset
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
 
     cfg = compose(
         [
@@ -58,7 +58,7 @@ def _poison_after(trainer, step: int) -> None:
 
 
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(hh_file, tmp_path):
-    from dpo_exp.train import NonFiniteError, last_checkpoint
+    from dpo_exp.training.trainer import NonFiniteError, last_checkpoint
 
     trainer = _setup(hh_file, tmp_path, "stop")
     _poison_after(trainer, 3)
@@ -221,7 +221,7 @@ def test_skip_works_with_the_fp16_grad_scaler():
     from accelerate import Accelerator
     from accelerate.optimizer import AcceleratedOptimizer
 
-    from dpo_exp.train import make_skippable
+    from dpo_exp.training.trainer import make_skippable
 
     Accelerator(cpu=True)
     param = torch.nn.Parameter(torch.ones(3))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_exp.cache import cached, check_entry, content_key
-from dpo_exp.sentiment import make_pairs
+from dpo_exp.infra.cache import cached, check_entry, content_key
+from dpo_exp.tasks.sentiment import make_pairs
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
@@ -102,11 +102,11 @@ def test_content_key_is_order_independent_and_sensitive():
 
 
 def _build(tmp_path: Path, imdb_dir: Path, *extra: str):
+    from dpo_exp.data.imdb import load_prompt_sets
+    from dpo_exp.infra.runinfo import RunIdentity
     from dpo_exp.models import build_model, load_tokenizer
     from dpo_exp.pipeline import RunContext
-    from dpo_exp.prompts import load_prompt_sets
-    from dpo_exp.runinfo import RunIdentity
-    from dpo_exp.sentiment import build_sentiment_pairs
+    from dpo_exp.tasks.sentiment import build_sentiment_pairs
 
     cfg = compose(
         [

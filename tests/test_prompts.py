@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dpo_exp import DEMO_DIR
+from dpo_exp.data.imdb import clean_text, load_prompt_sets
 from dpo_exp.errors import UserError
 from dpo_exp.models import offline_gpt2_tokenizer
-from dpo_exp.prompts import clean_text, load_prompt_sets
 
 from .conftest import FAST_MODEL, compose
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dpo_exp.evaluate import EvalInputs, build_eval_scorer, evaluate_models
-from dpo_exp.evaluation.models import from_run_dir, from_trainer
-from dpo_exp.tracking import Tracker
+from dpo_exp.evaluation.orchestrator import EvalInputs, build_eval_scorer, evaluate_models
+from dpo_exp.evaluation.policy_ref import from_run_dir, from_trainer
+from dpo_exp.infra.tracking import Tracker
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, shared_file
 
@@ -54,8 +54,8 @@ def hh():
 @pytest.mark.parametrize("lora", ["gpt2_attn", "none"])
 def test_trainable_weights_are_fp32_and_frozen_reference_follows_compute_dtype(hh, tmp_path, lora):
     from dpo_exp.models import build_policy
-    from dpo_exp.ref_logps import pairs_dataset
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
 
     cfg = _hh(f"lora={lora}", "trainer.precision=bf16", "trainer.precompute_ref_log_probs=false")
     model = build_policy(cfg.model, 0, "cpu")
@@ -99,8 +99,8 @@ def test_sft_warm_start_trains_fp32_weights(tmp_path):
 
 
 def test_imdb_heldout_prompts_do_not_depend_on_data_size(imdb_dir):
+    from dpo_exp.data.imdb import load_prompt_sets
     from dpo_exp.models import offline_gpt2_tokenizer
-    from dpo_exp.prompts import load_prompt_sets
 
     tokenizer = offline_gpt2_tokenizer()
     small, large = (
@@ -114,7 +114,7 @@ def test_imdb_heldout_prompts_do_not_depend_on_data_size(imdb_dir):
 
 
 def test_preference_split_is_by_prompt_and_reports_overlap(tmp_path):
-    from dpo_exp.data import load_preference_data
+    from dpo_exp.data.preference import load_preference_data
 
     rows = [{"prompt": f"q{i % 6}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(30)]
     single = tmp_path / "single.jsonl"
@@ -156,14 +156,14 @@ def test_implicit_reward_truncation_matches_trl_collator(hh):
 
 def test_sampled_pairs_train_on_the_sampled_ids(tmp_path, imdb_dir):
     """The pairs carry the sampled ids (EOS only where the sample ended), and the trainer uses them untouched."""
+    from dpo_exp.data.imdb import load_prompt_sets
     from dpo_exp.generation import generate_samples, sample_sequences
+    from dpo_exp.infra.runinfo import RunIdentity
     from dpo_exp.models import build_model, load_tokenizer
     from dpo_exp.pipeline import RunContext
-    from dpo_exp.prompts import load_prompt_sets
-    from dpo_exp.ref_logps import pairs_dataset
-    from dpo_exp.runinfo import RunIdentity
-    from dpo_exp.sentiment import build_sentiment_pairs
-    from dpo_exp.train import build_trainer
+    from dpo_exp.tasks.sentiment import build_sentiment_pairs
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
 
     cfg = compose(
         [
@@ -213,8 +213,8 @@ def _identical(cfg, pair, tokenizer, data):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_identical_models_give_kl_zero_and_half_win_rate_in_every_path(hh, tmp_path, dtype):
     from dpo_exp.models import build_model
-    from dpo_exp.ref_logps import pairs_dataset
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
 
     cfg = hh.cfg
     model = build_model(cfg.model, int(cfg.seed)).to(dtype)
@@ -238,8 +238,8 @@ def test_identical_models_give_kl_zero_and_half_win_rate_in_every_path(hh, tmp_p
 
 def test_sft_and_pair_keys_change_with_every_input_and_only_then(tmp_path):
     from dpo_exp.models import build_model, model_identity
-    from dpo_exp.sentiment import pair_key
     from dpo_exp.sft import sft_key
+    from dpo_exp.tasks.sentiment import pair_key
 
     texts = ["a", "b"]
     base = [*FAST_MODEL, "sft.lora=true"]
@@ -278,7 +278,7 @@ def test_reference_hash_ignores_the_adapter_but_not_the_architecture():
     from peft import get_peft_model
 
     from dpo_exp.models import build_model, lora_config
-    from dpo_exp.ref_logps import reference_hash
+    from dpo_exp.training.ref_logps import reference_hash
 
     cfg = compose([*FAST_MODEL, "lora=gpt2_attn"])
     plain = build_model(cfg.model, 0)

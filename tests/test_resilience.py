@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_exp.storage import read_jsonl
+from dpo_exp.infra.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
 from .wandb_records import history, offline_runs, run_record
@@ -170,7 +170,7 @@ def test_wandb_unreachable_does_not_stop_the_run(tmp_path, hh_file):
 def test_wandb_failing_mid_run_is_reported_once_and_ignored(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from dpo_exp.tracking import start_tracker
+    from dpo_exp.infra.tracking import start_tracker
 
     cfg = OmegaConf.create({"enabled": True, "mode": "offline", "project": "t", "init_timeout": 30})
     tracker = start_tracker(cfg, tmp_path, "t", "g", [], {"a": 1})
@@ -184,7 +184,7 @@ def test_wandb_failing_mid_run_is_reported_once_and_ignored(tmp_path, caplog):
 
 def test_graceful_stop_forwards_the_signal_to_the_previous_handler():
     """On SLURM, submitit's SIGUSR2 handler (checkpoint + requeue) must still run after our checkpoint."""
-    from dpo_exp.train import GracefulStop
+    from dpo_exp.training.trainer import GracefulStop
 
     seen = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))

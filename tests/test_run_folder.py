@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from dpo_exp.runlock import LOCK_NAME, RunFolderBusy, RunLock
+from dpo_exp.infra.runlock import LOCK_NAME, RunFolderBusy, RunLock
 
 from .conftest import FAST_MODEL, FAST_TRAINER, ROOT, run_cli, shared_file
 from .test_bad_input import assert_clean_error
 
 HOLDER = """import sys, time
 from pathlib import Path
-from dpo_exp.runlock import RunLock
+from dpo_exp.infra.runlock import RunLock
 with RunLock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)

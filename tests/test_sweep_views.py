@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_exp.sweep_summary import TABLE_KEY
-from dpo_exp.sweep_workspace import CURVES, OUTCOMES, WORKSPACE_FILE, build_workspace
+from dpo_exp.compare.wandb_summary import TABLE_KEY
+from dpo_exp.compare.workspace import CURVES, OUTCOMES, WORKSPACE_FILE, build_workspace
 
 from .conftest import run_cli
 from .test_compare import curves, write_run

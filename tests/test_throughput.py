@@ -125,9 +125,9 @@ def test_dpo_trainer_same_loss_as_trl_and_logs_trl_metric_names(tmp_path):
     from trl import DPOTrainer
 
     from dpo_exp import CONF_DIR
+    from dpo_exp.infra.tracking import Tracker
     from dpo_exp.models import offline_gpt2_tokenizer
-    from dpo_exp.tracking import Tracker
-    from dpo_exp.train import build_trainer
+    from dpo_exp.training.trainer import build_trainer
 
     trainer_cfg = OmegaConf.load(CONF_DIR / "trainer" / "dpo.yaml")
     trainer_cfg.merge_with(

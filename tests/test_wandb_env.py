@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from dpo_exp.tracking import start_tracker
+from dpo_exp.infra.tracking import start_tracker
 
 from .conftest import compose
 from .wandb_records import offline_runs, run_record

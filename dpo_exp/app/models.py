@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.models import PolicyReference, from_run_dir, is_peft
+from ..evaluation.policy_ref import PolicyReference, from_run_dir, is_peft
 from .runs import REFERENCE, RunInfo
 
 

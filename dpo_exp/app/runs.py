@@ -15,10 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from ..compare import find_run_dirs, load_run, swept_params
+from ..compare.table import find_run_dirs, load_run, swept_params
 from ..errors import UserError
-from ..evaluate import INPUTS_FILE, EvalInputs, load_run_config
-from ..storage import read_json
+from ..evaluation.orchestrator import INPUTS_FILE, EvalInputs, load_run_config
+from ..infra.storage import read_json
 
 log = logging.getLogger(__name__)
 

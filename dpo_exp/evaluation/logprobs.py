@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..data import PAIR_ID_COLUMNS
+from ..data.preference import PAIR_ID_COLUMNS
 from ..generation import TokenSequence, sample_sequences  # noqa: F401  (sample_sequences is re-exported)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..generation import Samples, generate_samples
 from .logprobs import context_length, pair_sequences, sample_sequences, sequence_kl, sequence_logprobs
-from .models import PolicyReference
+from .policy_ref import PolicyReference
 from .stats import bootstrap_indices, describe, mean_ci, paired_wins
 
 INDEPENDENT_SEED_OFFSET = 7_919  # seed offset of the independent reference samples (eval/win_rate_independent)

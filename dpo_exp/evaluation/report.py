@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..storage import atomic_write_text
+from ..infra.storage import atomic_write_text
 from .metrics import SampleEval
 
 SIDE_BY_SIDE_COLUMNS = ["prompt", "reference", "reference_score", "policy", "policy_score"]
@@ -79,7 +79,7 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     """
     if "reward_delta" not in final:
         return None
-    from ..plots import plt, save_figure  # headless (Agg) pyplot
+    from ..infra.plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     points = [r for r in trace if _finite(r.get("kl")) and _finite(r.get("reward_delta"))]

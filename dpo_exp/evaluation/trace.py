@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..storage import append_jsonl, read_jsonl, write_jsonl
+from ..infra.storage import append_jsonl, read_jsonl, write_jsonl
 from .metrics import SampleSettings, reward_kl_metrics, sample_and_score
-from .models import PolicyReference
+from .policy_ref import PolicyReference
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .compare import CURVES, REWARD, find_run_dirs, frontier_x, load_run, swept_params
-from .tracking import Tracker, WandbTracker, resolve_mode, start_tracker
+from ..infra.tracking import Tracker, WandbTracker, resolve_mode, start_tracker
+from .table import CURVES, REWARD, find_run_dirs, frontier_x, load_run, swept_params
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def log_sweep_summary(out: Path, paths: list[Path] | None = None, workspace: boo
     else:
         print("W&B sweep summary run not logged (W&B disabled or unavailable)")
     if workspace:
-        from .sweep_workspace import create_or_write
+        from .workspace import create_or_write
 
         online = resolve_mode(str(logger_cfg.get("mode", "auto"))) == "online"
         print(
@@ -148,7 +148,7 @@ class SweepSummaryCallback(Callback):
         if not (config.get("logger") or {}).get("enabled"):
             return
         try:
-            from .compare import compare
+            from .table import compare
 
             sweep_dir = Path(str(config.hydra.sweep.dir))
             compare([sweep_dir], console=False)

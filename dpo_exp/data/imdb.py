@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import check_columns, data_files, read_records, seeded_subset
-from .errors import UserError
+from ..errors import UserError
+from .preference import check_columns, data_files, read_records, seeded_subset
 
 DEFAULT_DATA_SIZE = 256
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -61,7 +61,7 @@ def resolve_path(path: str | Path) -> Path:
     """A dataset path; `demo:NAME` names a fixture shipped inside the package (dpo_exp/demo/NAME)."""
     text = str(path)
     if text.startswith("demo:"):
-        from . import DEMO_DIR
+        from .. import DEMO_DIR
 
         return DEMO_DIR / text[len("demo:") :]
     return Path(text).expanduser()
@@ -109,7 +109,7 @@ def raw_splits(ds_cfg: Any, path: Any = None) -> tuple[dict[str, list[dict]], st
         raise UserError("dataset.path: set it to a {text,label} file or folder (dataset.hub_id is null)")
     from datasets import load_dataset
 
-    from .hub import hub_access
+    from ..infra.hub import hub_access
 
     with hub_access("dataset", str(ds_cfg.hub_id), "dataset.path"):
         splits = {"train": load_dataset(ds_cfg.hub_id, split=ds_cfg.train_split).to_list()}

@@ -14,12 +14,12 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from .errors import RunFailure
-from .models import lora_config
+from ..errors import RunFailure
+from ..infra.storage import append_jsonl
+from ..infra.tracking import Tracker
+from ..models import lora_config
+from ..throughput import LengthGroupedPairSampler, compact_lm_head, pair_lengths
 from .ref_logps import SharedRefLogpsMixin
-from .storage import append_jsonl
-from .throughput import LengthGroupedPairSampler, compact_lm_head, pair_lengths
-from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         reference generated, EOS only where it ended) skip TRL's decode-free text tokenisation, which would move
         tokens across the prompt/completion boundary and append an EOS that was never sampled. TRL's own rule for
         `keep_start` (drop pairs whose prompt fills max_length) still applies."""
-        from .data import PAIR_ID_COLUMNS
+        from ..data.preference import PAIR_ID_COLUMNS
 
         if not set(PAIR_ID_COLUMNS) <= set(dataset.column_names):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -353,7 +353,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 def frozen_reference(model, precision: str):
     """A frozen copy of the starting policy for full fine-tuning (TRL cannot reload an in-memory model by id), in
     the run's compute dtype: it is never updated, so half precision loses nothing under autocast."""
-    from .models import torch_dtype
+    from ..models import torch_dtype
 
     dtype = torch_dtype(precision if precision in ("bf16", "fp16") else "fp32")
     reference = copy.deepcopy(model).to(dtype).eval()

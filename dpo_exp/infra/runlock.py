@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import UserError
+from ..errors import UserError
 
 LOCK_NAME = ".dpo_exp.lock"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 PAIR_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # token ids of pairs built from samples
 FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -197,7 +197,7 @@ def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
     splits = {"train": ds_cfg.train_split}
     if ds_cfg.get("eval_split"):
         splits["test"] = ds_cfg.eval_split
-    from .hub import hub_access
+    from ..infra.hub import hub_access
 
     with hub_access("dataset", str(ds_cfg.hub_id), "dataset.path"):
         return {name: load_dataset(ds_cfg.hub_id, split=split, **kwargs).to_list() for name, split in splits.items()}

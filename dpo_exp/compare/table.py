@@ -15,18 +15,16 @@ metrics.jsonl and .hydra/overrides.yaml are read (no W&B needed) and, into the f
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .errors import UserError
-from .storage import atomic_write_text, read_json, read_jsonl
+from ..errors import UserError
+from ..infra.storage import atomic_write_text, read_json, read_jsonl
 
 # (column as W&B shows it, summary.json key as TRL names it)
 FINAL_METRICS = [
@@ -283,7 +281,7 @@ def _label(row: pd.Series, params: list[str]) -> str:
 
 def plot_learning_curves(runs: list[Run], labels: dict[Path, str], out: Path) -> Path | None:
     """Train curves (solid) and eval points (dashed) of every run, one panel per metric."""
-    from .plots import plt, save_figure  # headless (Agg) pyplot
+    from ..infra.plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
     drawn = False
@@ -309,7 +307,7 @@ def plot_learning_curves(runs: list[Run], labels: dict[Path, str], out: Path) ->
 
 def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> list[Path]:
     """Final metrics against each swept parameter; one line per combination of the other swept parameters."""
-    from .plots import plt, save_figure  # headless (Agg) pyplot
+    from ..infra.plots import plt, save_figure  # headless (Agg) pyplot
 
     done = df[df["status"] == "completed"]
     metrics = [c for c in metric_columns() + EVAL_SHOWN if c in done.columns and done[c].notna().any()]
@@ -390,7 +388,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
     along, lines = frontier_lines(df, params, kl)
     if not lines:
         return None, f"reward-KL frontier skipped: no run has both {kl} and {REWARD}"
-    from .plots import plt, save_figure  # headless (Agg) pyplot
+    from ..infra.plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
 
@@ -442,7 +440,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
 def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
     """Best-of-N from the reference on the frontier: (analytic KL, reference reward + best-of-N gain), averaged
     over the runs that report it (a sweep's runs share reference and prompts). Returns whether it drew anything."""
-    from .evaluation.report import best_of_n_curve
+    from ..evaluation.report import best_of_n_curve
 
     if "eval/reward_reference" not in points.columns:
         return False
@@ -512,30 +510,3 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
             print(f"note: {note}")
         print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} and {len(written)} plots in {out / 'plots'}")
     return df
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo_exp.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="a multirun folder and/or run directories")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first PATH)")
-    parser.add_argument("--no-plots", action="store_true", help="tables only")
-    parser.add_argument(
-        "--wandb",
-        action="store_true",
-        help="also log a sweep-summary W&B run in the sweep's group and build its W&B workspace",
-    )
-    args = parser.parse_args(argv)
-    try:
-        compare(args.paths, args.out, console=True, plots=not args.no_plots)
-        if args.wandb:
-            from .sweep_summary import log_sweep_summary
-
-            log_sweep_summary(args.out or args.paths[0], args.paths)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

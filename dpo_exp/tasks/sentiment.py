@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cache import cached, content_key
-from .data import PreferenceData, filter_pairs
-from .errors import UserError
+from ..data.preference import PreferenceData, filter_pairs
+from ..errors import UserError
+from ..infra.cache import cached, content_key
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _write_pairs(rows: list[dict], path: Path) -> None:
 
         pd.DataFrame(rows).to_parquet(path, index=False)
     else:
-        from .storage import write_jsonl
+        from ..infra.storage import write_jsonl
 
         write_jsonl(path, rows)
 
@@ -112,7 +112,7 @@ def read_pairs(path: Path) -> list[dict]:
         import pandas as pd
 
         return pd.read_parquet(path).to_dict("records")
-    from .storage import read_jsonl
+    from ..infra.storage import read_jsonl
 
     return read_jsonl(path)
 
@@ -164,7 +164,7 @@ def _sample_pairs(
     model, tokenizer, prompts: list[str], cfg: Any, seed: int, scorer, first_id: int, desc: str
 ) -> tuple[list[dict], dict[str, Any]]:
     """Sample `generation.num_samples` completions per prompt, score prompt + completion, pair them up."""
-    from .generation import generate_samples, sample_sequences
+    from ..generation import generate_samples, sample_sequences
 
     if not prompts:
         return [], {"samples": 0, "score_sum": 0.0, "ties": 0, "below_margin": 0}
@@ -184,7 +184,7 @@ def _sample_pairs(
 
 def plot_pair_scores(rows: list[dict], path: Path) -> Path:
     """Histogram of chosen vs rejected scores."""
-    from .plots import plt, save_figure  # headless (Agg) pyplot
+    from ..infra.plots import plt, save_figure  # headless (Agg) pyplot
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -205,9 +205,9 @@ def plot_pair_scores(rows: list[dict], path: Path) -> Path:
 
 def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[PreferenceData, Any]:
     """SFT warm start (optional) -> sampling -> scoring -> pairs (cached) -> PreferenceData and the reference."""
-    from .generation import default_batch_size
-    from .models import model_identity
-    from .rewards import build_scorer
+    from ..generation import default_batch_size
+    from ..models import model_identity
+    from ..rewards import build_scorer
 
     cfg = ctx.cfg
     ds = cfg.dataset
@@ -227,7 +227,7 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
 
     identity: dict[str, Any] = {"source": model_identity(cfg.model), "seed": int(cfg.seed)}
     if cfg.sft.enabled:
-        from .sft import warm_start
+        from ..sft import warm_start
 
         started = time.time()
         model, entry = warm_start(cfg, model, tokenizer, prompt_sets.train.texts, ctx.device, ctx.precision)
@@ -275,7 +275,7 @@ def build_sentiment_pairs(ctx, model, tokenizer, prompt_sets) -> tuple[Preferenc
         "pairs %s: %d pairs from %d prompts (cache %s, key %s)", entry.status, len(rows), len(prompts), entry.path, key
     )
 
-    from .distributed import is_main_process
+    from ..infra.distributed import is_main_process
 
     run_pairs = ctx.run_dir / filename
     if is_main_process():  # several processes: only process 0 writes the run folder

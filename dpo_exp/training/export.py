@@ -39,7 +39,7 @@ def _point_adapter_at(adapter_dir: Path, base: str) -> None:
 
 def save_run_model(trainer, tokenizer, model_dir: Path, model_cfg: Any, summary: dict) -> dict[str, str]:
     """Save the trained policy into `model_dir` (layout above); returns what was saved, for summary.json."""
-    from .evaluation.models import is_peft
+    from ..evaluation.policy_ref import is_peft
 
     model_dir = Path(model_dir)
     model = trainer.model
