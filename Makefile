@@ -24,9 +24,10 @@ app: install   # the Gradio app on the newest run under outputs/ (the demo's aft
 	if [ -z "$$run" ]; then echo "error: no run under outputs/: run make demo first" >&2; exit 2; fi; \
 	echo "opening $$run"; HF_HUB_OFFLINE=1 $(PY) -m dpo_exp.app "$$run"
 
-lint: install   # ruff lint + format check (configured in pyproject.toml; pre-commit runs the same)
+lint: install   # ruff lint + format check, import-linter's layer contract (pyproject.toml; pre-commit runs the same)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: install lint   # lint, then every test not marked slow
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"

@@ -25,50 +25,10 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
-def record_failure(cfg: DictConfig, exc: BaseException) -> None:
-    """Make sure a failed job is visible as failed on disk and in W&B, even when it failed before the pipeline
-    wrote anything (e.g. config validation). Never raises: recording must not stop the sweep either."""
-    try:
-        from .infra.runinfo import run_identity
-        from .infra.storage import atomic_write_json, read_json
-        from .infra.tracking import start_tracker
-        from .pipeline import SUMMARY
-
-        identity = run_identity(cfg)
-        identity.run_dir.mkdir(parents=True, exist_ok=True)
-        summary = read_json(identity.run_dir / SUMMARY) or {}
-        if summary.get("status") == "failed":
-            return  # the pipeline recorded it (and finished its W&B run as failed)
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        summary.update(
-            status="failed",
-            error=f"{type(exc).__name__}: {message}",
-            name=identity.name,
-            group=identity.group,
-            overrides=identity.overrides,
-            sweep=identity.swept,
-        )
-        if not summary.get("wandb_id"):
-            tracker = start_tracker(
-                cfg.logger,
-                identity.run_dir,
-                identity.name,
-                identity.group,
-                identity.tags,
-                {"overrides": identity.overrides, "sweep": identity.swept, **identity.swept},
-            )
-            summary["wandb_id"] = tracker.run_id
-            tracker.summary({"status": "failed", "error": summary["error"]})
-            tracker.finish(exit_code=1)
-        atomic_write_json(identity.run_dir / SUMMARY, summary)
-    except Exception as inner:  # noqa: BLE001
-        log.warning("could not record the failure in the run directory: %s", inner)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .infra.runlock import RunFolderBusy
-    from .pipeline import RunInterrupted, run
+    from .pipeline import RunInterrupted, record_failure, run
 
     try:
         result = run(cfg)

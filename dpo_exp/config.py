@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import CONF_DIR
 from .errors import UserError
 
 LOSS_TYPES = (
@@ -16,7 +17,6 @@ LOSS_TYPES = (
 )  # fmt: skip
 STRATEGIES = ("no", "steps", "epoch")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DATASET_KINDS = ("preference", "imdb_sentiment")
 
 
 MIN_DATA_SIZE = 2  # fewer training pairs (or prompts) cannot train anything worth comparing; see conf/config.yaml
@@ -72,6 +72,27 @@ def _validate_dataset(ds: Any) -> None:
         raise UserError(f"dataset.prompt_template={template!r} must be text containing {{prompt}}")
 
 
+def check_eval_config(cfg: DictConfig) -> None:
+    """UserError for a bad `eval` block (cheap: no models)."""
+    ev = cfg.eval
+    for key in ("num_prompts", "num_samples", "bootstrap", "max_new_tokens"):
+        value = ev.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"eval.{key} must be a whole number > 0, got {value!r}")
+    ns = ev.get("best_of_n") or []
+    if isinstance(ns, (int, str)) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in ns):
+        raise UserError(f"eval.best_of_n must be a list of whole numbers >= 1 (e.g. [1,2,4,8,16]), got {ns!r}")
+    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
+        value = ev.get(key)
+        if value is None and key == "best_of_n_prompts":  # a run saved before best-of-N existed
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"eval.{key} must be a whole number >= 0, got {value!r}")
+    if ev.get("reward") and not (CONF_DIR / "reward" / f"{ev.reward}.yaml").is_file():
+        options = sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml"))
+        raise UserError(f"eval.reward={ev.reward!r} is not one of {options} (conf/reward/*.yaml)")
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
@@ -96,15 +117,21 @@ def _validate_model(model: Any) -> None:
             raise UserError(f"model.tiny.n_embd={tiny.n_embd} must be divisible by model.tiny.n_head={tiny.n_head}")
 
 
-def _validate_reward_use(cfg: DictConfig) -> None:
-    """`reward` scores the samples that become IMDb pairs; on a preference dataset it would only silently score
-    evaluation samples, which is what `eval.reward` says explicitly."""
+def _validate_task(cfg: DictConfig) -> None:
+    """The dataset's task (its `_target_`) checks its own settings. `reward` scores the samples a task turns into
+    pairs; for a task with pairs of its own it would only silently score evaluation samples, which is what
+    `eval.reward` says explicitly."""
+    from .tasks import build_task
+
+    task = build_task(cfg)
     kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
-    if kind != "none" and cfg.dataset.kind != "imdb_sentiment":
+    if kind != "none" and not task.uses_reward:
         raise UserError(
-            f"reward={kind} builds pairs for dataset=imdb_sentiment only; dataset={cfg.dataset.name} already has "
-            f"its pairs (to score evaluation samples with it, use eval.reward={kind} and leave reward=none)"
+            f"reward={kind} builds pairs for dataset=imdb_sentiment only (tasks that score samples into pairs); "
+            f"dataset={cfg.dataset.name} already has its pairs (to score evaluation samples with it, use "
+            f"eval.reward={kind} and leave reward=none)"
         )
+    task.check(cfg)
 
 
 def _validate_precision(cfg: DictConfig) -> None:
@@ -161,10 +188,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(t.save_strategy, "trainer.save_strategy", STRATEGIES)
     _choice(t.precision, "trainer.precision", PRECISIONS)
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
-    _choice(cfg.dataset.kind, "dataset.kind", DATASET_KINDS)
     _validate_dataset(cfg.dataset)
     _validate_model(cfg.model)
-    _validate_reward_use(cfg)
 
     if cfg.lora.enabled:
         _positive(cfg.lora.r, "lora.r", integer=True)
@@ -186,11 +211,6 @@ def validate(cfg: DictConfig) -> None:
         )
     gen = cfg.generation
     _positive(gen.num_samples, "generation.num_samples", integer=True)
-    if cfg.dataset.kind == "imdb_sentiment" and gen.num_samples < 2:
-        raise UserError(
-            f"generation.num_samples={gen.num_samples}: dataset=imdb_sentiment needs >= 2 samples per prompt "
-            "(a pair is the best and the worst of them)"
-        )
     _positive(gen.max_new_tokens, "generation.max_new_tokens", integer=True)
     _positive(gen.temperature, "generation.temperature")
     if gen.batch_size is not None:
@@ -202,9 +222,8 @@ def validate(cfg: DictConfig) -> None:
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")
     if cfg.eval.enabled:
-        from .evaluation.orchestrator import check_eval_config
-
         check_eval_config(cfg)
+    _validate_task(cfg)
 
     # Last, as it may import torch: LoRA targets must exist in the architecture (checked on a meta-device build).
     from .models import check_lora_targets

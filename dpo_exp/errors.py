@@ -7,3 +7,11 @@ class UserError(Exception):
 
 class RunFailure(Exception):
     """A run that cannot go on for a reason worth one clear line (e.g. a non-finite loss), not a bug."""
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint. `forward` passes the signal on afterwards."""
+
+    def __init__(self, message: str, forward=None):
+        super().__init__(message)
+        self.forward = forward

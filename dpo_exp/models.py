@@ -34,6 +34,19 @@ def resolve_precision(spec: str, device: str) -> str:
     return "fp32"
 
 
+def context_length(model) -> int:
+    """How many tokens the model can attend to (GPT-2: n_positions)."""
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
+
+
+def is_peft(model) -> bool:
+    """True for a PEFT model (a LoRA adapter on a base model)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
 def torch_dtype(precision: str) -> torch.dtype:
     import torch
 

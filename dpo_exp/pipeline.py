@@ -1,7 +1,8 @@
-"""One run, start to finish: validate -> data -> model -> (pairs) -> DPO -> evaluation -> artifacts.
+"""One run, start to finish: validate -> task data -> model -> task pairs -> DPO -> evaluation -> plots.
 
-Every stage writes its results to the run directory; summary.json carries the run's status
-(`running`, `completed`, `failed`, `interrupted`) so sweeps can be resumed and compared.
+Each stage returns a typed result; this module alone writes summary.json, whose `status` (`running`, `completed`,
+`failed`, `interrupted`) lets sweeps resume and compare. `evaluate_run` re-evaluates a finished run
+(`python -m dpo_exp.evaluate`), `record_failure` marks a job failed that never got that far.
 """
 
 from __future__ import annotations
@@ -14,43 +15,28 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import validate
-from .errors import UserError
-from .infra.distributed import (
-    barrier,
-    is_main_process,
-    rank,
-    run_folder_lock,
-    shared_run_dir,
-    world_size,
-)
+from .config import check_eval_config, validate
+from .errors import RunInterrupted, UserError
+from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
 from .infra.storage import atomic_write_json, read_json, read_jsonl
 from .infra.tracking import Tracker, start_tracker
+from .tasks import StageEnv, TaskResult, build_task
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 
 
-class RunInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint. `forward` passes the signal on afterwards."""
-
-    def __init__(self, message: str, forward=None):
-        super().__init__(message)
-        self.forward = forward
-
-
 @dataclass
 class RunContext:
-    """What every stage needs: the config, where to write, the identity and the tracker."""
+    """What the pipeline keeps while a job runs: the config, identity, summary and tracker, device, precision."""
 
     cfg: DictConfig
     identity: RunIdentity
     summary: dict[str, Any] = field(default_factory=dict)
     tracker: Tracker = field(default_factory=Tracker)
-    device: str = "cpu"
-    precision: str = "fp32"
+    env: StageEnv = field(default_factory=StageEnv)
 
     @property
     def run_dir(self) -> Path:
@@ -84,24 +70,6 @@ def objective_value(summary: dict, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def load_data(ctx: RunContext, tokenizer) -> Any:
-    """Preference pairs (or, for imdb_sentiment, the prompt sets) — before any model is loaded."""
-    cfg = ctx.cfg
-    if cfg.dataset.kind == "imdb_sentiment":
-        from .data.imdb import load_prompt_sets
-
-        return load_prompt_sets(cfg, tokenizer)
-    from .data.preference import load_preference_data
-
-    max_length = cfg.trainer.max_length
-    room = int(cfg.trainer.min_prompt_tokens)
-
-    def prompt_fits(prompt: str) -> bool:
-        return max_length is None or len(tokenizer(prompt, verbose=False).input_ids) + room <= int(max_length)
-
-    return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, max_length)
-
-
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
     """Run one job. Returns the configured objective (a summary value) for sweepers."""
     identity = run_identity(cfg, run_dir)
@@ -117,16 +85,12 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
     if cfg.skip_completed and previous.get("status") == "completed":
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
         return objective_value(previous, objective_key(cfg))
-
     ctx = RunContext(cfg=cfg, identity=identity)
     ctx.summary = {
+        **_identity_fields(identity),
         "status": "running",
-        "name": identity.name,
-        "group": identity.group,
-        "overrides": identity.overrides,
-        "sweep": identity.swept,
         "model": {"name": cfg.model.name},
-        "dataset": {"name": cfg.dataset.name, "kind": cfg.dataset.kind},
+        "dataset": {"name": cfg.dataset.name, "task": cfg.dataset.get("_target_")},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "attempts": int(previous.get("attempts", 0)) + 1,
         "wandb_id": previous.get("wandb_id"),
@@ -149,74 +113,68 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
             exc.forward()  # e.g. submitit's SIGUSR2 handler: requeue the job, which then resumes from the checkpoint
         raise
     except BaseException as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        ctx.save_summary(
-            status="failed", error=f"{type(exc).__name__}: {message}", wall_time_s=round(time.time() - start, 2)
-        )
+        ctx.save_summary(status="failed", error=_error_line(exc), wall_time_s=round(time.time() - start, 2))
         ctx.tracker.finish(exit_code=1)
         raise
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
     ctx.tracker.finish(exit_code=0)
     if is_main_process():
+        from .evaluation.report import headline
+
         print(f"[dpo_exp] completed in {ctx.summary['wall_time_s']:.0f} s; outputs in {ctx.run_dir.resolve()}")
         for line in headline(ctx.summary):
             print(f"[dpo_exp] {line}")
     return objective_value(ctx.summary, objective_key(cfg))
 
 
+def _identity_fields(identity: RunIdentity) -> dict[str, Any]:
+    return {
+        "name": identity.name,
+        "group": identity.group,
+        "overrides": identity.overrides,
+        "sweep": identity.swept,
+    }
+
+
+def _error_line(exc: BaseException) -> str:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
+
+
 def _run_stages(ctx: RunContext) -> None:
-    from .models import build_policy, load_tokenizer, model_source, resolve_device, resolve_precision
+    from .models import build_policy, load_tokenizer
 
     cfg = ctx.cfg
+    task = build_task(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    data = load_data(ctx, tokenizer)
-    ctx.device = resolve_device(cfg.model.device)
-    ctx.precision = resolve_precision(
-        cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.dtype, ctx.device
-    )
-    ctx.summary["model"].update(source=model_source(cfg.model), device=ctx.device, precision=ctx.precision)
-    ctx.summary["environment"] = environment()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    ctx.tracker = start_tracker(
-        cfg.logger,
-        ctx.run_dir,
-        ctx.identity.name,
-        ctx.identity.group,
-        ctx.identity.tags,
-        {
-            **resolved,
-            "overrides": ctx.identity.overrides,
-            "sweep": ctx.identity.swept,
-            "environment": ctx.summary["environment"],
-        },
-        resume_id=ctx.summary.get("wandb_id"),
-    )
-    ctx.save_summary(wandb_id=ctx.tracker.run_id)
+    loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
+    from .evaluation.orchestrator import evaluate_policy, trace_callbacks
+    from .training.stage import train_policy
 
-    model = build_policy(cfg.model, int(cfg.seed), ctx.device)  # fp32 master weights; precision = autocast
-    if cfg.dataset.kind == "imdb_sentiment":
-        from .tasks.sentiment import build_sentiment_pairs
+    _start_tracking(ctx)
+    model = build_policy(cfg.model, int(cfg.seed), ctx.env.device)  # fp32 master weights; precision = autocast
+    # every process prepares (a warm start trains with all of them); the pair cache is written once, locked
+    prepared = task.prepare(cfg, ctx.env, model, tokenizer, loaded)
+    record_task(ctx, prepared)
+    data, reference_path = prepared.data, prepared.reference_path
 
-        # every process runs this (a warm start trains with all of them); the pair cache is written once, locked
-        started = time.time()
-        data, model = build_sentiment_pairs(ctx, model, tokenizer, data)  # records timing/sft_s itself
-        _timing(ctx, "pairs", time.time() - started - ctx.summary.get("timing/sft_s", 0.0))
-    ctx.summary["data"] = {"source": data.source, **data.counts}
-    ctx.summary["heldout"] = data.heldout_hashes()
-    ctx.summary["dataset"]["source"] = data.source
-    ctx.save_summary()
-    ctx.tracker.summary({f"data/{k}": v for k, v in data.counts.items()})
-
+    tracers = trace_callbacks(cfg, tokenizer, data, ctx.run_dir, ctx.tracker, reference_path)
     started = time.time()
-    trainer = train_policy(ctx, model, tokenizer, data)
+    trained = train_policy(
+        cfg, prepared.model, tokenizer, data, ctx.run_dir, ctx.tracker, ctx.env, reference_path, tracers
+    )
+    ctx.summary.update(ref_logps=trained.ref_logps, saved_model=trained.saved_model)
+    if trained.resumed_from:
+        ctx.summary["resumed_from"] = trained.resumed_from
+    ctx.save_summary(**trained.final, skipped_steps=trained.skipped_steps)
+    final = trained.final
+    ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
     _timing(ctx, "train", time.time() - started)
     if cfg.eval.enabled:
-        from .evaluation.orchestrator import evaluate_policy
-
         if is_main_process():  # sampling is not split across processes: the main one evaluates, the others wait
             started = time.time()
-            results = evaluate_policy(ctx, trainer, tokenizer, data)  # the trainer knows the reference
+            results = evaluate_policy(cfg, trained.trainer, tokenizer, data, ctx.run_dir, ctx.tracker, reference_path)
             ctx.save_summary(**results)
             _timing(ctx, "eval", time.time() - started)
         barrier()
@@ -224,147 +182,65 @@ def _run_stages(ctx: RunContext) -> None:
         write_plots(ctx)
 
 
+def _start_tracking(ctx: RunContext) -> None:
+    """Device, precision and environment into the summary; the tracker started (resuming the run's W&B id)."""
+    from .models import model_source, resolve_device, resolve_precision
+
+    cfg = ctx.cfg
+    device = resolve_device(cfg.model.device)
+    precision = cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.dtype
+    ctx.env = StageEnv(device, resolve_precision(precision, device), ctx.run_dir)
+    ctx.summary["model"].update(source=model_source(cfg.model), device=device, precision=ctx.env.precision)
+    ctx.summary["environment"] = environment()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    identity = ctx.identity
+    config = {**resolved, "overrides": identity.overrides, "sweep": identity.swept, "environment": environment()}
+    ctx.tracker = start_tracker(
+        cfg.logger,
+        ctx.run_dir,
+        identity.name,
+        identity.group,
+        identity.tags,
+        config,
+        resume_id=ctx.summary.get("wandb_id"),
+    )
+    ctx.save_summary(wandb_id=ctx.tracker.run_id)
+
+
+def record_task(ctx: RunContext, result: TaskResult) -> None:
+    """What the task reports into summary.json and the tracker; its artifacts into the run folder."""
+    if result.reference_path is not None:
+        ctx.summary["reference_path"] = str(result.reference_path)
+    ctx.summary.update(result.summary)
+    for stage, seconds in result.timings.items():
+        ctx.summary[f"timing/{stage}_s"] = round(max(0.0, seconds), 2)
+    data = result.data
+    ctx.summary["data"] = {"source": data.source, **data.counts}
+    ctx.summary["heldout"] = data.heldout_hashes()
+    ctx.summary["dataset"]["source"] = data.source
+    ctx.save_summary()
+    ctx.tracker.summary(
+        {
+            **result.metrics,
+            **{f"timing/{stage}_s": ctx.summary[f"timing/{stage}_s"] for stage in result.timings},
+            **{f"data/{k}": v for k, v in data.counts.items()},
+        }
+    )
+    if not is_main_process():  # several processes: only process 0 writes the run folder
+        return
+    for artifact in result.artifacts:
+        path = ctx.run_dir / artifact.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = artifact.write(path)
+        if artifact.image:
+            ctx.tracker.image(str(Path(artifact.name).with_suffix("")), written)
+
+
 def _timing(ctx: RunContext, stage: str, seconds: float) -> None:
     """`timing/<stage>_s` in summary.json and the tracker (sft, pairs, train, eval)."""
     key = f"timing/{stage}_s"
     ctx.save_summary(**{key: round(max(0.0, seconds), 2)})
     ctx.tracker.summary({key: ctx.summary[key]})
-
-
-def headline(summary: dict[str, Any]) -> list[str]:
-    """The run's result in a few console lines: reward ref -> policy, delta with CI, win rate with CI, KL, stages."""
-    lines = []
-    s = summary
-    if isinstance(s.get("eval/reward_delta"), (int, float)):
-        verdict = "significant" if s.get("eval/significant") else "NOT significant (95% CI includes 0)"
-        lines.append(
-            f"reward ({s.get('eval/reward_scorer', 'scorer')}) {s['eval/reward_reference']:.4f} -> "
-            f"{s['eval/reward_policy']:.4f}: delta {s['eval/reward_delta']:+.4f} "
-            f"[95% CI {s['eval/reward_delta_ci_low']:+.4f}, {s['eval/reward_delta_ci_high']:+.4f}], {verdict}"
-        )
-        lines.append(
-            f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
-            f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
-            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples (per sample)"
-        )
-        if isinstance(s.get("eval/win_rate_prompt"), (int, float)):
-            lines.append(
-                f"win rate per prompt (mean reward over its samples) {s['eval/win_rate_prompt']:.3f} "
-                f"[95% CI {s['eval/win_rate_prompt_ci_low']:.3f}, {s['eval/win_rate_prompt_ci_high']:.3f}]"
-            )
-    if isinstance(s.get("eval/kl"), (int, float)):
-        lines.append(
-            f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
-            f"{s['eval/kl_ci_high']:.3f}]"
-        )
-    bon = sorted(int(k.split("_")[-1]) for k in s if k.startswith("eval/bon_delta_"))
-    if bon:
-        lines.append(
-            "best-of-N from the reference (delta @ KL): "
-            + ", ".join(f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon)
-        )
-    stages = [(k[len("timing/") : -2], v) for k, v in s.items() if k.startswith("timing/")]
-    if stages:
-        lines.append("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages))
-    return lines
-
-
-def train_policy(ctx: RunContext, model, tokenizer, data):
-    """DPO with checkpoints and graceful stop; saves the adapter/model, final metrics into the summary."""
-    from .evaluation.orchestrator import trace_callbacks
-    from .training.ref_logps import RefLogpsCache
-    from .training.trainer import GracefulStop, build_trainer, final_metrics, last_checkpoint
-
-    cfg = ctx.cfg
-    metrics_path = ctx.run_dir / "metrics.jsonl"
-    stopper = GracefulStop()
-    tracers = trace_callbacks(ctx, tokenizer, data)  # reward-KL trace during training (eval.every_n_steps > 0)
-    ref_cache = RefLogpsCache.from_config(cfg)  # shares TRL's precomputed reference log-probs across jobs
-    trainer = build_trainer(
-        cfg,
-        model,
-        tokenizer,
-        ref_cache.dataset(data.train),
-        ref_cache.dataset(data.eval) if data.eval else None,
-        ctx.run_dir,
-        ctx.tracker,
-        ctx.precision,
-        ctx.device,
-        extra_callbacks=[stopper, *tracers],
-    )
-    for tracer in tracers:
-        tracer.bind(trainer)
-    ctx.save_summary(ref_logps=ref_cache.status(trainer))
-    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(ctx.run_dir)
-    if resume_from is None and metrics_path.exists() and is_main_process():
-        metrics_path.unlink()  # a fresh start: no rows from an earlier, checkpoint-less attempt
-    if resume_from is not None:
-        log.info("resuming from %s", resume_from)
-        ctx.summary["resumed_from"] = str(resume_from)
-        if is_main_process():
-            _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
-    stopper.install()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        stopper.uninstall()
-    if stopper.signal_name is not None:
-        raise RunInterrupted(
-            f"stopped by {stopper.signal_name}; checkpoint saved in {ctx.run_dir / 'checkpoints'}", stopper.forward
-        )
-    final = final_metrics(trainer.state.log_history)
-    if resume_from is not None and "train_loss" in final:
-        start = int(resume_from.name.split("-")[-1])
-        final["train_loss"] = whole_run_train_loss(trainer.state.log_history, final["train_loss"], start)
-        if is_main_process():
-            _patch_final_row(metrics_path, train_loss=final["train_loss"])
-    from .training.export import save_run_model
-
-    ctx.summary["saved_model"] = save_run_model(trainer, tokenizer, ctx.run_dir / "model", cfg.model, ctx.summary)
-    ctx.save_summary(**final, skipped_steps=trainer.skipped_steps)  # steps skipped by on_nonfinite=skip
-    ctx.tracker.summary({("eval/" + k[5:]) if k.startswith("eval_") else f"train/{k}": v for k, v in final.items()})
-    return trainer
-
-
-def whole_run_train_loss(log_history: list[dict], resumed_train_loss: float, start: int) -> float:
-    """The mean training loss over every step of a run resumed at step `start`, as an uninterrupted run reports it.
-
-    transformers' final `train_loss` only averages the steps run since the resume. The history restored from the
-    checkpoint holds the earlier steps' logged losses (each the mean since the previous log row); they are weighted
-    by the steps they cover and combined with the resumed part's mean.
-    """
-    final = next((r for r in reversed(log_history) if "train_runtime" in r), None)
-    if final is None or int(final["step"]) <= start:
-        return resumed_train_loss
-    end = int(final["step"])
-    total, covered, previous = 0.0, 0, 0
-    for row in log_history:
-        if "loss" not in row or "train_runtime" in row or "step" not in row:
-            continue
-        if row["step"] > start:
-            break
-        total += float(row["loss"]) * (row["step"] - previous)
-        covered += row["step"] - previous
-        previous = row["step"]
-    return (total + resumed_train_loss * (end - start)) / (covered + end - start)
-
-
-def _patch_final_row(path: Path, **values: Any) -> None:
-    """Replace values in metrics.jsonl's `final` row (the resumed run's whole-run train_loss)."""
-    if not path.exists():
-        return
-    from .infra.storage import write_jsonl
-
-    write_jsonl(path, [{**r, **values} if r.get("split") == "final" else r for r in read_jsonl(path)])
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only rows up to the checkpoint's step, so a resumed run does not log steps twice."""
-    if not path.exists():
-        return
-    from .infra.storage import write_jsonl
-
-    write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step and r.get("split") != "final"])
 
 
 def write_plots(ctx: RunContext) -> None:
@@ -377,4 +253,60 @@ def write_plots(ctx: RunContext) -> None:
         ctx.tracker.image(f"plots/{png.stem}", png)
 
 
-__all__ = ["RunContext", "RunInterrupted", "UserError", "run"]
+def record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """Make sure a failed job is visible as failed on disk and in W&B, even when it failed before the pipeline
+    wrote anything (e.g. config validation). Never raises: recording must not stop the sweep either."""
+    try:
+        identity = run_identity(cfg)
+        identity.run_dir.mkdir(parents=True, exist_ok=True)
+        summary = read_json(identity.run_dir / SUMMARY) or {}
+        if summary.get("status") == "failed":
+            return  # the pipeline recorded it (and finished its W&B run as failed)
+        summary.update(status="failed", error=_error_line(exc), **_identity_fields(identity))
+        if not summary.get("wandb_id"):
+            tracker = start_tracker(
+                cfg.logger,
+                identity.run_dir,
+                identity.name,
+                identity.group,
+                identity.tags,
+                {"overrides": identity.overrides, "sweep": identity.swept, **identity.swept},
+            )
+            summary["wandb_id"] = tracker.run_id
+            tracker.summary({"status": "failed", "error": summary["error"]})
+            tracker.finish(exit_code=1)
+        atomic_write_json(identity.run_dir / SUMMARY, summary)
+    except Exception as inner:  # noqa: BLE001
+        log.warning("could not record the failure in the run directory: %s", inner)
+
+
+def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
+    """Re-evaluate a finished run with its (overridden) config: evaluation.json, samples.md, the plot, and the
+    eval/ keys of its summary.json. Returns those keys."""
+    from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, eval_pairs
+    from .evaluation.orchestrator import evaluate_models, publish
+    from .evaluation.policy_ref import from_run_dir
+    from .models import load_tokenizer
+
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / SUMMARY) or {}
+    check_eval_config(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    inputs = EvalInputs.load(run_dir / INPUTS_FILE)
+    if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):
+        # rebuilt from the dataset config (seeded, so the run's prompts come first)
+        log.warning("rebuilding the held-out prompts of %s from the dataset config", run_dir)
+        heldout = build_task(cfg).heldout(cfg, tokenizer)
+        pairs = eval_pairs(heldout.pairs) if heldout.pairs is not None else (inputs.pairs if inputs else [])
+        inputs = EvalInputs(heldout.prompts, pairs, heldout.dropped_seen_in_training)
+    scorer, name, skip = build_eval_scorer(cfg)
+    pair = from_run_dir(run_dir, cfg, summary.get("reference_path"))
+    evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=progress)
+    results = publish(run_dir, evaluation, tracker or Tracker(), "evaluate", cfg)
+    summary = {k: v for k, v in summary.items() if not k.startswith(PREFIX)}  # TRL's eval metrics are eval_*
+    summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_json(run_dir / SUMMARY, summary)
+    return results
+
+
+__all__ = ["RunContext", "RunInterrupted", "UserError", "evaluate_run", "record_failure", "run"]

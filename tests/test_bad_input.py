@@ -302,7 +302,7 @@ def test_ultrafeedback_non_numeric_score_names_the_line(tmp_path):
 
 
 def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
-    pytest.importorskip("dpo_exp.prompts")
+    pytest.importorskip("dpo_exp.data.imdb")
     rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
     rows[5]["label"] = 3
     path = write_jsonl(tmp_path / "imdb.jsonl", rows)

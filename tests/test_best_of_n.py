@@ -124,7 +124,7 @@ def test_significant_when_the_delta_interval_excludes_zero():
 
 
 def test_headline_states_the_effect_and_whether_it_is_significant():
-    from dpo_exp.pipeline import headline
+    from dpo_exp.evaluation.report import headline
 
     summary = {
         "eval/reward_scorer": "tfidf_logreg",

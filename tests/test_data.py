@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dpo_exp.data.files import read_records
 from dpo_exp.data.preference import (
     ASSISTANT_TAG,
     filter_pairs,
     load_preference_data,
     normalize_hh,
-    read_records,
     split_hh_dialogue,
 )
 from dpo_exp.errors import UserError

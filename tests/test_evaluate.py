@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from dpo_exp.evaluation.inputs import EvalInputs, build_eval_scorer, sample_settings
 from dpo_exp.evaluation.metrics import implicit_reward_metrics, implicit_rewards, sample_and_score
-from dpo_exp.evaluation.orchestrator import EvalInputs, build_eval_scorer, evaluate_models, sample_settings
+from dpo_exp.evaluation.orchestrator import evaluate_models
 from dpo_exp.evaluation.policy_ref import PolicyReference, from_trainer, load_reference
 from dpo_exp.evaluation.stats import bootstrap_indices, mean_ci, paired_wins
 
@@ -62,10 +63,9 @@ def _overrides(hh_file: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def setup():
     """Config, tokenizer, data (8 training pairs) and the tiny model, built once for the module."""
-    from types import SimpleNamespace
 
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.pipeline import load_data
+    from dpo_exp.tasks import build_task
 
     hh_file = shared_file("hh_rlhf/test.jsonl")
     cfg = compose(
@@ -81,7 +81,7 @@ def setup():
         )
     )
     tokenizer = load_tokenizer(cfg.model)
-    data = load_data(SimpleNamespace(cfg=cfg), tokenizer)  # as the pipeline: pairs whose prompt fits max_length
+    data = build_task(cfg).load(cfg, tokenizer)  # as the pipeline: pairs whose prompt fits max_length
     scorer, name, skip = build_eval_scorer(cfg)
     return {
         "cfg": cfg,

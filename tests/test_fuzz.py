@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from dpo_exp.config import validate
-from dpo_exp.data.preference import PreferenceData, load_preference_data
+from dpo_exp.data.preference import load_preference_data
+from dpo_exp.data.schema import PreferenceData
 from dpo_exp.errors import UserError
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file

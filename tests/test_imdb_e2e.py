@@ -152,7 +152,7 @@ def test_presets_compose():
     assert paper.hydra.sweeper.params.beta == "0.05,0.1,1,5"
     assert gpt2.reward.kind == "sst2" and gpt2.model.name == "gpt2" and not gpt2.sft.enabled
     assert quick.reward.kind == "vader" and quick.model.tiny and quick.sft.enabled and quick.lora.enabled
-    assert quick.dataset.kind == "imdb_sentiment" and float(quick.lr) == 1e-3
+    assert quick.dataset.name == "imdb_sentiment" and float(quick.lr) == 1e-3
 
 
 # A scale CI can afford (a few minutes on 2 idle cores): the default tiny GPT-2 (4 layers, 128 wide),

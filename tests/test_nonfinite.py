@@ -58,7 +58,8 @@ def _poison_after(trainer, step: int) -> None:
 
 
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(hh_file, tmp_path):
-    from dpo_exp.training.trainer import NonFiniteError, last_checkpoint
+    from dpo_exp.training.nonfinite import NonFiniteError
+    from dpo_exp.training.stage import last_checkpoint
 
     trainer = _setup(hh_file, tmp_path, "stop")
     _poison_after(trainer, 3)
@@ -221,7 +222,7 @@ def test_skip_works_with_the_fp16_grad_scaler():
     from accelerate import Accelerator
     from accelerate.optimizer import AcceleratedOptimizer
 
-    from dpo_exp.training.trainer import make_skippable
+    from dpo_exp.training.nonfinite import make_skippable
 
     Accelerator(cpu=True)
     param = torch.nn.Parameter(torch.ones(3))

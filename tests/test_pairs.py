@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dpo_exp.data.pairs import make_pairs
 from dpo_exp.infra.cache import cached, check_entry, content_key
-from dpo_exp.tasks.sentiment import make_pairs
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
@@ -102,11 +102,10 @@ def test_content_key_is_order_independent_and_sensitive():
 
 
 def _build(tmp_path: Path, imdb_dir: Path, *extra: str):
-    from dpo_exp.data.imdb import load_prompt_sets
     from dpo_exp.infra.runinfo import RunIdentity
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.pipeline import RunContext
-    from dpo_exp.tasks.sentiment import build_sentiment_pairs
+    from dpo_exp.pipeline import RunContext, record_task
+    from dpo_exp.tasks import StageEnv, build_task
 
     cfg = compose(
         [
@@ -124,12 +123,14 @@ def _build(tmp_path: Path, imdb_dir: Path, *extra: str):
         ]
     )
     run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
-    ctx = RunContext(cfg=cfg, identity=RunIdentity(run_dir, "test", "test"))
+    ctx = RunContext(cfg=cfg, identity=RunIdentity(run_dir, "test", "test"), env=StageEnv(run_dir=run_dir))
     tokenizer = load_tokenizer(cfg.model)
-    prompt_sets = load_prompt_sets(cfg, tokenizer)
+    task = build_task(cfg)
+    prompt_sets = task.load(cfg, tokenizer)
     model = build_model(cfg.model, int(cfg.seed))
-    data, reference = build_sentiment_pairs(ctx, model, tokenizer, prompt_sets)
-    return ctx, data, prompt_sets
+    result = task.prepare(cfg, ctx.env, model, tokenizer, prompt_sets)
+    record_task(ctx, result)
+    return ctx, result.data, prompt_sets
 
 
 def test_pairs_respect_margin_and_cache_is_keyed_by_content(tmp_path, imdb_dir):

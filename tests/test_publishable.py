@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dpo_exp.evaluation.orchestrator import EvalInputs, build_eval_scorer, evaluate_models
+from dpo_exp.evaluation.inputs import EvalInputs, build_eval_scorer
+from dpo_exp.evaluation.orchestrator import evaluate_models
 from dpo_exp.evaluation.policy_ref import from_run_dir, from_trainer
 from dpo_exp.infra.tracking import Tracker
 
@@ -41,11 +42,11 @@ def _hh(*extra: str):
 @pytest.fixture(scope="module")
 def hh():
     from dpo_exp.models import load_tokenizer
-    from dpo_exp.pipeline import load_data
+    from dpo_exp.tasks import build_task
 
     cfg = _hh("lora=none")
     tokenizer = load_tokenizer(cfg.model)
-    return SimpleNamespace(cfg=cfg, tokenizer=tokenizer, data=load_data(SimpleNamespace(cfg=cfg), tokenizer))
+    return SimpleNamespace(cfg=cfg, tokenizer=tokenizer, data=build_task(cfg).load(cfg, tokenizer))
 
 
 # ---------------------------------------------------------------- 1. mixed precision: fp32 master weights
@@ -158,10 +159,8 @@ def test_sampled_pairs_train_on_the_sampled_ids(tmp_path, imdb_dir):
     """The pairs carry the sampled ids (EOS only where the sample ended), and the trainer uses them untouched."""
     from dpo_exp.data.imdb import load_prompt_sets
     from dpo_exp.generation import generate_samples, sample_sequences
-    from dpo_exp.infra.runinfo import RunIdentity
     from dpo_exp.models import build_model, load_tokenizer
-    from dpo_exp.pipeline import RunContext
-    from dpo_exp.tasks.sentiment import build_sentiment_pairs
+    from dpo_exp.tasks import StageEnv, build_task
     from dpo_exp.training.ref_logps import pairs_dataset
     from dpo_exp.training.trainer import build_trainer
 
@@ -179,11 +178,10 @@ def test_sampled_pairs_train_on_the_sampled_ids(tmp_path, imdb_dir):
             "trainer.eval_strategy=no",
         ]
     )
-    ctx = RunContext(cfg=cfg, identity=RunIdentity(tmp_path / "run", "t", "t"))
     tokenizer = load_tokenizer(cfg.model)
     sets = load_prompt_sets(cfg, tokenizer)
     model = build_model(cfg.model, int(cfg.seed))
-    data, _ = build_sentiment_pairs(ctx, model, tokenizer, sets)
+    data = build_task(cfg).prepare(cfg, StageEnv(), model, tokenizer, sets).data
     samples = generate_samples(model, tokenizer, sets.train_prompts, cfg.generation, int(cfg.seed), progress=False)
     sequences = sample_sequences(tokenizer, samples, 6, 128)
     n = int(cfg.generation.num_samples)

@@ -184,7 +184,7 @@ def test_wandb_failing_mid_run_is_reported_once_and_ignored(tmp_path, caplog):
 
 def test_graceful_stop_forwards_the_signal_to_the_previous_handler():
     """On SLURM, submitit's SIGUSR2 handler (checkpoint + requeue) must still run after our checkpoint."""
-    from dpo_exp.training.trainer import GracefulStop
+    from dpo_exp.training.callbacks import GracefulStop
 
     seen = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))

@@ -14,10 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..evaluation.logprobs import context_length, sample_sequences, sequence_logprobs
+from ..evaluation.inputs import build_eval_scorer, sample_settings
+from ..evaluation.logprobs import sequence_logprobs
 from ..evaluation.metrics import score_samples
-from ..evaluation.orchestrator import build_eval_scorer, sample_settings
-from ..generation import Samples, generate_samples
+from ..generation import Samples, generate_samples, sample_sequences
+from ..models import context_length
 from .models import Models
 from .runs import REFERENCE
 

@@ -1,6 +1,6 @@
 """The app's models: one reference, one policy per run, and a context manager to sample from any of them.
 
-The first LoRA run is loaded with `evaluation.models.from_run_dir` (the reference is its adapter-disabled base);
+The first LoRA run is loaded with `evaluation.policy_ref.from_run_dir` (the reference is its adapter-disabled base);
 the other LoRA runs of a sweep become further named adapters of that PEFT model, so the base weights are held
 once. Full fine-tuned runs load their own model next to it.
 """
@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.policy_ref import PolicyReference, from_run_dir, is_peft
+from ..evaluation.policy_ref import PolicyReference, from_run_dir
+from ..models import is_peft
 from .runs import REFERENCE, RunInfo
 
 
@@ -58,7 +59,7 @@ def load_models(runs: list[RunInfo], device: str) -> Models:
 
     ordered = sorted(runs, key=lambda r: not is_lora_run(r))
     first = ordered[0]
-    pair = from_run_dir(first.path, first.cfg, first.summary, device)
+    pair = from_run_dir(first.path, first.cfg, first.summary.get("reference_path"), device)
     policies: dict[str, Any] = {first.label: "default" if is_peft(pair.policy) else pair.policy}
     for number, run in enumerate(ordered[1:], start=1):
         if is_lora_run(run):

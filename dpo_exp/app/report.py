@@ -6,7 +6,7 @@ import math
 import re
 from pathlib import Path
 
-from ..evaluation.orchestrator import PLOT_FILE, SAMPLES_FILE
+from ..evaluation.inputs import PLOT_FILE, SAMPLES_FILE
 from .runs import RunInfo
 
 FRONTIER = "plots/reward_kl_frontier.png"  # written into a sweep folder by `python -m dpo_exp.compare`

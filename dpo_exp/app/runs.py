@@ -1,7 +1,7 @@
 """Which runs the app shows and their models: completed run directories, one reference, one policy per run.
 
 Finding and checking runs reads only small files (summary.json, .hydra/config.yaml), so a bad PATH is reported
-before any model loads. Loading reuses `evaluation.models.from_run_dir`; runs that share a reference (a sweep)
+before any model loads. Loading reuses `evaluation.policy_ref.from_run_dir`; runs that share a reference (a sweep)
 load it once: further LoRA adapters are added to the same PEFT model as named adapters.
 """
 
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from ..compare.table import find_run_dirs, load_run, swept_params
 from ..errors import UserError
-from ..evaluation.orchestrator import INPUTS_FILE, EvalInputs, load_run_config
+from ..evaluation.inputs import INPUTS_FILE, EvalInputs, load_run_config
 from ..infra.storage import read_json
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .preference import check_columns, data_files, read_records, seeded_subset
+from .files import check_columns, data_files, read_records
+from .preference import seeded_subset
 
 DEFAULT_DATA_SIZE = 256
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)

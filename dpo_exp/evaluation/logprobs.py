@@ -13,12 +13,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..data.preference import PAIR_ID_COLUMNS
-from ..generation import TokenSequence, sample_sequences  # noqa: F401  (sample_sequences is re-exported)
+from ..data.schema import PAIR_ID_COLUMNS
+from ..generation import TokenSequence
 
 
 @contextmanager
-def inference_mode(model) -> Iterator[None]:
+def frozen_eval(model) -> Iterator[None]:
     """eval() (no dropout) and no_grad for the duration, restoring the training flag afterwards."""
     was_training = model.training
     model.eval()
@@ -27,11 +27,6 @@ def inference_mode(model) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def context_length(model) -> int:
-    config = model.config
-    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
 
 
 def _batches(sequences: Sequence[TokenSequence], pad_id: int, batch_size: int):
@@ -74,7 +69,7 @@ def sequence_logprobs(
     """Sum of log p(target tokens) for each (context, target) pair, in float64. Empty targets give 0.
     `desc`: show a progress bar with this label."""
     out = np.zeros(len(sequences), dtype=np.float64)
-    with inference_mode(model):
+    with frozen_eval(model):
         for chunk, ids, mask, target in _progress(_batches(sequences, pad_id, batch_size), sequences, batch_size, desc):
             logp = _log_softmax(model, ids, mask)
             token_logp = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
@@ -99,10 +94,10 @@ def sequence_kl(
     """
     mc = np.zeros(len(sequences), dtype=np.float64)
     rb = np.zeros(len(sequences), dtype=np.float64)
-    with inference_mode(policy):
+    with frozen_eval(policy):
         for chunk, ids, mask, target in _progress(_batches(sequences, pad_id, batch_size), sequences, batch_size, desc):
             logp = _log_softmax(policy, ids, mask)
-            with reference_context() as reference, inference_mode(reference):
+            with reference_context() as reference, frozen_eval(reference):
                 logq = _log_softmax(reference, ids, mask)
             target = target.to(logp.device)
             labels = ids[:, 1:].to(logp.device).unsqueeze(-1)

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..generation import Samples, generate_samples
-from .logprobs import context_length, pair_sequences, sample_sequences, sequence_kl, sequence_logprobs
+from ..generation import Samples, generate_samples, sample_sequences
+from ..models import context_length
+from .logprobs import pair_sequences, sequence_kl, sequence_logprobs
 from .policy_ref import PolicyReference
 from .stats import bootstrap_indices, describe, mean_ci, paired_wins
 

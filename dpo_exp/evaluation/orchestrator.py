@@ -1,151 +1,41 @@
 """Evaluate a trained policy against its reference: reward, win rate, KL, implicit-reward AUC, side-by-side samples.
 
-In a run (`eval.enabled=true`) the pipeline calls `evaluate_policy(ctx, trainer, tokenizer, data)` after training.
-On a finished run directory: `python -m dpo_exp.evaluate run_dir=PATH [eval.num_prompts=...]` rebuilds the
-tokenizer, the held-out inputs, the reference and the policy from what the run saved, and recomputes the same
-numbers with the same seed (run_dir/evaluation.json, and the `eval/` keys of summary.json).
-
-Everything lands under an `eval/` prefix in summary.json and the W&B summary; samples.md, plots/reward_kl.png
-and a W&B table show the samples. The measurement code lives in `dpo_exp.evaluation`.
+`evaluate_models` measures in-memory models; `publish` writes samples.md, plots/reward_kl.png, evaluation.json and
+the tracker's summary, table and plot, and returns the `eval/`-prefixed keys (the pipeline puts them in
+summary.json). `evaluate_policy` is the run's evaluation stage; `trace_callbacks` the reward-KL trace during training.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from .. import CONF_DIR
-from ..data.preference import PAIR_ID_COLUMNS
-from ..errors import UserError
-from ..infra.storage import atomic_write_json, read_json, read_jsonl
+from ..data.schema import PreferenceData
+from ..infra.storage import atomic_write_json, read_jsonl
+from .inputs import (
+    INPUTS_FILE,
+    PLOT_FILE,
+    PREFIX,
+    RESULTS_FILE,
+    SAMPLES_FILE,
+    TRACE_FILE,
+    EvalInputs,
+    build_eval_scorer,
+    eval_seed,
+    sample_settings,
+)
 
-if TYPE_CHECKING:  # torch / transformers load lazily, so a bad run_dir is reported in a second
-    from .metrics import SampleEval, SampleSettings
+if TYPE_CHECKING:
+    from .metrics import SampleEval
     from .policy_ref import PolicyReference
     from .trace import RewardKLTrace
 
-
 log = logging.getLogger(__name__)
-
-PREFIX = "eval/"
-INPUTS_FILE = "eval_inputs.json"  # the held-out prompts and pairs the run evaluated on (for re-evaluation)
-RESULTS_FILE = "evaluation.json"  # full results: metrics, margins, settings
-SAMPLES_FILE = "samples.md"
-TRACE_FILE = "eval_trace.jsonl"  # the reward-KL trace during training (evaluation.trace writes it)
-PLOT_FILE = "plots/reward_kl.png"
-
-
-# ---------------------------------------------------------------- configuration
-
-
-def check_eval_config(cfg: DictConfig) -> None:
-    """UserError for a bad `eval` block (cheap: no models)."""
-    ev = cfg.eval
-    for key in ("num_prompts", "num_samples", "bootstrap", "max_new_tokens"):
-        value = ev.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"eval.{key} must be a whole number > 0, got {value!r}")
-    ns = ev.get("best_of_n") or []
-    if isinstance(ns, (int, str)) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in ns):
-        raise UserError(f"eval.best_of_n must be a list of whole numbers >= 1 (e.g. [1,2,4,8,16]), got {ns!r}")
-    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
-        value = ev.get(key)
-        if value is None and key == "best_of_n_prompts":  # a run saved before best-of-N existed
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise UserError(f"eval.{key} must be a whole number >= 0, got {value!r}")
-    if ev.get("reward") and not (CONF_DIR / "reward" / f"{ev.reward}.yaml").is_file():
-        options = sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml"))
-        raise UserError(f"eval.reward={ev.reward!r} is not one of {options} (conf/reward/*.yaml)")
-
-
-def eval_seed(cfg: DictConfig) -> int:
-    return int(cfg.eval.seed if cfg.eval.get("seed") is not None else cfg.seed)
-
-
-def sample_settings(cfg: DictConfig, progress: bool = False) -> SampleSettings:
-    from .metrics import SampleSettings
-
-    ev = cfg.eval
-    score_with_prompt = ev.get("score_with_prompt")
-    if score_with_prompt is None:
-        score_with_prompt = cfg.dataset.kind == "imdb_sentiment"
-    return SampleSettings(
-        gen_cfg=cfg.generation,
-        num_samples=int(ev.num_samples),
-        max_new_tokens=int(ev.max_new_tokens),
-        seed=eval_seed(cfg),
-        logprob_batch_size=int(ev.get("batch_size") or cfg.trainer.per_device_eval_batch_size),
-        score_with_prompt=bool(score_with_prompt),
-        progress=progress,
-    )
-
-
-_SCORERS: dict[str, Any] = {}  # scorers built in this process (the trace and the final evaluation share one)
-
-
-def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
-    """(scorer, its name, why reward metrics are skipped). `eval.reward` wins over the run's `reward`."""
-    from ..rewards import build_scorer
-
-    name = cfg.eval.get("reward")
-    if name:
-        check_eval_config(cfg)
-        run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,
-        with open_dict(run_cfg):  # so ${...} in the option resolve
-            run_cfg.reward = OmegaConf.load(CONF_DIR / "reward" / f"{name}.yaml")
-        reward_cfg, context, label = run_cfg.reward, run_cfg, str(name)
-    else:
-        kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
-        if kind == "none":
-            return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval.reward=vader)"
-        reward_cfg, context, label = cfg.reward, cfg, str(kind)
-    key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset}))
-    if key not in _SCORERS:
-        _SCORERS.clear()  # keep at most one (a scorer can hold a model)
-        _SCORERS[key] = build_scorer(reward_cfg, context)
-    return _SCORERS[key], label, None
-
-
-# ---------------------------------------------------------------- held-out inputs
-
-
-@dataclass
-class EvalInputs:
-    """Held-out prompts for sampling and held-out preference pairs for the implicit reward."""
-
-    prompts: list[str]
-    pairs: list[dict]
-    dropped_seen_in_training: int = 0
-
-    @classmethod
-    def from_data(cls, data: Any) -> EvalInputs:
-        """From PreferenceData: eval_prompts minus any prompt that is also a training prompt; the eval pairs."""
-        train_prompts = {r["prompt"] for r in getattr(data, "train", [])}
-        prompts = list(dict.fromkeys(getattr(data, "eval_prompts", None) or []))
-        kept = [p for p in prompts if p not in train_prompts]
-        keys = ("prompt", "chosen", "rejected", *PAIR_ID_COLUMNS)  # sampled pairs carry the token ids trained on
-        pairs = [{k: r[k] for k in keys if k in r} for r in getattr(data, "eval", None) or []]
-        return cls(kept, pairs, len(prompts) - len(kept))
-
-    def save(self, path: Path) -> None:
-        atomic_write_json(path, asdict(self))
-
-    @classmethod
-    def load(cls, path: Path) -> EvalInputs | None:
-        raw = read_json(path)
-        return cls(**raw) if raw else None
-
-
-# ---------------------------------------------------------------- evaluation
 
 
 @dataclass
@@ -274,32 +164,33 @@ def publish(run_dir: Path, evaluation: Evaluation, tracker, source: str, cfg: Di
     return results
 
 
-def evaluate_policy(ctx, trainer, tokenizer, data) -> dict[str, Any]:
-    """The pipeline's evaluation stage: the trainer's policy against the reference it trained against."""
+def evaluate_policy(
+    cfg: DictConfig, trainer, tokenizer, data: PreferenceData, run_dir: Path, tracker, reference_path=None
+) -> dict[str, Any]:
+    """The pipeline's evaluation stage: the trainer's policy against the reference it trained against (rebuilt
+    from `reference_path`, a warm start's folder, when the trainer keeps none). Returns the eval/ summary keys."""
     from .policy_ref import from_trainer
 
-    cfg = ctx.cfg
-    check_eval_config(cfg)
     inputs = EvalInputs.from_data(data)
-    inputs.save(ctx.run_dir / INPUTS_FILE)
+    inputs.save(run_dir / INPUTS_FILE)
     scorer, name, skip = build_eval_scorer(cfg)
-    pair = from_trainer(trainer, cfg, ctx.summary)
+    pair = from_trainer(trainer, cfg, reference_path)
     evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=True)
-    return publish(ctx.run_dir, evaluation, ctx.tracker, "run", cfg)
+    return publish(run_dir, evaluation, tracker, "run", cfg)
 
 
-def trace_callbacks(ctx, tokenizer, data) -> list[RewardKLTrace]:
-    """The reward-KL trace callback for train_policy (none when eval is off or eval.every_n_steps=0).
+def trace_callbacks(
+    cfg: DictConfig, tokenizer, data: PreferenceData, run_dir: Path, tracker, reference_path=None
+) -> list[RewardKLTrace]:
+    """The reward-KL trace callback for training (none when eval is off or eval.every_n_steps=0).
 
     Call `bind(trainer)` on each once the trainer exists: the reference is read from it.
     """
     from .policy_ref import from_trainer
     from .trace import RewardKLTrace
 
-    cfg = ctx.cfg
     if not cfg.eval.enabled:
         return []
-    check_eval_config(cfg)
     if int(cfg.eval.every_n_steps) == 0:
         return []
     inputs = EvalInputs.from_data(data)
@@ -315,114 +206,9 @@ def trace_callbacks(ctx, tokenizer, data) -> list[RewardKLTrace]:
             tokenizer,
             sample_settings(cfg),
             scorer,
-            lambda trainer: from_trainer(trainer, cfg, ctx.summary),
-            ctx.run_dir / TRACE_FILE,
-            ctx.tracker,
+            lambda trainer: from_trainer(trainer, cfg, reference_path),
+            run_dir / TRACE_FILE,
+            tracker,
             bootstrap=min(int(cfg.eval.bootstrap), 200),
         )
     ]
-
-
-# ---------------------------------------------------------------- standalone: a finished run directory
-
-
-def load_run_config(run_dir: Path, overrides: DictConfig | None = None) -> DictConfig:
-    """The run's saved config with the non-null `eval` / `generation` overrides of conf/evaluate.yaml applied."""
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"run_dir={run_dir} has no .hydra/config.yaml (not a dpo_exp run directory)")
-    cfg = OmegaConf.load(path)
-    for block in ("eval", "generation"):
-        given = (overrides or {}).get(block) or {}
-        with open_dict(cfg):
-            for key, value in given.items():
-                if value is not None:
-                    cfg[block][key] = value
-    return cfg
-
-
-def rebuild_inputs(run_dir: Path, cfg: DictConfig, tokenizer) -> EvalInputs:
-    """The held-out inputs the run evaluated on (eval_inputs.json); rebuilt from the dataset config (seeded, so
-    the run's prompts come first) when that file is missing or eval.num_prompts asks for more prompts than it has.
-
-    For imdb_sentiment the held-out pairs were sampled during the run, so they are always the saved ones.
-    """
-    saved = EvalInputs.load(run_dir / INPUTS_FILE)
-    if saved is not None and len(saved.prompts) >= int(cfg.eval.num_prompts):
-        return saved
-    from ..data.preference import PreferenceData
-    from ..infra.runinfo import RunIdentity
-    from ..pipeline import RunContext, load_data
-
-    log.warning(
-        "rebuilding the held-out prompts of %s from the dataset config (%s)",
-        run_dir,
-        "no " + INPUTS_FILE if saved is None else f"eval.num_prompts > {len(saved.prompts)} saved",
-    )
-    ctx = RunContext(cfg=cfg, identity=RunIdentity(run_dir, "evaluate", "evaluate"))
-    data = load_data(ctx, tokenizer)
-    if isinstance(data, PreferenceData):
-        return EvalInputs.from_data(data)
-    # imdb_sentiment prompt sets: held-out prompts minus every prompt used for training pairs
-    used = set(getattr(data, "train_prompts", [])) | set(getattr(data, "pair_eval_prompts", []))
-    prompts = list(dict.fromkeys(getattr(data, "eval_prompts", [])))
-    kept = [p for p in prompts if p not in used]
-    return EvalInputs(kept, saved.pairs if saved else [], len(prompts) - len(kept))
-
-
-def evaluate_run_dir(run_dir: Path, cfg: DictConfig, tracker=None, progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished run: writes evaluation.json, samples.md, the plot, and updates summary.json."""
-    from ..infra.tracking import Tracker
-    from ..models import load_tokenizer
-    from .policy_ref import from_run_dir
-
-    run_dir = Path(run_dir)
-    summary = read_json(run_dir / "summary.json") or {}
-    check_eval_config(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    inputs = rebuild_inputs(run_dir, cfg, tokenizer)
-    scorer, name, skip = build_eval_scorer(cfg)
-    pair = from_run_dir(run_dir, cfg, summary)
-    evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=progress)
-    results = publish(run_dir, evaluation, tracker or Tracker(), "evaluate", cfg)
-    summary = {k: v for k, v in summary.items() if not k.startswith(PREFIX)}  # TRL's eval metrics are eval_*
-    summary.update(results)
-    summary["evaluated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    atomic_write_json(run_dir / "summary.json", summary)
-    return results
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
-def main(args: DictConfig) -> None:
-    from ..infra.tracking import start_tracker
-
-    run_dir = Path(str(args.run_dir))
-    tracker = None
-    try:
-        cfg = load_run_config(run_dir, args)  # a UserError when run_dir is not a dpo_exp run directory
-        summary = read_json(run_dir / "summary.json") or {}
-        if args.wandb and summary.get("wandb_id"):
-            tracker = start_tracker(
-                cfg.logger,
-                run_dir,
-                summary.get("name", "dpo"),
-                summary.get("group", "dpo"),
-                [],
-                {},
-                resume_id=summary["wandb_id"],
-            )
-        results = evaluate_run_dir(run_dir, cfg, tracker)
-        if tracker is not None:
-            tracker.finish(exit_code=0)
-    except BaseException as exc:
-        if tracker is not None:  # the resumed W&B run is closed as failed, not left running
-            tracker.finish(exit_code=1)
-        if isinstance(exc, UserError):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        raise
-    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

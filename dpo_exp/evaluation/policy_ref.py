@@ -3,7 +3,7 @@
 - LoRA: the reference is the same network with the adapter disabled (`model.disable_adapter()`): no second copy.
 - Full fine-tuning: TRL's frozen copy (`trainer.ref_model`) when it has the policy's dtype.
 - Otherwise (`precompute_ref_log_probs`: TRL keeps no reference; or a half-precision frozen copy) the starting
-  model is rebuilt in the policy's dtype: a warm-started reference saved at `summary["reference_path"]`, else
+  model is rebuilt in the policy's dtype: the warm-started reference at `reference_path` (the task's result), else
   `models.build_model` with the run's seed (deterministic for the tiny model; the same hub/local weights otherwise).
 
 Policy and reference always run in the same dtype here, so identical models give identical log-probs and samples:
@@ -17,13 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-def is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
+from ..models import is_peft
 
 
 class PolicyReference:
@@ -53,26 +47,26 @@ def param_dtype(model):
     return next(model.parameters()).dtype
 
 
-def load_reference(cfg: Any, summary: dict, device: str = "cpu", dtype=None):
-    """The run's starting model (in `dtype`, default fp32): the warm-started reference if the run saved one, else
-    the configured model."""
+def load_reference(cfg: Any, reference_path: Path | str | None = None, device: str = "cpu", dtype=None):
+    """The run's starting model (in `dtype`, default fp32): the warm-started reference at `reference_path` when the
+    run has one, else the configured model."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from ..models import build_model
 
     dtype = dtype or torch.float32
-    path = summary.get("reference_path")
+    path = reference_path
     if path:
         if not Path(path).exists():
             from ..errors import UserError
 
-            raise UserError(f"reference_path={path} (from summary.json) does not exist")
+            raise UserError(f"reference_path={path} (the warm-started reference) does not exist")
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     return build_model(cfg.model, int(cfg.seed), "fp32", device).to(dtype).eval()
 
 
-def from_trainer(trainer, cfg: Any, summary: dict) -> PolicyReference:
+def from_trainer(trainer, cfg: Any, reference_path: Path | str | None = None) -> PolicyReference:
     """The policy a DPOTrainer trained and the reference it trained against."""
     policy = trainer.model
     frozen = getattr(trainer, "ref_model", None)
@@ -81,13 +75,16 @@ def from_trainer(trainer, cfg: Any, summary: dict) -> PolicyReference:
     if is_peft(policy):
         return PolicyReference(policy)
     device = str(next(policy.parameters()).device)
-    reference = load_reference(cfg, summary, device, param_dtype(policy))
+    reference = load_reference(cfg, reference_path, device, param_dtype(policy))
     reference.requires_grad_(False)
     return PolicyReference(policy, reference)
 
 
-def from_run_dir(run_dir: Path, cfg: Any, summary: dict, device: str = "cpu") -> PolicyReference:
-    """Rebuild a finished run's policy (run_dir/model) and reference, as evaluate_policy saw them in the run."""
+def from_run_dir(
+    run_dir: Path, cfg: Any, reference_path: Path | str | None = None, device: str = "cpu"
+) -> PolicyReference:
+    """Rebuild a finished run's policy (run_dir/model) and reference, as evaluate_policy saw them in the run
+    (`reference_path`: its warm-started reference, used when run_dir/model has no base/ copy)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -104,12 +101,12 @@ def from_run_dir(run_dir: Path, cfg: Any, summary: dict, device: str = "cpu") ->
         if (base / "config.json").is_file():
             reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
         else:
-            reference = load_reference(cfg, summary, device)
+            reference = load_reference(cfg, reference_path, device)
         return PolicyReference(PeftModel.from_pretrained(reference, str(adapter)).to(device).eval())
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto").to(device).eval()
     dtype = param_dtype(policy)  # the reference runs in the policy's dtype: identical models -> KL exactly 0
     if (base / "config.json").is_file():
         reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype).to(device).eval()
     else:
-        reference = load_reference(cfg, summary, device, dtype)
+        reference = load_reference(cfg, reference_path, device, dtype)
     return PolicyReference(policy, reference)

@@ -145,3 +145,41 @@ def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def headline(summary: dict[str, Any]) -> list[str]:
+    """The run's result in a few console lines: reward ref -> policy, delta with CI, win rate with CI, KL, stages."""
+    lines = []
+    s = summary
+    if isinstance(s.get("eval/reward_delta"), (int, float)):
+        verdict = "significant" if s.get("eval/significant") else "NOT significant (95% CI includes 0)"
+        lines.append(
+            f"reward ({s.get('eval/reward_scorer', 'scorer')}) {s['eval/reward_reference']:.4f} -> "
+            f"{s['eval/reward_policy']:.4f}: delta {s['eval/reward_delta']:+.4f} "
+            f"[95% CI {s['eval/reward_delta_ci_low']:+.4f}, {s['eval/reward_delta_ci_high']:+.4f}], {verdict}"
+        )
+        lines.append(
+            f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
+            f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
+            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples (per sample)"
+        )
+        if isinstance(s.get("eval/win_rate_prompt"), (int, float)):
+            lines.append(
+                f"win rate per prompt (mean reward over its samples) {s['eval/win_rate_prompt']:.3f} "
+                f"[95% CI {s['eval/win_rate_prompt_ci_low']:.3f}, {s['eval/win_rate_prompt_ci_high']:.3f}]"
+            )
+    if isinstance(s.get("eval/kl"), (int, float)):
+        lines.append(
+            f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
+            f"{s['eval/kl_ci_high']:.3f}]"
+        )
+    bon = sorted(int(k.split("_")[-1]) for k in s if k.startswith("eval/bon_delta_"))
+    if bon:
+        lines.append(
+            "best-of-N from the reference (delta @ KL): "
+            + ", ".join(f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon)
+        )
+    stages = [(k[len("timing/") : -2], v) for k, v in s.items() if k.startswith("timing/")]
+    if stages:
+        lines.append("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages))
+    return lines

@@ -23,9 +23,9 @@ ADAPTER_DIR = "adapter"
 BASE_DIR = "base"
 
 
-def hub_base(model_cfg: Any, summary: dict) -> str | None:
+def hub_base(model_cfg: Any, reference_path: Path | str | None) -> str | None:
     """The hub id when the starting model is exactly a hub model (no local path, no tiny build, no warm start)."""
-    if model_cfg.get("path") or model_cfg.get("tiny") or summary.get("reference_path"):
+    if model_cfg.get("path") or model_cfg.get("tiny") or reference_path:
         return None
     return str(model_cfg.hub_id) if model_cfg.get("hub_id") else None
 
@@ -37,13 +37,16 @@ def _point_adapter_at(adapter_dir: Path, base: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def save_run_model(trainer, tokenizer, model_dir: Path, model_cfg: Any, summary: dict) -> dict[str, str]:
-    """Save the trained policy into `model_dir` (layout above); returns what was saved, for summary.json."""
-    from ..evaluation.policy_ref import is_peft
+def save_run_model(
+    trainer, tokenizer, model_dir: Path, model_cfg: Any, reference_path: Path | str | None = None
+) -> dict[str, str]:
+    """Save the trained policy into `model_dir` (layout above); returns what was saved, for summary.json.
+    `reference_path`: the warm-started reference's folder, when the run has one."""
+    from ..models import is_peft
 
     model_dir = Path(model_dir)
     model = trainer.model
-    hub_id = hub_base(model_cfg, summary)
+    hub_id = hub_base(model_cfg, reference_path)
     if not trainer.args.should_save:  # another process of a multi-process run: the main one writes the folder
         trainer.save_model(str(model_dir / ADAPTER_DIR if is_peft(model) else model_dir))  # collective-safe
         return {}
@@ -51,7 +54,7 @@ def save_run_model(trainer, tokenizer, model_dir: Path, model_cfg: Any, summary:
         trainer.save_model(str(model_dir))
         tokenizer.save_pretrained(str(model_dir))
         info = {"policy": "model", "kind": "full"}
-        reference = summary.get("reference_path")
+        reference = reference_path
         if reference and Path(reference).is_dir():  # the warm-started reference lives in the cache: keep a copy
             shutil.copytree(reference, model_dir / BASE_DIR, dirs_exist_ok=True)
             tokenizer.save_pretrained(str(model_dir / BASE_DIR))

@@ -30,7 +30,7 @@ REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 def pair_columns(rows: list[dict]) -> tuple[str, ...]:
     """The text columns, plus the token-id columns when the pairs carry them (pairs built from samples)."""
-    from ..data.preference import PAIR_ID_COLUMNS
+    from ..data.schema import PAIR_ID_COLUMNS
 
     return COLUMNS + PAIR_ID_COLUMNS if rows and all(k in rows[0] for k in PAIR_ID_COLUMNS) else COLUMNS
 

@@ -1,12 +1,11 @@
-"""DPO training: TRL's DPOTrainer wired to the config, metrics.jsonl, checkpoints, graceful stops."""
+"""TRL's DPOTrainer wired to the config: trl.DPOConfig from the `trainer` group, LoRA or a frozen reference, and a
+trainer subclass that keeps sampled token ids and refuses (or skips) non-finite losses and gradients."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,11 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from ..errors import RunFailure
-from ..infra.storage import append_jsonl
 from ..infra.tracking import Tracker
 from ..models import lora_config
 from ..throughput import LengthGroupedPairSampler, compact_lm_head, pair_lengths
+from .callbacks import MetricsRecorder
+from .nonfinite import GradientGuard, NonFiniteError, SkippableStep
 from .ref_logps import SharedRefLogpsMixin
 
 log = logging.getLogger(__name__)
@@ -26,121 +25,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 
 
-class NonFiniteError(RunFailure):
-    """Raised when the loss or gradients stop being finite and the run is configured to stop."""
-
-
-class MetricsRecorder(TrainerCallback):
-    """Every Trainer log row -> metrics.jsonl (split, step, epoch, TRL's metric names) and the tracker."""
-
-    def __init__(self, path: Path, tracker: Tracker):
-        self.path = path
-        self.tracker = tracker
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not state.is_world_process_zero:  # multi-process runs: one row per step, from process 0
-            return
-        logs = dict(logs)
-        if any(key.startswith("eval_") for key in logs):
-            split = "eval"
-            metrics = {key.removeprefix("eval_"): value for key, value in logs.items()}
-        elif "train_runtime" in logs:
-            split = "final"
-            metrics = logs
-        else:
-            split = "train"
-            metrics = logs
-        row = {"split": split, "step": state.global_step, "epoch": state.epoch, **metrics}
-        append_jsonl(self.path, row)
-        prefix = {"train": "train/", "eval": "eval/", "final": "train/"}[split]
-        self.tracker.log(
-            {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            | {"train/global_step": state.global_step}
-        )
-
-
-class GracefulStop(TrainerCallback):
-    """On SIGTERM/SIGINT (and SLURM's pre-emption SIGUSR2): finish the current step, save a checkpoint, stop.
-
-    The stop is bounded by one optimiser step; a second signal stops at once. Handlers that were installed before
-    (submitit's checkpoint-and-requeue handler on SIGUSR2) are kept and can be called afterwards with `forward()`.
-    """
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        self._signum = signum
-        log.warning("%s received: saving a checkpoint after this step, then stopping.", self.signal_name)
-
-    def forward(self) -> None:
-        """Hand the signal to the handler that was there before ours (e.g. submitit requeues the job)."""
-        previous = self._previous.get(self._signum) if self._signum is not None else None
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(self._signum, None)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_name is not None:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
 def _prompt_fits(example: dict, max_length: int) -> bool:
     return len(example["prompt_ids"]) < max_length
-
-
-class SkippableStep:
-    """Mixed into the prepared (accelerate) optimizer by `make_skippable`.
-
-    `skip()`, called just before `optimizer.step()`, drops every gradient: a torch optimizer leaves a parameter
-    without a gradient alone (no update, no momentum, no weight decay, no step count), so the step changes nothing.
-    The step is then reported through accelerate's `step_was_skipped`, as an fp16-overflow skip is, so the Trainer does
-    not advance the LR scheduler either. `clear()` ends it before the next step. (The step itself is not overridden:
-    torch's LR scheduler wraps `optimizer.step` on the instance.)
-    """
-
-    _skipping = False
-
-    def skip(self) -> None:
-        if self.scaler is not None:  # fp16: the grad scaler's step needs an inf check recorded on the gradients
-            try:
-                self.scaler.unscale_(self.optimizer)
-            except RuntimeError:  # gradient clipping has unscaled them already
-                pass
-        self.optimizer.zero_grad(set_to_none=True)
-        self._skipping = True
-
-    def clear(self) -> None:
-        self._skipping = False
-
-    @property
-    def step_was_skipped(self) -> bool:
-        return self._skipping or super().step_was_skipped
-
-
-def make_skippable(optimizer):
-    """The accelerate optimizer, its class extended with `SkippableStep` (idempotent)."""
-    if not isinstance(optimizer, SkippableStep):
-        optimizer.__class__ = type(f"Skippable{type(optimizer).__name__}", (SkippableStep, type(optimizer)), {})
-    return optimizer
 
 
 class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
@@ -200,7 +86,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         reference generated, EOS only where it ended) skip TRL's decode-free text tokenisation, which would move
         tokens across the prompt/completion boundary and append an EOS that was never sampled. TRL's own rule for
         `keep_start` (drop pairs whose prompt fills max_length) still applies."""
-        from ..data.preference import PAIR_ID_COLUMNS
+        from ..data.schema import PAIR_ID_COLUMNS
 
         if not set(PAIR_ID_COLUMNS) <= set(dataset.column_names):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -271,33 +157,6 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         )
 
 
-class GradientGuard(TrainerCallback):
-    """Checks the gradients before each optimiser step (after clipping): `stop` raises, `skip` skips the step.
-
-    With fp16's grad scaler, non-finite gradients are the scaler's business (it skips the step and lowers its scale).
-    """
-
-    def __init__(self, policy: str):
-        self.policy = policy
-        self.trainer: ExperimentDPOTrainer | None = None
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        if trainer is None:
-            return
-        if not trainer.skip_pending and trainer.accelerator.scaler is None:
-            grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-            if grads and not all(torch.isfinite(g).all() for g in grads):
-                if self.policy != "skip":
-                    raise NonFiniteError(
-                        f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
-                    )
-                trainer.skip_optimizer_step("non-finite gradients")
-        if trainer.skip_pending:  # after clipping, just before optimizer.step()
-            trainer.skip_pending = False
-            make_skippable(trainer.optimizer).skip()
-
-
 def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfig:
     """trl.DPOConfig from the `trainer` group, with every default that matters set explicitly."""
     t = cfg.trainer
@@ -339,15 +198,6 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         disable_dropout=bool(t.disable_dropout),  # true zeroes every Dropout, lora.dropout included (TRL)
         save_only_model=False,
     )
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete `checkpoint-N` folder of a run (one with trainer_state.json), if any."""
-    folder = run_dir / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def frozen_reference(model, precision: str):
@@ -395,16 +245,3 @@ def build_trainer(
     )
     guard.trainer = trainer
     return trainer
-
-
-def final_metrics(log_history: list[dict]) -> dict[str, float]:
-    """Last train metrics (TRL names) and last eval metrics (eval_ names) from the Trainer's history."""
-    out: dict[str, float] = {}
-    for row in log_history:
-        if "loss" in row and "train_runtime" not in row:
-            out.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
-        elif any(k.startswith("eval_") for k in row):
-            out.update({k: v for k, v in row.items() if k.startswith("eval_")})
-        elif "train_runtime" in row:
-            out.update({k: v for k, v in row.items() if k.startswith("train_")})
-    return {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,76 @@
+"""Non-finite losses and gradients: stop (`on_nonfinite=stop`) or skip the step without touching weights,
+optimizer state or LR schedule (`skip`)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainerCallback
+
+from ..errors import RunFailure
+
+
+class NonFiniteError(RunFailure):
+    """Raised when the loss or gradients stop being finite and the run is configured to stop."""
+
+
+class SkippableStep:
+    """Mixed into the prepared (accelerate) optimizer by `make_skippable`.
+
+    `skip()`, called just before `optimizer.step()`, drops every gradient: a torch optimizer leaves a parameter
+    without a gradient alone (no update, no momentum, no weight decay, no step count), so the step changes nothing.
+    The step is then reported through accelerate's `step_was_skipped`, as an fp16-overflow skip is, so the Trainer does
+    not advance the LR scheduler either. `clear()` ends it before the next step. (The step itself is not overridden:
+    torch's LR scheduler wraps `optimizer.step` on the instance.)
+    """
+
+    _skipping = False
+
+    def skip(self) -> None:
+        if self.scaler is not None:  # fp16: the grad scaler's step needs an inf check recorded on the gradients
+            try:
+                self.scaler.unscale_(self.optimizer)
+            except RuntimeError:  # gradient clipping has unscaled them already
+                pass
+        self.optimizer.zero_grad(set_to_none=True)
+        self._skipping = True
+
+    def clear(self) -> None:
+        self._skipping = False
+
+    @property
+    def step_was_skipped(self) -> bool:
+        return self._skipping or super().step_was_skipped
+
+
+def make_skippable(optimizer):
+    """The accelerate optimizer, its class extended with `SkippableStep` (idempotent)."""
+    if not isinstance(optimizer, SkippableStep):
+        optimizer.__class__ = type(f"Skippable{type(optimizer).__name__}", (SkippableStep, type(optimizer)), {})
+    return optimizer
+
+
+class GradientGuard(TrainerCallback):
+    """Checks the gradients before each optimiser step (after clipping): `stop` raises, `skip` skips the step.
+
+    With fp16's grad scaler, non-finite gradients are the scaler's business (it skips the step and lowers its scale).
+    """
+
+    def __init__(self, policy: str):
+        self.policy = policy
+        self.trainer = None  # the ExperimentDPOTrainer, set once it exists
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer is None:
+            return
+        if not trainer.skip_pending and trainer.accelerator.scaler is None:
+            grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+            if grads and not all(torch.isfinite(g).all() for g in grads):
+                if self.policy != "skip":
+                    raise NonFiniteError(
+                        f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
+                    )
+                trainer.skip_optimizer_step("non-finite gradients")
+        if trainer.skip_pending:  # after clipping, just before optimizer.step()
+            trainer.skip_pending = False
+            make_skippable(trainer.optimizer).skip()
