@@ -150,6 +150,35 @@ def _validate_precision(cfg: DictConfig) -> None:
         )
 
 
+def _validate_lora(lora: Any) -> None:
+    if lora.enabled:
+        _positive(lora.r, "lora.r", integer=True)
+        _positive(lora.alpha, "lora.alpha")
+        _fraction(lora.dropout, "lora.dropout", low_open=False)
+        if not lora.target_modules:
+            raise UserError("lora.target_modules is empty (use lora=none for full fine-tuning)")
+
+
+def _validate_trainer(t: Any) -> None:
+    """The `trainer` group's numbers and choices."""
+    if int(t.max_steps) <= 0:
+        _positive(t.num_train_epochs, "epochs (trainer.num_train_epochs)")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        _positive(t[key], f"trainer.{key}", integer=True)
+    if t.max_length is not None:
+        _positive(t.max_length, "trainer.max_length", integer=True)
+    _positive(t.logging_steps, "trainer.logging_steps", integer=True)
+    if t.get("warmup_steps") is not None:
+        _positive(t.warmup_steps, "trainer.warmup_steps", integer=True)
+    if t.get("min_prompt_tokens") is not None:
+        _positive(t.min_prompt_tokens, "trainer.min_prompt_tokens", integer=True)
+    _choice(t.truncation_mode, "trainer.truncation_mode", ("keep_start", "keep_end"))
+    _choice(t.loss_type, "trainer.loss_type", LOSS_TYPES)
+    _choice(t.eval_strategy, "trainer.eval_strategy", STRATEGIES)
+    _choice(t.save_strategy, "trainer.save_strategy", STRATEGIES)
+    _choice(t.precision, "trainer.precision", PRECISIONS)
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for invalid settings; cheap checks only (no data, no weights: at most a meta-device model)."""
     try:
@@ -171,32 +200,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.dataset.get("data_size") is not None:
         _at_least(cfg.dataset.data_size, "dataset.data_size", MIN_DATA_SIZE, few)
     t = cfg.trainer
-    if int(t.max_steps) <= 0:
-        _positive(t.num_train_epochs, "epochs (trainer.num_train_epochs)")
-    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        _positive(t[key], f"trainer.{key}", integer=True)
-    if t.max_length is not None:
-        _positive(t.max_length, "trainer.max_length", integer=True)
-    _positive(t.logging_steps, "trainer.logging_steps", integer=True)
-    if t.get("warmup_steps") is not None:
-        _positive(t.warmup_steps, "trainer.warmup_steps", integer=True)
-    if t.get("min_prompt_tokens") is not None:
-        _positive(t.min_prompt_tokens, "trainer.min_prompt_tokens", integer=True)
-    _choice(t.truncation_mode, "trainer.truncation_mode", ("keep_start", "keep_end"))
-    _choice(t.loss_type, "trainer.loss_type", LOSS_TYPES)
-    _choice(t.eval_strategy, "trainer.eval_strategy", STRATEGIES)
-    _choice(t.save_strategy, "trainer.save_strategy", STRATEGIES)
-    _choice(t.precision, "trainer.precision", PRECISIONS)
+    _validate_trainer(t)
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
     _validate_dataset(cfg.dataset)
     _validate_model(cfg.model)
 
-    if cfg.lora.enabled:
-        _positive(cfg.lora.r, "lora.r", integer=True)
-        _positive(cfg.lora.alpha, "lora.alpha")
-        _fraction(cfg.lora.dropout, "lora.dropout", low_open=False)
-        if not cfg.lora.target_modules:
-            raise UserError("lora.target_modules is empty (use lora=none for full fine-tuning)")
+    _validate_lora(cfg.lora)
 
     path = cfg.dataset.get("path")
     if path is not None and not Path(str(path)).exists():
@@ -226,6 +235,6 @@ def validate(cfg: DictConfig) -> None:
     _validate_task(cfg)
 
     # Last, as it may import torch: LoRA targets must exist in the architecture (checked on a meta-device build).
-    from .models import check_lora_targets
+    from .lora import check_lora_targets
 
     check_lora_targets(cfg.lora, cfg.model)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .models import context_length
+
 TokenSequence = tuple[list[int], list[int]]  # (context ids, completion ids)
 
 
@@ -57,8 +59,7 @@ def generate_samples(
     max_new_tokens = int(max_new_tokens or gen_cfg.max_new_tokens)
     device = next(model.parameters()).device
     batch_size = int(gen_cfg.get("batch_size") or default_batch_size(str(device)))
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-    max_prompt_tokens = max(1, int(context) - max_new_tokens)
+    max_prompt_tokens = max(1, context_length(model) - max_new_tokens)
 
     lengths = [len(x) for x in tokenizer(list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids]
     plan = batch_plan(prompts, lengths, batch_size, num_samples, max_new_tokens, gen_cfg.get("max_batch_tokens"))
@@ -76,23 +77,7 @@ def generate_samples(
             enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens).to(
                 device
             )
-            torch.manual_seed(seed + number)
-            if device.type == "cuda":
-                torch.cuda.manual_seed_all(seed + number)
-            with torch.no_grad():
-                out = model.generate(
-                    **enc,
-                    do_sample=True,
-                    max_new_tokens=max_new_tokens,
-                    temperature=float(gen_cfg.temperature),
-                    top_k=int(gen_cfg.top_k or 0),
-                    top_p=float(gen_cfg.top_p),
-                    num_return_sequences=num_samples,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                    use_cache=True,
-                    **({"streamer": streamer} if streamer is not None else {}),
-                )
+            out = _generate(model, tokenizer, enc, gen_cfg, num_samples, max_new_tokens, seed + number, streamer)
             generated = out[:, enc.input_ids.shape[1] :].tolist()
             for p, index in enumerate(batch):
                 rows = [_strip(generated[p * num_samples + s], eos) for s in range(num_samples)]
@@ -103,6 +88,27 @@ def generate_samples(
         _reset_backend_padding(tokenizer)
         model.train(was_training)
     return Samples(prompts=list(prompts), texts=texts, token_ids=ids)
+
+
+def _generate(model, tokenizer, enc, gen_cfg: Any, num_samples: int, max_new_tokens: int, seed: int, streamer: Any):
+    """One batch's `num_samples` samples per prompt, seeded (CPU and CUDA generators)."""
+    torch.manual_seed(seed)
+    if enc.input_ids.device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    with torch.no_grad():
+        return model.generate(
+            **enc,
+            do_sample=True,
+            max_new_tokens=max_new_tokens,
+            temperature=float(gen_cfg.temperature),
+            top_k=int(gen_cfg.top_k or 0),
+            top_p=float(gen_cfg.top_p),
+            num_return_sequences=num_samples,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+            **({"streamer": streamer} if streamer is not None else {}),
+        )
 
 
 def sample_sequences(tokenizer, samples: Samples, max_new_tokens: int, context: int) -> list[TokenSequence]:

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import check_eval_config, validate
-from .errors import RunInterrupted, UserError
+from .errors import RunInterrupted
 from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
 from .infra.storage import atomic_write_json, read_json, read_jsonl
@@ -129,12 +129,7 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
 
 
 def _identity_fields(identity: RunIdentity) -> dict[str, Any]:
-    return {
-        "name": identity.name,
-        "group": identity.group,
-        "overrides": identity.overrides,
-        "sweep": identity.swept,
-    }
+    return {"name": identity.name, "group": identity.group, "overrides": identity.overrides, "sweep": identity.swept}
 
 
 def _error_line(exc: BaseException) -> str:
@@ -178,8 +173,11 @@ def _run_stages(ctx: RunContext) -> None:
             ctx.save_summary(**results)
             _timing(ctx, "eval", time.time() - started)
         barrier()
-    if is_main_process():
-        write_plots(ctx)
+    if is_main_process() and (ctx.run_dir / "metrics.jsonl").exists():
+        from .infra.plots import plot_training
+
+        for png in plot_training(read_jsonl(ctx.run_dir / "metrics.jsonl"), ctx.run_dir / "plots"):
+            ctx.tracker.image(f"plots/{png.stem}", png)
 
 
 def _start_tracking(ctx: RunContext) -> None:
@@ -217,7 +215,7 @@ def record_task(ctx: RunContext, result: TaskResult) -> None:
     data = result.data
     ctx.summary["data"] = {"source": data.source, **data.counts}
     ctx.summary["heldout"] = data.heldout_hashes()
-    ctx.summary["dataset"]["source"] = data.source
+    ctx.summary.setdefault("dataset", {})["source"] = data.source
     ctx.save_summary()
     ctx.tracker.summary(
         {
@@ -241,16 +239,6 @@ def _timing(ctx: RunContext, stage: str, seconds: float) -> None:
     key = f"timing/{stage}_s"
     ctx.save_summary(**{key: round(max(0.0, seconds), 2)})
     ctx.tracker.summary({key: ctx.summary[key]})
-
-
-def write_plots(ctx: RunContext) -> None:
-    from .infra.plots import plot_training
-
-    path = ctx.run_dir / "metrics.jsonl"
-    if not path.exists():
-        return
-    for png in plot_training(read_jsonl(path), ctx.run_dir / "plots"):
-        ctx.tracker.image(f"plots/{png.stem}", png)
 
 
 def record_failure(cfg: DictConfig, exc: BaseException) -> None:
@@ -307,6 +295,3 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
     return results
-
-
-__all__ = ["RunContext", "RunInterrupted", "UserError", "evaluate_run", "record_failure", "run"]

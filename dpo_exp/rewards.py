@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -72,8 +74,6 @@ class HFClassifierScorer(Scorer):
         self.positive_label = str(_get(cfg, "positive_label", "POSITIVE"))
         self.output = str(_get(cfg, "score", "logit"))
         if self.output not in ("logit", "probability"):
-            from .errors import UserError
-
             raise UserError(f"reward.score={self.output!r} is not one of ['logit', 'probability']")
         self.batch_size = int(_get(cfg, "batch_size", 32))
         device = str(_get(cfg, "device", "auto"))
@@ -93,8 +93,6 @@ class HFClassifierScorer(Scorer):
             )
         labels = {str(v) for v in self.pipe.model.config.id2label.values()}
         if self.positive_label not in labels:
-            from .errors import UserError
-
             raise UserError(
                 f"reward.positive_label={self.positive_label!r} is not a label of {self.hub_id}: {sorted(labels)}"
             )
@@ -168,29 +166,14 @@ class TfidfLogRegScorer(Scorer):
         from .data.imdb import load_labelled_splits
         from .infra.cache import cached, content_key
 
-        self.params = {
-            "ngram_max": int(_get(cfg, "ngram_max", 2)),
-            "min_df": int(_get(cfg, "min_df", 2)),
-            "sublinear_tf": bool(_get(cfg, "sublinear_tf", True)),
-            "C": float(_get(cfg, "C", 10.0)),
-            "max_iter": int(_get(cfg, "max_iter", 1000)),
-        }
-        self.output = str(_get(cfg, "score", "probability"))
-        if self.output not in ("logit", "probability"):
-            from .errors import UserError
-
-            raise UserError(f"reward.score={self.output!r} is not one of ['logit', 'probability']")
+        self.params, self.output = self._settings(cfg)
         if context is None or not hasattr(context, "dataset"):
-            from .errors import UserError
-
             raise UserError("reward=tfidf_logreg needs the run config (dataset and cache_dir) to train on")
         seed = int(_get(context, "seed", 0))
         train, test, source, _ = load_labelled_splits(context.dataset, seed, path=_get(cfg, "train_path"))
         x_train, y_train = train.labelled()
         x_test, y_test = test.labelled()
         if len(set(y_train)) < 2:
-            from .errors import UserError
-
             raise UserError(f"reward=tfidf_logreg: {source} needs labelled reviews of both classes (label 0 and 1)")
         key = content_key(
             {
@@ -223,6 +206,21 @@ class TfidfLogRegScorer(Scorer):
             self.info.get("heldout_roc_auc"),
             entry.status,
         )
+
+    @staticmethod
+    def _settings(cfg: Any) -> tuple[dict[str, Any], str]:
+        """The TF-IDF + logistic-regression hyper-parameters and the score's form (`probability` or `logit`)."""
+        params = {
+            "ngram_max": int(_get(cfg, "ngram_max", 2)),
+            "min_df": int(_get(cfg, "min_df", 2)),
+            "sublinear_tf": bool(_get(cfg, "sublinear_tf", True)),
+            "C": float(_get(cfg, "C", 10.0)),
+            "max_iter": int(_get(cfg, "max_iter", 1000)),
+        }
+        output = str(_get(cfg, "score", "probability"))
+        if output not in ("logit", "probability"):
+            raise UserError(f"reward.score={output!r} is not one of ['logit', 'probability']")
+        return params, output
 
     def _train(self, x_train, y_train, x_test, y_test):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -272,7 +270,5 @@ def build_scorer(reward_cfg: Any, context: Any = None) -> Scorer | None:
     if kind == "none":
         return None
     if kind not in SCORERS:
-        from .errors import UserError
-
         raise UserError(f"reward.kind={kind!r} is not one of {sorted(SCORERS)}")
     return SCORERS[kind](reward_cfg, context)

@@ -91,7 +91,7 @@ def sft_trainer(cfg: Any, model, tokenizer, texts: list[str], out: str, device: 
     settings = sft_settings(cfg)
     peft_config = None
     if settings["lora"]:
-        from .models import lora_config
+        from .lora import lora_config
 
         peft_config = lora_config(sft_lora(cfg), model)
     model = model.to(torch.float32)  # trainable weights are fp32 master weights; autocast does the half precision

@@ -89,27 +89,22 @@ def compact_lm_head() -> Iterator[None]:
     """Within the block, TRL's fused LM head on CPU scores only labelled positions (as it does on CUDA) and, when
     they fit in memory, from full logits (`full_logits_log_probs`) rather than its chunked kernel's torch fallback.
     Same outputs (up to float rounding); GPU behaviour is unchanged."""
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:  # pragma: no cover - TRL is a dependency
+    from .trl_compat import fused_lm_head_kernel, set_fused_lm_head_kernel
+
+    found = fused_lm_head_kernel()
+    if found is None:  # another TRL version: leave it alone
         yield
         return
-    use_triton = getattr(trl_utils, "_use_triton", None)
-    kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)
-    if use_triton is None or kernel is None:  # another TRL version: leave it alone
-        yield
-        return
+    use_triton, kernel = found
 
     def compact(device: torch.device) -> bool:
         return use_triton(device) or device.type == "cpu"
 
-    trl_utils._use_triton = compact
-    trl_utils._ChunkedLogProbFunction = _CpuLogProb(kernel)
+    set_fused_lm_head_kernel(compact, _CpuLogProb(kernel))
     try:
         yield
     finally:
-        trl_utils._use_triton = use_triton
-        trl_utils._ChunkedLogProbFunction = kernel
+        set_fused_lm_head_kernel(use_triton, kernel)
 
 
 def pair_lengths(dataset: Any) -> list[int]:

@@ -369,7 +369,7 @@ def test_hub_defaults_offline_are_one_line_naming_the_local_alternative(tmp_path
 
 def test_gpt2_lora_names_match_a_meta_device_gpt2():
     """The no-torch shortcut list equals what a (weightless) GPT-2 actually offers LoRA."""
-    from dpo_exp.models import GPT2_LORA_NAMES, LORA_LAYER_TYPES, architecture_modules
+    from dpo_exp.lora import GPT2_LORA_NAMES, LORA_LAYER_TYPES, architecture_modules
 
     modules = architecture_modules(compose(FAST_MODEL).model)
     assert modules is not None and "transformer.h.0.attn.c_attn" in modules
@@ -378,7 +378,7 @@ def test_gpt2_lora_names_match_a_meta_device_gpt2():
 
 @pytest.mark.parametrize("targets", ["[c_attn,c_proj]", "[attn.c_attn]", "[transformer.h.0.mlp.c_fc]", "all-linear"])
 def test_valid_lora_targets_pass_the_precheck(targets):
-    from dpo_exp.models import check_lora_targets
+    from dpo_exp.lora import check_lora_targets
 
     cfg = compose([*FAST_MODEL, f"lora.target_modules={targets}"])
     check_lora_targets(cfg.lora, cfg.model)  # no error
@@ -388,7 +388,7 @@ def test_lora_precheck_reads_a_local_models_architecture(tmp_path):
     """A local save_pretrained folder: the check uses its config.json (meta build), not the weights."""
     from transformers import GPT2Config
 
-    from dpo_exp.models import check_lora_targets
+    from dpo_exp.lora import check_lora_targets
 
     GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
     cfg = compose(["model=gpt2", f"model.path={tmp_path}", "lora.target_modules=[attn.q_proj]"])
@@ -401,7 +401,7 @@ def test_lora_post_load_check_names_available_modules():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from dpo_exp.models import lora_config
+    from dpo_exp.lora import lora_config
 
     cfg = compose(["lora.target_modules=[q_proj]"])
     with torch.device("meta"):

@@ -8,16 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_exp.compare.table import (
-    compare,
-    find_run_dirs,
-    frontier_lines,
-    frontier_x,
-    frontier_xlabel,
-    last_epoch_means,
-    load_run,
-    swept_params,
-)
+from dpo_exp.compare.plots import frontier_lines, frontier_x, frontier_xlabel
+from dpo_exp.compare.runs import find_run_dirs, load_run, swept_params
+from dpo_exp.compare.table import compare, last_epoch_means
 from dpo_exp.errors import UserError
 
 from .conftest import run_cli
@@ -259,7 +252,7 @@ def test_evaluation_reports_a_bootstrap_ci_for_kl_rb():
 
 def test_frontier_draws_the_best_of_n_curve_beside_the_runs():
     """plot_best_of_n: (analytic KL, reference reward + best-of-N gain), averaged over the runs that report it."""
-    from dpo_exp.compare.table import plot_best_of_n
+    from dpo_exp.compare.plots import plot_best_of_n
     from dpo_exp.evaluation.best_of_n import analytic_kl
     from dpo_exp.infra.plots import plt
 

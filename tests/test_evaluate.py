@@ -139,7 +139,8 @@ def test_lora_reference_is_the_adapter_disabled(setup):
     """A fresh LoRA adapter (B = 0) changes nothing: KL 0; a perturbed one gives KL > 0 via disable_adapter."""
     from peft import get_peft_model
 
-    from dpo_exp.models import build_model, lora_config
+    from dpo_exp.lora import lora_config
+    from dpo_exp.models import build_model
 
     cfg = setup["cfg"]
     base = build_model(cfg.model, int(cfg.seed))

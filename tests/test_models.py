@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from dpo_exp.models import build_model, load_tokenizer, lora_config, offline_gpt2_tokenizer, resolve_precision
+from dpo_exp.lora import lora_config
+from dpo_exp.models import build_model, load_tokenizer, offline_gpt2_tokenizer, resolve_precision
 
 from .conftest import compose
 

@@ -140,7 +140,8 @@ def test_preference_split_is_by_prompt_and_reports_overlap(tmp_path):
 def test_implicit_reward_truncation_matches_trl_collator(hh):
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from dpo_exp.evaluation.logprobs import pair_sequences, pair_token_ids
+    from dpo_exp.evaluation.logprobs import pair_sequences
+    from dpo_exp.trl_compat import pair_token_ids
 
     pairs = hh.data.train[:4]
     for mode in ("keep_start", "keep_end"):
@@ -275,7 +276,8 @@ def test_sft_and_pair_keys_change_with_every_input_and_only_then(tmp_path):
 def test_reference_hash_ignores_the_adapter_but_not_the_architecture():
     from peft import get_peft_model
 
-    from dpo_exp.models import build_model, lora_config
+    from dpo_exp.lora import lora_config
+    from dpo_exp.models import build_model
     from dpo_exp.training.ref_logps import reference_hash
 
     cfg = compose([*FAST_MODEL, "lora=gpt2_attn"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from ..compare.table import find_run_dirs, load_run, swept_params
+from ..compare.runs import find_run_dirs, load_run, swept_params
 from ..errors import UserError
 from ..evaluation.inputs import INPUTS_FILE, EvalInputs, load_run_config
 from ..infra.storage import read_json

@@ -22,7 +22,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..infra.tracking import Tracker, WandbTracker, resolve_mode, start_tracker
-from .table import CURVES, REWARD, find_run_dirs, frontier_x, load_run, swept_params
+from .plots import CURVES, REWARD, frontier_x
+from .runs import find_run_dirs, load_run, swept_params
 
 log = logging.getLogger(__name__)
 

@@ -11,38 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
-from .files import RawSplit, check_columns, data_files, read_located_records
+from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
-
-
-def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
-    """Train (and eval, when configured) splits of a hub dataset, as dict rows."""
-    from datasets import load_dataset
-
-    kwargs = {"data_dir": ds_cfg.hub_config} if ds_cfg.get("hub_config") else {}
-    splits = {"train": ds_cfg.train_split}
-    if ds_cfg.get("eval_split"):
-        splits["test"] = ds_cfg.eval_split
-    from ..infra.hub import hub_access
-
-    with hub_access("dataset", str(ds_cfg.hub_id), "dataset.path"):
-        return {name: load_dataset(ds_cfg.hub_id, split=split, **kwargs).to_list() for name, split in splits.items()}
-
-
-def load_located_splits(ds_cfg: Any) -> tuple[dict[str, RawSplit], str]:
-    """Rows per split ('train', optional 'test') with their locations, and a description of the source."""
-    if ds_cfg.get("path"):
-        files = data_files(ds_cfg.path)
-        splits = {}
-        for split, file in files.items():
-            rows, where = read_located_records(file)
-            splits[split] = RawSplit(rows, str(file), where)
-        return splits, f"files:{','.join(map(str, files.values()))}"
-    if not ds_cfg.get("hub_id"):
-        raise UserError(f"dataset={ds_cfg.name}: set dataset.path to a local file or folder")
-    hub = load_hub_splits(ds_cfg)
-    return {k: RawSplit(v, f"hub:{ds_cfg.hub_id} [{k}]") for k, v in hub.items()}, f"hub:{ds_cfg.hub_id}"
-
 
 # ---------------------------------------------------------------- normalisation per source
 

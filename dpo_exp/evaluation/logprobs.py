@@ -13,8 +13,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..data.schema import PAIR_ID_COLUMNS
 from ..generation import TokenSequence
+from ..trl_compat import pair_token_ids
 
 
 @contextmanager
@@ -108,22 +108,6 @@ def sequence_kl(
     return mc, rb
 
 
-def pair_token_ids(tokenizer, pair: dict) -> dict[str, list[int]]:
-    """prompt/chosen/rejected token ids of a pair: its own ids when it carries them (sampled pairs), else the text
-    tokenised the way TRL's DPOTrainer does it for plain text (EOS appended to each response; the response starts
-    where the tokenised prompt and prompt+response diverge)."""
-    if all(pair.get(key) is not None for key in PAIR_ID_COLUMNS):
-        return {key: list(pair[key]) for key in PAIR_ID_COLUMNS}
-    eos = tokenizer.eos_token or ""
-    prompt_ids = tokenizer(pair["prompt"]).input_ids
-    full = {}
-    for key in ("chosen", "rejected"):
-        text = pair[key] if pair[key].endswith(eos) else pair[key] + eos
-        full[key] = tokenizer(pair["prompt"] + text).input_ids
-    cut = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
-    return {"prompt_ids": prompt_ids[:cut], "chosen_ids": full["chosen"][cut:], "rejected_ids": full["rejected"][cut:]}
-
-
 def truncate(context: list[int], completion: list[int], max_length: int | None, mode: str) -> TokenSequence:
     """Cut context+completion to max_length as TRL's DataCollatorForPreference does (keep_start: drop the end;
     keep_end: drop the start), returning what is left of each part."""
@@ -149,12 +133,3 @@ def pair_sequences(
         chosen.append(truncate(ids["prompt_ids"], ids["chosen_ids"], max_length, truncation_mode))
         rejected.append(truncate(ids["prompt_ids"], ids["rejected_ids"], max_length, truncation_mode))
     return chosen, rejected
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

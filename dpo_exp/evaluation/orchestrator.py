@@ -61,7 +61,7 @@ def evaluate_models(
     progress: bool = False,
 ) -> Evaluation:
     """All measurements for in-memory models. Deterministic for a given config (seeded sampling and bootstrap)."""
-    from .metrics import implicit_reward_metrics, implicit_rewards, reward_kl_metrics, sample_and_score
+    from .metrics import reward_kl_metrics, sample_and_score
     from .report import side_by_side_rows
 
     ev = cfg.eval
@@ -101,18 +101,7 @@ def evaluate_models(
     else:
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
     if pairs:
-        chosen, rejected = implicit_rewards(
-            pair,
-            tokenizer,
-            pairs,
-            float(cfg.trainer.beta),
-            cfg.trainer.max_length,
-            settings.logprob_batch_size,
-            str(cfg.trainer.get("truncation_mode") or "keep_start"),
-            progress=settings.progress,
-        )
-        metrics.update(implicit_reward_metrics(chosen, rejected))
-        out.margins = (chosen - rejected).tolist()
+        out.margins = _implicit_reward(cfg, pair, tokenizer, pairs, settings, metrics)
     else:
         out.notes.append("implicit-reward metrics skipped: no held-out pairs")
     if scorer_name:
@@ -120,6 +109,24 @@ def evaluate_models(
     for note in out.notes:
         log.warning(note)
     return out
+
+
+def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settings, metrics: dict) -> list[float]:
+    """DPO's implicit reward on held-out pairs (the trainer's tokens and truncation) into `metrics`; the margins."""
+    from .metrics import implicit_reward_metrics, implicit_rewards
+
+    chosen, rejected = implicit_rewards(
+        pair,
+        tokenizer,
+        pairs,
+        float(cfg.trainer.beta),
+        cfg.trainer.max_length,
+        settings.logprob_batch_size,
+        str(cfg.trainer.get("truncation_mode") or "keep_start"),
+        progress=settings.progress,
+    )
+    metrics.update(implicit_reward_metrics(chosen, rejected))
+    return (chosen - rejected).tolist()
 
 
 def publish(run_dir: Path, evaluation: Evaluation, tracker, source: str, cfg: DictConfig) -> dict[str, Any]:

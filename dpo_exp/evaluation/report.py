@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from ..infra.storage import atomic_write_text
+from ..infra.storage import atomic_write_text, is_finite
 from .metrics import SampleEval
 
 SIDE_BY_SIDE_COLUMNS = ["prompt", "reference", "reference_score", "policy", "policy_score"]
@@ -82,7 +81,7 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     from ..infra.plots import plt, save_figure  # headless (Agg) pyplot
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    points = [r for r in trace if _finite(r.get("kl")) and _finite(r.get("reward_delta"))]
+    points = [r for r in trace if is_finite(r.get("kl")) and is_finite(r.get("reward_delta"))]
     if points:
         xs, ys = [r["kl"] for r in points], [r["reward_delta"] for r in points]
         ax.plot(
@@ -139,12 +138,8 @@ def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int
     return [
         (n, float(metrics[f"{prefix}bon_kl_{n}"]), float(metrics[f"{head}{n}"]))
         for n in ns
-        if _finite(metrics.get(f"{prefix}bon_kl_{n}")) and _finite(metrics.get(f"{head}{n}"))
+        if is_finite(metrics.get(f"{prefix}bon_kl_{n}")) and is_finite(metrics.get(f"{head}{n}"))
     ]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def headline(summary: dict[str, Any]) -> list[str]:

@@ -24,8 +24,6 @@ class RunIdentity:
     group: str  # one per sweep (W&B group)
     tags: list[str] = field(default_factory=list)
     overrides: dict[str, str] = field(default_factory=dict)  # the task overrides, key -> value
-    multirun: bool = False
-    job_num: int | None = None
     swept: dict[str, str] = field(default_factory=dict)  # multirun: the swept keys -> this job's values
 
 
@@ -116,8 +114,7 @@ def run_identity(cfg: DictConfig, run_dir: Path | None = None) -> RunIdentity:
     )
     if multirun:
         tags.append("sweep")
-    job_num = int(hc.job.num) if multirun and hc.job.get("num") is not None else None
-    return RunIdentity(Path(run_dir), name, group, tags, overrides, multirun, job_num, swept)
+    return RunIdentity(Path(run_dir), name, group, tags, overrides, swept)
 
 
 def git_commit() -> str | None:

@@ -19,6 +19,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def is_finite(value: Any) -> bool:
+    """A real number that is neither NaN nor infinite (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def clean_floats(obj: Any) -> Any:
     """Replace NaN/inf by None so the file stays strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):

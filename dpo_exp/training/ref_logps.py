@@ -2,7 +2,7 @@
 
 TRL's `precompute_ref_log_probs=True` already caches the reference log-probs as a `datasets` cache file next to
 the train/eval dataset, named by `Hasher.hash((tokenised dataset fingerprint, sha256 of the reference weights))`
-(`DPOTrainer._precompute_ref_logps`). A dataset built in memory has no folder, so that cache dies with the
+(`DPOTrainer._precompute_ref_logps`, reached through dpo_exp.trl_compat). A dataset built in memory has no folder, so that cache dies with the
 process. `shared_dataset` writes the pairs once to an Arrow folder under `cache_dir/pair_datasets/<content hash>`
 and loads it back memory-mapped: TRL's tokenisation `map`s and its reference log-probs then land in that folder,
 model weights via the model hash), and a later job with the same inputs reads them instead of recomputing.
@@ -51,7 +51,7 @@ def _row_digests(rows: list[dict]) -> list[str]:
     ]
 
 
-def content_key(rows: list[dict]) -> str:
+def pair_set_key(rows: list[dict]) -> str:
     """sha256 (16 hex) of the SET of pairs (text, and token ids when present): the same pairs in another order (a
     seed sweep shuffles them) share one folder, and so one reference log-probs cache."""
     return hashlib.sha256("".join(sorted(_row_digests(rows))).encode()).hexdigest()[:16]
@@ -65,7 +65,7 @@ def shared_dataset(rows: list[dict], cache_dir: str | Path):
 
     digests = _row_digests(rows)
     canonical = sorted(range(len(rows)), key=digests.__getitem__)
-    folder = Path(cache_dir) / "pair_datasets" / content_key(rows)
+    folder = Path(cache_dir) / "pair_datasets" / pair_set_key(rows)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):  # parallel jobs (joblib, submitit) write it once
         if not (folder / "state.json").is_file():
@@ -179,24 +179,26 @@ def canonical_order(dataset: Any) -> list[int]:
 
 
 class SharedRefLogpsMixin:
-    """Mix into a DPOTrainer: its precomputed reference log-probs are cached per (canonically ordered tokenised
+    """Mix into a `trl_compat.CompatDPOTrainer`: its precomputed reference log-probs are cached per (canonically ordered tokenised
     pairs, `reference_hash`). TRL's own key hashes the dataset's fingerprint (which changes with the DPOConfig and
     the row order) and the whole policy, LoRA adapter included, so every job of a beta or seed sweep recomputed
     identical reference log-probs."""
 
     ref_logps_files: dict[str, list[str]]
 
-    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int):
+    def precompute_reference(self, dataset: Any, name: str, batch_size: int):
         from datasets import Dataset, concatenate_datasets
+
+        from ..trl_compat import set_fingerprint
 
         if not getattr(self, "_reference_hash_set", False):
             model = self.accelerator.unwrap_model(self.ref_model or self.model)
-            self._precompute_model_hash = reference_hash(model, self.args.bf16, self.args.fp16)
+            self.set_reference_hash(reference_hash(model, self.args.bf16, self.args.fp16))
             self._reference_hash_set = True
         order = canonical_order(dataset)
         canonical = dataset.select(order)
-        canonical._fingerprint = tokenised_fingerprint(canonical, self.args)
-        computed = super()._precompute_ref_logps(canonical, name, batch_size)
+        set_fingerprint(canonical, tokenised_fingerprint(canonical, self.args))
+        computed = super().precompute_reference(canonical, name, batch_size)
         if not hasattr(self, "ref_logps_files"):
             self.ref_logps_files = {}
         self.ref_logps_files[name] = _ref_files(computed)

@@ -70,14 +70,8 @@ def train_policy(
         if hasattr(callback, "bind"):
             callback.bind(trainer)
     result = TrainResult(trainer, ref_logps=ref_cache.status(trainer))
-    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(run_dir)
-    if resume_from is None and metrics_path.exists() and is_main_process():
-        metrics_path.unlink()  # a fresh start: no rows from an earlier, checkpoint-less attempt
-    if resume_from is not None:
-        log.info("resuming from %s", resume_from)
-        result.resumed_from = str(resume_from)
-        if is_main_process():
-            _truncate_metrics(metrics_path, checkpoint_step(resume_from))
+    resume_from = resume_point(cfg, run_dir)
+    result.resumed_from = str(resume_from) if resume_from else None
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -96,6 +90,20 @@ def train_policy(
     result.saved_model = save_run_model(trainer, tokenizer, run_dir / "model", cfg.model, reference_path)
     result.skipped_steps = trainer.skipped_steps
     return result
+
+
+def resume_point(cfg: Any, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from (`resume`'s run folder, else this one's), with metrics.jsonl cut back to it; a
+    fresh start removes the rows of an earlier, checkpoint-less attempt."""
+    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(run_dir)
+    metrics_path = run_dir / METRICS_FILE
+    if is_main_process():
+        if resume_from is None and metrics_path.exists():
+            metrics_path.unlink()
+        elif resume_from is not None:
+            log.info("resuming from %s", resume_from)
+            _truncate_metrics(metrics_path, checkpoint_step(resume_from))
+    return resume_from
 
 
 def checkpoint_step(checkpoint: Path) -> int:

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig
 
 from ..infra.tracking import Tracker
-from ..models import lora_config
+from ..lora import lora_config
 from ..throughput import LengthGroupedPairSampler, compact_lm_head, pair_lengths
+from ..trl_compat import CompatDPOTrainer
 from .callbacks import MetricsRecorder
 from .nonfinite import GradientGuard, NonFiniteError, SkippableStep
 from .ref_logps import SharedRefLogpsMixin
@@ -29,7 +30,7 @@ def _prompt_fits(example: dict, max_length: int) -> bool:
     return len(example["prompt_ids"]) < max_length
 
 
-class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
+class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
     """DPOTrainer that trains on pre-tokenised pairs as they are, and refuses (`stop`) or skips (`skip`) non-finite
     losses and gradients, naming the step; on CPU its fused LM head scores only completion tokens, and
     `group_by_length` batches pairs of similar length (dpo_exp.throughput).
@@ -60,9 +61,9 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             return self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
-        metrics = self._metrics["train"]
+        metrics = self.train_metrics
         logged = {key: list(values) for key, values in metrics.items()}  # a few floats per logging window
-        tokens = getattr(self, "_total_train_tokens", None)
+        tokens = self.total_train_tokens
         result = self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if torch.isfinite(loss).all():
@@ -73,7 +74,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         metrics.clear()  # forget what TRL recorded for this micro-batch
         metrics.update(logged)
         if tokens is not None:
-            self._total_train_tokens = tokens
+            self.total_train_tokens = tokens
         self._bad_micro_batches += 1
         log.warning("non-finite loss at step %d: micro-batch dropped", step)
         # A zero that reaches every trainable parameter: zero gradients (never NaN), and DDP sees all its hooks fire
@@ -81,7 +82,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
         return (zero, result[1]) if return_outputs else zero
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    def prepare_pairs(self, dataset, processing_class, args, dataset_name):
         """Pairs that already carry `prompt_ids`/`chosen_ids`/`rejected_ids` (sampled pairs: the exact tokens the
         reference generated, EOS only where it ended) skip TRL's decode-free text tokenisation, which would move
         tokens across the prompt/completion boundary and append an EOS that was never sampled. TRL's own rule for
@@ -89,7 +90,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, DPOTrainer):
         from ..data.schema import PAIR_ID_COLUMNS
 
         if not set(PAIR_ID_COLUMNS) <= set(dataset.column_names):
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return super().prepare_pairs(dataset, processing_class, args, dataset_name)
         if args.max_length is not None and args.truncation_mode == "keep_start":
             dataset = dataset.filter(
                 _prompt_fits,

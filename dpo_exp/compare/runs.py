@@ -1,0 +1,130 @@
+"""Finished runs as `compare` reads them: run folders under a path, their summary, metrics and overrides."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..infra.runinfo import parse_overrides
+from ..infra.storage import read_json, read_jsonl
+
+# (column as W&B shows it, summary.json key as TRL names it)
+FINAL_METRICS = [
+    ("train/loss", "loss"),
+    ("eval/loss", "eval_loss"),
+    ("train/rewards/accuracies", "rewards/accuracies"),
+    ("eval/rewards/accuracies", "eval_rewards/accuracies"),
+    ("train/rewards/margins", "rewards/margins"),
+    ("eval/rewards/margins", "eval_rewards/margins"),
+]
+# Sampling-based evaluation (dpo_exp.evaluate writes them as eval/* keys): shown in the markdown/console table.
+EVAL_SHOWN = [
+    "eval/reward_policy",
+    "eval/reward_reference",
+    "eval/reward_delta",
+    "eval/win_rate",
+    "eval/win_rate_prompt",
+    "eval/kl",
+]
+TRAIN_SUFFIX = " (last-epoch mean)"  # train/* columns: mean over the last epoch's logged steps, not the last step
+SKIP_DIRS = {"wandb", "checkpoints", "model", "plots", "__pycache__"}
+IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")  # never treated as swept parameters
+
+
+@dataclass
+class Run:
+    """One run directory's files."""
+
+    path: Path
+    overrides: dict[str, str]
+    summary: dict[str, Any]
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or ("unknown" if self.summary else "no summary"))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / ".hydra" / "overrides.yaml").is_file()
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories in `paths` (each a run dir or a folder searched recursively), in a stable order."""
+    found: list[Path] = []
+    for root in paths:
+        if not root.exists():
+            raise UserError(f"{root} does not exist")
+        if is_run_dir(root):
+            found.append(root)
+            continue
+        for dirpath, dirnames, _ in os.walk(root):
+            here = Path(dirpath)
+            if here != root and is_run_dir(here):
+                found.append(here)
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+
+    def order(p: Path) -> tuple:
+        return (str(p.parent), int(p.name) if p.name.isdigit() else math.inf, p.name)
+
+    return sorted(unique, key=order)
+
+
+def _read_overrides(path: Path) -> dict[str, str]:
+    file = path / ".hydra" / "overrides.yaml"
+    if not file.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    return parse_overrides([str(item) for item in OmegaConf.to_container(OmegaConf.load(file)) or []])
+
+
+def load_run(path: Path) -> Run:
+    metrics_file = path / "metrics.jsonl"
+    metrics = read_jsonl(metrics_file) if metrics_file.is_file() else []
+    return Run(path, _read_overrides(path), read_json(path / "summary.json") or {}, metrics)
+
+
+def swept_params(runs: list[Run]) -> list[str]:
+    """Keys the runs were swept over: the runs' recorded sweep keys, then any override whose value differs."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in (run.summary.get("sweep") or {}) if k not in keys]
+    all_keys = sorted({k for run in runs for k in run.overrides})
+    for key in all_keys:
+        if key in keys or key.startswith(IGNORED_KEYS):
+            continue
+        if len({run.overrides.get(key) for run in runs}) > 1:
+            keys.append(key)
+    return keys
+
+
+def as_number(value: Any) -> Any:
+    """'0.1' -> 0.1, '8' -> 8, anything else unchanged (so numeric parameters sort and plot as numbers)."""
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                continue
+    return value
+
+
+def fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def metric_columns() -> list[str]:
+    """The table's columns for FINAL_METRICS (train/* ones carry TRAIN_SUFFIX)."""
+    return [c + TRAIN_SUFFIX if c.startswith("train/") else c for c, _ in FINAL_METRICS]
