@@ -6,7 +6,7 @@ batch is seeded (`seed + batch number`) in that sorted order and the samples are
 prompt order. So two models given the same prompts, settings and seed draw the same random numbers (identical
 models give identical samples: paired comparisons are exact), and a prompt's samples do not depend on the order
 the prompts were given in. What a prompt draws does depend on the batching (`batch_size`, `max_batch_tokens`):
-cache keys include them (`sentiment.pair_key`).
+cache keys include them (`dpo_exp.tasks.sentiment.pair_key`).
 """
 
 from __future__ import annotations

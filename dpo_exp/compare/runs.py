@@ -21,7 +21,7 @@ FINAL_METRICS = [
     ("train/rewards/margins", "rewards/margins"),
     ("eval/rewards/margins", "eval_rewards/margins"),
 ]
-# Sampling-based evaluation (dpo_exp.evaluate writes them as eval/* keys): shown in the markdown/console table.
+# Sampling-based evaluation (the evaluation writes them as eval/* keys): shown in the markdown/console table.
 EVAL_SHOWN = [
     "eval/reward_policy",
     "eval/reward_reference",

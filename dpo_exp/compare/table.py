@@ -10,7 +10,7 @@ metrics.jsonl and .hydra/overrides.yaml are read (no W&B needed) and, into the f
   each swept parameter, reward_kl_frontier.png (KL against eval/reward_policy: one line along beta, or the first
   swept key, per combination of the other swept keys; x is eval/kl_rb where every point has it, else eval/kl);
 - a console table;
-- with --wandb: a `sweep-summary` W&B run in the sweep's group and a saved W&B workspace (dpo_exp.sweep_summary).
+- with --wandb: a `sweep-summary` W&B run in the sweep's group and a saved W&B workspace (dpo_exp.compare.wandb_summary).
 """
 
 from __future__ import annotations

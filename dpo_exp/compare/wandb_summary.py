@@ -4,7 +4,7 @@ It carries a `wandb.Table` with one row per job (comparison.csv as written: swep
 the reward-KL frontier as a W&B scatter chart, the jobs' learning curves overlaid (`wandb.plot.line_series`) and
 comparison.md/.csv (+ plots) as an artifact. It starts through `tracking.start_tracker`, so it follows the jobs'
 rules: online with an API key, offline beside the sweep (PATH/wandb/) otherwise, never prompting, never fatal.
-Then the saved workspace (`sweep_workspace`) is created online, or its definition written to PATH.
+Then the saved workspace (`dpo_exp.compare.workspace`) is created online, or its definition written to PATH.
 
 `python -m dpo_exp.compare PATH --wandb` runs it; `SweepSummaryCallback` (conf/config.yaml, hydra.callbacks)
 runs it when a multirun with `logger=wandb` finishes.

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_FILE = "wandb_workspace.json"
 STEP = "train/global_step"
-CURVES = [  # (panel title, W&B keys): the names train.py logs TRL's metrics under
+CURVES = [  # (panel title, W&B keys): the names dpo_exp.training logs TRL's metrics under
     ("loss", ["train/loss", "eval/loss"]),
     ("reward accuracy", ["train/rewards/accuracies", "eval/rewards/accuracies"]),
     ("reward margin", ["train/rewards/margins", "eval/rewards/margins"]),

@@ -1,8 +1,11 @@
-"""Building blocks of policy evaluation (dpo_exp.evaluate orchestrates them).
+"""Policy against reference: `orchestrator` runs the measurements (the pipeline calls it after training).
 
+- `inputs`: settings, the scorer and the held-out prompts/pairs (eval_inputs.json, for re-evaluation).
+- `metrics`: reward and win rate of fresh samples, Monte-Carlo KL, implicit-reward classification.
+- `best_of_n`: the best-of-N baseline from reference samples.
+- `logprobs`: sequence log-probabilities and per-token KL.
+- `policy_ref`: the policy and its reference (adapter disabled, frozen copy, or rebuilt starting model).
+- `report`: samples.md, the reward-KL plot, W&B tables, the console headline.
 - `stats`: bootstrap confidence intervals and paired win rates (numpy).
-- `logprobs`: sequence log-probabilities, the Monte-Carlo KL and DPO's implicit reward.
-- `models`: the policy and its reference (adapter disabled, frozen copy, or rebuilt starting model).
-- `report`: samples.md, the reward-KL plot, W&B tables.
 - `trace`: a TrainerCallback that traces reward and KL during training.
 """

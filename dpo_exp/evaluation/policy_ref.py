@@ -93,7 +93,7 @@ def from_run_dir(
         from ..errors import UserError
 
         raise UserError(f"run_dir={run_dir} has no model/ folder (the run did not finish training)")
-    base = model_dir / "base"  # the run's own copy of its starting model (dpo_exp/export.py), when it has one
+    base = model_dir / "base"  # the run's own copy of its starting model (dpo_exp/training/export.py), when it has one
     adapter = next((d for d in (model_dir / "adapter", model_dir) if (d / "adapter_config.json").exists()), None)
     if adapter is not None:  # LoRA: the reference is the policy with its adapter disabled, as in the run
         from peft import PeftModel
