@@ -8,8 +8,8 @@ full fine-tuning, AdamW, sigmoid DPO loss. Contenders, timed in turns (`--repeat
 
 - `hand_written`: the floor: policy + frozen reference recomputed every step, full logits, log_softmax, gather.
 - `trl_plain`: `trl.DPOTrainer` as a user would write it (DPOConfig defaults apart from the shared settings).
-- `project_no_precompute`: `dpo_exp.train.build_trainer` with `trainer.precompute_ref_log_probs=false`.
-- `project_precompute`: `dpo_exp.train.build_trainer` with the default (reference log-probs precomputed; the
+- `project_no_precompute`: `dpo_exp.training.trainer.build_trainer` with `trainer.precompute_ref_log_probs=false`.
+- `project_precompute`: `dpo_exp.training.trainer.build_trainer` with the default (reference log-probs precomputed; the
   precomputation is one reference forward per pair, reported separately as `precompute_seconds`, and cached
   across sweep jobs).
 
