@@ -189,10 +189,10 @@ def _start_tracking(ctx: RunContext) -> None:
     precision = cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.dtype
     ctx.env = StageEnv(device, resolve_precision(precision, device), ctx.run_dir)
     ctx.summary["model"].update(source=model_source(cfg.model), device=device, precision=ctx.env.precision)
-    ctx.summary["environment"] = environment()
+    ctx.summary["environment"] = env = environment()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     identity = ctx.identity
-    config = {**resolved, "overrides": identity.overrides, "sweep": identity.swept, "environment": environment()}
+    config = {**resolved, "overrides": identity.overrides, "sweep": identity.swept, "environment": env}
     ctx.tracker = start_tracker(
         cfg.logger,
         ctx.run_dir,
