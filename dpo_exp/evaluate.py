@@ -46,27 +46,6 @@ PLOT_FILE = "plots/reward_kl.png"
 # ---------------------------------------------------------------- configuration
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    """UserError for a bad `eval` block (cheap: no models)."""
-    ev = cfg.eval
-    for key in ("num_prompts", "num_samples", "bootstrap", "max_new_tokens"):
-        value = ev.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"eval.{key} must be a whole number > 0, got {value!r}")
-    ns = ev.get("best_of_n") or []
-    if isinstance(ns, (int, str)) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in ns):
-        raise UserError(f"eval.best_of_n must be a list of whole numbers >= 1 (e.g. [1,2,4,8,16]), got {ns!r}")
-    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
-        value = ev.get(key)
-        if value is None and key == "best_of_n_prompts":  # a run saved before best-of-N existed
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise UserError(f"eval.{key} must be a whole number >= 0, got {value!r}")
-    if ev.get("reward") and not (CONF_DIR / "reward" / f"{ev.reward}.yaml").is_file():
-        options = sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml"))
-        raise UserError(f"eval.reward={ev.reward!r} is not one of {options} (conf/reward/*.yaml)")
-
-
 def eval_seed(cfg: DictConfig) -> int:
     return int(cfg.eval.seed if cfg.eval.get("seed") is not None else cfg.seed)
 
@@ -93,26 +72,26 @@ _SCORERS: dict[str, Any] = {}  # scorers built in this process (the trace and th
 
 
 def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
-    """(scorer, its name, why reward metrics are skipped). `eval.reward` wins over the run's `reward`."""
+    """(scorer, its name, why reward metrics are skipped). `eval.reward` (eval/reward=NAME) wins over the run's
+    `reward`."""
+    from .config import check_eval
     from .rewards import build_scorer
 
-    name = cfg.eval.get("reward")
-    if name:
-        check_eval_config(cfg)
-        run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,
-        with open_dict(run_cfg):  # so ${...} in the option resolve
-            run_cfg.reward = OmegaConf.load(CONF_DIR / "reward" / f"{name}.yaml")
-        reward_cfg, context, label = run_cfg.reward, run_cfg, str(name)
-    else:
-        kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
-        if kind == "none":
-            return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval.reward=vader)"
-        reward_cfg, context, label = cfg.reward, cfg, str(kind)
+    check_eval(cfg)
+    context = cfg
+    if cfg.eval.reward is not None:  # eval/reward=NAME: that option's content, in place of the run's `reward`
+        context = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,
+        with open_dict(context):  # so ${...} in the option resolve
+            context.reward = cfg.eval.reward
+    reward_cfg = context.get("reward")
+    kind = str(reward_cfg.get("kind", "none")) if reward_cfg is not None else "none"
+    if kind == "none":
+        return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval/reward=vader)"
     key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset}))
     if key not in _SCORERS:
         _SCORERS.clear()  # keep at most one (a scorer can hold a model)
         _SCORERS[key] = build_scorer(reward_cfg, context)
-    return _SCORERS[key], label, None
+    return _SCORERS[key], kind, None
 
 
 # ---------------------------------------------------------------- held-out inputs
@@ -279,7 +258,6 @@ def evaluate_policy(ctx, trainer, tokenizer, data) -> dict[str, Any]:
     from .evaluation.models import from_trainer
 
     cfg = ctx.cfg
-    check_eval_config(cfg)
     inputs = EvalInputs.from_data(data)
     inputs.save(ctx.run_dir / INPUTS_FILE)
     scorer, name, skip = build_eval_scorer(cfg)
@@ -297,10 +275,7 @@ def trace_callbacks(ctx, tokenizer, data) -> list[RewardKLTrace]:
     from .evaluation.trace import RewardKLTrace
 
     cfg = ctx.cfg
-    if not cfg.eval.enabled:
-        return []
-    check_eval_config(cfg)
-    if int(cfg.eval.every_n_steps) == 0:
+    if not cfg.eval.enabled or int(cfg.eval.every_n_steps) == 0:
         return []
     inputs = EvalInputs.from_data(data)
     prompts = inputs.prompts[: int(cfg.eval.trace_prompts)]
@@ -326,19 +301,40 @@ def trace_callbacks(ctx, tokenizer, data) -> list[RewardKLTrace]:
 # ---------------------------------------------------------------- standalone: a finished run directory
 
 
-def load_run_config(run_dir: Path, overrides: DictConfig | None = None) -> DictConfig:
-    """The run's saved config with the non-null `eval` / `generation` overrides of conf/evaluate.yaml applied."""
+def load_run_config(run_dir: Path, args: DictConfig | None = None) -> DictConfig:
+    """The run's saved config, its `eval` / `generation` blocks completed with today's defaults (settings the run
+    predates), then the `eval.*` / `eval/reward` / `generation.*` overrides named on the command line applied.
+
+    `args` is conf/evaluate.yaml as composed (the same eval and generation defaults as a run); without it (the
+    app) the defaults are composed here."""
+    from .config import compose_config, reward_option
+
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UserError(f"run_dir={run_dir} has no .hydra/config.yaml (not a dpo_exp run directory)")
     cfg = OmegaConf.load(path)
-    for block in ("eval", "generation"):
-        given = (overrides or {}).get(block) or {}
-        with open_dict(cfg):
-            for key, value in given.items():
-                if value is not None:
-                    cfg[block][key] = value
+    defaults = args if args is not None else compose_config("evaluate", ["run_dir=."])
+    with open_dict(cfg):
+        saved_reward = (cfg.get("eval") or {}).get("reward")
+        if isinstance(saved_reward, str):  # saved before eval/reward was a config group
+            cfg.eval.reward = reward_option(saved_reward)
+        for block in ("eval", "generation"):
+            cfg[block] = OmegaConf.merge(OmegaConf.to_container(defaults[block]), cfg.get(block) or {})
+        for key in _named_overrides(("eval", "generation")) if args is not None else []:
+            OmegaConf.update(cfg, key, OmegaConf.select(args, key), merge=False)
     return cfg
+
+
+def _named_overrides(blocks: tuple[str, ...]) -> list[str]:
+    """Dotted keys under `blocks` that this Hydra job's command line overrides (eval/reward=X -> eval.reward)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    keys = [o.key_or_group.replace("/", ".") for o in parsed]
+    return [k for k in keys if k.split(".")[0] in blocks]
 
 
 def rebuild_inputs(run_dir: Path, cfg: DictConfig, tokenizer) -> EvalInputs:
@@ -372,13 +368,14 @@ def rebuild_inputs(run_dir: Path, cfg: DictConfig, tokenizer) -> EvalInputs:
 
 def evaluate_run_dir(run_dir: Path, cfg: DictConfig, tracker=None, progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a finished run: writes evaluation.json, samples.md, the plot, and updates summary.json."""
+    from .config import check_eval
     from .evaluation.models import from_run_dir
     from .models import load_tokenizer
     from .tracking import Tracker
 
     run_dir = Path(run_dir)
     summary = read_json(run_dir / "summary.json") or {}
-    check_eval_config(cfg)
+    check_eval(cfg)
     tokenizer = load_tokenizer(cfg.model)
     inputs = rebuild_inputs(run_dir, cfg, tokenizer)
     scorer, name, skip = build_eval_scorer(cfg)

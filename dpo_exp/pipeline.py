@@ -69,7 +69,7 @@ AUTO_OBJECTIVE_WITHOUT_REWARD = "eval_rewards/accuracies"  # TRL's held-out impl
 def objective_key(cfg: DictConfig) -> str:
     """The summary key a job returns to a sweeper. `objective: auto` picks one comparable across beta, lr and data
     size (unlike eval_loss, whose scale depends on beta): eval/reward_delta when the evaluation has a reward scorer
-    (the run's `reward` or `eval.reward`), else eval_rewards/accuracies. Both are maximised."""
+    (the run's `reward` or `eval/reward`), else eval_rewards/accuracies. Both are maximised."""
     key = str(cfg.objective)
     if key != "auto":
         return key
@@ -94,7 +94,7 @@ def load_data(ctx: RunContext, tokenizer) -> Any:
     from .data import load_preference_data
 
     max_length = cfg.trainer.max_length
-    room = int(cfg.trainer.min_prompt_tokens)
+    room = int(cfg.train.min_prompt_tokens)
 
     def prompt_fits(prompt: str) -> bool:
         return max_length is None or len(tokenizer(prompt, verbose=False).input_ids) + room <= int(max_length)
@@ -173,7 +173,7 @@ def _run_stages(ctx: RunContext) -> None:
     data = load_data(ctx, tokenizer)
     ctx.device = resolve_device(cfg.model.device)
     ctx.precision = resolve_precision(
-        cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.dtype, ctx.device
+        cfg.train.precision if cfg.train.precision != "auto" else cfg.model.dtype, ctx.device
     )
     ctx.summary["model"].update(source=model_source(cfg.model), device=ctx.device, precision=ctx.precision)
     ctx.summary["environment"] = environment()

@@ -49,7 +49,7 @@ def _overrides(hh_file: Path, *extra: str) -> list[str]:
         f"dataset.path={hh_file}",
         "data_size=8",
         "logger=none",
-        "eval.reward=vader",
+        "eval/reward=vader",
         "eval.num_prompts=6",
         "eval.num_samples=2",
         "eval.num_pairs=8",
@@ -76,7 +76,7 @@ def setup():
             "epochs=5",
             "trainer.eval_strategy=no",
             "trainer.per_device_train_batch_size=8",
-            "trainer.warmup_ratio=0.0",
+            "trainer.warmup_steps=0",
             "trainer.logging_steps=50",
         )
     )
@@ -234,7 +234,7 @@ def finished_run(tmp_path_factory, setup):
             "eval.trace_prompts=3",
             "eval.num_side_by_side=3",
             "trainer.eval_strategy=no",
-            "trainer.warmup_ratio=0.0",
+            "trainer.warmup_steps=0",
         )
         if a != "logger=none"
     ]
