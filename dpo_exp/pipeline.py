@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import validate
+from .config import precision_setting, validate
 from .distributed import (
     barrier,
     is_main_process,
@@ -172,9 +172,7 @@ def _run_stages(ctx: RunContext) -> None:
     tokenizer = load_tokenizer(cfg.model)
     data = load_data(ctx, tokenizer)
     ctx.device = resolve_device(cfg.model.device)
-    ctx.precision = resolve_precision(
-        cfg.train.precision if cfg.train.precision != "auto" else cfg.model.dtype, ctx.device
-    )
+    ctx.precision = resolve_precision(precision_setting(cfg)[0], ctx.device)
     ctx.summary["model"].update(source=model_source(cfg.model), device=ctx.device, precision=ctx.precision)
     ctx.summary["environment"] = environment()
     resolved = OmegaConf.to_container(cfg, resolve=True)
