@@ -123,6 +123,20 @@ def test_significant_when_the_delta_interval_excludes_zero():
     assert coin["reward_delta_ci_low"] < 0 < coin["reward_delta_ci_high"] and coin["significant"] is False
 
 
+def test_win_rate_per_prompt_compares_mean_rewards_over_samples():
+    # every prompt: the policy wins 1 of 4 samples by a lot and loses 3 by a little -> per sample 0.25, per prompt 1
+    reference = np.full((50, 4), 0.5)
+    policy = reference + np.array([0.4, -0.01, -0.01, -0.01])
+    out = reward_kl_metrics(_result(policy, reference), 200, 0)
+    assert out["win_rate"] == 0.25 and out["win_rate_prompt"] == 1.0
+    assert out["win_rate_prompt_ci_low"] == out["win_rate_prompt_ci_high"] == 1.0
+    policy[:25] = reference[:25] - 0.1  # half the prompts lost outright
+    out = reward_kl_metrics(_result(policy, reference), 500, 0)
+    assert out["win_rate_prompt"] == 0.5 and out["win_rate_prompt_ci_low"] < 0.5 < out["win_rate_prompt_ci_high"]
+    policy[:25] = reference[:25]  # ties count one half
+    assert reward_kl_metrics(_result(policy, reference), 200, 0)["win_rate_prompt"] == 0.75
+
+
 def test_headline_states_the_effect_and_whether_it_is_significant():
     from dpo_exp.pipeline import headline
 
@@ -138,6 +152,9 @@ def test_headline_states_the_effect_and_whether_it_is_significant():
         "eval/win_rate_ci_low": 0.7,
         "eval/win_rate_ci_high": 0.9,
         "eval/tie_rate": 0.0,
+        "eval/win_rate_prompt": 0.85,
+        "eval/win_rate_prompt_ci_low": 0.78,
+        "eval/win_rate_prompt_ci_high": 0.92,
         "eval/num_prompts": 100,
         "eval/num_samples": 4,
         "eval/kl": 3.2,
@@ -153,6 +170,7 @@ def test_headline_states_the_effect_and_whether_it_is_significant():
     text = "\n".join(headline(summary))
     assert "0.5000 -> 0.5500: delta +0.0500 [95% CI +0.0200, +0.0800], significant" in text
     assert "win rate 0.800 [95% CI 0.700, 0.900]" in text and "100 held-out prompts x 4 samples" in text
+    assert "win rate per prompt (mean reward over its samples) 0.850 [95% CI 0.780, 0.920]" in text
     assert "KL(policy || reference) 3.200 nats" in text and "N=4 +0.1000 @ 0.64" in text
     assert "stage times: sft 120 s, pairs 60 s, train 200 s, eval 90 s" in text
     summary.update({"eval/reward_delta_ci_low": -0.01, "eval/significant": False})
