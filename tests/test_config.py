@@ -293,3 +293,20 @@ def test_a_single_500_review_file_holds_out_about_100_evaluation_prompts():
     counts = load_prompt_sets(cfg, load_tokenizer(cfg.model)).counts
     assert counts["test_reviews"] == 125 and counts["train_prompts"] == 256
     assert counts["eval_prompts"] == cfg.eval.num_prompts == 100
+
+
+def test_a_run_saved_before_the_eval_reward_group_still_loads(tmp_path):
+    """Runs saved with `eval.reward: vader` (a name) and without settings added since are re-evaluated with that
+    scorer's config group content and today's defaults for the missing settings."""
+    from dpo_exp.config import check_eval
+    from dpo_exp.evaluate import load_run_config
+
+    saved = OmegaConf.to_container(compose(["model=tiny_gpt2"]), resolve=False)
+    saved["eval"]["reward"] = "vader"
+    del saved["eval"]["best_of_n_prompts"], saved["generation"]["max_batch_tokens"]
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / ".hydra" / "config.yaml")
+    cfg = load_run_config(tmp_path)
+    check_eval(cfg)
+    assert cfg.eval.reward.kind == "vader" and cfg.eval.best_of_n_prompts == 32
+    assert cfg.generation.max_batch_tokens is None
