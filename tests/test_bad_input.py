@@ -150,14 +150,14 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     (
         "lora_target_unknown",
         good_jsonl,
-        ["lora.target_modules=[q_proj,c_attn]"],
+        ["lora=gpt2_attn", "lora.target_modules=[q_proj,c_attn]"],
         ["lora.target_modules", "q_proj", "available: ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']"],
     ),
     # dotted names need the meta-device build: one unknown, one a block LoRA cannot wrap (one run checks both)
     (
         "lora_target_dotted",
         good_jsonl,
-        ["lora.target_modules=[attn.q_proj,h.0.attn,attn.c_attn]"],
+        ["lora=gpt2_attn", "lora.target_modules=[attn.q_proj,h.0.attn,attn.c_attn]"],
         [
             "'attn.q_proj' is not a module of the model",
             "'h.0.attn' is a GPT2Attention, which LoRA cannot wrap",

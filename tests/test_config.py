@@ -249,9 +249,13 @@ def _model_default(option: str, key: str):
 
 
 def test_model_options_carry_their_own_learning_rate_and_the_cli_wins():
-    """Per-model defaults: tiny_gpt2 brings the LoRA lr that moves a random tiny model, gpt2 the seed project's."""
+    """Per-model defaults: tiny_gpt2 brings full fine-tuning at the lr that moves a random tiny model (and more
+    epochs), gpt2 the seed project's LoRA at 1e-4."""
     tiny = compose(["model=tiny_gpt2"])
-    assert tiny.lr == tiny.trainer.learning_rate == _model_default("tiny_gpt2", "lr") >= 1e-3
+    assert tiny.lr == tiny.trainer.learning_rate == _model_default("tiny_gpt2", "lr") == 1e-4
+    assert not tiny.lora.enabled and tiny.trainer.num_train_epochs == _model_default("tiny_gpt2", "epochs") == 4
+    assert compose(["model=tiny_gpt2", "lora=gpt2_attn"]).lora.enabled  # the adapter is one override away
+    assert compose(["lora=gpt2_attn", "model=tiny_gpt2"]).lora.enabled
     assert tiny.sft.max_steps == _model_default("tiny_gpt2", "sft").max_steps
     assert tiny.model.tiny.n_layer == 4 and tiny.model.name == "tiny-gpt2"  # the model block is still `model`
     for option in ("gpt2", "gpt2_medium"):

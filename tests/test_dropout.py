@@ -18,6 +18,7 @@ def _trainer(hh_file, tmp_path, disable: bool):
     cfg = compose(
         [
             *FAST_MODEL,
+            "lora=gpt2_attn",
             *FAST_TRAINER,
             "dataset=hh_rlhf",
             f"dataset.path={hh_file}",

@@ -54,6 +54,7 @@ def test_ultrafeedback_run_with_wandb_offline(tmp_path, ultrafeedback_file):
     result = run_cli(
         [
             "model=tiny_gpt2",
+            "lora=gpt2_attn",  # the seed project's LoRA path (the tiny model's default is full fine-tuning)
             "dataset=ultrafeedback",
             f"dataset.path={ultrafeedback_file}",
             *SMALL,

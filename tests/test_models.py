@@ -31,7 +31,9 @@ def test_tiny_model_is_deterministic_and_runs():
 
 
 def test_lora_targets_gpt2_attention():
-    cfg = compose(["model=tiny_gpt2", "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2"])
+    cfg = compose(
+        ["model=tiny_gpt2", "lora=gpt2_attn", "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2"]
+    )
     config = lora_config(cfg.lora, build_model(cfg.model, seed=0))
     assert set(config.target_modules) == {"c_attn", "c_proj"} and config.r == cfg.lora.r
 

@@ -26,6 +26,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path, ultrafeedback_file):
     run_dir = tmp_path / "run"
     args = [
         *FAST_MODEL,
+        "lora=gpt2_attn",
         *FAST_TRAINER,
         f"trainer.per_device_train_batch_size={PER_DEVICE}",
         "dataset=preference_files",

@@ -242,15 +242,15 @@ def test_sft_and_pair_keys_change_with_every_input_and_only_then(tmp_path):
     from dpo_exp.sft import sft_key
 
     texts = ["a", "b"]
-    base = [*FAST_MODEL, "sft.lora=true"]
+    base = [*FAST_MODEL, "lora=gpt2_attn", "sft.lora=true"]
     key = sft_key(compose(base), texts)[0]
     assert sft_key(compose(base), texts)[0] == key
     for change in (["lora.r=8"], ["lora.target_modules=[c_attn]"], ["sft.max_steps=7"]):
         assert sft_key(compose(base + change), texts)[0] != key, change
     assert sft_key(compose(base), texts, "cuda", "bf16")[0] != key
     assert (
-        sft_key(compose([*FAST_MODEL, "sft.lora=false", "lora.r=8"]), texts)[0]
-        == sft_key(compose([*FAST_MODEL, "sft.lora=false"]), texts)[0]
+        sft_key(compose([*FAST_MODEL, "lora=gpt2_attn", "sft.lora=false", "lora.r=8"]), texts)[0]
+        == sft_key(compose([*FAST_MODEL, "lora=gpt2_attn", "sft.lora=false"]), texts)[0]
     )  # LoRA settings only count when SFT uses them
 
     folder = tmp_path / "local"

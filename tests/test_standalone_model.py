@@ -37,6 +37,7 @@ def test_moved_run_folder_loads_without_cache_or_dpo_exp(tmp_path, ultrafeedback
     run_dir = work / "run"
     args = [
         *FAST_MODEL,
+        "lora=gpt2_attn",
         *FAST_TRAINER,
         "dataset=ultrafeedback",
         f"dataset.path={ultrafeedback_file}",
