@@ -155,13 +155,14 @@ def project_cfg(args, precompute: bool, cache_dir: str):
             "eval_strategy": "no",
             "save_strategy": "no",
             "precompute_ref_log_probs": precompute,
-            "warmup_ratio": 0.0,
+            "warmup_steps": 0,
             "lr_scheduler_type": "constant",
         }
     )
     return OmegaConf.create(
         {
             "trainer": trainer,
+            "train": OmegaConf.load(ROOT / "conf" / "config.yaml").train,  # dpo_exp's own settings (group_by_length)
             "lora": {"enabled": False},
             "on_nonfinite": "stop",
             "seed": args.seed,

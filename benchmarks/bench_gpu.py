@@ -3,7 +3,7 @@
     python benchmarks/bench_gpu.py [--quick] [--steps 20] [--batch 16] [--max-length 512] [--precompute]
 
 On a GPU: a gpt2-medium-shaped GPT-2 (24 layers, width 1024, 16 heads, 355 M parameters; random weights, since
-the hub is not reachable here; throughput does not depend on the weights), bf16 (the project's `precision: auto`
+the hub is not reachable here; throughput does not depend on the weights), bf16 (the project's `train.precision: auto`
 on a bf16 GPU: bf16 weights and autocast), the project's `build_trainer` on UltraFeedback pairs. Without a GPU the
 same script runs the tiny GPT-2 (2 layers, width 64) on CPU and says so.
 

@@ -1,4 +1,8 @@
-"""Validation of a composed config: every user mistake becomes one clear line, before any model loads."""
+"""Validation of a composed config: every user mistake becomes one clear line, before any model loads.
+
+Types and unknown keys of the project's own blocks are the schemas' job (dpo_exp.schema), TRL's settings are
+checked by building TRL's own config; what is left here are ranges and settings that depend on each other.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import CONF_DIR
 from .errors import UserError
+from .schema import check_blocks, check_eval_reward, check_trainer
 
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
-STRATEGIES = ("no", "steps", "epoch")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -72,27 +71,6 @@ def _validate_dataset(ds: Any) -> None:
         raise UserError(f"dataset.prompt_template={template!r} must be text containing {{prompt}}")
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    """UserError for a bad `eval` block (cheap: no models)."""
-    ev = cfg.eval
-    for key in ("num_prompts", "num_samples", "bootstrap", "max_new_tokens"):
-        value = ev.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"eval.{key} must be a whole number > 0, got {value!r}")
-    ns = ev.get("best_of_n") or []
-    if isinstance(ns, (int, str)) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in ns):
-        raise UserError(f"eval.best_of_n must be a list of whole numbers >= 1 (e.g. [1,2,4,8,16]), got {ns!r}")
-    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
-        value = ev.get(key)
-        if value is None and key == "best_of_n_prompts":  # a run saved before best-of-N existed
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise UserError(f"eval.{key} must be a whole number >= 0, got {value!r}")
-    if ev.get("reward") and not (CONF_DIR / "reward" / f"{ev.reward}.yaml").is_file():
-        options = sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml"))
-        raise UserError(f"eval.reward={ev.reward!r} is not one of {options} (conf/reward/*.yaml)")
-
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
@@ -120,7 +98,7 @@ def _validate_model(model: Any) -> None:
 def _validate_task(cfg: DictConfig) -> None:
     """The dataset's task (its `_target_`) checks its own settings. `reward` scores the samples a task turns into
     pairs; for a task with pairs of its own it would only silently score evaluation samples, which is what
-    `eval.reward` says explicitly."""
+    `eval/reward` says explicitly."""
     from .tasks import build_task
 
     task = build_task(cfg)
@@ -129,25 +107,50 @@ def _validate_task(cfg: DictConfig) -> None:
         raise UserError(
             f"reward={kind} builds pairs for dataset=imdb_sentiment only (tasks that score samples into pairs); "
             f"dataset={cfg.dataset.name} already has its pairs (to score evaluation samples with it, use "
-            f"eval.reward={kind} and leave reward=none)"
+            f"eval/reward={kind} and leave reward=none)"
         )
     task.check(cfg)
 
 
-def _validate_precision(cfg: DictConfig) -> None:
-    """Half precision (fp16/bf16) trains on a GPU only; name the device instead of failing inside the Trainer."""
-    precision = cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.get("dtype", "auto")
-    if precision not in ("fp16", "bf16"):
-        return
-    from .models import resolve_device
+def precision_setting(cfg: DictConfig) -> tuple[str, str]:
+    """(the compute precision asked for, the field that asks): train.precision, or model.dtype when that is auto."""
+    if cfg.train.precision != "auto":
+        return str(cfg.train.precision), "train.precision"
+    return str(cfg.model.get("dtype", "auto")), "model.dtype"
 
+
+def _validate_precision(cfg: DictConfig) -> tuple[str, str]:
+    """(precision, device) of the run. Half precision (fp16/bf16) trains on a GPU only; name the device instead of
+    failing inside the Trainer."""
+    from .models import resolve_device, resolve_precision
+
+    spec, field_name = precision_setting(cfg)
     device = resolve_device(cfg.model.get("device", "auto"))
-    if device == "cpu":
-        field_name = "trainer.precision" if cfg.trainer.precision != "auto" else "model.dtype"
+    if spec in ("fp16", "bf16") and device == "cpu":
         raise UserError(
-            f"{field_name}={precision} needs a GPU, but this run's device is cpu (model.device="
+            f"{field_name}={spec} needs a GPU, but this run's device is cpu (model.device="
             f"{cfg.model.get('device', 'auto')}); use {field_name}=fp32 or auto"
         )
+    return resolve_precision(spec, device), device
+
+
+def check_eval(cfg: DictConfig) -> None:
+    """`eval` and `generation` typed by their schemas, and the evaluation's ranges (cheap: no models)."""
+    check_blocks(cfg, ("eval", "generation"))
+    ev = cfg.eval
+    check_eval_reward(cfg)
+    if not ev.enabled:
+        return
+    for key in ("num_prompts", "num_samples", "bootstrap", "max_new_tokens"):
+        if ev[key] <= 0:
+            raise UserError(f"eval.{key} must be > 0, got {ev[key]}")
+    if any(n < 1 for n in ev.best_of_n):
+        raise UserError(
+            f"eval.best_of_n must be a list of whole numbers >= 1 (e.g. [1,2,4,8,16]), got {list(ev.best_of_n)}"
+        )
+    for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
+        if ev[key] < 0:
+            raise UserError(f"eval.{key} must be >= 0, got {ev[key]}")
 
 
 def _validate_lora(lora: Any) -> None:
@@ -159,8 +162,9 @@ def _validate_lora(lora: Any) -> None:
             raise UserError("lora.target_modules is empty (use lora=none for full fine-tuning)")
 
 
-def _validate_trainer(t: Any) -> None:
-    """The `trainer` group's numbers and choices."""
+def _validate_trainer(cfg: DictConfig) -> None:
+    """The `trainer` group's numbers (TRL's DPOConfig validates the rest at the end) and the `train` block's."""
+    t = cfg.trainer
     if int(t.max_steps) <= 0:
         _positive(t.num_train_epochs, "epochs (trainer.num_train_epochs)")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -168,15 +172,10 @@ def _validate_trainer(t: Any) -> None:
     if t.max_length is not None:
         _positive(t.max_length, "trainer.max_length", integer=True)
     _positive(t.logging_steps, "trainer.logging_steps", integer=True)
-    if t.get("warmup_steps") is not None:
-        _positive(t.warmup_steps, "trainer.warmup_steps", integer=True)
-    if t.get("min_prompt_tokens") is not None:
-        _positive(t.min_prompt_tokens, "trainer.min_prompt_tokens", integer=True)
     _choice(t.truncation_mode, "trainer.truncation_mode", ("keep_start", "keep_end"))
-    _choice(t.loss_type, "trainer.loss_type", LOSS_TYPES)
-    _choice(t.eval_strategy, "trainer.eval_strategy", STRATEGIES)
-    _choice(t.save_strategy, "trainer.save_strategy", STRATEGIES)
-    _choice(t.precision, "trainer.precision", PRECISIONS)
+    if cfg.train.min_prompt_tokens <= 0:
+        raise UserError(f"train.min_prompt_tokens must be > 0, got {cfg.train.min_prompt_tokens}")
+    _choice(cfg.train.precision, "train.precision", PRECISIONS)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -188,6 +187,8 @@ def validate(cfg: DictConfig) -> None:
         key = getattr(exc, "full_key", None)
         raise UserError(f"{key}: {message}" if key else message) from None
 
+    check_blocks(cfg, ("sft", "train"))
+    check_eval(cfg)
     _number(cfg.seed, "seed", integer=True)
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"seed must be in [0, {MAX_SEED}], got {cfg.seed!r}")
@@ -200,11 +201,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.dataset.get("data_size") is not None:
         _at_least(cfg.dataset.data_size, "dataset.data_size", MIN_DATA_SIZE, few)
     t = cfg.trainer
-    _validate_trainer(t)
+    _validate_trainer(cfg)
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
     _validate_dataset(cfg.dataset)
     _validate_model(cfg.model)
-
     _validate_lora(cfg.lora)
 
     path = cfg.dataset.get("path")
@@ -218,23 +218,25 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.max_length={t.max_length} exceeds the tiny model's context (model.tiny.n_positions="
             f"{cfg.model.tiny.n_positions})"
         )
-    gen = cfg.generation
-    _positive(gen.num_samples, "generation.num_samples", integer=True)
-    _positive(gen.max_new_tokens, "generation.max_new_tokens", integer=True)
-    _positive(gen.temperature, "generation.temperature")
-    if gen.batch_size is not None:
-        _positive(gen.batch_size, "generation.batch_size", integer=True)
-    _validate_precision(cfg)
-    if gen.get("max_batch_tokens") is not None:
-        _positive(gen.max_batch_tokens, "generation.max_batch_tokens", integer=True)
+    _validate_generation(cfg)
+    precision, device = _validate_precision(cfg)
     resume = cfg.get("resume")
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")
-    if cfg.eval.enabled:
-        check_eval_config(cfg)
     _validate_task(cfg)
 
-    # Last, as it may import torch: LoRA targets must exist in the architecture (checked on a meta-device build).
+    # Last, as they import torch / TRL: LoRA targets must exist in the architecture (checked on a meta-device
+    # build), and TRL's own DPOConfig must accept the `trainer` group (its validation, its loss types).
     from .lora import check_lora_targets
 
     check_lora_targets(cfg.lora, cfg.model)
+    check_trainer(cfg, precision, device)
+
+
+def _validate_generation(cfg: DictConfig) -> None:
+    """Ranges of the `generation` block (its types are GenerationSchema's)."""
+    gen = cfg.generation
+    for key in ("num_samples", "max_new_tokens", "batch_size", "max_batch_tokens"):
+        if gen[key] is not None and gen[key] <= 0:
+            raise UserError(f"generation.{key} must be > 0, got {gen[key]}")
+    _positive(gen.temperature, "generation.temperature")

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import check_eval_config, validate
+from .config import check_eval, precision_setting, validate
 from .errors import RunInterrupted
 from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
@@ -186,8 +186,7 @@ def _start_tracking(ctx: RunContext) -> None:
 
     cfg = ctx.cfg
     device = resolve_device(cfg.model.device)
-    precision = cfg.trainer.precision if cfg.trainer.precision != "auto" else cfg.model.dtype
-    ctx.env = StageEnv(device, resolve_precision(precision, device), ctx.run_dir)
+    ctx.env = StageEnv(device, resolve_precision(precision_setting(cfg)[0], device), ctx.run_dir)
     ctx.summary["model"].update(source=model_source(cfg.model), device=device, precision=ctx.env.precision)
     ctx.summary["environment"] = env = environment()
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -278,7 +277,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
 
     run_dir = Path(run_dir)
     summary = read_json(run_dir / SUMMARY) or {}
-    check_eval_config(cfg)
+    check_eval(cfg)
     tokenizer = load_tokenizer(cfg.model)
     inputs = EvalInputs.load(run_dir / INPUTS_FILE)
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):

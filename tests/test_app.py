@@ -31,7 +31,7 @@ def _tiny_run_args(run_dir: Path) -> list[str]:
         "lr=5e-3",
         "trainer.eval_strategy=no",
         "logger=none",
-        "eval.reward=vader",
+        "eval/reward=vader",
         "eval.num_prompts=4",
         "eval.num_samples=1",
         "eval.num_pairs=4",

@@ -1,6 +1,6 @@
 """Bad input through the real CLI: one clear `error:` line naming the field/file/line, non-zero exit, no traceback,
 and no model loaded (checked in the child process itself: a sitecustomize probe records the modules it imported,
-and GPT-2's modeling code, PEFT and TRL must not be among them)."""
+and GPT-2's modeling code and TRL's trainer must not be among them)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from dpo_exp.errors import UserError
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
 
-# Modules that only a model build or the trainer imports: seeing none of them proves no model was loaded.
-MODEL_MODULES = {"transformers.models.gpt2.modeling_gpt2", "peft", "trl"}
+# Modules that only a model build or the trainer imports: seeing none of them proves no model was loaded. (TRL's
+# DPOConfig, and PEFT, which transformers' TrainingArguments import, are loaded by the validation itself: it builds
+# the run's trl.DPOConfig to let TRL check the `trainer` settings.)
+MODEL_MODULES = {"transformers.models.gpt2.modeling_gpt2", "trl.trainer.dpo_trainer"}
 # Imported by the CLI child at start-up (PYTHONPATH): writes the names of all imported modules at exit.
 PROBE = """import atexit, os, sys
 
@@ -187,16 +189,33 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
         "reward_on_preference_data",
         good_jsonl,
         ["reward=tfidf_logreg"],
-        ["reward=tfidf_logreg builds pairs for dataset=imdb_sentiment only", "eval.reward=tfidf_logreg"],
+        ["reward=tfidf_logreg builds pairs for dataset=imdb_sentiment only", "eval/reward=tfidf_logreg"],
     ),
     (
         "fp16_on_cpu",
         good_jsonl,
-        ["trainer.precision=fp16", "model.device=cpu"],
-        ["trainer.precision=fp16 needs a GPU", "device is cpu"],
+        ["train.precision=fp16", "model.device=cpu"],
+        ["train.precision=fp16 needs a GPU", "device is cpu"],
     ),
     ("bf16_model_dtype_on_cpu", good_jsonl, ["model.dtype=bf16", "model.device=cpu"], ["model.dtype=bf16 needs a GPU"]),
     ("best_of_n_zero", good_jsonl, ["eval.enabled=true", "eval.best_of_n=[0,4]"], ["eval.best_of_n must be a list"]),
+    # typed blocks (dpo_exp.schema): a wrong type or an unknown key names the field (issue 10)
+    ("eval_wrong_type", good_jsonl, ["eval.num_prompts=many"], ["eval.num_prompts", "'many'", "Integer"]),
+    ("eval_unknown_key", good_jsonl, ["+eval.num_promts=8"], ["eval.num_promts", "not in 'EvalSchema'"]),
+    ("eval_reward_as_a_name", good_jsonl, ["eval.reward=vader"], ["eval.reward='vader'", "eval/reward=vader"]),
+    ("generation_wrong_type", good_jsonl, ["generation.top_k=1.5"], ["generation.top_k", "Integer"]),
+    ("generation_unknown_key", good_jsonl, ["+generation.beams=4"], ["generation.beams", "not in 'GenerationSchema'"]),
+    ("sft_wrong_type", good_jsonl, ["sft.packing=maybe"], ["sft.packing", "'maybe' is not a valid bool"]),
+    ("sft_unknown_key", good_jsonl, ["+sft.epochs=2"], ["sft.epochs", "not in 'SFTSchema'"]),
+    ("train_wrong_type", good_jsonl, ["train.min_prompt_tokens=few"], ["train.min_prompt_tokens", "Integer"]),
+    # TRL's own validation of the `trainer` group (trl.DPOConfig built before any model)
+    (
+        "trainer_bad_strategy",
+        good_jsonl,
+        ["trainer.eval_strategy=sometimes"],
+        ["trainer (trl.DPOConfig): sometimes is not a valid IntervalStrategy", "'epoch'"],
+    ),
+    ("trainer_not_a_trl_field", good_jsonl, ["+trainer.warmup_ratio=0.1"], ["trainer.warmup_ratio is not a field"]),
 ]
 
 

@@ -11,7 +11,7 @@ from dpo_exp.errors import UserError
 
 from .conftest import compose
 
-GROUPS = ["model", "dataset", "reward", "trainer", "lora", "logger"]
+GROUPS = ["model", "dataset", "reward", "trainer", "lora", "logger", "eval", "generation", "eval/reward"]
 
 
 def options(group: str) -> list[str]:
@@ -34,8 +34,8 @@ def test_each_group_option_composes_and_resolves(group, option):
     cfg = compose(overrides)
     from hydra.core.hydra_config import HydraConfig
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved[group] is not None
+    OmegaConf.to_container(cfg, resolve=True)
+    assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
     assert HydraConfig.get().runtime.choices[group] == option
 
 
@@ -95,12 +95,124 @@ def test_dpo_paper_preset_matches_the_papers_appendix(tmp_path):
     assert str(full.hydra.sweeper.params.beta) == "0.05,0.1,1,5"
 
 
-def test_warmup_steps_overrides_the_ratio(tmp_path):
+@pytest.mark.parametrize(
+    "override,total,expected",
+    [
+        ([], 100, 10),  # the default: 10% of the steps
+        (["trainer.warmup_steps=0.25"], 40, 10),  # a value < 1 is a fraction of the total steps
+        (["trainer.warmup_steps=7"], 100, 7),  # >= 1: a number of steps
+        (["trainer.warmup_steps=0"], 100, 0),
+    ],
+)
+def test_warmup_reaches_dpo_config(tmp_path, override, total, expected):
+    """trainer.warmup_steps is TRL's own field: the built DPOConfig warms up over that fraction or number of steps,
+    and the LR schedule the Trainer makes from it really peaks after them."""
+    import torch
+    from transformers import get_scheduler
+
     from dpo_exp.training.trainer import dpo_config
 
-    assert dpo_config(compose(["model=tiny_gpt2"]), tmp_path, "fp32", "cpu").get_warmup_steps(100) == 10  # ratio 0.1
-    args = dpo_config(compose(["model=tiny_gpt2", "trainer.warmup_steps=7"]), tmp_path, "fp32", "cpu")
-    assert args.get_warmup_steps(100) == 7
+    args = dpo_config(compose(["model=tiny_gpt2", *override]), tmp_path, "fp32", "cpu")
+    assert args.get_warmup_steps(total) == expected
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    schedule = get_scheduler(args.lr_scheduler_type, optimizer, args.get_warmup_steps(total), total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert max(range(total), key=lrs.__getitem__) == expected  # rises for `expected` steps, then decays
+
+
+def test_trainer_group_is_trls_dpo_config(tmp_path):
+    """conf/trainer/dpo.yaml is instantiated as trl.DPOConfig; only TRL's own field names are in it, and a valid
+    non-default TRL loss type (and any extra DPOConfig field) reaches the built config."""
+    import dataclasses
+
+    from trl import DPOConfig
+
+    from dpo_exp.config import validate
+    from dpo_exp.training.trainer import dpo_config
+
+    cfg = compose(["model=tiny_gpt2", "trainer.loss_type=ipo", "+trainer.label_smoothing=0.05"])
+    assert cfg.trainer._target_ == "trl.DPOConfig"
+    fields = {f.name for f in dataclasses.fields(DPOConfig)}
+    assert set(cfg.trainer) - {"_target_"} <= fields
+    validate(cfg)
+    args = dpo_config(cfg, tmp_path, "fp32", "cpu")
+    assert isinstance(args, DPOConfig) and args.loss_type == ["ipo"] and args.label_smoothing == 0.05
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.seed == args.data_seed == cfg.seed
+    mixed = dpo_config(compose(["model=tiny_gpt2", "trainer.loss_type=[sigmoid,sft]", "+trainer.loss_weights=[1,0.5]"]),
+                       tmp_path, "fp32", "cpu")  # fmt: skip
+    assert mixed.loss_type == ["sigmoid", "sft"] and mixed.loss_weights == [1, 0.5]
+
+
+def test_unknown_loss_type_is_refused_with_trls_list():
+    from dpo_exp.schema import trl_loss_types
+
+    with pytest.raises(UserError) as info:
+        validate(compose(["model=tiny_gpt2", "trainer.max_length=128", "trainer.loss_type=dpo_plus"]))
+    message = str(info.value)
+    assert "\n" not in message and "trainer.loss_type='dpo_plus'" in message
+    assert str(trl_loss_types()) in message and {"sigmoid", "ipo", "hinge", "sft"} <= set(trl_loss_types())
+
+
+def test_trl_loss_types_are_the_ones_trls_trainer_implements(tmp_path, ultrafeedback_file):
+    """The list read from trl.DPOConfig's documentation is the one in the trainer's own error for an unknown loss
+    type (raised at the first loss computation): pinned to the installed TRL."""
+    import ast
+    import re
+
+    from dpo_exp.data.preference import load_preference_data
+    from dpo_exp.infra.tracking import Tracker
+    from dpo_exp.models import build_model, load_tokenizer
+    from dpo_exp.schema import trl_loss_types
+    from dpo_exp.training.ref_logps import pairs_dataset
+    from dpo_exp.training.trainer import build_trainer
+
+    cfg = compose(
+        ["model=tiny_gpt2", "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2", "lora=none"]
+        + ["dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}", "data_size=4", "trainer.max_length=64"]
+        + ["trainer.max_steps=1", "trainer.eval_strategy=no", "trainer.save_strategy=no", "trainer.loss_type=nope"]
+        + ["trainer.precompute_ref_log_probs=false", "trainer.per_device_train_batch_size=2"]
+    )
+    data = load_preference_data(cfg.dataset, int(cfg.seed), None, 64)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_model(cfg.model, 0)
+    trainer = build_trainer(cfg, model, tokenizer, pairs_dataset(data.train), None, tmp_path, Tracker(), "fp32", "cpu")
+    with pytest.raises(ValueError, match="Unknown loss type: nope") as info:
+        trainer.train()
+    listed = ast.literal_eval(re.search(r"Should be one of (\[.*?\])", str(info.value)).group(1))
+    assert listed == trl_loss_types()
+
+
+def test_eval_reward_is_a_config_group():
+    """eval/reward=vader puts conf/reward/vader.yaml's content under eval.reward, and the evaluation scores with
+    it; unset, eval.reward is null and the run's own `reward` scores."""
+    from dpo_exp.evaluation.inputs import build_eval_scorer
+    from dpo_exp.rewards import SCORERS
+
+    cfg = compose(["eval/reward=vader"])
+    assert OmegaConf.to_container(cfg.eval.reward) == OmegaConf.to_container(
+        OmegaConf.load(CONF_DIR / "reward" / "vader.yaml")
+    )
+    assert cfg.reward.kind == "none"  # the run's own reward is untouched
+    scorer, name, skipped = build_eval_scorer(cfg)
+    assert name == "vader" and skipped is None and isinstance(scorer, SCORERS["vader"])
+    assert scorer.score(["What a wonderful, great film."])[0] > scorer.score(["A terrible, awful film."])[0]
+    plain = compose(["dataset=imdb_sentiment", "reward=vader"])
+    assert plain.eval.reward is None and build_eval_scorer(plain)[1] == "vader"  # the run's reward
+
+
+def test_evaluate_config_composes_the_same_eval_and_generation_blocks():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        standalone = hydra_compose(config_name="evaluate", overrides=["run_dir=x", "eval/reward=vader"])
+    run = compose(["eval/reward=vader"])
+    assert OmegaConf.to_container(standalone.eval, resolve=True) == OmegaConf.to_container(run.eval, resolve=True)
+    assert standalone.generation == run.generation
 
 
 def test_trl_defaults_are_overridden_explicitly(tmp_path):
@@ -185,3 +297,20 @@ def test_a_single_500_review_file_holds_out_about_100_evaluation_prompts():
     counts = load_prompt_sets(cfg, load_tokenizer(cfg.model)).counts
     assert counts["test_reviews"] == 125 and counts["train_prompts"] == 256
     assert counts["eval_prompts"] == cfg.eval.num_prompts == 100
+
+
+def test_a_run_saved_before_the_eval_reward_group_still_loads(tmp_path):
+    """Runs saved with `eval.reward: vader` (a name) and without settings added since are re-evaluated with that
+    scorer's config group content and today's defaults for the missing settings."""
+    from dpo_exp.config import check_eval
+    from dpo_exp.evaluation.inputs import load_run_config
+
+    saved = OmegaConf.to_container(compose(["model=tiny_gpt2"]), resolve=False)
+    saved["eval"]["reward"] = "vader"
+    del saved["eval"]["best_of_n_prompts"], saved["generation"]["max_batch_tokens"]
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / ".hydra" / "config.yaml")
+    cfg = load_run_config(tmp_path)
+    check_eval(cfg)
+    assert cfg.eval.reward.kind == "vader" and cfg.eval.best_of_n_prompts == 32
+    assert cfg.generation.max_batch_tokens is None

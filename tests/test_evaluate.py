@@ -1,6 +1,6 @@
 """Policy evaluation (issue 4): reward, win rate, KL, implicit-reward AUC, artifacts, standalone re-evaluation.
 
-Offline with a tiny GPT-2 on the real HH-RLHF sample, scored with VADER (eval.reward=vader).
+Offline with a tiny GPT-2 on the real HH-RLHF sample, scored with VADER (eval/reward=vader).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _overrides(hh_file: Path, *extra: str) -> list[str]:
         f"dataset.path={hh_file}",
         "data_size=8",
         "logger=none",
-        "eval.reward=vader",
+        "eval/reward=vader",
         "eval.num_prompts=6",
         "eval.num_samples=2",
         "eval.num_pairs=8",
@@ -76,7 +76,7 @@ def setup():
             "epochs=5",
             "trainer.eval_strategy=no",
             "trainer.per_device_train_batch_size=8",
-            "trainer.warmup_ratio=0.0",
+            "trainer.warmup_steps=0",
             "trainer.logging_steps=50",
         )
     )
@@ -235,7 +235,7 @@ def finished_run(tmp_path_factory, setup):
             "eval.trace_prompts=3",
             "eval.num_side_by_side=3",
             "trainer.eval_strategy=no",
-            "trainer.warmup_ratio=0.0",
+            "trainer.warmup_steps=0",
         )
         if a != "logger=none"
     ]
@@ -274,6 +274,24 @@ def test_standalone_evaluate_reproduces_the_run(finished_run):
     assert (finished_run / ".hydra" / "config.yaml").exists()  # the run's saved config is left alone
     updated = json.loads((finished_run / "summary.json").read_text())
     assert updated["status"] == "completed" and "evaluated_at" in updated
+
+
+def test_standalone_evaluate_replaces_only_the_settings_named(finished_run, tmp_path):
+    """conf/evaluate.yaml composes the same eval/generation defaults as a run; only what the command line names
+    (eval.num_prompts, eval/reward) replaces the run's values: eval.num_samples stays the run's 2, not the default 4."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    args = [f"run_dir={copy}", "wandb=false", "eval.num_prompts=3", "eval/reward=vader", "eval.best_of_n=[]"]
+    proc = run_cli(args, tmp_path, module="dpo_exp.evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    settings = json.loads((copy / "evaluation.json").read_text())["settings"]["eval"]
+    assert settings["num_prompts"] == 3 and settings["reward"] == {"kind": "vader"} and settings["best_of_n"] == []
+    assert settings["num_samples"] == 2 and settings["bootstrap"] == 200  # the run's, not conf/eval/default.yaml's
+    bad = run_cli([f"run_dir={copy}", "wandb=false", "eval.num_samples=two"], tmp_path, module="dpo_exp.evaluate")
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+    assert bad.returncode == 2 and len(errors) == 1 and "eval.num_samples" in errors[0], bad.stderr[-2000:]
 
 
 def test_standalone_evaluate_rejects_a_non_run_directory(tmp_path):

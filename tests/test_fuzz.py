@@ -203,7 +203,7 @@ def load_like_the_cli(path: Path, dataset: str, tokenizer) -> PreferenceData:
     validate(cfg)
 
     def prompt_fits(prompt: str) -> bool:
-        return len(tokenizer(prompt).input_ids) + int(cfg.trainer.min_prompt_tokens) <= MAX_LENGTH
+        return len(tokenizer(prompt).input_ids) + int(cfg.train.min_prompt_tokens) <= MAX_LENGTH
 
     return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, MAX_LENGTH)
 

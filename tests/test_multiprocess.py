@@ -39,7 +39,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path, ultrafeedback_file):
         "eval.num_pairs=4",
         "eval.bootstrap=10",
         "eval.max_new_tokens=4",
-        "eval.reward=vader",
+        "eval/reward=vader",
         "logger=wandb",
         f"hydra.run.dir={run_dir}",
     ]

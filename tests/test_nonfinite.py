@@ -119,7 +119,7 @@ def _same_optimizer_state(a: dict, b: dict) -> bool:
 
 # AdamW with momentum and weight decay and a decaying LR: a step that zeroes gradients but still calls the optimizer
 # and the scheduler moves weights, moments and LR; a truly skipped step moves none of them.
-SKIP_TRAINER = ("trainer.weight_decay=0.1", "trainer.lr_scheduler_type=linear", "trainer.warmup_ratio=0.0", "lr=1e-2")
+SKIP_TRAINER = ("trainer.weight_decay=0.1", "trainer.lr_scheduler_type=linear", "trainer.warmup_steps=0", "lr=1e-2")
 
 
 def test_skipped_step_leaves_weights_optimizer_state_and_lr_schedule_untouched(hh_file, tmp_path):

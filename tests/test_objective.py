@@ -13,10 +13,10 @@ def test_auto_objective_is_reward_delta_with_a_scorer_else_reward_accuracy():
 
     assert compose([]).objective == "auto"  # the default
     assert objective_key(compose([])) == "eval_rewards/accuracies"  # ultrafeedback, reward=none, no eval.reward
-    assert objective_key(compose(["eval.reward=vader"])) == "eval/reward_delta"
+    assert objective_key(compose(["eval/reward=vader"])) == "eval/reward_delta"
     assert objective_key(compose(["dataset=imdb_sentiment"])) == "eval/reward_delta"  # its reward: sst2
     assert objective_key(compose(["dataset=imdb_sentiment", "eval.enabled=false"])) == "eval_rewards/accuracies"
-    assert objective_key(compose(["objective=eval_loss", "eval.reward=vader"])) == "eval_loss"  # explicit wins
+    assert objective_key(compose(["objective=eval_loss", "eval/reward=vader"])) == "eval_loss"  # explicit wins
 
 
 def test_a_completed_job_returns_the_resolved_objective(tmp_path: Path):
@@ -24,7 +24,7 @@ def test_a_completed_job_returns_the_resolved_objective(tmp_path: Path):
     from dpo_exp.pipeline import run
 
     summary = {"status": "completed", "eval_loss": 0.69, "eval_rewards/accuracies": 0.75, "eval/reward_delta": 0.125}
-    for overrides, expected in (([], 0.75), (["eval.reward=vader"], 0.125)):
+    for overrides, expected in (([], 0.75), (["eval/reward=vader"], 0.125)):
         run_dir = tmp_path / str(expected)
         run_dir.mkdir()
         (run_dir / "summary.json").write_text(json.dumps(summary))

@@ -75,6 +75,9 @@ def test_wheel_composes_the_quickstart_outside_the_checkout(installed, tmp_path)
     proc = _run(installed, ["--cfg", "job", "experiment=quickstart"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "name: quickstart" in proc.stdout and "reviews.jsonl" in proc.stdout
+    # conf/eval/reward is a link to conf/reward in the checkout: the wheel carries its files
+    group = _run(installed, ["--cfg", "job", "eval/reward=siebert"], tmp_path)
+    assert group.returncode == 0 and "kind: siebert" in group.stdout, group.stderr[-2000:]
 
 
 def test_wheel_runs_two_offline_steps_outside_the_checkout(installed, tmp_path):

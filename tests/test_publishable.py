@@ -27,7 +27,7 @@ def _hh(*extra: str):
             f"dataset.path={hh_file}",
             "data_size=8",
             "logger=none",
-            "eval.reward=vader",
+            "eval/reward=vader",
             "eval.num_prompts=4",
             "eval.num_samples=2",
             "eval.num_pairs=6",
@@ -58,7 +58,7 @@ def test_trainable_weights_are_fp32_and_frozen_reference_follows_compute_dtype(h
     from dpo_exp.training.ref_logps import pairs_dataset
     from dpo_exp.training.trainer import build_trainer
 
-    cfg = _hh(f"lora={lora}", "trainer.precision=bf16", "trainer.precompute_ref_log_probs=false")
+    cfg = _hh(f"lora={lora}", "train.precision=bf16", "trainer.precompute_ref_log_probs=false")
     model = build_policy(cfg.model, 0, "cpu")
     trainer = build_trainer(
         cfg, model, hh.tokenizer, pairs_dataset(hh.data.train), None, tmp_path, Tracker(), "bf16", "cpu"

@@ -147,6 +147,7 @@ def test_dpo_trainer_same_loss_as_trl_and_logs_trl_metric_names(tmp_path):
     cfg = OmegaConf.create(
         {
             "trainer": trainer_cfg,
+            "train": OmegaConf.load(CONF_DIR / "config.yaml").train,  # dpo_exp's own settings: group_by_length
             "lora": {"enabled": False},
             "on_nonfinite": "stop",
             "seed": 0,

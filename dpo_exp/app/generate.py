@@ -78,9 +78,11 @@ def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
     if choice == "none":
         return None, None
     if choice != RUN_SCORER:
+        from ..schema import reward_option
+
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
         with open_dict(cfg):
-            cfg.eval.reward = choice
+            cfg.eval.reward = reward_option(choice)  # as eval/reward=<choice> would compose it
     scorer, name, _ = build_eval_scorer(cfg)
     return scorer, name
 

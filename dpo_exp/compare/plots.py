@@ -128,7 +128,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
     if kl is None:
         return None, (
             "reward-KL frontier skipped: no run has eval/kl_rb or eval/kl with eval/reward_policy "
-            "(enable the evaluation with a reward, e.g. eval.enabled=true eval.reward=vader)"
+            "(enable the evaluation with a reward, e.g. eval.enabled=true eval/reward=vader)"
         )
     along, lines = frontier_lines(df, params, kl)
     if not lines:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .. import CONF_DIR
 from ..data.schema import PAIR_ID_COLUMNS, PreferenceData
 from ..errors import UserError
 from ..infra.storage import atomic_write_json, read_json
+from ..schema import check_eval_reward, compose_config, reward_option
 
 if TYPE_CHECKING:  # torch / transformers load lazily, so a bad run_dir is reported in a second
     from .metrics import SampleSettings
@@ -47,28 +47,25 @@ _SCORERS: dict[str, Any] = {}  # scorers built in this process (the trace and th
 
 
 def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
-    """(scorer, its name, why reward metrics are skipped). `eval.reward` wins over the run's `reward`."""
+    """(scorer, its name, why reward metrics are skipped). `eval.reward` (eval/reward=NAME) wins over the run's
+    `reward`."""
     from ..rewards import build_scorer
 
-    name = cfg.eval.get("reward")
-    if name:
-        if not (CONF_DIR / "reward" / f"{name}.yaml").is_file():
-            options = sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml"))
-            raise UserError(f"eval.reward={name!r} is not one of {options} (conf/reward/*.yaml)")
-        run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,
-        with open_dict(run_cfg):  # so ${...} in the option resolve
-            run_cfg.reward = OmegaConf.load(CONF_DIR / "reward" / f"{name}.yaml")
-        reward_cfg, context, label = run_cfg.reward, run_cfg, str(name)
-    else:
-        kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
-        if kind == "none":
-            return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval.reward=vader)"
-        reward_cfg, context, label = cfg.reward, cfg, str(kind)
+    check_eval_reward(cfg)
+    context = cfg
+    if cfg.eval.get("reward") is not None:  # eval/reward=NAME: that option's content, in place of the run's `reward`
+        context = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,
+        with open_dict(context):  # so ${...} in the option resolve
+            context.reward = cfg.eval.reward
+    reward_cfg = context.get("reward")
+    kind = str(reward_cfg.get("kind", "none")) if reward_cfg is not None else "none"
+    if kind == "none":
+        return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval/reward=vader)"
     key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset}))
     if key not in _SCORERS:
         _SCORERS.clear()  # keep at most one (a scorer can hold a model)
         _SCORERS[key] = build_scorer(reward_cfg, context)
-    return _SCORERS[key], label, None
+    return _SCORERS[key], kind, None
 
 
 def eval_pairs(rows: list[dict]) -> list[dict]:
@@ -102,16 +99,35 @@ class EvalInputs:
         return cls(**raw) if raw else None
 
 
-def load_run_config(run_dir: Path, overrides: DictConfig | None = None) -> DictConfig:
-    """The run's saved config with the non-null `eval` / `generation` overrides of conf/evaluate.yaml applied."""
+def load_run_config(run_dir: Path, args: DictConfig | None = None) -> DictConfig:
+    """The run's saved config, its `eval` / `generation` blocks completed with today's defaults (settings the run
+    predates), then the `eval.*` / `eval/reward` / `generation.*` overrides named on the command line applied.
+
+    `args` is conf/evaluate.yaml as composed (the same eval and generation defaults as a run); without it (the
+    app) the defaults are composed here."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UserError(f"run_dir={run_dir} has no .hydra/config.yaml (not a dpo_exp run directory)")
     cfg = OmegaConf.load(path)
-    for block in ("eval", "generation"):
-        given = (overrides or {}).get(block) or {}
-        with open_dict(cfg):
-            for key, value in given.items():
-                if value is not None:
-                    cfg[block][key] = value
+    defaults = args if args is not None else compose_config("evaluate", ["run_dir=."])
+    with open_dict(cfg):
+        saved_reward = (cfg.get("eval") or {}).get("reward")
+        if isinstance(saved_reward, str):  # saved before eval/reward was a config group
+            cfg.eval.reward = reward_option(saved_reward)
+        for block in ("eval", "generation"):
+            cfg[block] = OmegaConf.merge(OmegaConf.to_container(defaults[block]), cfg.get(block) or {})
+        for key in _named_overrides(("eval", "generation")) if args is not None else []:
+            OmegaConf.update(cfg, key, OmegaConf.select(args, key), merge=False)
     return cfg
+
+
+def _named_overrides(blocks: tuple[str, ...]) -> list[str]:
+    """Dotted keys under `blocks` that this Hydra job's command line overrides (eval/reward=X -> eval.reward)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    keys = [o.key_or_group.replace("/", ".") for o in parsed]
+    return [k for k in keys if k.split(".")[0] in blocks]

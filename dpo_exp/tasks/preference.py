@@ -13,9 +13,9 @@ class PreferenceTask(Task):
     """Load, normalise, filter and split the configured pairs; the model is used as it is."""
 
     def load(self, cfg: Any, tokenizer) -> PreferenceData:
-        """The pairs whose prompt leaves `trainer.min_prompt_tokens` of room within `trainer.max_length`."""
+        """The pairs whose prompt leaves `train.min_prompt_tokens` of room within `trainer.max_length`."""
         max_length = cfg.trainer.max_length
-        room = int(cfg.trainer.min_prompt_tokens)
+        room = int(cfg.train.min_prompt_tokens)
 
         def prompt_fits(prompt: str) -> bool:
             return max_length is None or len(tokenizer(prompt, verbose=False).input_ids) + room <= int(max_length)

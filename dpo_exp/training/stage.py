@@ -14,8 +14,9 @@ from ..errors import RunInterrupted
 from ..infra.distributed import is_main_process
 from ..infra.storage import read_jsonl, write_jsonl
 from ..infra.tracking import Tracker
+from ..schema import CHECKPOINT_DIR
 from .callbacks import GracefulStop
-from .trainer import CHECKPOINT_DIR, build_trainer
+from .trainer import build_trainer
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from trl import DPOConfig
 
 from ..infra.tracking import Tracker
 from ..lora import lora_config
+from ..schema import dpo_config
 from ..throughput import LengthGroupedPairSampler, compact_lm_head, pair_lengths
 from ..trl_compat import CompatDPOTrainer
 from .callbacks import MetricsRecorder
@@ -22,8 +22,6 @@ from .nonfinite import GradientGuard, NonFiniteError, SkippableStep
 from .ref_logps import SharedRefLogpsMixin
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 def _prompt_fits(example: dict, max_length: int) -> bool:
@@ -158,49 +156,6 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
         )
 
 
-def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfig:
-    """trl.DPOConfig from the `trainer` group, with every default that matters set explicitly."""
-    t = cfg.trainer
-    return DPOConfig(
-        output_dir=str(run_dir / CHECKPOINT_DIR),
-        beta=float(t.beta),
-        loss_type=[str(t.loss_type)],
-        learning_rate=float(t.learning_rate),
-        num_train_epochs=float(t.num_train_epochs),
-        max_steps=int(t.max_steps),
-        per_device_train_batch_size=int(t.per_device_train_batch_size),
-        per_device_eval_batch_size=int(t.per_device_eval_batch_size),
-        gradient_accumulation_steps=int(t.gradient_accumulation_steps),
-        max_length=int(t.max_length) if t.max_length else None,
-        truncation_mode=str(t.truncation_mode),
-        # transformers 5: warmup_steps >= 1 is a number of steps, a float < 1 a ratio of the total steps
-        warmup_steps=int(t.warmup_steps) if t.get("warmup_steps") else float(t.warmup_ratio),
-        lr_scheduler_type=str(t.lr_scheduler_type),
-        weight_decay=float(t.weight_decay),
-        max_grad_norm=float(t.max_grad_norm),
-        optim=str(t.optim),
-        eval_strategy=str(t.eval_strategy),
-        eval_steps=t.eval_steps,
-        logging_strategy="steps",
-        logging_steps=int(t.logging_steps),
-        logging_first_step=True,
-        save_strategy=str(t.save_strategy),
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        precompute_ref_log_probs=bool(t.precompute_ref_log_probs),
-        gradient_checkpointing=bool(t.gradient_checkpointing),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
-        report_to="none",
-        dataloader_num_workers=int(t.dataloader_num_workers),
-        disable_dropout=bool(t.disable_dropout),  # true zeroes every Dropout, lora.dropout included (TRL)
-        save_only_model=False,
-    )
-
-
 def frozen_reference(model, precision: str):
     """A frozen copy of the starting policy for full fine-tuning (TRL cannot reload an in-memory model by id), in
     the run's compute dtype: it is never updated, so half precision loses nothing under autocast."""
@@ -242,7 +197,7 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
         on_nonfinite=str(cfg.on_nonfinite),
-        group_by_length=bool(cfg.trainer.get("group_by_length", False)),
+        group_by_length=bool(cfg.train.group_by_length),
     )
     guard.trainer = trainer
     return trainer
