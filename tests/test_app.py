@@ -23,6 +23,7 @@ def _tiny_run_args(run_dir: Path) -> list[str]:
     hh = shared_file("hh_rlhf/test.jsonl")
     return [
         *FAST_MODEL,
+        "lora=gpt2_attn",  # a LoRA run: the app loads one base model and an adapter per job
         *FAST_TRAINER,
         "dataset=hh_rlhf",
         f"dataset.path={hh}",
