@@ -210,7 +210,9 @@ def main() -> None:
 def _line(f: dict) -> str:
     return (
         f"reward {f['reward_reference']:.3f} -> {f['reward_policy']:.3f}, delta {f['reward_delta']:+.3f} "
-        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], win rate {f['win_rate']:.2f} "
+        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], win rate per prompt "
+        f"{f['win_rate_prompt']:.2f} [{f['win_rate_prompt_ci_low']:.2f}, {f['win_rate_prompt_ci_high']:.2f}], "
+        f"per sample {f['win_rate']:.2f} "
         f"[{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], KL {f['kl']:.2f} nats, on {f['num_prompts']} "
         f"held-out prompts x {f['num_samples']} samples; {f['wall_time_s'] / 60:.1f} min ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in f["timing"].items())
@@ -236,13 +238,14 @@ def markdown(results: dict) -> str:
         out += [
             f"`{results['beta_sweep']['command']}`",
             "",
-            "| beta | reward delta [95% CI] | win rate [95% CI] | KL (nats) |",
-            "|---|---|---|---|",
+            "| beta | reward delta [95% CI] | win rate per prompt [95% CI] | per sample [95% CI] | KL (nats) |",
+            "|---|---|---|---|---|",
         ]
         for r in results["beta_sweep"]["runs"]:
             out.append(
                 f"| {r['beta']} | {r['reward_delta']:+.3f} [{r['reward_delta_ci_low']:+.3f}, "
-                f"{r['reward_delta_ci_high']:+.3f}] | {r['win_rate']:.2f} [{r['win_rate_ci_low']:.2f}, "
+                f"{r['reward_delta_ci_high']:+.3f}] | {r['win_rate_prompt']:.2f} [{r['win_rate_prompt_ci_low']:.2f}, "
+                f"{r['win_rate_prompt_ci_high']:.2f}] | {r['win_rate']:.2f} [{r['win_rate_ci_low']:.2f}, "
                 f"{r['win_rate_ci_high']:.2f}] | {r['kl']:.2f} |"
             )
     return "\n".join(out)
