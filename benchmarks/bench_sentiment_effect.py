@@ -51,6 +51,7 @@ CI_SCALE = [
     "trainer.save_strategy=no",
     "generation.batch_size=64",
     "generation.max_new_tokens=24",
+    "generation.num_samples=4",
     "sft.enabled=true",
     "sft.max_steps=60",
     "sft.batch_size=16",

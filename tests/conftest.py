@@ -26,6 +26,7 @@ FAST_TRAINER = [
     "trainer.per_device_eval_batch_size=8",
     "trainer.save_strategy=no",
     "generation.batch_size=16",
+    "generation.num_samples=4",  # the tests' sampling budget (tiny_gpt2's own default is 8)
 ]
 
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -257,6 +257,13 @@ def test_model_options_carry_their_own_learning_rate_and_the_cli_wins():
     assert compose(["model=tiny_gpt2", "lora=gpt2_attn"]).lora.enabled  # the adapter is one override away
     assert compose(["lora=gpt2_attn", "model=tiny_gpt2"]).lora.enabled
     assert tiny.sft.max_steps == _model_default("tiny_gpt2", "sft").max_steps
+    # batch size (through the `batch_size` shorthand) and pair-building samples: the model option wins over the
+    # trainer and generation groups' defaults
+    assert tiny.trainer.per_device_train_batch_size == _model_default("tiny_gpt2", "batch_size") == 16
+    assert tiny.generation.num_samples == _model_default("tiny_gpt2", "generation").num_samples == 8
+    assert compose([]).trainer.per_device_train_batch_size == 8 and compose([]).generation.num_samples == 4
+    assert compose(["model=tiny_gpt2", "batch_size=4"]).trainer.per_device_train_batch_size == 4
+    assert compose(["model=tiny_gpt2", "generation.num_samples=3"]).generation.num_samples == 3
     assert tiny.model.tiny.n_layer == 4 and tiny.model.name == "tiny-gpt2"  # the model block is still `model`
     for option in ("gpt2", "gpt2_medium"):
         cfg = compose([f"model={option}"])

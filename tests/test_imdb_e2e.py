@@ -178,6 +178,7 @@ EFFECT = [
     "epochs=3",
     "generation.max_new_tokens=24",
     "generation.batch_size=64",
+    "generation.num_samples=4",
     "trainer.per_device_train_batch_size=8",
     "trainer.per_device_eval_batch_size=16",
     "eval.num_prompts=64",

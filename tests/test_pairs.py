@@ -146,7 +146,9 @@ def test_pairs_respect_margin_and_cache_is_keyed_by_content(tmp_path, imdb_dir):
     assert not {r["prompt"] for r in data.eval} & train_prompts  # eval pairs come from held-out prompts
     assert data.eval_prompts == prompt_sets.eval_prompts
     assert pairs["train_pairs"] == len(data.train) and pairs["eval_pairs"] == len(data.eval)
-    assert len(data.train) + len(data.eval) <= 6 * (len(prompt_sets.train_prompts) + len(prompt_sets.pair_eval_prompts))
+    n = int(ctx.cfg.generation.num_samples)  # all_pairs: at most n * (n - 1) / 2 pairs per prompt
+    max_pairs = n * (n - 1) // 2 * (len(prompt_sets.train_prompts) + len(prompt_sets.pair_eval_prompts))
+    assert len(data.train) + len(data.eval) <= max_pairs
     # the saved dataset has every column, in the cache and in the run dir, plus the histogram
     saved = [json.loads(line) for line in Path(pairs["run_copy"]).read_text().splitlines()]
     assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(saved[0])
