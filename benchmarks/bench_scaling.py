@@ -11,7 +11,8 @@ Two experiments, each run as a fresh process with a fresh cache, one size after 
 
 Both use a tiny GPT-2 (2 layers, width 64), 1 epoch, short sequences and a fixed-size evaluation, so what grows
 with N is the per-pair work. Peak RSS is the largest resident set of the process tree (sampled every 0.2 s).
-The table shows seconds per item; linear growth keeps it roughly flat (fixed start-up costs make it fall).
+The table shows seconds per item; linear growth keeps it roughly flat (fixed start-up costs make it fall), and the
+marginal cost of an extra item between consecutive sizes stays flat (it would rise with a quadratic step).
 `--quick` runs the two smaller sizes of each. Results: benchmarks/results/scaling.json.
 """
 
@@ -160,6 +161,10 @@ def main() -> None:
                 "size_ratio": b["data_size"] / a["data_size"],
                 "time_ratio": b["seconds"] / a["seconds"],
                 "rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
+                # the cost of each extra item between consecutive sizes: flat = linear, rising = super-linear
+                "marginal_s_per_item": [
+                    (y["seconds"] - x["seconds"]) / (y["data_size"] - x["data_size"]) for x, y in zip(mine, mine[1:])
+                ],
             }
 
     result = {
@@ -179,7 +184,8 @@ def main() -> None:
     for experiment, g in growth.items():
         print(
             f"  {experiment}: {g['size_ratio']:.0f}x the data -> {g['time_ratio']:.1f}x the time, "
-            f"{g['rss_ratio']:.2f}x the peak RSS"
+            f"{g['rss_ratio']:.2f}x the peak RSS; marginal s/item between sizes: "
+            + ", ".join(f"{m:.3f}" for m in g["marginal_s_per_item"])
         )
     print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; written to {args.out}")
 

@@ -209,11 +209,16 @@ def main() -> None:
 
 
 def _line(f: dict) -> str:
+    per_prompt = (  # absent from results measured before eval/win_rate_prompt existed
+        f"win rate per prompt {f['win_rate_prompt']:.2f} [{f['win_rate_prompt_ci_low']:.2f}, "
+        f"{f['win_rate_prompt_ci_high']:.2f}], "
+        if f.get("win_rate_prompt") is not None
+        else ""
+    )
     return (
         f"reward {f['reward_reference']:.3f} -> {f['reward_policy']:.3f}, delta {f['reward_delta']:+.3f} "
-        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], win rate per prompt "
-        f"{f['win_rate_prompt']:.2f} [{f['win_rate_prompt_ci_low']:.2f}, {f['win_rate_prompt_ci_high']:.2f}], "
-        f"per sample {f['win_rate']:.2f} "
+        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], {per_prompt}"
+        f"win rate per sample {f['win_rate']:.2f} "
         f"[{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], KL {f['kl']:.2f} nats, on {f['num_prompts']} "
         f"held-out prompts x {f['num_samples']} samples; {f['wall_time_s'] / 60:.1f} min ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in f["timing"].items())
