@@ -130,9 +130,11 @@ def test_quickstart_runs_offline_end_to_end(tmp_path):
     assert summary["sft"]["last_loss"] < summary["sft"]["first_loss"]
     assert summary["reward"]["kind"] == "vader" and summary["pairs"]["train_pairs"] > 0
     assert (run_dir / "pairs.jsonl").exists() and (run_dir / "plots" / "pair_scores.png").exists()
-    # The demo shows the effect, not just the pipeline: measured here +0.087 [0.028, 0.147] VADER compound on the
-    # held-out demo prompts (KL 0.8 nats); the floor only asks that DPO moved the reward up.
-    assert summary["eval/reward_delta"] > 0 and summary["eval/win_rate"] > 0.5
+    # The demo shows the effect, not just the pipeline (issue 11): the gain's CI excludes 0. Measured on 2 cores with
+    # seeds 42 / 1 / 2: delta +0.121 [0.069, 0.165] / +0.121 [0.081, 0.157] / +0.053 [0.017, 0.089] VADER compound
+    # on ~35 held-out demo prompts x 8 samples, per-prompt win rate 0.79 / 0.84 / 0.61.
+    assert summary["eval/significant"] is True and summary["eval/reward_delta_ci_low"] > 0
+    assert summary["eval/win_rate_prompt"] > 0.5 and summary["eval/win_rate"] > 0.5
     assert (run_dir / "samples.md").exists() and (run_dir / "plots" / "reward_kl.png").exists()
 
 
