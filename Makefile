@@ -37,11 +37,11 @@ test-slow: install   # the end-to-end runs marked slow (CI runs them after make 
 
 test-all: test test-slow
 
-bench: install   # quick sizes (several minutes on 2 idle cores); each script without --quick runs the full size
+bench: install   # ~20 min on 2 idle cores: quick sizes, scaling at the issue sizes; each script without --quick runs the full size
 	$(PY) benchmarks/bench_dpo_step.py --quick
 	$(PY) benchmarks/bench_generation.py --quick
 	$(PY) benchmarks/bench_sft.py --quick
-	$(PY) benchmarks/bench_scaling.py --quick
+	$(PY) benchmarks/bench_scaling.py
 	$(PY) benchmarks/bench_gpu.py --quick
 	$(PY) benchmarks/bench_sweep_cache.py
 

@@ -93,24 +93,25 @@ def run(args: list[str], cwd: Path) -> dict:
         "TOKENIZERS_PARALLELISM": "false",
     }
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_exp", *args, f"hydra.run.dir={cwd / 'run'}"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    peak = 0
-    parent = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    output = proc.stdout.read()
+    log = cwd / "output.log"  # a file, not a pipe: a pipe nobody drains fills up and blocks the run's progress bars
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dpo_exp", *args, f"hydra.run.dir={cwd / 'run'}"],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        peak = 0
+        parent = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    output = log.read_text()
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{output[-3000:]}")
