@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -85,6 +86,78 @@ def test_large_batches_fall_back_to_trl_kernel(monkeypatch):
     with compact_lm_head():
         out = model(input_ids=ids, labels=ids, fused_lm_head=True)
     assert calls == [] and out.log_probs.shape == (2, 9)
+
+
+def _reference_log_probs(hidden, weight, bias, targets, temperature=1.0):
+    """The textbook definitions, with autograd: what the LM head's per-token outputs mean."""
+    z = (hidden @ weight.t() + bias) / temperature
+    log_p = torch.log_softmax(z, -1)
+    return {
+        "log_probs": log_p.gather(-1, targets[:, None]).squeeze(1),
+        "entropy": -(log_p.exp() * log_p).sum(-1),
+        "log_sum_sq_probs": torch.log((log_p.exp() ** 2).sum(-1)),
+        "mean_logits": z.mean(-1),
+        "is_top1": z.argmax(-1) == targets,
+    }
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])  # 1.0: FullLogitsLogProb; 0.7: the plain-autograd path
+def test_full_logits_log_probs_match_the_definitions_and_their_gradients(temperature):
+    from dpo_exp.throughput import LM_HEAD_OUTPUTS, full_logits_log_probs
+
+    torch.manual_seed(0)
+    rows, width, vocab = 70, 16, 300  # more rows than a ROW_BLOCK
+    hidden = torch.randn(rows, width, requires_grad=True)
+    weight = torch.randn(vocab, width, requires_grad=True)
+    bias = torch.randn(vocab, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,))
+    targets[:5] = (hidden[:5] @ weight.t() + bias).argmax(-1)  # some rows where the target is the top token
+    upstream = torch.randn(rows)
+
+    def grads(log_probs):
+        for p in (hidden, weight, bias):
+            p.grad = None
+        (log_probs * upstream).sum().backward()
+        return [p.grad.clone() for p in (hidden, weight, bias)]
+
+    expected = _reference_log_probs(hidden, weight, bias, targets, temperature)
+    expected_grads = grads(expected["log_probs"])
+    got = dict(
+        zip(
+            LM_HEAD_OUTPUTS,
+            full_logits_log_probs(hidden, weight, bias, targets, temperature, 64, None, 1.0, LM_HEAD_OUTPUTS),
+        )
+    )
+    for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got["is_top1"], expected["is_top1"]) and got["is_top1"][:5].all()
+    for a, b in zip(grads(got["log_probs"]), expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    only = full_logits_log_probs(hidden, weight, bias, targets, temperature, 64, None, 1.0, ("log_probs",))
+    assert only[0] is not None and all(x is None for x in only[1:])
+
+
+def test_full_logits_top1_counts_a_tie_for_the_first_maximum_only():
+    from dpo_exp.throughput import FullLogitsLogProb
+
+    hidden = torch.eye(3)
+    weight = torch.tensor([[5.0, 1.0, 0.0], [5.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # tokens 0 and 1: same logit
+    targets = torch.tensor([0, 1, 2])  # row 0: first max (top-1); row 1: tied with token 0 (not top-1)
+    *_, is_top1 = FullLogitsLogProb.apply(hidden, weight, None, targets, ("log_probs", "is_top1"))
+    assert is_top1.tolist() == [True, False, True]
+
+
+def test_full_logits_backward_runs_once():
+    """The backward builds the logits' gradient in place in the saved logits: a second one must fail loudly."""
+    from dpo_exp.throughput import FullLogitsLogProb
+
+    hidden = torch.randn(4, 8, requires_grad=True)
+    log_probs, *_ = FullLogitsLogProb.apply(
+        hidden, torch.randn(20, 8), None, torch.tensor([1, 2, 3, 4]), ("log_probs",)
+    )
+    log_probs.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="consumed"):
+        log_probs.sum().backward()
 
 
 def test_length_grouped_sampler_is_a_seeded_permutation_with_less_padding():
