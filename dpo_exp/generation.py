@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import context_length
+from .sampler import sampling_processors
 
 TokenSequence = tuple[list[int], list[int]]  # (context ids, completion ids)
 
@@ -91,19 +92,22 @@ def generate_samples(
 
 
 def _generate(model, tokenizer, enc, gen_cfg: Any, num_samples: int, max_new_tokens: int, seed: int, streamer: Any):
-    """One batch's `num_samples` samples per prompt, seeded (CPU and CUDA generators)."""
+    """One batch's `num_samples` samples per prompt (rows prompt-major), seeded (CPU and CUDA generators).
+
+    The draw is `dpo_exp.sampler`'s (one random number per row and token, transformers' warpers before it), run
+    through generate's greedy loop, which takes one row per sample: the prompts are repeated here."""
     torch.manual_seed(seed)
     if enc.input_ids.device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
+    rows = {key: value.repeat_interleave(num_samples, dim=0) for key, value in enc.items()}
     with torch.no_grad():
         return model.generate(
-            **enc,
-            do_sample=True,
+            **rows,
+            do_sample=False,
+            logits_processor=sampling_processors(
+                float(gen_cfg.temperature), int(gen_cfg.top_k or 0), float(gen_cfg.top_p)
+            ),
             max_new_tokens=max_new_tokens,
-            temperature=float(gen_cfg.temperature),
-            top_k=int(gen_cfg.top_k or 0),
-            top_p=float(gen_cfg.top_p),
-            num_return_sequences=num_samples,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             use_cache=True,

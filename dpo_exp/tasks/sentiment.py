@@ -57,6 +57,7 @@ def pair_key(
             "batch_size": batch_size,  # sampling is seeded per batch: the batching changes samples
             "max_batch_tokens": int(gen.get("max_batch_tokens") or 0),
             "batching": "length_sorted",
+            "sampler": "inverse_cdf",  # dpo_exp.sampler's draw (not torch.multinomial's): other samples
         },
         "scorer": scorer_identity,
         "pairs": {

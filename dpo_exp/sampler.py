@@ -1,0 +1,72 @@
+"""Drawing the next token with one random number per row, as a `transformers` logits processor.
+
+`generate(do_sample=True)` draws with `torch.multinomial`, which on a CPU draws an exponential random number for
+every vocabulary entry of every row (q ~ Exp(1), argmax p/q): with GPT-2's 50k vocabulary that was 69 % of a
+batched sampling step (benchmarks/bench_generation.py). `InverseCdfSampler` draws from the same distribution by
+inverting the cumulative distribution with ONE uniform number per row: block sums (accumulated in float64) locate
+the block of the vocabulary the number falls in, and a float64 cumulative sum of that block alone locates the
+token. It returns scores
+that are 0 at the drawn token and -inf elsewhere, so `generate` runs greedy (`do_sample=False`) and its argmax
+picks the drawn token. Temperature, top-k and top-p are applied before it by transformers' own warpers
+(`sampling_processors`), in the order `generate` applies them when sampling.
+
+Draws come from torch's global generator (seeded by the caller), so equal models fed equal prompts and seeds draw
+equal tokens; they differ from what `torch.multinomial` would have drawn under the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+BLOCK = 1024  # vocabulary entries per block of the two-level search
+
+
+def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token index of each row of `probs` [rows, vocab] at which its cumulative distribution reaches
+    `uniform` [rows, 1] (values in (0, 1]) times the row's total: P(index = v) = probs[v] / total, up to the float32
+    rounding of the block sums. Never returns an index of probability zero."""
+    rows, vocab = probs.shape
+    whole = vocab // BLOCK * BLOCK
+    sums = [probs[:, :whole].view(rows, whole // BLOCK, BLOCK).sum(-1)] if whole else []
+    if whole < vocab:
+        sums.append(probs[:, whole:].sum(-1, keepdim=True))
+    ends = torch.cat(sums, dim=1).to(torch.float64).cumsum(-1)  # cumulative mass at the end of each block
+    target = uniform.to(torch.float64) * ends[:, -1:]
+    block = torch.searchsorted(ends, target).clamp_(max=ends.shape[1] - 1)
+    before = torch.where(block > 0, ends.gather(1, (block - 1).clamp(min=0)), 0.0)
+    index = block * BLOCK + torch.arange(BLOCK, device=probs.device)  # [rows, BLOCK]: the block's tokens
+    inside = torch.where(index < vocab, probs.gather(1, index.clamp(max=vocab - 1)), 0.0)
+    offset = torch.searchsorted(inside.cumsum(-1, dtype=torch.float64), target - before)
+    # float rounding can put the target a hair outside the block's own cumulative sum: stay on tokens it can draw
+    position = torch.arange(BLOCK, device=probs.device)
+    drawable = inside > 0
+    first = torch.where(drawable, position, BLOCK).amin(-1, keepdim=True)
+    last = torch.where(drawable, position, -1).amax(-1, keepdim=True)
+    return (block * BLOCK + torch.minimum(torch.maximum(offset, first), last)).squeeze(1)
+
+
+class InverseCdfSampler(LogitsProcessor):
+    """Draws a token per row from softmax(scores) (`inverse_cdf_draw`, one uniform number per row) and returns
+    scores that single it out (0 there, -inf elsewhere) for greedy decoding to pick."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        uniform = 1.0 - torch.rand(scores.shape[0], 1, dtype=torch.float64, device=scores.device)  # in (0, 1]
+        tokens = inverse_cdf_draw(probs, uniform)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
+
+
+def sampling_processors(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    """transformers' temperature / top-k / top-p warpers (those that change anything), then the draw."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    processors = LogitsProcessorList()
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    processors.append(InverseCdfSampler())
+    return processors
