@@ -1,6 +1,6 @@
 """Does DPO show a significant sentiment gain by default? The figures the README quotes (issue 11).
 
-    python benchmarks/bench_sentiment_effect.py [--only headline,beta,quickstart] [--data FILE] [--work DIR]
+    python benchmarks/bench_sentiment_effect.py [--only headline,beta,quickstart,...] [--seeds 1,2] [--data FILE] [--work DIR]
 
 - headline: the issue's command, end to end (fresh cache, so the SFT warm start is included) on 500 labelled IMDb
   reviews the defaults were not tuned on (../shared/data/imdb/test.jsonl):
@@ -9,7 +9,8 @@
 - beta: the tiny IMDb preset's beta sweep on the same file, `-m experiment=imdb_tiny beta=0.05,0.1,0.5,1`
   (the headline run's cache is reused: warm start and pairs are built once), KL per beta and the frontier;
 - ci_scale: the slow end-to-end test's setting (tiny GPT-2, 60 SFT steps, 96 prompts) on ../shared/data/imdb/ (train + test);
-- quickstart: `experiment=quickstart` on the package's demo reviews.
+- quickstart: `experiment=quickstart` on the package's demo reviews;
+- headline_seeds, quickstart_seeds: the same commands under `--seeds` (default 1,2), as `seed_check` of each.
 
 Each part writes its figures (reward reference -> policy, delta and win rate with 95% CIs, KL, best-of-N, stage
 times, wall time, machine) into benchmarks/results/sentiment_effect.json as soon as it finishes. A run directory that
@@ -140,7 +141,12 @@ def save(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="headline,beta,ci_scale,quickstart", help="comma list of parts to run")
+    parser.add_argument(
+        "--only",
+        default="headline,beta,ci_scale,quickstart,headline_seeds,quickstart_seeds",
+        help="comma list of parts to run",
+    )
+    parser.add_argument("--seeds", default="1,2", help="the other seeds of headline_seeds / quickstart_seeds")
     parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="500 labelled reviews (jsonl)")
     parser.add_argument("--betas", default="0.05,0.1,0.5,1")
     parser.add_argument("--work", default=None, help="folder for run directories and caches (default: a temp dir)")
@@ -203,6 +209,22 @@ def main() -> None:
             "process_wall_s": round(wall, 1),
             **figures(summary),
         }
+        save(results)
+    for part in ("headline", "quickstart"):  # the same command under other seeds: how much is one seed's luck
+        if f"{part}_seeds" not in parts or part not in results:
+            continue
+        checks = []
+        for seed in args.seeds.split(","):
+            run_dir = work / f"{part}_seed{seed}"
+            command = (
+                [*ISSUE_COMMAND, f"dataset.path={data}"]
+                if part == "headline"
+                else ["experiment=quickstart", "logger=none"]
+            )
+            wall = run([*command, f"seed={seed}", f"hydra.run.dir={run_dir}"], work, work / f"cache_{part}_seeds")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            checks.append({"seed": int(seed), "process_wall_s": round(wall, 1), **figures(summary)})
+        results[part]["seed_check"] = checks
         save(results)
     print(json.dumps(results, indent=2))
     print(markdown(results))
