@@ -183,6 +183,38 @@ def test_wandb_failing_mid_run_is_reported_once_and_ignored(tmp_path, caplog):
     tracker.finish()
 
 
+def test_wandb_offline_fallback_survives_its_id_still_in_use(tmp_path, monkeypatch):
+    """Seen under load: after the online try fails, the local W&B service still holds its id and the offline
+    start under the same id fails ("run ID ... is in use"). The run is then logged offline under a new id, and
+    only that run's folder is left for `wandb sync`. The two failures are injected; the third start is W&B's."""
+    import wandb
+    from omegaconf import OmegaConf
+
+    from dpo_exp.infra.tracking import start_tracker
+
+    real_init, calls = wandb.init, []
+
+    def init(*args, **kwargs):
+        calls.append((kwargs["mode"], kwargs["id"]))
+        if len(calls) == 1:
+            raise TimeoutError("Timed out while retrying: connection refused")  # the unreachable server
+        if len(calls) == 2:  # what the failed offline try leaves behind, then its error
+            (Path(kwargs["dir"]) / "wandb" / f"offline-run-20260101_000000-{kwargs['id']}").mkdir(parents=True)
+            raise RuntimeError(f"run ID {kwargs['id']} is in use")
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = OmegaConf.create({"enabled": True, "mode": "online", "project": "t", "init_timeout": 5})
+    tracker = start_tracker(cfg, tmp_path, "t", "g", [], {"a": 1})
+    tracker.log({"train/loss": 0.5}, step=1)
+    tracker.finish()
+    assert [mode for mode, _ in calls] == ["online", "offline", "offline"]
+    assert calls[0][1] == calls[1][1] != calls[2][1] == tracker.run_id  # same id first, then a new one
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 1 and run_record(runs[0])["run_id"] == tracker.run_id
+    assert any("train/loss" in row for row in history(runs[0]))
+
+
 def test_graceful_stop_forwards_the_signal_to_the_previous_handler():
     """On SLURM, submitit's SIGUSR2 handler (checkpoint + requeue) must still run after our checkpoint."""
     from dpo_exp.training.callbacks import GracefulStop

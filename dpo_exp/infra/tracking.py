@@ -153,8 +153,17 @@ def start_tracker(
             mode = "offline"
             wandb.teardown()  # the service still holds the failed online stream under this id
             # offline needs no network, only a fresh local W&B service: give a loaded machine time to start it
-            run = wandb.init(mode=mode, settings=_settings(wandb, max(timeout, OFFLINE_INIT_TIMEOUT), mode), **kwargs)
-            for failed in (Path(kwargs["dir"]) / "wandb").glob(f"run-*-{run_id}"):  # the online try's empty folder,
+            offline = _settings(wandb, max(timeout, OFFLINE_INIT_TIMEOUT), mode)
+            leftovers = f"run-*-{run_id}"  # the online try's empty folder
+            try:
+                run = wandb.init(mode=mode, settings=offline, **kwargs)
+            except Exception as again:  # noqa: BLE001
+                # seen under load: the local service still holds the failed online stream ("run ID ... is in use")
+                log.warning("W&B offline start under id %s failed (%s): new id", run_id, str(again).splitlines()[0])
+                wandb.teardown()
+                run = wandb.init(mode=mode, settings=offline, **{**kwargs, "id": generate_id()})
+                leftovers = f"*run-*-{run_id}"  # and the failed offline try's
+            for failed in (Path(kwargs["dir"]) / "wandb").glob(leftovers):
                 shutil.rmtree(failed, ignore_errors=True)  # so `wandb sync` sees one run
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
