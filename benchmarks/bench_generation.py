@@ -5,7 +5,8 @@
 Sampling: `dpo_exp.generation.generate_samples` with its default CPU batching (prompts sorted by length,
 `--batch-size` prompts per left-padded, KV-cached generate() call) against the one-prompt-at-a-time loop (a plain
 `model.generate` per prompt, drawing that prompt's `--samples` completions); timed in turns (`--repeats`, median
-reported). Also recorded: `generate_samples` run twice gives the same samples, and given the prompts in reverse
+reported). `generate_samples` is timed with both draws of `dpo_exp.sampler`: the default (pair building,
+best-of-N) and `paired=True` (evaluation and the app: the draw that keeps two similar models' samples alike). Also recorded: `generate_samples` run twice gives the same samples, and given the prompts in reverse
 order gives each prompt the same samples. Scoring: the tfidf_logreg scorer and a transformers text-classification
 pipeline (a tiny random DistilBERT standing in for sst2), called
 once on all completions against once per completion. Figures are printed and written to
@@ -130,13 +131,17 @@ def main() -> None:
                 out.append([_strip(row[enc.input_ids.shape[1] :].tolist(), tokenizer.eos_token_id) for row in gen_ids])
         return out
 
-    runs: dict[str, list[float]] = {"batched": [], "one_prompt_at_a_time": []}
-    for _ in range(args.repeats):  # interleaved, so a change in machine load hits both modes alike
+    runs: dict[str, list[float]] = {"batched": [], "batched_paired": [], "one_prompt_at_a_time": []}
+    for _ in range(args.repeats):  # interleaved, so a change in machine load hits every mode alike
         batched, t = timed(lambda: generate_samples(model, tokenizer, prompts, gen, seed=0, progress=False))
         runs["batched"].append(t)
+        paired, t = timed(lambda: generate_samples(model, tokenizer, prompts, gen, seed=0, progress=False, paired=True))
+        runs["batched_paired"].append(t)
         single, t = timed(one_prompt_at_a_time)
         runs["one_prompt_at_a_time"].append(t)
     t_batched, t_single = statistics.median(runs["batched"]), statistics.median(runs["one_prompt_at_a_time"])
+    t_paired = statistics.median(runs["batched_paired"])
+    tokens_p = sum(len(ids) for row in paired.token_ids for ids in row)
     n = len(prompts) * args.samples
     tokens_b = sum(len(ids) for row in batched.token_ids for ids in row)
     tokens_s = sum(len(ids) for row in single for ids in row)
@@ -154,7 +159,9 @@ def main() -> None:
             "samples_per_s": n / t_single,
             "tokens_per_s": tokens_s / t_single,
         },
+        "batched_paired": {"seconds": t_paired, "samples_per_s": n / t_paired, "tokens_per_s": tokens_p / t_paired},
         "speedup": t_single / t_batched,
+        "speedup_paired": t_single / t_paired,
         "speedup_target": 5.0,
         "batch_size": args.batch_size,
         "tokens_per_s_speedup": (tokens_b / t_batched) / (tokens_s / t_single),
@@ -195,12 +202,14 @@ def main() -> None:
     print(f"generation ({g['prompts']} prompts x {args.samples} samples, {args.new_tokens} new tokens):")
     b = g["batched"]
     print(f"  batched            {b['samples_per_s']:7.1f} samples/s  {b['tokens_per_s']:7.0f} tok/s")
+    bp = g["batched_paired"]
+    print(f"  batched, paired    {bp['samples_per_s']:7.1f} samples/s  {bp['tokens_per_s']:7.0f} tok/s")
     print(
         f"  one prompt a time  {g['one_prompt_at_a_time']['samples_per_s']:7.1f} samples/s  "
         f"{g['one_prompt_at_a_time']['tokens_per_s']:7.0f} tok/s"
     )
     print(
-        f"  speed-up x{g['speedup']:.2f} (target x5); same seed -> same samples: {same_seed_same_samples}; "
+        f"  speed-up x{g['speedup']:.2f} (target x5), paired x{g['speedup_paired']:.2f}; same seed -> same samples: {same_seed_same_samples}; "
         f"prompt order independent: {order_independent}"
     )
     for name in ("tfidf_logreg", "hf_pipeline_tiny_classifier"):

@@ -51,9 +51,12 @@ def generate_samples(
     desc: str = "sampling",
     progress: bool = True,
     streamer: Any = None,
+    paired: bool = False,
 ) -> Samples:
     """Sample completions for every prompt. gen_cfg: temperature, top_k, top_p, batch_size, num_samples, ...
 
+    `paired`: the samples will be compared one by one with another model's drawn under the same seed (evaluation,
+    the app), so the draw is the one that keeps similar models' samples alike (`dpo_exp.sampler`).
     `streamer` (a transformers streamer, one prompt and one sample only) receives the tokens as they are drawn.
     """
     num_samples = int(num_samples or gen_cfg.num_samples)
@@ -78,7 +81,9 @@ def generate_samples(
             enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens).to(
                 device
             )
-            out = _generate(model, tokenizer, enc, gen_cfg, num_samples, max_new_tokens, seed + number, streamer)
+            out = _generate(
+                model, tokenizer, enc, gen_cfg, num_samples, max_new_tokens, seed + number, streamer, paired
+            )
             generated = out[:, enc.input_ids.shape[1] :].tolist()
             for p, index in enumerate(batch):
                 rows = [_strip(generated[p * num_samples + s], eos) for s in range(num_samples)]
@@ -91,7 +96,17 @@ def generate_samples(
     return Samples(prompts=list(prompts), texts=texts, token_ids=ids)
 
 
-def _generate(model, tokenizer, enc, gen_cfg: Any, num_samples: int, max_new_tokens: int, seed: int, streamer: Any):
+def _generate(
+    model,
+    tokenizer,
+    enc,
+    gen_cfg: Any,
+    num_samples: int,
+    max_new_tokens: int,
+    seed: int,
+    streamer: Any,
+    paired: bool = False,
+):
     """One batch's `num_samples` samples per prompt (rows prompt-major), seeded (CPU and CUDA generators).
 
     The draw is `dpo_exp.sampler`'s (one random number per row and token, transformers' warpers before it), run
@@ -105,7 +120,7 @@ def _generate(model, tokenizer, enc, gen_cfg: Any, num_samples: int, max_new_tok
             **rows,
             do_sample=False,
             logits_processor=sampling_processors(
-                float(gen_cfg.temperature), int(gen_cfg.top_k or 0), float(gen_cfg.top_p)
+                float(gen_cfg.temperature), int(gen_cfg.top_k or 0), float(gen_cfg.top_p), paired
             ),
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,

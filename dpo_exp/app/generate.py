@@ -98,6 +98,7 @@ def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, stre
             num_samples=1,
             max_new_tokens=sampling.max_new_tokens,
             progress=False,
+            paired=True,  # shown side by side with the other model's sample under the same seed
             streamer=streamer,
         )
 

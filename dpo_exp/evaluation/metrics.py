@@ -102,6 +102,7 @@ def sample_and_score(
             max_new_tokens=settings.max_new_tokens,
             desc=desc,
             progress=settings.progress,
+            paired=True,  # compared sample by sample with the other model's, same seed
         )
 
     policy_samples = draw(pair.policy, "eval: policy samples")
