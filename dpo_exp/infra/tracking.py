@@ -151,24 +151,34 @@ def start_tracker(
                 kwargs["dir"],
             )
             mode = "offline"
-            wandb.teardown()  # the service still holds the failed online stream under this id
-            # offline needs no network, only a fresh local W&B service: give a loaded machine time to start it
-            offline = _settings(wandb, max(timeout, OFFLINE_INIT_TIMEOUT), mode)
-            leftovers = f"run-*-{run_id}"  # the online try's empty folder
-            try:
-                run = wandb.init(mode=mode, settings=offline, **kwargs)
-            except Exception as again:  # noqa: BLE001
-                # seen under load: the local service still holds the failed online stream ("run ID ... is in use")
-                log.warning("W&B offline start under id %s failed (%s): new id", run_id, str(again).splitlines()[0])
-                wandb.teardown()
-                run = wandb.init(mode=mode, settings=offline, **{**kwargs, "id": generate_id()})
-                leftovers = f"*run-*-{run_id}"  # and the failed offline try's
-            for failed in (Path(kwargs["dir"]) / "wandb").glob(leftovers):
-                shutil.rmtree(failed, ignore_errors=True)  # so `wandb sync` sees one run
+            run = _start_offline(wandb, kwargs, timeout)
     except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
         log.warning("W&B could not start (%s): continuing with disk artifacts only.", str(exc).splitlines()[0])
         return Tracker()
     return WandbTracker(run, mode)
+
+
+def _start_offline(wandb: Any, kwargs: dict[str, Any], timeout: float) -> Any:
+    """The offline fallback after a failed online start, under the same id when the local service lets go of it
+    (else a new id); the failed tries' folders are removed, so `wandb sync` sees one run."""
+    from wandb.sdk.lib.runid import generate_id
+
+    run_id = kwargs["id"]
+    wandb.teardown()  # the service still holds the failed online stream under this id
+    # offline needs no network, only a fresh local W&B service: give a loaded machine time to start it
+    offline = _settings(wandb, max(timeout, OFFLINE_INIT_TIMEOUT), "offline")
+    leftovers = f"run-*-{run_id}"  # the online try's empty folder
+    try:
+        run = wandb.init(mode="offline", settings=offline, **kwargs)
+    except Exception as again:  # noqa: BLE001
+        # seen under load: the local service still holds the failed online stream ("run ID ... is in use")
+        log.warning("W&B offline start under id %s failed (%s): new id", run_id, str(again).splitlines()[0])
+        wandb.teardown()
+        run = wandb.init(mode="offline", settings=offline, **{**kwargs, "id": generate_id()})
+        leftovers = f"*run-*-{run_id}"  # and the failed offline try's
+    for failed in (Path(kwargs["dir"]) / "wandb").glob(leftovers):
+        shutil.rmtree(failed, ignore_errors=True)
+    return run
 
 
 OFFLINE_INIT_TIMEOUT = 90.0  # seconds for the offline fallback's start (local service only; cannot hang on a network)
