@@ -54,6 +54,11 @@ def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor
     return (block * BLOCK + torch.minimum(torch.maximum(offset, first), last)).squeeze(1)
 
 
+def single_out(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Scores that make greedy decoding pick `tokens` [rows]: 0 there, -inf elsewhere."""
+    return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
+
+
 class InverseCdfSampler(LogitsProcessor):
     """Draws a token per row from softmax(scores) (`inverse_cdf_draw`, one uniform number per row) and returns
     scores that single it out (0 there, -inf elsewhere) for greedy decoding to pick."""
@@ -61,8 +66,7 @@ class InverseCdfSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs = torch.softmax(scores.float(), dim=-1)
         uniform = 1.0 - torch.rand(scores.shape[0], 1, dtype=torch.float64, device=scores.device)  # in (0, 1]
-        tokens = inverse_cdf_draw(probs, uniform)
-        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
+        return single_out(scores, inverse_cdf_draw(probs, uniform))
 
 
 class ExponentialRaceSampler(LogitsProcessor):
@@ -73,8 +77,7 @@ class ExponentialRaceSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs = torch.softmax(scores.float(), dim=-1)
         race = torch.rand(probs.shape, device=probs.device).log_().neg_()  # Exp(1); a 0 draw gives inf: never wins
-        tokens = (probs / race).argmax(-1)
-        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
+        return single_out(scores, (probs / race).argmax(-1))
 
 
 def sampling_processors(temperature: float, top_k: int, top_p: float, paired: bool = False) -> LogitsProcessorList:
