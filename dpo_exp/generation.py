@@ -109,8 +109,8 @@ def _generate(
 ):
     """One batch's `num_samples` samples per prompt (rows prompt-major), seeded (CPU and CUDA generators).
 
-    The draw is `dpo_exp.sampler`'s (one random number per row and token, transformers' warpers before it), run
-    through generate's greedy loop, which takes one row per sample: the prompts are repeated here."""
+    The draw is `dpo_exp.sampler`'s (the paired race or the one-number inverse CDF, transformers' warpers before
+    it), run through generate's greedy loop, which takes one row per sample: the prompts are repeated here."""
     torch.manual_seed(seed)
     if enc.input_ids.device.type == "cuda":
         torch.cuda.manual_seed_all(seed)

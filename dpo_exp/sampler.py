@@ -5,9 +5,8 @@ every vocabulary entry of every row (q ~ Exp(1), argmax p/q): with GPT-2's 50k v
 batched sampling step (benchmarks/bench_generation.py). `InverseCdfSampler` draws from the same distribution by
 inverting the cumulative distribution with ONE uniform number per row: block sums (accumulated in float64) locate
 the block of the vocabulary the number falls in, and a float64 cumulative sum of that block alone locates the
-token. It returns scores
-that are 0 at the drawn token and -inf elsewhere, so `generate` runs greedy (`do_sample=False`) and its argmax
-picks the drawn token. Temperature, top-k and top-p are applied before it by transformers' own warpers
+token. It returns scores that are 0 at the drawn token and -inf elsewhere, so `generate` runs greedy
+(`do_sample=False`) and its argmax picks the drawn token. Temperature, top-k and top-p are applied before it by transformers' own warpers
 (`sampling_processors`), in the order `generate` applies them when sampling.
 
 One number per row couples two *different* models weakly: a small change in early-vocabulary probabilities shifts
@@ -43,11 +42,11 @@ def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor
     target = uniform.to(torch.float64) * ends[:, -1:]
     block = torch.searchsorted(ends, target).clamp_(max=ends.shape[1] - 1)
     before = torch.where(block > 0, ends.gather(1, (block - 1).clamp(min=0)), 0.0)
-    index = block * BLOCK + torch.arange(BLOCK, device=probs.device)  # [rows, BLOCK]: the block's tokens
+    position = torch.arange(BLOCK, device=probs.device)
+    index = block * BLOCK + position  # [rows, BLOCK]: the block's tokens
     inside = torch.where(index < vocab, probs.gather(1, index.clamp(max=vocab - 1)), 0.0)
     offset = torch.searchsorted(inside.cumsum(-1, dtype=torch.float64), target - before)
     # float rounding can put the target a hair outside the block's own cumulative sum: stay on tokens it can draw
-    position = torch.arange(BLOCK, device=probs.device)
     drawable = inside > 0
     first = torch.where(drawable, position, BLOCK).amin(-1, keepdim=True)
     last = torch.where(drawable, position, -1).amax(-1, keepdim=True)
