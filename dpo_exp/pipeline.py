@@ -201,7 +201,8 @@ def _start_tracking(ctx: RunContext) -> None:
         config,
         resume_id=ctx.summary.get("wandb_id"),
     )
-    ctx.save_summary(wandb_id=ctx.tracker.run_id)
+    # where the run logs: `compare --wandb` builds the sweep's workspace for this entity and project
+    ctx.save_summary(wandb_id=ctx.tracker.run_id, wandb_entity=ctx.tracker.entity, wandb_project=ctx.tracker.project)
 
 
 def record_task(ctx: RunContext, result: TaskResult) -> None:
@@ -289,7 +290,10 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     scorer, name, skip = build_eval_scorer(cfg)
     pair = from_run_dir(run_dir, cfg, summary.get("reference_path"))
     evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=progress)
-    results = publish(run_dir, evaluation, tracker or Tracker(), "evaluate", cfg)
+    tracker = tracker or Tracker()
+    results = publish(run_dir, evaluation, tracker, "evaluate", cfg)
+    # the earlier evaluation's keys this one no longer has (e.g. eval/bon_* after best_of_n=[]) leave W&B's summary
+    tracker.remove_from_summary(sorted(k for k in summary if k.startswith(PREFIX) and k not in results))
     summary = {k: v for k, v in summary.items() if not k.startswith(PREFIX)}  # TRL's eval metrics are eval_*
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
