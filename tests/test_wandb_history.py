@@ -148,15 +148,15 @@ RESUMED_RUN = [
     "eval.best_of_n=[2]",
     "eval.best_of_n_prompts=2",
 ]
-CRASH_AT = 3  # a hard crash right after step 3 was logged: the last checkpoint is step 2
+CRASH_AT = 3  # a crash right after step 3 was logged: the last checkpoint is step 2
 CRASHING = f"""
-import os, sys
+import sys
 from dpo_exp.training import callbacks
 logged = callbacks.MetricsRecorder.on_log
 def on_log(self, args, state, control, logs=None, **kwargs):
     logged(self, args, state, control, logs=logs, **kwargs)
     if state.global_step >= {CRASH_AT} and logs and "loss" in logs:
-        os._exit(9)  # no checkpoint, no W&B finish, no summary update: a crash
+        raise RuntimeError("injected crash")  # as an OOM or a data error would, after the row was logged
 callbacks.MetricsRecorder.on_log = on_log
 from dpo_exp.__main__ import main
 sys.argv = ["dpo_exp", *sys.argv[1:]]
@@ -170,7 +170,7 @@ def _train_steps(offline_run: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def crashed_and_resumed(tmp_path_factory) -> Path:
-    """A run that crashed hard after step 3 (checkpoint 2), then the same command again, resuming it."""
+    """A run that crashed after step 3 (checkpoint 2), then the same command again, resuming it."""
     data = Path(os.environ.get("DPO_EXP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     hh = data / "hh_rlhf" / "test.jsonl"
     if not hh.exists():
@@ -182,8 +182,10 @@ def crashed_and_resumed(tmp_path_factory) -> Path:
     crash = subprocess.run(
         [sys.executable, "-c", CRASHING, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-    assert crash.returncode == 9, crash.stderr[-3000:]
+    assert crash.returncode == 1 and "injected crash" in crash.stderr, crash.stderr[-3000:]
     assert max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")) == CRASH_AT
+    failed = json.loads((run_dir / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["wandb_step"] == CRASH_AT  # what its W&B run holds
     resumed = run_cli(args, cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return run_dir

@@ -4,7 +4,7 @@ Rules: never prompt, never hang, never kill a run. With no API key the run is lo
 directory (`wandb sync` uploads it later). An online start is announced at once and waits at most
 `logger.init_timeout` seconds before falling back to offline. A W&B failure at start or mid-run is reported once and
 the run continues with its disk artifacts. Charts plot against `train/global_step` (STEP_METRIC), and a resumed run
-does not log again the steps an earlier attempt already sent (`skip_replayed_steps`).
+does not log again the steps its W&B run already holds (`skip_replayed_steps`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,12 @@ class Tracker:
 
     def remove_from_summary(self, keys: list[str]) -> None: ...
 
-    def skip_replayed_steps(self, last_logged_step: int) -> None: ...
+    def skip_replayed_steps(self, logged_step: int) -> None: ...
+
+    def rerun_fields(self) -> dict[str, Any]:
+        """What summary.json keeps for a rerun: `wandb_step`, how far the W&B run holds train/global_step (read
+        back by `skip_replayed_steps`); nothing without a W&B run (an earlier attempt's value stays)."""
+        return {}
 
     def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None: ...
 
@@ -77,7 +82,8 @@ class WandbTracker(Tracker):
         self.project = getattr(run, "project", None) or None
         self.run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None  # .../offline-run-*
         self.resumed = resumed  # continues the W&B run of an earlier attempt
-        self.replayed_until = 0  # steps up to here were logged by that attempt: not logged again
+        self.replayed_until = 0  # the run holds the steps up to here from that attempt: not logged again
+        self.last_step = 0  # the highest train/global_step logged by this attempt
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
         if not self.active:
@@ -92,6 +98,11 @@ class WandbTracker(Tracker):
         if self.replayed_until and int(metrics.get(STEP_METRIC, self.replayed_until + 1)) <= self.replayed_until:
             return  # a resumed run replays the steps after its checkpoint: W&B has them from the earlier attempt
         self._guard("log", self.run.log, metrics, step=step)
+        if self.active and isinstance(metrics.get(STEP_METRIC), int):
+            self.last_step = max(self.last_step, metrics[STEP_METRIC])
+
+    def rerun_fields(self) -> dict[str, Any]:
+        return {"wandb_step": max(self.last_step, self.replayed_until)}
 
     def summary(self, metrics: dict[str, Any]) -> None:
         self._guard("summary", self.run.summary.update, metrics)
@@ -105,13 +116,23 @@ class WandbTracker(Tracker):
 
         self._guard("summary", remove)
 
-    def skip_replayed_steps(self, last_logged_step: int) -> None:
-        """After a crash, training resumes at the last checkpoint and replays the steps up to the crash, which the
-        resumed W&B run already holds (a W&B run can only append; `resume_from` rewinds only on the server, by
-        `_step`). Rows at `train/global_step <= last_logged_step` are therefore not logged again."""
-        if self.resumed and last_logged_step > 0:
-            self.replayed_until = int(last_logged_step)
-            log.info("W&B: steps up to %d were logged by the earlier attempt; not logging them again", last_logged_step)
+    def skip_replayed_steps(self, logged_step: int) -> None:
+        """A rerun resumes training at the last checkpoint and replays the steps after it, which the resumed W&B run
+        may already hold (a W&B run can only append; `resume_from`, W&B's rewind, exists only on the server and
+        counts `_step`). Rows at `train/global_step` up to what the run holds are not logged again: `logged_step`
+        is what the earlier attempt recorded when it closed its W&B run (summary.json `wandb_step`); online, the
+        server's summary also says how far it got (an attempt killed before it could record anything)."""
+        if not self.resumed:
+            return
+        held = int(logged_step or 0)
+        if self.mode == "online":
+            try:
+                held = max(held, int(self.run.summary.get(STEP_METRIC) or 0))
+            except Exception:  # noqa: BLE001 - the server's summary is a bonus, never a failure
+                pass
+        if held > 0:
+            self.replayed_until = held
+            log.info("W&B: the resumed run holds steps up to %d; replayed steps are not logged again", held)
 
     def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         import wandb

@@ -71,8 +71,6 @@ def train_policy(
         if hasattr(callback, "bind"):
             callback.bind(trainer)
     result = TrainResult(trainer, ref_logps=ref_cache.status(trainer))
-    # a resumed W&B run already holds the steps the earlier attempt logged (read before resume_point cuts them)
-    tracker.skip_replayed_steps(last_logged_step(metrics_path))
     resume_from = resume_point(cfg, run_dir)
     result.resumed_from = str(resume_from) if resume_from else None
     stopper.install()
@@ -107,13 +105,6 @@ def resume_point(cfg: Any, run_dir: Path) -> Path | None:
             log.info("resuming from %s", resume_from)
             _truncate_metrics(metrics_path, checkpoint_step(resume_from))
     return resume_from
-
-
-def last_logged_step(metrics_path: Path) -> int:
-    """The highest step in metrics.jsonl (0 without rows): how far an earlier attempt logged."""
-    if not metrics_path.exists():
-        return 0
-    return max((int(r.get("step") or 0) for r in read_jsonl(metrics_path)), default=0)
 
 
 def checkpoint_step(checkpoint: Path) -> int:
