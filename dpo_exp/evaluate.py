@@ -34,7 +34,8 @@ def main(args: DictConfig) -> None:
             name, group = summary.get("name", "dpo"), summary.get("group", "dpo")
             tracker = start_tracker(cfg.logger, run_dir, name, group, [], {}, resume_id=summary["wandb_id"])
         results = evaluate_run(run_dir, cfg, tracker)
-        if tracker is not None:
+        if tracker is not None:  # the earlier evaluation's keys this one lacks (eval/bon_* after best_of_n=[])
+            tracker.remove_from_summary(sorted(k for k in summary if k.startswith("eval/") and k not in results))
             tracker.finish(exit_code=0)
     except BaseException as exc:
         if tracker is not None:  # the resumed W&B run is closed as failed, not left running

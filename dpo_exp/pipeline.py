@@ -94,6 +94,7 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "attempts": int(previous.get("attempts", 0)) + 1,
         "wandb_id": previous.get("wandb_id"),
+        "wandb_step": previous.get("wandb_step"),
         "objective": objective_key(cfg),
         "num_processes": world_size(),
     }
@@ -107,16 +108,17 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         except KeyboardInterrupt:  # Ctrl-C outside training (reading or tokenising data, sampling): no checkpoint
             raise RunInterrupted("stopped by SIGINT before training finished") from None
     except RunInterrupted as exc:
-        ctx.save_summary(status="interrupted", wall_time_s=round(time.time() - start, 2))
+        ctx.save_summary(status="interrupted", wall_time_s=round(time.time() - start, 2), **ctx.tracker.rerun_fields())
         ctx.tracker.finish(exit_code=1)
         if exc.forward is not None:
             exc.forward()  # e.g. submitit's SIGUSR2 handler: requeue the job, which then resumes from the checkpoint
         raise
     except BaseException as exc:
-        ctx.save_summary(status="failed", error=_error_line(exc), wall_time_s=round(time.time() - start, 2))
+        fields = {"error": _error_line(exc), **ctx.tracker.rerun_fields()}
+        ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
         ctx.tracker.finish(exit_code=1)
         raise
-    ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2))
+    ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2), **ctx.tracker.rerun_fields())
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
     ctx.tracker.finish(exit_code=0)
     if is_main_process():
@@ -181,7 +183,8 @@ def _run_stages(ctx: RunContext) -> None:
 
 
 def _start_tracking(ctx: RunContext) -> None:
-    """Device, precision and environment into the summary; the tracker started (resuming the run's W&B id)."""
+    """Device, precision and environment into the summary; the tracker started (resuming the run's W&B id), with
+    where it logs (`compare --wandb` builds the sweep's workspace there) and the steps it already holds."""
     from .models import model_source, resolve_device, resolve_precision
 
     cfg = ctx.cfg
@@ -201,7 +204,8 @@ def _start_tracking(ctx: RunContext) -> None:
         config,
         resume_id=ctx.summary.get("wandb_id"),
     )
-    ctx.save_summary(wandb_id=ctx.tracker.run_id)
+    ctx.save_summary(wandb_id=ctx.tracker.run_id, wandb_entity=ctx.tracker.entity, wandb_project=ctx.tracker.project)
+    ctx.tracker.skip_replayed_steps(int(ctx.summary.get("wandb_step") or 0))
 
 
 def record_task(ctx: RunContext, result: TaskResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         compare(args.paths, args.out, console=True, plots=not args.no_plots)
         if args.wandb:
             from .wandb_summary import log_sweep_summary
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. "W&B: starting the online run"
 
             log_sweep_summary(args.out or args.paths[0], args.paths)
     except UserError as exc:

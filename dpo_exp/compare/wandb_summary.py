@@ -36,16 +36,37 @@ def _cell(value: Any) -> Any:
 
 
 def sweep_identity(runs: list) -> tuple[str, dict[str, Any]]:
-    """(W&B group, the jobs' logger block): the group the jobs logged under and their project/entity/mode."""
+    """(W&B group, the jobs' logger block): the group the jobs logged under and their project/entity/mode.
+
+    Project and entity are those the jobs actually logged to (summary.json's wandb_project/wandb_entity, recorded
+    at tracker start); the rest of the logger block comes from a job's .hydra/config.yaml, resolved here (its
+    `${oc.env:...}` defaults read this process's environment), or left out where it cannot be resolved."""
     groups = [str(r.summary["group"]) for r in runs if r.summary.get("group")]
     group = groups[0] if groups else runs[0].path.parent.name
     logger: dict[str, Any] = {}
     for run in runs:
         config = run.path / ".hydra" / "config.yaml"
         if config.is_file():
-            logger = OmegaConf.to_container(OmegaConf.load(config).get("logger") or {}, resolve=False) or {}
+            logger = _resolved_logger(config)
             break
+    for key in ("project", "entity"):
+        logged = next((r.summary[f"wandb_{key}"] for r in runs if r.summary.get(f"wandb_{key}")), None)
+        if logged is not None:
+            logger[key] = logged
     return group, logger
+
+
+def _resolved_logger(config: Path) -> dict[str, Any]:
+    """A job config's logger block, each value resolved; one that does not resolve here is left out."""
+    cfg = OmegaConf.load(config)
+    out: dict[str, Any] = {}
+    for key in cfg.get("logger") or {}:
+        try:
+            value = cfg.logger[key]  # resolves `${oc.env:...}` (and references into the whole config)
+            out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except Exception:  # noqa: BLE001 - e.g. a resolver only Hydra registers: the default applies
+            continue
+    return out
 
 
 def curve_series(runs: list, labels: dict[Path, str], key: str) -> tuple[list, list, list]:
