@@ -85,6 +85,24 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def folder_problem(path: str | Path) -> str | None:
+    """Why files cannot be written under the folder `path` (None when they can), without creating it: every part
+    of it that exists must be a folder, and the deepest one that exists must take a new file (a probe, removed)."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".dpo_exp_probe.")
+    except OSError as exc:
+        return f"{existing} is not writable: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
 def read_json(path: str | Path) -> dict | None:
     """Read a JSON file; None if it is missing or unreadable (e.g. a torn write from an older tool)."""
     try:
