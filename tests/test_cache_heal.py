@@ -79,7 +79,7 @@ SMALL_IMDB = [
     *FAST_MODEL,
     *FAST_TRAINER,
     "generation.max_new_tokens=8",
-    "epochs=1",
+    "epochs=2",  # at least two steps however many of the 8 prompts give a pair (one step would train at lr 0)
     "logger=none",
     "sft.enabled=true",
     "sft.max_steps=2",

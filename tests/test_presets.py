@@ -90,7 +90,7 @@ def _summary(run_dir: Path) -> dict:
 
 # Test scale: the fast tiny model, one short epoch, a small evaluation; everything else is the preset's own.
 SMALL_EVAL = ["eval.num_prompts=4", "eval.num_samples=2", "eval.bootstrap=20", "eval.best_of_n=[1,2]"]
-SMALL_EVAL += ["eval.best_of_n_prompts=2", "eval.num_pairs=4", "logger=none", "epochs=1"]
+SMALL_EVAL += ["eval.best_of_n_prompts=2", "eval.num_pairs=4", "logger=none", "epochs=2"]
 
 
 @pytest.mark.slow
