@@ -141,3 +141,40 @@ def test_a_run_whose_only_step_has_learning_rate_0_is_refused(tmp_path):
     proc = run_cli(args, tmp_path, timeout=300)
     assert_clean_error(proc, ["no optimisation step would train", "trainer.warmup_steps=0.1", "warmup_steps=0"])
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+# ---------------------------------------------------------------- smaller: samples.md bytes, file modes
+
+
+def test_samples_md_writes_control_characters_as_escapes(tmp_path):
+    from dpo_exp.evaluation.report import write_samples_md
+
+    row = {
+        "prompt": "a\x00b\rc\td",
+        "reference": "ok\x1b[2J",
+        "reference_score": 0.1,
+        "policy": "",
+        "policy_score": 0.2,
+    }
+    raw = write_samples_md(tmp_path / "samples.md", [row], {}, "vader").read_bytes()
+    assert b"\x00" not in raw and b"\r" not in raw and b"\x1b" not in raw
+    text = raw.decode("utf-8")
+    assert "a\\x00b\\x0dc\td" in text and "ok\\x1b[2J" in text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
+    """summary.json (atomic_write_json), metrics rewrites (write_jsonl) and every other atomic write: 0666 less the
+    umask, like a file made with open() -- not mkstemp's 0600."""
+    from dpo_exp.infra.storage import atomic_write_json, write_jsonl
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "summary.json", {"status": "completed"})
+        write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1}])
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("summary.json", "metrics.jsonl", "plain.txt")}
+    assert set(modes.values()) == {0o666 & ~umask}, modes

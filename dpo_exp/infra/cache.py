@@ -33,7 +33,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .storage import atomic_write_json, read_json
+from .storage import atomic_write_json, current_umask, read_json
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ def _listing(folder: Path) -> dict[str, dict[str, Any]]:
 
 def _share(folder: Path) -> None:
     """mkdtemp/mkstemp create private (0700/0600) paths; cache entries are read by other users' jobs too."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for path in [folder, *folder.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 

@@ -35,12 +35,21 @@ def clean_floats(obj: Any) -> Any:
     return obj
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old or the new file, never a truncated one."""
+    """Write `text` to `path` so that readers see either the old or the new file, never a truncated one. The file
+    gets the mode `open()` would give it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
