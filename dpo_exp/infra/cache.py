@@ -173,12 +173,13 @@ def _seal(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def verify_added(folder: Path, pattern: str, readable: Callable[[Path], bool]) -> list[str]:
+def verify_added(folder: Path, pattern: str, readable: Callable[[Path], bool], recheck: bool = True) -> list[str]:
     """Check the files matching `pattern` that were added to the complete entry `folder` after its build.
 
-    A sealed file must still match its seal; a file not yet sealed (added since the last call) must pass
-    `readable`, and is then sealed. A file failing either is removed with a warning (its writer makes it again).
-    Returns the names removed. Call it before a library reads the folder's added files and after it wrote them."""
+    A sealed file must still match its seal (its size only with recheck=False: just sealing what was added); a
+    file not yet sealed (added since the last call) must pass `readable`, and is then sealed. A file failing either
+    is removed with a warning (its writer makes it again). Returns the names removed. Call it before a library
+    reads the folder's added files and after it wrote them."""
     folder = Path(folder)
     removed: list[str] = []
     with FileLock(str(folder.parent / f"{folder.name}.lock")):
@@ -186,7 +187,8 @@ def verify_added(folder: Path, pattern: str, readable: Callable[[Path], bool]) -
         kept: dict[str, Any] = {}
         for path in sorted(folder.glob(pattern)):
             seal = seals.get(path.name)
-            if seal is not None and path.stat().st_size == seal.get("size") and file_sha256(path) == seal["sha256"]:
+            same = seal is not None and path.stat().st_size == seal.get("size")
+            if same and (not recheck or file_sha256(path) == seal["sha256"]):
                 kept[path.name] = seal
                 continue
             if seal is None and readable(path):

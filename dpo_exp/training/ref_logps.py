@@ -141,7 +141,7 @@ class RefLogpsCache:
         from ..infra.cache import verify_added
 
         for folder in self.folders:  # seal what TRL added while it tokenised and precomputed
-            verify_added(folder, ADDED_FILES, arrow_readable)
+            verify_added(folder, ADDED_FILES, arrow_readable, recheck=False)  # checked in full at the next use
         splits: dict[str, str] = {}
         for split, files in getattr(trainer, "ref_logps_files", {}).items():
             splits[split] = "reused" if files and all(f in self.before for f in files) else "built"
