@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
+from .infra.storage import folder_problem
 from .schema import check_blocks, check_eval_reward, check_trainer
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -134,9 +135,27 @@ def _validate_precision(cfg: DictConfig) -> tuple[str, str]:
     return resolve_precision(spec, device), device
 
 
+def check_sampling(temperature: Any, top_k: Any, top_p: Any, prefix: str = "generation.") -> None:
+    """The sampling settings every sampler of the project accepts: the run's and `python -m dpo_exp.evaluate`'s
+    `generation` block, and the app's controls (prefix ""), all through this one check. transformers' top-p warper
+    takes top_p=0 and keeps only the likeliest token, i.e. decodes greedily: refused, as is a negative top-k."""
+    _positive(temperature, f"{prefix}temperature")
+    _number(top_k, f"{prefix}top_k", integer=True)
+    if top_k < 0:
+        raise UserError(f"{prefix}top_k must be >= 0 (0 = no top-k cut), got {top_k!r}")
+    _number(top_p, f"{prefix}top_p")
+    if not 0 < top_p <= 1:
+        raise UserError(
+            f"{prefix}top_p must be in (0, 1] (1 = no nucleus cut; 0 would keep only the likeliest token, i.e. "
+            f"greedy decoding), got {top_p!r}"
+        )
+
+
 def check_eval(cfg: DictConfig) -> None:
-    """`eval` and `generation` typed by their schemas, and the evaluation's ranges (cheap: no models)."""
+    """`eval` and `generation` typed by their schemas, the sampling settings and the evaluation's ranges (cheap:
+    no models). Shared by the run's validation and `python -m dpo_exp.evaluate`."""
     check_blocks(cfg, ("eval", "generation"))
+    _validate_generation(cfg)
     ev = cfg.eval
     check_eval_reward(cfg)
     if not ev.enabled:
@@ -218,8 +237,12 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.max_length={t.max_length} exceeds the tiny model's context (model.tiny.n_positions="
             f"{cfg.model.tiny.n_positions})"
         )
-    _validate_generation(cfg)
     precision, device = _validate_precision(cfg)
+    problem = folder_problem(str(cfg.cache_dir))
+    if problem:
+        raise UserError(
+            f"cache_dir={cfg.cache_dir} cannot hold the caches: {problem} (set cache_dir= or DPO_EXP_CACHE)"
+        )
     resume = cfg.get("resume")
     if resume and not Path(str(resume)).is_dir():
         raise UserError(f"resume={resume} is not a run directory")
@@ -239,4 +262,4 @@ def _validate_generation(cfg: DictConfig) -> None:
     for key in ("num_samples", "max_new_tokens", "batch_size", "max_batch_tokens"):
         if gen[key] is not None and gen[key] <= 0:
             raise UserError(f"generation.{key} must be > 0, got {gen[key]}")
-    _positive(gen.temperature, "generation.temperature")
+    check_sampling(gen.temperature, gen.top_k, gen.top_p)

@@ -40,6 +40,12 @@ def default_batch_size(device: str) -> int:
     return 256 if str(device).startswith("cuda") else 64
 
 
+def prompt_token_budget(model, max_new_tokens: int) -> int:
+    """How many prompt tokens a sampled prompt keeps: the model's context minus the new tokens (a longer prompt is
+    cut to this many, on the tokenizer's `truncation_side`)."""
+    return max(1, context_length(model) - int(max_new_tokens))
+
+
 def generate_samples(
     model,
     tokenizer,
@@ -63,7 +69,7 @@ def generate_samples(
     max_new_tokens = int(max_new_tokens or gen_cfg.max_new_tokens)
     device = next(model.parameters()).device
     batch_size = int(gen_cfg.get("batch_size") or default_batch_size(str(device)))
-    max_prompt_tokens = max(1, context_length(model) - max_new_tokens)
+    max_prompt_tokens = prompt_token_budget(model, max_new_tokens)
 
     lengths = [len(x) for x in tokenizer(list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids]
     plan = batch_plan(prompts, lengths, batch_size, num_samples, max_new_tokens, gen_cfg.get("max_batch_tokens"))

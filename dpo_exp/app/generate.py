@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..evaluation.inputs import build_eval_scorer, sample_settings
 from ..evaluation.logprobs import sequence_logprobs
 from ..evaluation.metrics import score_samples
-from ..generation import Samples, generate_samples, sample_sequences
+from ..generation import Samples, generate_samples, prompt_token_budget, sample_sequences
 from ..models import context_length
 from .models import Models
 from .runs import REFERENCE
@@ -48,6 +48,12 @@ class Sampling:
             int(ev.get("max_new_tokens") or gen.max_new_tokens),
             int(seed),
         )
+
+    def check(self) -> None:
+        """UserError for settings the run's own validation refuses too (one validator: config.check_sampling)."""
+        from ..config import check_sampling
+
+        check_sampling(self.temperature, self.top_k, self.top_p, prefix="")
 
     def gen_cfg(self) -> DictConfig:
         return OmegaConf.create(
@@ -85,6 +91,21 @@ def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
             cfg.eval.reward = reward_option(choice)  # as eval/reward=<choice> would compose it
     scorer, name, _ = build_eval_scorer(cfg)
     return scorer, name
+
+
+def prompt_cut_notice(models: Models, prompt: str, max_new_tokens: int) -> str | None:
+    """What the user must be told when the prompt is longer than the models can read with `max_new_tokens` left
+    for the completion (it is cut before sampling); None when it fits."""
+    with models.use(REFERENCE) as model:
+        budget = prompt_token_budget(model, max_new_tokens)
+    tokens = len(models.tokenizer(prompt).input_ids)
+    if tokens <= budget:
+        return None
+    kept = "first" if models.tokenizer.truncation_side == "right" else "last"
+    return (
+        f"The prompt is {tokens} tokens long ({len(prompt)} characters); the models read only its {kept} {budget} "
+        f"tokens (their context minus {max_new_tokens} new tokens): the rest was cut before sampling."
+    )
 
 
 def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, streamer: Any = None) -> Samples:

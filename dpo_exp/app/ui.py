@@ -8,8 +8,9 @@ from typing import Any
 
 import gradio as gr
 
+from ..errors import UserError
 from . import report
-from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions
+from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions, prompt_cut_notice
 from .models import Models
 from .runs import REFERENCE, RunInfo
 
@@ -49,6 +50,13 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
         if not (prompt or "").strip():
             raise gr.Error("type a prompt or pick one of the held-out prompts")
         sampling = Sampling(float(temperature), int(top_k), float(top_p), int(max_new_tokens), int(seed))
+        try:
+            sampling.check()  # the same check as the command line's generation.* settings
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        notice = prompt_cut_notice(models, prompt, sampling.max_new_tokens)
+        if notice:
+            gr.Warning(notice, duration=None)  # stays until closed: the completions answer a shorter prompt
         chosen = [label for label in labels if label in (selected or [])]
         try:
             for done in compare_completions(models, cfg, prompt, chosen, sampling, scorer or RUN_SCORER):

@@ -58,14 +58,15 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
     metrics = [c for c in metric_columns() + EVAL_SHOWN if c in done.columns and done[c].notna().any()]
     written = []
     for param in params:
-        if not metrics or done[param].isna().all():
+        placed = done[done[param].notna()]  # a run with no value for the parameter (no saved config) has no x
+        if not metrics or placed.empty:
             continue
-        numeric = all(is_finite(v) for v in done[param])
+        numeric = all(is_finite(v) for v in placed[param])
         others = [p for p in params if p != param]
         ncols = min(3, len(metrics))
         nrows = math.ceil(len(metrics) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.5 * nrows), squeeze=False)
-        groups = done.groupby(others, dropna=False, sort=True) if others else [((), done)]
+        groups = placed.groupby(others, dropna=False, sort=True) if others else [((), placed)]
         for ax, metric in zip(axes.flat, metrics):
             for key, group in groups:
                 group = group[group[metric].notna()]
@@ -80,7 +81,7 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
             ax.set_title(metric, fontsize=9)
             ax.set_xlabel(param)
             ax.grid(alpha=0.3)
-            values = [v for v in done[param] if is_finite(v)]
+            values = [v for v in placed[param] if is_finite(v)]
             if numeric and values and min(values) > 0 and max(values) / min(values) >= 20:
                 ax.set_xscale("log")
         for ax in list(axes.flat)[len(metrics) :]:

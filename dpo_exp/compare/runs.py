@@ -106,6 +106,44 @@ def swept_params(runs: list[Run]) -> list[str]:
     return keys
 
 
+def _saved_setting(path: Path, key: str) -> Any:
+    """What the run at `path` ran with for `key`, from its own saved config: the chosen option of a config group
+    (`.hydra/hydra.yaml` runtime choices: model, eval/reward), else the key's value in `.hydra/config.yaml`
+    (interpolations to other keys resolved); None when it has neither."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    hydra_file, config_file = path / ".hydra" / "hydra.yaml", path / ".hydra" / "config.yaml"
+    if hydra_file.is_file():
+        choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices") or {}
+        if key in choices:
+            return choices[key]
+    if not config_file.is_file():
+        return None
+    value = OmegaConf.select(OmegaConf.load(config_file), key, default=None, throw_on_resolution_failure=False)
+    return None if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def param_value(run: Run, key: str) -> Any:
+    """The run's value of a swept key, as a number when it is one: its command-line override, else the value its
+    summary recorded for the sweep, else its own saved config (a run that did not override the key still ran with
+    a value; YAML's null is shown as "null"). None only when the run saved no config."""
+    value = run.overrides.get(key, (run.summary.get("sweep") or {}).get(key))
+    if value is None:
+        value = _saved_setting(run.path, key)
+        value = "null" if value is None and (run.path / ".hydra" / "config.yaml").is_file() else value
+    return as_number(value)
+
+
+def param_order(value: Any) -> tuple:
+    """Sort key of a parameter column holding numbers, text and missing values: numbers ascending, then text, then
+    missing (None / NaN), so a column mixing 64, "null" and nothing sorts instead of raising TypeError."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (2, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def as_number(value: Any) -> Any:
     """'0.1' -> 0.1, '8' -> 8, anything else unchanged (so numeric parameters sort and plot as numbers)."""
     if isinstance(value, str):

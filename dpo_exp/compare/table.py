@@ -30,11 +30,12 @@ from .runs import (
     FINAL_METRICS,
     TRAIN_SUFFIX,
     Run,
-    as_number,
     find_run_dirs,
     fmt,
     load_run,
     metric_columns,
+    param_order,
+    param_value,
     swept_params,
 )
 
@@ -66,7 +67,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
             label = str(run.path)
         row: dict[str, Any] = {"run": label if label != "." else run.path.name}
         for key in params:
-            row[key] = as_number(run.overrides.get(key, (s.get("sweep") or {}).get(key)))
+            row[key] = param_value(run, key)
         row["status"] = run.status
         train = last_epoch_means(run.metrics)
         for column, key in FINAL_METRICS:
@@ -85,7 +86,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     if params:
-        df = df.sort_values(by=params, key=lambda col: col.map(lambda v: (isinstance(v, str), v)), kind="stable")
+        df = df.sort_values(by=params, key=lambda col: col.map(param_order), kind="stable")
     return df.reset_index(drop=True)
 
 

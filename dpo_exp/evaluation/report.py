@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,17 @@ def _score(rewards, i: int) -> float | None:
     return None if rewards is None else float(rewards[i, 0])
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters but tab and newline
+
+
+def visible(text: str) -> str:
+    r"""Control characters (a NUL byte in a prompt, a carriage return) written as escapes (\x00): raw, a NUL makes
+    samples.md a binary file to grep and git, and a carriage return overwrites the line on a terminal."""
+    return CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def _block(text: str | None) -> str:
-    text = "(not sampled)" if text is None else (text.replace("```", "'''") or "(empty)")
+    text = "(not sampled)" if text is None else (visible(text).replace("```", "'''") or "(empty)")
     return f"```text\n{text}\n```"
 
 

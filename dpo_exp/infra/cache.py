@@ -6,7 +6,16 @@ An entry is a folder `cache_dir/<namespace>/<key>/` written in three steps, so r
 3. the temporary folder is renamed onto the entry path (`os.replace`, atomic on one file system).
 Builds hold a `filelock.FileLock` per key: a second job that wants the same entry waits, then reuses it.
 An entry whose manifest is missing or does not match its files (a crash, a disk error, a hand edit) is
-removed with a warning and built again.
+removed with a warning and built again: every read of an entry checks the size and sha256 of each of its files.
+
+Files that a library adds to an entry AFTER it was built (the `datasets` cache files TRL writes next to a saved
+dataset: tokenised pairs, reference log-probs) are outside the manifest; `verify_added` seals them (size + sha256 in
+`added.json`, updated under the entry's lock) and removes, with a warning, one that no longer matches its seal or,
+not yet sealed, cannot be read, so the library builds it again.
+
+A new cache kind gets all of this by building through `cached(cache_dir, "<namespace>", key, build)` (the builder
+writes into the folder it is given; nothing else may write there) and reading only from `entry.path`; if a library
+later writes into the entry, call `verify_added(entry.path, pattern, readable)` before and after that library runs.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ from typing import Any
 
 from filelock import FileLock
 
-from .storage import atomic_write_json, read_json
+from .storage import atomic_write_json, current_umask, read_json
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+ADDED = "added.json"  # seals of the files added to a complete entry (verify_added)
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -80,15 +90,14 @@ class CacheEntry:
 def _listing(folder: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
+        if path.is_file() and path.name not in (MANIFEST, ADDED):
             files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     return files
 
 
 def _share(folder: Path) -> None:
     """mkdtemp/mkstemp create private (0700/0600) paths; cache entries are read by other users' jobs too."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for path in [folder, *folder.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
@@ -158,3 +167,37 @@ def cached(
             raise
     log.info("cache %s/%s: %s", namespace, key, status)
     return CacheEntry(folder, key, status, manifest)
+
+
+def _seal(path: Path) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def verify_added(folder: Path, pattern: str, readable: Callable[[Path], bool], recheck: bool = True) -> list[str]:
+    """Check the files matching `pattern` that were added to the complete entry `folder` after its build.
+
+    A sealed file must still match its seal (its size only with recheck=False: just sealing what was added); a
+    file not yet sealed (added since the last call) must pass `readable`, and is then sealed. A file failing either
+    is removed with a warning (its writer makes it again). Returns the names removed. Call it before a library
+    reads the folder's added files and after it wrote them."""
+    folder = Path(folder)
+    removed: list[str] = []
+    with FileLock(str(folder.parent / f"{folder.name}.lock")):
+        seals = read_json(folder / ADDED) or {}
+        kept: dict[str, Any] = {}
+        for path in sorted(folder.glob(pattern)):
+            seal = seals.get(path.name)
+            same = seal is not None and path.stat().st_size == seal.get("size")
+            if same and (not recheck or file_sha256(path) == seal["sha256"]):
+                kept[path.name] = seal
+                continue
+            if seal is None and readable(path):
+                kept[path.name] = _seal(path)
+                continue
+            why = "does not match its seal" if seal is not None else "cannot be read"
+            log.warning("cache file %s is corrupt (%s): removing it, it is rebuilt", path, why)
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+        if kept != seals:
+            atomic_write_json(folder / ADDED, kept)
+    return removed

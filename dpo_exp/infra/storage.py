@@ -35,12 +35,21 @@ def clean_floats(obj: Any) -> Any:
     return obj
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old or the new file, never a truncated one."""
+    """Write `text` to `path` so that readers see either the old or the new file, never a truncated one. The file
+    gets the mode `open()` would give it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -83,6 +92,24 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 break
             raise
     return rows
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why files cannot be written under the folder `path` (None when they can), without creating it: every part
+    of it that exists must be a folder, and the deepest one that exists must take a new file (a probe, removed)."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".dpo_exp_probe.")
+    except OSError as exc:
+        return f"{existing} is not writable: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def read_json(path: str | Path) -> dict | None:

@@ -57,21 +57,40 @@ def pair_set_key(rows: list[dict]) -> str:
     return hashlib.sha256("".join(sorted(_row_digests(rows))).encode()).hexdigest()[:16]
 
 
+ADDED_FILES = "cache-*.arrow"  # what `datasets` adds to the entry: TRL's tokenised pairs, reference log-probs
+
+
+def arrow_readable(path: Path) -> bool:
+    """Whether `path` is a whole Arrow stream (the format of `datasets` cache files): a cut file fails to read."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            pa.ipc.open_stream(source).read_all()
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
 def shared_dataset(rows: list[dict], cache_dir: str | Path):
-    """The pairs as a memory-mapped `datasets.Dataset` stored (in a canonical order) under
-    `cache_dir/pair_datasets/<content hash>`, returned in the order of `rows`."""
+    """The pairs as a memory-mapped `datasets.Dataset` stored (in a canonical order) in the cache entry
+    `cache_dir/pair_datasets/<content hash>`, returned in the order of `rows`. A damaged entry is rebuilt, and a
+    damaged file that TRL added to it is removed (TRL then recomputes it): infra.cache."""
     from datasets import load_from_disk
-    from filelock import FileLock
+
+    from ..infra.cache import cached, verify_added
 
     digests = _row_digests(rows)
     canonical = sorted(range(len(rows)), key=digests.__getitem__)
-    folder = Path(cache_dir) / "pair_datasets" / pair_set_key(rows)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):  # parallel jobs (joblib, submitit) write it once
-        if not (folder / "state.json").is_file():
-            pairs_dataset([rows[i] for i in canonical]).save_to_disk(str(folder))
+
+    def build(folder: Path) -> dict[str, Any]:
+        pairs_dataset([rows[i] for i in canonical]).save_to_disk(str(folder))
+        return {"rows": len(rows)}
+
+    entry = cached(cache_dir, "pair_datasets", pair_set_key(rows), build)  # locked: parallel jobs write it once
+    verify_added(entry.path, ADDED_FILES, arrow_readable)
     position = {row: place for place, row in enumerate(canonical)}
-    return load_from_disk(str(folder)).select([position[row] for row in range(len(rows))])
+    return load_from_disk(str(entry.path)).select([position[row] for row in range(len(rows))])
 
 
 def _arrow_files(folder: Path) -> set[str]:
@@ -119,6 +138,10 @@ class RefLogpsCache:
         """{"cache": "built"|"reused"|"disabled", per split, folder} after the trainer has precomputed them."""
         if self.cache_dir is None:
             return {"cache": "disabled"}
+        from ..infra.cache import verify_added
+
+        for folder in self.folders:  # seal what TRL added while it tokenised and precomputed
+            verify_added(folder, ADDED_FILES, arrow_readable, recheck=False)  # checked in full at the next use
         splits: dict[str, str] = {}
         for split, files in getattr(trainer, "ref_logps_files", {}).items():
             splits[split] = "reused" if files and all(f in self.before for f in files) else "built"

@@ -51,6 +51,7 @@ def train_policy(
     `env` gives device and precision; `callbacks` with a `bind(trainer)` method get the trainer once it exists."""
     from .export import save_run_model
     from .ref_logps import RefLogpsCache
+    from .schedule import check_schedule, total_steps
 
     metrics_path = run_dir / METRICS_FILE
     stopper = GracefulStop()
@@ -70,6 +71,7 @@ def train_policy(
     for callback in callbacks or []:
         if hasattr(callback, "bind"):
             callback.bind(trainer)
+    check_schedule(trainer.args, total_steps(trainer))  # a schedule under which no step trains: refused
     result = TrainResult(trainer, ref_logps=ref_cache.status(trainer))
     resume_from = resume_point(cfg, run_dir)
     result.resumed_from = str(resume_from) if resume_from else None
