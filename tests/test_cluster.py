@@ -192,3 +192,35 @@ def test_failed_job_is_a_failed_submitit_task_and_the_sweep_goes_on(tmp_path, ul
             assert "JobFailed: job #1 failed: " in detail and "no rows" in detail
             assert "Job completed successfully" not in log
     assert outcomes == {"success": 1, "error": 1}
+
+
+def test_slurm_gpu_preset_submits_one_multi_node_ddp_job(tmp_path, monkeypatch):
+    """hydra/launcher=slurm_gpu with nodes=2, 4 GPUs and 4 tasks per node: dpo_exp's launcher (a failed job fails its
+    task) builds the sbatch script of one 2 x 4-process job; each task runs `join_submitit_job` (tests above)."""
+    bin_dir = tmp_path / "bin"  # submitit's Slurm executor only starts where `srun` is on PATH; nothing is submitted
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
+
+    from dpo_exp import CONF_DIR
+
+    overrides = ["hydra/launcher=slurm_gpu", "hydra.launcher.partition=a100", "hydra.launcher.nodes=2"]
+    overrides += ["hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4", f"hydra.sweep.dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    launcher_cfg = cfg.hydra.launcher
+    assert launcher_cfg._target_ == "hydra_plugins.dpo_exp_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher_cfg._target_ in {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover()}
+    from hydra_plugins.dpo_exp_launcher.submitit_launcher import SlurmLauncher
+
+    params = OmegaConf.to_container(launcher_cfg, resolve=True)
+    params.pop("_target_")
+    executor = SlurmLauncher(**params).executor()
+    script = executor._executor._make_submission_file_text("python -m dpo_exp", "uid")
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=a100", "--signal=USR2@120"):
+        assert f"#SBATCH {line}" in script, script
+    assert "export SUBMITIT_EXECUTOR=slurm" in script and "srun" in script

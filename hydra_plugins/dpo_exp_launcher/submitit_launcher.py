@@ -48,12 +48,10 @@ class _FailedTasksFail(plugin.BaseSubmititLauncher):
             raise JobFailed(f"job #{job_num} failed: {ret._return_value!r}")
         return ret
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """The plugin's `launch` (same executor, parameters and job arguments), but it waits for every job and a
-        failed one returns None to the sweeper rather than raising at the first."""
+    def executor(self) -> Any:
+        """The submitit executor with this launcher's parameters, as the plugin's `launch` builds it."""
         import submitit
 
-        assert self.config is not None
         params = dict(self.params)
         init_keys = {"submitit_folder", "max_num_timeout"}
         init = {"folder": params["submitit_folder"]}
@@ -64,6 +62,13 @@ class _FailedTasksFail(plugin.BaseSubmititLauncher):
         executor.update_parameters(
             **{k if k in base_keys else f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k not in init_keys}
         )
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """The plugin's `launch` (same executor, parameters and job arguments), but it waits for every job and a
+        failed one returns None to the sweeper rather than raising at the first."""
+        assert self.config is not None
+        executor = self.executor()
         log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
