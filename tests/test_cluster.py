@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,31 @@ def test_slurm_gpu_preset_submits_one_multi_node_ddp_job(tmp_path, monkeypatch):
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=a100", "--signal=USR2@120"):
         assert f"#SBATCH {line}" in script, script
     assert "export SUBMITIT_EXECUTOR=slurm" in script and "srun" in script
+
+
+@pytest.mark.slow
+def test_multi_node_torchrun_rendezvous_as_two_nodes_on_one_machine(tmp_path, ultrafeedback_file):
+    """The README's multi-node torchrun command (c10d rendezvous, one torchrun per node), with both "nodes" on this
+    machine: one run of 2 processes, 4 steps, written once."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    torchrun = str(torchrun) if torchrun.exists() else (shutil.which("torchrun") or "torchrun")
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d"]
+    rendezvous += ["--rdzv_endpoint", f"localhost:{port}", "--rdzv_id", "test"]
+    args = [*FAST_MODEL, *FAST_TRAINER, "trainer.per_device_train_batch_size=2", "dataset=preference_files"]
+    args += [f"dataset.path={ultrafeedback_file}", "data_size=16", "epochs=1", "eval.enabled=false", "logger=none"]
+    env = {**os.environ, "DPO_EXP_CACHE": str(tmp_path / ".cache"), "OMP_NUM_THREADS": "1"}
+    command = [torchrun, *rendezvous, "-m", "dpo_exp", *args, f"hydra.run.dir={tmp_path / 'run'}"]
+    nodes = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(out.count("[dpo_exp] completed") for out, _ in outputs) == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["num_processes"] == 2
+    train = [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    assert train == [1, 2, 3, 4]
