@@ -31,6 +31,8 @@ class JobFailed(RuntimeError):
 
 
 class _FailedTasksFail(plugin.BaseSubmititLauncher):
+    """What the two launchers below add to the plugin's: the task fails with its job; `launch` waits for all."""
+
     def __call__(
         self,
         sweep_overrides: list[str],
@@ -44,8 +46,8 @@ class _FailedTasksFail(plugin.BaseSubmititLauncher):
         ret = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         if job_outcome.failure() is not None:
             raise JobFailed(f"job #{job_num} failed: {job_outcome.failure()}")
-        if ret.status is JobStatus.FAILED:
-            raise JobFailed(f"job #{job_num} failed: {ret._return_value!r}")
+        if ret.status is JobStatus.FAILED:  # an exception the job did not catch (`return_value` would re-raise it)
+            raise JobFailed(f"job #{job_num} failed: {ret._return_value!r}") from ret._return_value
         return ret
 
     def executor(self) -> Any:
