@@ -100,3 +100,23 @@ def test_wheel_runs_two_offline_steps_outside_the_checkout(installed, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "completed" and max(r["step"] for r in rows) == 2
     assert (tmp_path / "run" / "model").is_dir()
+
+
+def test_wheel_ships_dpo_exps_submitit_launchers(installed, tmp_path):
+    """conf/hydra/launcher/{local_submitit,slurm_gpu}.yaml name launchers in hydra_plugins/dpo_exp_launcher: Hydra
+    must discover them from an installed wheel."""
+    found = subprocess.run(
+        [
+            str(installed),
+            "-c",
+            "from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+            "print(sorted(c.__module__ + '.' + c.__name__ for c in Plugins.instance().discover(Launcher)))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        check=True,
+    ).stdout
+    for name in ("LocalLauncher", "SlurmLauncher"):
+        assert f"hydra_plugins.dpo_exp_launcher.submitit_launcher.{name}" in found

@@ -59,7 +59,8 @@ def wandb_records(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def beta_sweep(tmp_path_factory) -> Path:
-    """`-m beta=0.1,0.5,1.0,-1`: three jobs complete, beta=-1 fails validation; the sweep must still finish."""
+    """`-m beta=0.1,0.5,1.0,-1`: three jobs complete, beta=-1 fails validation; the sweep must still finish, then
+    exit 1 with the failed job's table."""
     cwd = tmp_path_factory.mktemp("beta_sweep")
     proc = run_cli(
         [
@@ -71,7 +72,8 @@ def beta_sweep(tmp_path_factory) -> Path:
         ],
         cwd,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: 1 of 4 jobs failed" in proc.stderr and "beta must be > 0" in proc.stderr.splitlines()[-1]
     return cwd / "multirun" / "beta"
 
 
@@ -147,7 +149,7 @@ def test_relaunching_the_sweep_skips_completed_jobs(beta_sweep: Path):
         ],
         beta_sweep.parent.parent,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the failed job fails again
     for name in ("0", "1", "2"):
         assert (beta_sweep / name / "summary.json").read_text() == before[name]  # untouched: skipped
         assert "already completed: skipping" in (beta_sweep / name / "__main__.log").read_text()

@@ -1,7 +1,9 @@
-"""Which process am I in a multi-process run (torchrun / accelerate launch)? Only the main one writes the run folder.
+"""Which process am I in a multi-process run (torchrun / accelerate launch / a submitit job of several tasks)? Only
+the main one writes the run folder.
 
-Read from the launcher's environment (RANK / WORLD_SIZE, set by torchrun and accelerate) so it works before torch
-or accelerate are imported; the Trainer sets up the process group itself.
+Read from the launcher's environment (RANK / WORLD_SIZE, set by torchrun and accelerate; exported from submitit's
+own job environment by `join_submitit_job`) so it works before torch or accelerate are imported; the Trainer sets up
+the process group itself.
 """
 
 from __future__ import annotations
@@ -10,6 +12,27 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+
+def join_submitit_job() -> bool:
+    """Inside a submitit job of several tasks (`tasks_per_node > 1` and/or `nodes > 1`): export torch.distributed's
+    env:// variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) from submitit's own
+    `TorchDistributedEnvironment`, so each task is one process of a data-parallel run, as under torchrun. The
+    master is the job's first node; MASTER_PORT is kept if set, else derived from the job id. True when exported.
+
+    CUDA_VISIBLE_DEVICES is left as Slurm set it (every GPU of the node, for `gpus_per_node`): accelerate places
+    each process on cuda:LOCAL_RANK, as under torchrun, which a one-GPU CUDA_VISIBLE_DEVICES would break.
+    """
+    if not os.environ.get("SUBMITIT_EXECUTOR"):  # set by submitit in its jobs (local and slurm)
+        return False
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks <= 1:
+        return False
+    # overwrite: submitit's numbers are this task's truth (a job may be started from a shell that had RANK set)
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return True
 
 
 def rank() -> int:
