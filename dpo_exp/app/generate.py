@@ -87,7 +87,7 @@ def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
     return scorer, name
 
 
-def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, streamer: Any = None) -> Samples:
+def sample_one(models: Models, label: str, prompt: Any, sampling: Sampling, streamer: Any = None) -> Samples:
     with models.use(label) as model:
         return generate_samples(
             model,
@@ -103,7 +103,7 @@ def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, stre
         )
 
 
-def stream_one(models: Models, label: str, prompt: str, sampling: Sampling) -> Iterator[str | Samples]:
+def stream_one(models: Models, label: str, prompt: Any, sampling: Sampling) -> Iterator[str | Samples]:
     """The text so far while `label` samples (transformers' TextIteratorStreamer), then the finished Samples.
 
     Sampling runs in a worker thread; the draw is the same as sample_one's (same seed, same settings).
@@ -144,9 +144,10 @@ def log_ratio(models: Models, label: str, samples: Samples, max_new_tokens: int)
 
 
 def compare_completions(
-    models: Models, cfg: DictConfig, prompt: str, labels: list[str], sampling: Sampling, scorer_choice: str = RUN_SCORER
+    models: Models, cfg: DictConfig, prompt: Any, labels: list[str], sampling: Sampling, scorer_choice: str = RUN_SCORER
 ) -> Iterator[list[Completion]]:
-    """Yield the completions so far, reference first: while a model samples, its partial text (no scores yet);
+    """Yield the completions of `prompt` (text, or a conversation sampled through the chat template) so far, reference
+    first: while a model samples, its partial text (no scores yet);
     then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
     scorer, _ = scorer_for(cfg, scorer_choice)
     with_prompt = sample_settings(cfg).score_with_prompt

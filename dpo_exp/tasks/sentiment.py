@@ -195,8 +195,12 @@ def sample_pairs_stage(
     """Sample and score every training and held-out pair prompt, pair them up; cached by content."""
     from ..generation import default_batch_size
     from ..models import model_identity
+    from ..models.chat import template_identity
 
     identity: dict[str, Any] = {"source": model_identity(cfg.model), "seed": int(cfg.seed)}
+    template = template_identity(tokenizer)
+    if template is not None:  # a chat template changes how prompts are tokenised: part of the key
+        identity["chat_template"] = template
     if warm is not None:
         identity["sft"] = warm.key
     prompts = list(sets.train_prompts) + list(sets.pair_eval_prompts)
