@@ -53,7 +53,9 @@ def test_lora_defaults_resolve_to_existing_modules(arch):
 
 
 def test_a_wrong_target_is_one_error_line_naming_the_modules_before_any_model_loads(tmp_path):
-    proc = run_cli([*tiny("llama"), *FAST_TRAINER, "lora=auto", "lora.target_modules=[c_attn]", "logger=none"], tmp_path)
+    proc = run_cli(
+        [*tiny("llama"), *FAST_TRAINER, "lora=auto", "lora.target_modules=[c_attn]", "logger=none"], tmp_path
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
