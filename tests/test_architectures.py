@@ -252,3 +252,27 @@ print("generated", adapted.generate(**ids, max_new_tokens=3, do_sample=False).sh
     compared = run_cli([str(run_dir), "--out", str(tmp_path / "cmp"), "--no-plots"], tmp_path, module="dpo_exp.compare")
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert any((tmp_path / "cmp").iterdir())
+
+
+def test_the_chat_template_is_part_of_the_pair_cache_key():
+    from dpo_exp.models import load_tokenizer
+    from dpo_exp.tasks.sentiment import reference_identity
+
+    cfg = compose(["model=tiny_gpt2", *TINY_SIZES, "dataset=imdb_sentiment"])
+    plain = reference_identity(cfg, load_tokenizer(cfg.model), None)
+    assert "chat_template" not in plain  # plain-text runs keep their keys
+    chatml = reference_identity(cfg, load_tokenizer(cfg.model, "chatml"), None)
+    other = reference_identity(cfg, load_tokenizer(cfg.model, "{{ messages[0]['content'] }}"), None)
+    assert len({json.dumps(x, sort_keys=True) for x in (plain, chatml, other)}) == 3
+
+
+def test_the_app_offers_held_out_conversations_with_their_turns():
+    from dpo_exp.app.runs import RunInfo
+    from dpo_exp.app.ui import heldout_prompts
+
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    conversation += [{"role": "user", "content": "Tell me more"}]
+    run = RunInfo(Path("run"), "run", None, {}, prompts=[conversation, "plain text prompt"])
+    offered = heldout_prompts([run])
+    text = "User: Hi\n\nAssistant: Hello\n\nUser: Tell me more\n\nAssistant:"
+    assert offered == {text: conversation, "plain text prompt": "plain text prompt"}  # picked text -> its messages
