@@ -42,7 +42,7 @@ def test_lora_defaults_resolve_to_existing_modules(arch):
     from dpo_exp.lora import architecture_modules, check_lora_targets, model_type, resolve_targets
 
     overrides = FAST_TRAINER if arch == "gpt2" else []
-    cfg = compose(["model=tiny_gpt2", *TINY_SIZES, f"+model.tiny.architecture={arch}", "lora=auto", *overrides])
+    cfg = compose(["model=tiny_gpt2", *TINY_SIZES, f"model.tiny.architecture={arch}", "lora=auto", *overrides])
     check_lora_targets(cfg.lora, cfg.model)  # no error
     targets = resolve_targets(cfg.lora.target_modules, model_type(cfg.model))
     assert targets == (["c_attn", "c_proj"] if arch == "gpt2" else PEFT_TARGETS[arch])
@@ -276,3 +276,43 @@ def test_the_app_offers_held_out_conversations_with_their_turns():
     offered = heldout_prompts([run])
     text = "User: Hi\n\nAssistant: Hello\n\nUser: Tell me more\n\nAssistant:"
     assert offered == {text: conversation, "plain text prompt": "plain text prompt"}  # picked text -> its messages
+
+
+def test_conversational_rows_keep_every_turn():
+    """UltraFeedback's hub format (message lists) keeps the earlier turns; an HH pair whose dialogues diverge before
+    the last turn keeps its later turns as messages; flat strings become one user turn."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.data.conversation import conversational_row
+    from dpo_exp.data.preference import normalize_hh, normalize_ultrafeedback
+
+    columns = OmegaConf.create({"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    raw = {
+        "chosen": [*earlier, {"role": "user", "content": "A poem?"}, {"role": "assistant", "content": "Roses..."}],
+        "rejected": [*earlier, {"role": "user", "content": "A poem?"}, {"role": "assistant", "content": "No."}],
+    }
+    row = conversational_row(raw, normalize_ultrafeedback(raw, columns), "ultrafeedback", columns)
+    assert row["prompt"] == [*earlier, {"role": "user", "content": "A poem?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "Roses..."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "No."}]
+
+    hh = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Bye!",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Go away",
+    }
+    row = conversational_row(hh, normalize_hh(hh, columns), "hh_rlhf", columns)
+    assert row["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert [m["role"] for m in row["chosen"]] == ["assistant", "user", "assistant"]
+    assert row["rejected"] == [{"role": "assistant", "content": "Go away"}]
+
+    flat = {"prompt": "How?", "chosen": " Like this.", "rejected": "No."}
+    row = conversational_row(flat, normalize_ultrafeedback(flat, columns), "ultrafeedback", columns)
+    assert row["prompt"] == [{"role": "user", "content": "How?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "Like this."}]
+
+
+def test_gradient_checkpointing_is_a_model_setting():
+    assert compose(["model=gpt_j"]).trainer.gradient_checkpointing is True
+    assert compose(["model=hub", "model.gradient_checkpointing=true"]).trainer.gradient_checkpointing is True
+    assert compose(["model=gpt2"]).trainer.gradient_checkpointing is False

@@ -69,6 +69,14 @@ def _answer(value: Any) -> Any:
     return value  # a wrong type: filter_pairs names it
 
 
+def _hh_answer(value: Any) -> Any:
+    """An HH response as messages: usually one assistant turn; a pair whose dialogues diverge before the last turn
+    has later Human/Assistant turns in its response, kept as turns."""
+    if isinstance(value, str) and HH_TURN.search(value):
+        return hh_turns("\n\nAssistant: " + value.lstrip())
+    return _answer(value)
+
+
 def _prompt(value: Any, loader: str) -> Any:
     if is_conversation(value) or not isinstance(value, str):
         return value
@@ -90,5 +98,6 @@ def conversational_row(raw: dict, row: dict, loader: str, columns: Any) -> dict:
         return out
     source_prompt = raw.get(columns.prompt)
     out["prompt"] = _prompt(source_prompt if is_conversation(source_prompt) else row.get("prompt"), loader)
-    out["chosen"], out["rejected"] = _answer(row.get("chosen")), _answer(row.get("rejected"))
+    answer = _hh_answer if loader == "hh_rlhf" else _answer
+    out["chosen"], out["rejected"] = answer(row.get("chosen")), answer(row.get("rejected"))
     return out
