@@ -249,6 +249,15 @@ print("generated", adapted.generate(**ids, max_new_tokens=3, do_sample=False).sh
     loaded = subprocess.run([sys.executable, "-c", loader, str(run_dir)], capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0 and "generated" in loaded.stdout, loaded.stderr[-2000:]
 
+    # re-evaluation rebuilds the held-out conversations from the config (more prompts than the run saved)
+    again = run_cli([f"run_dir={run_dir}", "wandb=false", "eval.num_prompts=6"], tmp_path, module="dpo_exp.evaluate")
+    assert again.returncode == 0, again.stderr[-2000:]
+    redone = json.loads((run_dir / "summary.json").read_text())
+    assert "evaluated_at" in redone and redone["eval/num_prompts"] == len(
+        inputs["prompts"]
+    )  # the 4 held-out pairs' prompts
+    assert "User:" in (run_dir / "samples.md").read_text()
+
     compared = run_cli([str(run_dir), "--out", str(tmp_path / "cmp"), "--no-plots"], tmp_path, module="dpo_exp.compare")
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert any((tmp_path / "cmp").iterdir())
