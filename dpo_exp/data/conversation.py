@@ -20,7 +20,11 @@ HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 def is_conversation(value: Any) -> bool:
     """True for a non-empty list of chat messages (dicts with `role` and `content`)."""
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
+    )
 
 
 def prompt_key(prompt: Any) -> str:

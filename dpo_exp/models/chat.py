@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ..data.conversation import is_conversation
+
 # ChatML (the format of Qwen2.5- and SmolLM2-Instruct), for tokenizers that ship no template: `chatml` names it.
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' "
@@ -19,14 +21,8 @@ CHATML = (
 )
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 NAMED_TEMPLATES = {"chatml": CHATML}
-ROLES = ("system", "user", "assistant")
 
 Prompt = Any  # str (plain text) or list[dict] (a conversation)
-
-
-def is_conversation(value: Any) -> bool:
-    """True for a non-empty list of chat messages (dicts with `role` and `content`)."""
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
 def template_source(template: str) -> str:
