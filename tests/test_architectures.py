@@ -325,3 +325,14 @@ def test_gradient_checkpointing_is_a_model_setting():
     assert compose(["model=gpt_j"]).trainer.gradient_checkpointing is True
     assert compose(["model=hub", "model.gradient_checkpointing=true"]).trainer.gradient_checkpointing is True
     assert compose(["model=gpt2"]).trainer.gradient_checkpointing is False
+
+
+def test_plain_text_prompts_are_not_templated_even_for_a_chat_model():
+    """IMDb's review prefixes (plain strings) are continued as text; only conversations go through the template."""
+    from dpo_exp.models import load_tokenizer
+    from dpo_exp.models.chat import encode_prompts
+
+    tokenizer = load_tokenizer(compose(tiny("llama")).model)
+    assert encode_prompts(tokenizer, ["A great film"]).input_ids[0] == tokenizer("A great film").input_ids
+    templated = encode_prompts(tokenizer, [[{"role": "user", "content": "A great film"}]]).input_ids[0]
+    assert templated[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
