@@ -94,6 +94,9 @@ def _validate_model(model: Any) -> None:
             _positive(tiny[key], f"model.tiny.{key}", integer=True)
         if int(tiny.n_embd) % int(tiny.n_head):
             raise UserError(f"model.tiny.n_embd={tiny.n_embd} must be divisible by model.tiny.n_head={tiny.n_head}")
+        from .models.tiny import architecture
+
+        architecture(tiny)  # a known family
 
 
 def _validate_task(cfg: DictConfig) -> None:

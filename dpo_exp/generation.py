@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .data.conversation import prompt_key
 from .models import context_length
+from .models.chat import encode_prompts
 from .sampler import sampling_processors
 
 TokenSequence = tuple[list[int], list[int]]  # (context ids, completion ids)
@@ -27,7 +29,7 @@ TokenSequence = tuple[list[int], list[int]]  # (context ids, completion ids)
 class Samples:
     """`num_samples` completions per prompt: texts and the generated token ids (EOS/padding stripped)."""
 
-    prompts: list[str]
+    prompts: list  # plain text, or conversations (dpo_exp.models.chat renders them with the chat template)
     texts: list[list[str]]
     token_ids: list[list[list[int]]]
 
@@ -49,7 +51,7 @@ def prompt_token_budget(model, max_new_tokens: int) -> int:
 def generate_samples(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list,  # plain text or conversations
     gen_cfg: Any,
     seed: int,
     num_samples: int | None = None,
@@ -71,7 +73,10 @@ def generate_samples(
     batch_size = int(gen_cfg.get("batch_size") or default_batch_size(str(device)))
     max_prompt_tokens = prompt_token_budget(model, max_new_tokens)
 
-    lengths = [len(x) for x in tokenizer(list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids]
+    lengths = [
+        len(x)
+        for x in encode_prompts(tokenizer, list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids
+    ]
     plan = batch_plan(prompts, lengths, batch_size, num_samples, max_new_tokens, gen_cfg.get("max_batch_tokens"))
 
     padding_side = tokenizer.padding_side
@@ -84,9 +89,9 @@ def generate_samples(
     try:
         for number, batch in enumerate(tqdm(plan, desc=desc, disable=not progress, unit="batch")):
             chunk = [prompts[i] for i in batch]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens).to(
-                device
-            )
+            enc = encode_prompts(
+                tokenizer, chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens
+            ).to(device)
             out = _generate(
                 model, tokenizer, enc, gen_cfg, num_samples, max_new_tokens, seed + number, streamer, paired
             )
@@ -147,7 +152,7 @@ def sample_sequences(tokenizer, samples: Samples, max_new_tokens: int, context: 
     eos = tokenizer.eos_token_id
     out: list[TokenSequence] = []
     for prompt, rows in zip(samples.prompts, samples.token_ids):
-        prompt_ids = tokenizer(prompt, truncation=True, max_length=max_prompt).input_ids
+        prompt_ids = encode_prompts(tokenizer, [prompt], truncation=True, max_length=max_prompt).input_ids[0]
         for generated in rows:
             ended = len(generated) < max_new_tokens
             out.append((prompt_ids, list(generated) + ([eos] if ended else [])))
@@ -164,7 +169,7 @@ def batch_plan(
 ) -> list[list[int]]:
     """Prompt indices per generate() call: sorted by (token length, text, index), cut every `batch_size` prompts
     and, with `max_batch_tokens`, before a batch's padded size (rows x (longest prompt + new tokens)) exceeds it."""
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], prompts[i], i))
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], prompt_key(prompts[i]), i))
     budget = int(max_batch_tokens) if max_batch_tokens else None
     batches: list[list[int]] = []
     current: list[int] = []

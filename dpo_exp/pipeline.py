@@ -144,7 +144,7 @@ def _run_stages(ctx: RunContext) -> None:
 
     cfg = ctx.cfg
     task = build_task(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
     from .training.stage import train_policy
@@ -282,7 +282,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     run_dir = Path(run_dir)
     summary = read_json(run_dir / SUMMARY) or {}
     check_eval(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     inputs = EvalInputs.load(run_dir / INPUTS_FILE)
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):
         # rebuilt from the dataset config (seeded, so the run's prompts come first)

@@ -13,7 +13,8 @@ one fails there, naming it, instead of deep inside a run. What is used, and by w
 - `trl.trainer.utils._use_triton` and `_ChunkedLogProbFunction`: the fused LM head's kernel choice, swapped on CPU
   (dpo_exp.throughput), through `fused_lm_head_kernel` / `set_fused_lm_head_kernel`.
 - TRL's tokenisation of a text pair (`_prepare_dataset`'s tokenize step), re-done for the implicit reward of
-  held-out pairs: `pair_token_ids`.
+  held-out pairs: `pair_token_ids`; for a conversational pair through `trl.trainer.dpo_trainer._tokenize` (the
+  chat template as TRL applies it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ PRIVATE_METHODS = (
     ("trl.DPOTrainer", "_precompute_ref_logps", ("self", "dataset", "name", "batch_size")),
     ("trl.DPOTrainer", "_prepare_dataset", ("self", "dataset", "processing_class", "args", "dataset_name")),
 )
-PRIVATE_MODULE_NAMES = (("trl.trainer.utils", "_use_triton"), ("trl.trainer.utils", "_ChunkedLogProbFunction"))
+PRIVATE_MODULE_NAMES = (
+    ("trl.trainer.utils", "_use_triton"),
+    ("trl.trainer.utils", "_ChunkedLogProbFunction"),
+    ("trl.trainer.dpo_trainer", "_tokenize"),
+)
 
 
 class CompatDPOTrainer(DPOTrainer):
@@ -94,12 +99,25 @@ def pair_token_ids(tokenizer, pair: dict) -> dict[str, list[int]]:
     where the tokenised prompt and prompt+response diverge)."""
     if all(pair.get(key) is not None for key in PAIR_ID_COLUMNS):
         return {key: list(pair[key]) for key in PAIR_ID_COLUMNS}
+    if isinstance(pair["prompt"], list):  # conversational: TRL's tokenize step, through the chat template
+        return _conversation_ids(tokenizer, pair)
     eos = tokenizer.eos_token or ""
     prompt_ids = tokenizer(pair["prompt"]).input_ids
     full = {}
     for key in ("chosen", "rejected"):
         text = pair[key] if pair[key].endswith(eos) else pair[key] + eos
         full[key] = tokenizer(pair["prompt"] + text).input_ids
+    cut = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
+    return {"prompt_ids": prompt_ids[:cut], "chosen_ids": full["chosen"][cut:], "rejected_ids": full["rejected"][cut:]}
+
+
+def _conversation_ids(tokenizer, pair: dict) -> dict[str, list[int]]:
+    """A conversational pair's ids as TRL's DPOTrainer makes them: the prompt with the generation prompt, each
+    response rendered after the prompt (no EOS appended: the template ends the turn), cut where they diverge."""
+    from trl.trainer.dpo_trainer import _tokenize
+
+    prompt_ids = _tokenize(tokenizer, pair["prompt"], add_generation_prompt=True)["input_ids"]
+    full = {key: _tokenize(tokenizer, pair["prompt"] + pair[key])["input_ids"] for key in ("chosen", "rejected")}
     cut = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
     return {"prompt_ids": prompt_ids[:cut], "chosen_ids": full["chosen"][cut:], "rejected_ids": full["rejected"][cut:]}
 

@@ -19,6 +19,7 @@ from ..evaluation.logprobs import sequence_logprobs
 from ..evaluation.metrics import score_samples
 from ..generation import Samples, generate_samples, prompt_token_budget, sample_sequences
 from ..models import context_length
+from ..models.chat import encode_prompts, prompt_text
 from .models import Models
 from .runs import REFERENCE
 
@@ -93,22 +94,22 @@ def scorer_for(cfg: DictConfig, choice: str) -> tuple[Any, str | None]:
     return scorer, name
 
 
-def prompt_cut_notice(models: Models, prompt: str, max_new_tokens: int) -> str | None:
+def prompt_cut_notice(models: Models, prompt: Any, max_new_tokens: int) -> str | None:
     """What the user must be told when the prompt is longer than the models can read with `max_new_tokens` left
     for the completion (it is cut before sampling); None when it fits."""
     with models.use(REFERENCE) as model:
         budget = prompt_token_budget(model, max_new_tokens)
-    tokens = len(models.tokenizer(prompt).input_ids)
+    tokens = len(encode_prompts(models.tokenizer, [prompt]).input_ids[0])
     if tokens <= budget:
         return None
     kept = "first" if models.tokenizer.truncation_side == "right" else "last"
     return (
-        f"The prompt is {tokens} tokens long ({len(prompt)} characters); the models read only its {kept} {budget} "
+        f"The prompt is {tokens} tokens long ({len(prompt_text(prompt))} characters); the models read only its {kept} {budget} "
         f"tokens (their context minus {max_new_tokens} new tokens): the rest was cut before sampling."
     )
 
 
-def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, streamer: Any = None) -> Samples:
+def sample_one(models: Models, label: str, prompt: Any, sampling: Sampling, streamer: Any = None) -> Samples:
     with models.use(label) as model:
         return generate_samples(
             model,
@@ -124,7 +125,7 @@ def sample_one(models: Models, label: str, prompt: str, sampling: Sampling, stre
         )
 
 
-def stream_one(models: Models, label: str, prompt: str, sampling: Sampling) -> Iterator[str | Samples]:
+def stream_one(models: Models, label: str, prompt: Any, sampling: Sampling) -> Iterator[str | Samples]:
     """The text so far while `label` samples (transformers' TextIteratorStreamer), then the finished Samples.
 
     Sampling runs in a worker thread; the draw is the same as sample_one's (same seed, same settings).
@@ -165,9 +166,10 @@ def log_ratio(models: Models, label: str, samples: Samples, max_new_tokens: int)
 
 
 def compare_completions(
-    models: Models, cfg: DictConfig, prompt: str, labels: list[str], sampling: Sampling, scorer_choice: str = RUN_SCORER
+    models: Models, cfg: DictConfig, prompt: Any, labels: list[str], sampling: Sampling, scorer_choice: str = RUN_SCORER
 ) -> Iterator[list[Completion]]:
-    """Yield the completions so far, reference first: while a model samples, its partial text (no scores yet);
+    """Yield the completions of `prompt` (text, or a conversation sampled through the chat template) so far, reference
+    first: while a model samples, its partial text (no scores yet);
     then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
     scorer, _ = scorer_for(cfg, scorer_choice)
     with_prompt = sample_settings(cfg).score_with_prompt

@@ -70,4 +70,4 @@ def load_models(runs: list[RunInfo], device: str) -> Models:
             policies[run.label] = AutoModelForCausalLM.from_pretrained(str(run.path / "model")).to(device).eval()
     if is_peft(pair.policy):
         pair.policy.eval()
-    return Models(load_tokenizer(first.cfg.model), pair, policies)
+    return Models(load_tokenizer(first.cfg.model, first.cfg.dataset.get("chat_template")), pair, policies)

@@ -33,7 +33,7 @@ class RunInfo:
     label: str
     cfg: DictConfig
     summary: dict[str, Any]
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[Any] = field(default_factory=list)  # text, or conversations (lists of messages)
     sweep_dir: Path | None = None  # the multirun folder it was found in (for the sweep's frontier plot)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import UserError
+from ..models.chat import as_prompt, prompt_text
 from . import report
 from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions, prompt_cut_notice
 from .models import Models
@@ -32,10 +33,16 @@ def score_rows(completions: list[Completion]) -> list[list[Any]]:
     return [[c.model, fmt(c.reward), fmt(c.log_ratio)] for c in completions if c.finished]
 
 
+def heldout_prompts(runs: list[RunInfo]) -> dict[str, Any]:
+    """The runs' held-out prompts by their readable text (a conversation shows every turn)."""
+    return {prompt_text(p): p for run in runs for p in run.prompts}
+
+
 def make_generate_fn(runs: list[RunInfo], models: Models):
     """The click handler: yields every output box (reference, then one per run) and the score table."""
     labels = [run.label for run in runs]
     cfg = runs[0].cfg
+    heldout = heldout_prompts(runs)
 
     def generate(
         prompt: str,
@@ -54,12 +61,13 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
             sampling.check()  # the same check as the command line's generation.* settings
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        notice = prompt_cut_notice(models, prompt, sampling.max_new_tokens)
+        asked = heldout.get(prompt) or as_prompt(models.tokenizer, prompt)  # a held-out conversation keeps its turns
+        notice = prompt_cut_notice(models, asked, sampling.max_new_tokens)
         if notice:
             gr.Warning(notice, duration=None)  # stays until closed: the completions answer a shorter prompt
         chosen = [label for label in labels if label in (selected or [])]
         try:
-            for done in compare_completions(models, cfg, prompt, chosen, sampling, scorer or RUN_SCORER):
+            for done in compare_completions(models, cfg, asked, chosen, sampling, scorer or RUN_SCORER):
                 texts = {c.model: c.text for c in done}
                 boxes = [texts.get(REFERENCE, "")] + [texts.get(label, "") for label in labels]
                 yield boxes + [score_rows(done)]
@@ -72,7 +80,7 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
 def generate_tab(runs: list[RunInfo], models: Models) -> None:
     defaults = Sampling.defaults(runs[0].cfg)
     labels = [run.label for run in runs]
-    prompts = list(dict.fromkeys(p for run in runs for p in run.prompts))
+    prompts = list(heldout_prompts(runs))
     with gr.Row():
         with gr.Column(scale=1):
             pick = gr.Dropdown(choices=prompts, value=None, label="held-out evaluation prompts", elem_id="pick")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
+from .conversation import conversational_row, is_conversation, message_text, prompt_key
 from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
 
@@ -115,13 +116,17 @@ def required_columns(ds_cfg: Any) -> list[str]:
     return [ds_cfg.columns.prompt, ds_cfg.columns.chosen, ds_cfg.columns.rejected]
 
 
-def normalize_split(raw: RawSplit, ds_cfg: Any) -> list[dict]:
-    """Normalise every row of a split, prefixing the row's location to any error."""
+def normalize_split(raw: RawSplit, ds_cfg: Any, conversational: bool = False) -> list[dict]:
+    """Normalise every row of a split (to TRL's conversational format when `conversational`: a chat model),
+    prefixing the row's location to any error."""
     normalize = NORMALIZERS[ds_cfg.loader]
     out = []
     for index, row in enumerate(raw.rows):
         try:
-            out.append(normalize(row, ds_cfg.columns))
+            normalized = normalize(row, ds_cfg.columns)
+            if conversational:
+                normalized = conversational_row(row, normalized, ds_cfg.loader, ds_cfg.columns)
+            out.append(normalized)
         except UserError as exc:
             raise UserError(f"{raw.locate(index)}: {exc}") from None
     return out
@@ -146,13 +151,14 @@ def filter_pairs(
     for index, row in enumerate(rows):
         for key in TEXT_KEYS:
             value = row.get(key)
-            if value is not None and not isinstance(value, str):
+            if value is not None and not isinstance(value, str) and not is_conversation(value):
                 raise UserError(f"{locate(index)}: column '{key}' must be text, got {type(value).__name__}")
-            if value is not None and not _encodable(value):  # e.g. a lone "\ud800" escape in JSON
+            if value is not None and not _encodable(message_text(value) or ""):  # e.g. a lone "\ud800" in JSON
                 raise UserError(f"{locate(index)}: column '{key}' holds an invalid unicode character (lone surrogate)")
-        if any(row.get(k) is None for k in TEXT_KEYS) or not row["chosen"].strip() or not row["rejected"].strip():
+        chosen, rejected = (message_text(row.get(k)) for k in ("chosen", "rejected"))
+        if row.get("prompt") is None or not (chosen or "").strip() or not (rejected or "").strip():
             counts["empty"] += 1
-        elif row["chosen"].strip() == row["rejected"].strip():
+        elif chosen.strip() == rejected.strip():
             counts["identical"] += 1
         elif drop_ties and row.get("score_chosen") is not None and row.get("score_chosen") == row.get("score_rejected"):
             counts["ties"] += 1
@@ -215,22 +221,29 @@ def drop_long_prompts(
 def split_by_prompt(pool: list[dict], fraction: float, source: str) -> tuple[list[dict], list[dict]]:
     """(held-out, training) pairs: `fraction` of the distinct prompts (in the pool's seeded order) and every pair
     that has one of them is held out, so no prompt is on both sides (HH-RLHF repeats prompts)."""
-    prompts = list(dict.fromkeys(r["prompt"] for r in pool))
+    prompts = list(dict.fromkeys(prompt_key(r["prompt"]) for r in pool))
     if len(prompts) < 2:
         raise UserError(
             f"{source}: only {len(prompts)} distinct prompt(s) left after filtering; need at least 2 (one is held "
             f"out for evaluation; or give a test file)"
         )
     held = set(prompts[: min(len(prompts) - 1, max(1, int(round(len(prompts) * fraction))))])
-    return [r for r in pool if r["prompt"] in held], [r for r in pool if r["prompt"] not in held]
+    return [r for r in pool if prompt_key(r["prompt"]) in held], [
+        r for r in pool if prompt_key(r["prompt"]) not in held
+    ]
 
 
 def load_preference_data(
-    ds_cfg: Any, seed: int, prompt_fits: Callable[[str], bool] | None = None, max_length: Any = None
+    ds_cfg: Any,
+    seed: int,
+    prompt_fits: Callable[[Any], bool] | None = None,
+    max_length: Any = None,
+    conversational: bool = False,
 ) -> PreferenceData:
     """Load, normalise, filter, split and subset a preference dataset according to its config.
 
     `prompt_fits(prompt)` (optional) says whether a prompt leaves room for a response within max_length.
+    `conversational` (the model has a chat template): pairs in TRL's conversational format, every turn kept.
     """
     if ds_cfg.loader not in NORMALIZERS:
         raise UserError(f"dataset.loader={ds_cfg.loader!r} is not one of {sorted(NORMALIZERS)}")
@@ -240,20 +253,20 @@ def load_preference_data(
     for split, raw in splits.items():
         where = f"{raw.origin} [{split}]" if ds_cfg.get("path") else raw.origin
         check_columns(raw.rows, required_columns(ds_cfg), where)
-        normalized = normalize_split(raw, ds_cfg)
+        normalized = normalize_split(raw, ds_cfg, conversational)
         kept, dropped = filter_pairs(normalized, bool(ds_cfg.drop_ties), where, raw.locate)
         counts[f"{split}_raw"] = len(raw.rows)
         counts.update({f"{split}_dropped_{k}": v for k, v in dropped.items()})
         if not kept:
             raise UserError(f"{where}: 0 pairs left after filtering ({len(raw.rows)} rows; dropped {dropped})")
-        kept = apply_template(kept, ds_cfg)
+        kept = kept if conversational else apply_template(kept, ds_cfg)  # text templates are for plain-text models
         kept, counts[f"{split}_dropped_too_long"] = drop_long_prompts(kept, prompt_fits, where, max_length)
         cleaned[split] = kept
 
     pool = seeded_subset(cleaned["train"], None, seed)
     if "test" in cleaned:  # a held-out pair whose prompt is also a training prompt measures memory, not preference
-        seen = {r["prompt"] for r in cleaned["train"]}
-        eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if r["prompt"] not in seen]
+        seen = {prompt_key(r["prompt"]) for r in cleaned["train"]}
+        eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if prompt_key(r["prompt"]) not in seen]
         counts["eval_dropped_prompt_overlap"] = len(cleaned["test"]) - len(eval_pool)
         if not eval_pool:
             raise UserError(f"{source}: every held-out pair's prompt is also a training prompt; nothing to evaluate on")

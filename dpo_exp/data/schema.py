@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .conversation import prompt_key, unique_prompts
+
 PAIR_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # token ids of pairs built from samples
 
 
@@ -21,7 +23,7 @@ class PreferenceData:
 
     def __post_init__(self) -> None:
         if not self.eval_prompts:
-            self.eval_prompts = list(dict.fromkeys(r["prompt"] for r in self.eval))
+            self.eval_prompts = unique_prompts(r["prompt"] for r in self.eval)
 
     def heldout_hashes(self) -> dict[str, Any]:
         """sha256 (16 hex) of each held-out set: the same numbers in every member of a data_size sweep."""
@@ -32,7 +34,7 @@ class PreferenceData:
 
         return {
             "eval_pairs": digest([[r["prompt"], r["chosen"], r["rejected"]] for r in self.eval]),
-            "eval_pair_prompts": digest(sorted({r["prompt"] for r in self.eval})),
+            "eval_pair_prompts": digest(sorted({prompt_key(r["prompt"]) for r in self.eval})),
             "eval_prompts": digest(self.eval_prompts),
             "n_eval_pairs": len(self.eval),
             "n_eval_prompts": len(self.eval_prompts),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..data.conversation import prompt_key, unique_prompts
 from ..data.schema import PAIR_ID_COLUMNS, PreferenceData
 from ..errors import UserError
 from ..infra.storage import atomic_write_json, read_json
@@ -78,16 +79,16 @@ def eval_pairs(rows: list[dict]) -> list[dict]:
 class EvalInputs:
     """Held-out prompts for sampling and held-out preference pairs for the implicit reward."""
 
-    prompts: list[str]
+    prompts: list[Any]  # plain text, or conversations (lists of messages) for a chat model
     pairs: list[dict]
     dropped_seen_in_training: int = 0
 
     @classmethod
     def from_data(cls, data: PreferenceData) -> EvalInputs:
         """The held-out prompts minus any prompt that is also a training prompt; the held-out pairs."""
-        train_prompts = {r["prompt"] for r in data.train}
-        prompts = list(dict.fromkeys(data.eval_prompts))
-        kept = [p for p in prompts if p not in train_prompts]
+        train_prompts = {prompt_key(r["prompt"]) for r in data.train}
+        prompts = unique_prompts(data.eval_prompts)
+        kept = [p for p in prompts if prompt_key(p) not in train_prompts]
         return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept))
 
     def save(self, path: Path) -> None:

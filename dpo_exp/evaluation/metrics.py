@@ -13,6 +13,7 @@ import numpy as np
 
 from ..generation import Samples, generate_samples, sample_sequences
 from ..models import context_length
+from ..models.chat import prompt_text
 from .logprobs import pair_sequences, sequence_kl, sequence_logprobs
 from .policy_ref import PolicyReference
 from .stats import bootstrap_indices, describe, mean_ci, paired_wins
@@ -48,7 +49,7 @@ class SampleEval:
 
 def score_samples(scorer, samples: Samples, with_prompt: bool) -> np.ndarray:
     """Scores as a (prompts, samples) array."""
-    texts = [(samples.prompts[i] + text) if with_prompt else text for i, text in samples.flat()]
+    texts = [(prompt_text(samples.prompts[i]) + text) if with_prompt else text for i, text in samples.flat()]
     scores = np.asarray(scorer.score(texts), dtype=np.float64)
     return scores.reshape(len(samples.prompts), -1)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..infra.storage import atomic_write_text, is_finite
+from ..models.chat import prompt_text
 from .metrics import SampleEval
 
 SIDE_BY_SIDE_COLUMNS = ["prompt", "reference", "reference_score", "policy", "policy_score"]
@@ -65,7 +66,7 @@ def write_samples_md(path: Path, rows: list[dict[str, Any]], metrics: dict[str, 
             "",
             f"## Prompt {n}",
             "",
-            _block(row["prompt"]),
+            _block(prompt_text(row["prompt"])),  # a conversation: every turn
             "",
             f"**Reference** (score {_fmt(row['reference_score'])})",
             "",

@@ -189,16 +189,28 @@ class SampledPairs:
         return next(self.entry.path.glob("pairs.*"))
 
 
+def reference_identity(cfg: Any, tokenizer, warm: CacheEntry | None) -> dict[str, Any]:
+    """What the sampling model is, for the pair cache key: its weights' identity, the seed, the warm start, and the
+    tokenizer's chat template when it has one (the template decides how a conversation becomes tokens)."""
+    from ..models import model_identity
+    from ..models.chat import template_identity
+
+    identity: dict[str, Any] = {"source": model_identity(cfg.model), "seed": int(cfg.seed)}
+    template = template_identity(tokenizer)
+    if template is not None:  # absent for plain-text tokenizers: their keys stay as they were
+        identity["chat_template"] = template
+    if warm is not None:
+        identity["sft"] = warm.key
+    return identity
+
+
 def sample_pairs_stage(
     cfg: Any, env: StageEnv, model, tokenizer, sets: PromptSets, scorer, warm: CacheEntry | None
 ) -> SampledPairs:
     """Sample and score every training and held-out pair prompt, pair them up; cached by content."""
     from ..generation import default_batch_size
-    from ..models import model_identity
 
-    identity: dict[str, Any] = {"source": model_identity(cfg.model), "seed": int(cfg.seed)}
-    if warm is not None:
-        identity["sft"] = warm.key
+    identity = reference_identity(cfg, tokenizer, warm)
     prompts = list(sets.train_prompts) + list(sets.pair_eval_prompts)
     n_train = len(sets.train_prompts)
     batch_size = int(cfg.generation.batch_size or default_batch_size(env.device))

