@@ -44,6 +44,11 @@ class Pair:
     left: Side
     right: Side
     seconds: float  # time taken to sample and score both sides
+    redraws: int = 0  # seeds skipped because both sides wrote the very same text
+
+
+MAX_REDRAWS = 4
+REDRAW_STRIDE = 10_007  # seed step of a redraw: far from the pass seeds (evaluation seed + pass)
 
 
 class PairMaker:
@@ -89,13 +94,18 @@ class PairMaker:
         return Side(model, self.run_paths.get(model), samples.texts[0][0], score)
 
     def make(self, prompt: str | None = None) -> Pair:
-        """A new pair now: a held-out prompt (None) or the rater's own."""
+        """A new pair now: a held-out prompt (None) or the rater's own. Two identical texts are no question to ask
+        a person: the pair is drawn again with another seed (both sides alike), at most MAX_REDRAWS times."""
         started = time.perf_counter()
         prompt, source, seed, (left, right) = self._draw(prompt)
-        sampling = Sampling(**{**asdict(self.sampling), "seed": seed})
-        sides = [self._side(model, prompt, sampling) for model in (left, right)]
+        for redraws in range(MAX_REDRAWS + 1):
+            sampling = Sampling(**{**asdict(self.sampling), "seed": seed + REDRAW_STRIDE * redraws})
+            sides = [self._side(model, prompt, sampling) for model in (left, right)]
+            if sides[0].text != sides[1].text:
+                break
         settings = {k: v for k, v in asdict(sampling).items() if k != "seed"}
-        return Pair(uuid.uuid4().hex, prompt, source, seed, settings, self.judge, *sides, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return Pair(uuid.uuid4().hex, prompt, source, sampling.seed, settings, self.judge, *sides, seconds, redraws)
 
     def ahead(self) -> Future:
         """A pair being made in the background thread (one at a time: the models are shared)."""

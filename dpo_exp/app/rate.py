@@ -19,6 +19,7 @@ import gradio as gr
 
 from .. import __version__
 from ..human.bradley_terry import leaderboard
+from ..human.stats import win_rate
 from ..human.store import CHOICES, RatingStore, read_many, read_ratings
 from ..human.summary import publish
 from ..infra.cache import folder_digest
@@ -75,6 +76,7 @@ def vote_record(pair: Pair, choice: str, rater: str, version: dict) -> dict[str,
         "right": asdict(pair.right),
         "seed": pair.seed,
         "sampling": pair.sampling,
+        "redraws": pair.redraws,
         "judge": pair.judge,
         "version": version,
     }
@@ -159,6 +161,9 @@ class Rating:
             counts[r.get("winner") or r.get("choice")] += 1
         parts = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
         text = f"**{len(records)} votes** recorded ({parts or 'none yet'}); **{self.session_votes[session]}** by you"
+        pooled = win_rate(records) if len(self.runs) == 1 else None  # a sweep: the leaderboard (Evaluation tab)
+        if pooled is not None:
+            text += f"; the policy's human win rate: **{pooled.rate:.2f}** [95% CI {pooled.low:.2f}, {pooled.high:.2f}]"
         if last:
             text += (
                 f"  \nlast vote: **{last['choice']}**, the left was **{last['left']['model']}**, "
@@ -173,8 +178,8 @@ def pair_view(pair: Pair) -> list[Any]:
     return [f"**{source}:** {pair.prompt}", pair.left.text, pair.right.text, pair.pair_id]
 
 
-def rate_tab(rating: Rating) -> list[Any]:
-    """Lay out the tab and wire its events; returns what build_app loads the first pair into."""
+def rate_layout() -> tuple[Any, Any, Any, dict[str, Any], list[Any]]:
+    """(rater box, own-prompt box, its button, the vote buttons, the outputs every event updates)."""
     keys = " · ".join(f"{choice}: `{' / '.join(k)}`" for choice, k in SHORTCUTS.items())
     gr.Markdown(f"Which completion is better? The models are hidden and their sides random. Keys: {keys}")
     with gr.Row():
@@ -196,7 +201,13 @@ def rate_tab(rating: Rating) -> list[Any]:
         }
     pair_id = gr.Textbox(visible=False, elem_id="rate-pair-id")
     tally = gr.Markdown(elem_id="rate-tally")
-    outputs = [prompt, left, right, pair_id, tally]
+    return rater, own, own_button, buttons, [prompt, left, right, pair_id, tally]
+
+
+def rate_tab(rating: Rating) -> list[Any]:
+    """Lay out the tab and wire its events; returns the handler and outputs build_app loads the first pair with."""
+    rater, own, own_button, buttons, outputs = rate_layout()
+    pair_id = outputs[3]
 
     def show(request: gr.Request) -> list[Any]:
         session = request.session_hash or "default"
