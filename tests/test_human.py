@@ -224,3 +224,40 @@ def test_export_cli_bad_input_is_one_error_line_and_exit_2(tmp_path: Path):
         proc = run_cli(["export", *args], tmp_path, module="dpo_exp.human", timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
+
+
+# ---------------------------------------------------------------- compare and the W&B sweep summary
+
+
+def test_compare_and_the_wandb_sweep_summary_show_human_numbers_and_the_leaderboard(tmp_path: Path):
+    from .test_compare import write_run
+    from .wandb_records import offline_runs, records
+
+    root = tmp_path / "sweep"
+    strengths = {"reference": 0.0, "beta=0.1": 0.8, "beta=0.5": 0.2}
+    votes = simulated_votes(strengths, 90, seed=5, prompts=30)
+    for job, beta in enumerate(("0.1", "0.5")):
+        label = f"beta={beta}"
+        mine = [r for r in votes if label in (r["left"]["model"], r["right"]["model"])]
+        run = write_run(root / str(job), {"beta": beta}, {"status": "completed", "group": "g", "sweep": {"beta": beta}})
+        for record in mine:
+            RatingStore(run).append(record)
+        (run / "summary.json").write_text(
+            json.dumps({**json.loads((run / "summary.json").read_text()), **human_metrics(mine)})
+        )
+    proc = run_cli([str(root), "--wandb"], root, module="dpo_exp.compare", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import pandas as pd
+
+    table = pd.read_csv(root / "comparison.csv")
+    for job in (0, 1):
+        summary = json.loads((root / str(job) / "summary.json").read_text())
+        assert table.loc[job, "human/win_rate"] == pytest.approx(summary["human/win_rate"])
+        assert table.loc[job, "human/votes"] == summary["human/votes"]
+    assert "human/win_rate" in (root / "comparison.md").read_text()  # a shown column
+    board = pd.read_csv(root / "human_leaderboard.csv")
+    assert list(board["model"]) == ["beta=0.1", "beta=0.5", "reference"]  # the known order
+    (offline,) = offline_runs(root)
+    history = next(r["history"]["item"] for r in records(offline) if r.get("type") == "history")
+    assert history["sweep/human_leaderboard._type"] == "table-file"
+    assert history["sweep/human_leaderboard.nrows"] == 3

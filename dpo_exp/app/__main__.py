@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, mps")
     parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="CPU threads for sampling (default: torch's); 1 makes a tiny model's pairs ~10x faster on a busy machine",
+    )
+    parser.add_argument(
         "--rate-seed",
         type=int,
         default=None,
@@ -57,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from .models import load_models
     from .ui import build_app
 
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     device = resolve_device(args.device)
     print(f"loading {len(runs)} run(s) on {device}: " + ", ".join(r.label for r in runs), flush=True)
     demo = build_app(runs, load_models(runs, device), args.rate_seed)
