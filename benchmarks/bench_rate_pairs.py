@@ -59,7 +59,7 @@ def main() -> None:
         torch.set_num_threads(1)  # one pair is too small to share across threads on a busy machine
         timings.append(timed_pairs(maker, args.pairs))
     result = {
-        "run": str(args.run),
+        "run": args.run.name,  # the folder name only: no machine-specific path in the results
         "run_name": runs[0].summary.get("name"),
         "pairs": args.pairs,
         "max_new_tokens": maker.sampling.max_new_tokens,
