@@ -7,9 +7,10 @@ once. Full fine-tuned runs load their own model next to it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..evaluation.policy_ref import PolicyReference, from_run_dir
@@ -35,20 +36,24 @@ class Models:
     tokenizer: Any
     pair: PolicyReference
     policies: dict[str, Any]
+    # held while a model is in use: the Generate tab, the Rate tab and its pair-ahead thread share one PEFT model,
+    # whose active adapter (or disabled adapter, for the reference) must not change under a running generation
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @contextmanager
     def use(self, label: str) -> Iterator[Any]:
-        """The model to sample from for `label` (REFERENCE or a run label)."""
-        if label == REFERENCE:
-            with self.pair.reference() as reference:
-                yield reference
-            return
-        target = self.policies[label]
-        if isinstance(target, str):
-            self.pair.policy.set_adapter(target)
-            yield self.pair.policy
-        else:
-            yield target
+        """The model to sample from for `label` (REFERENCE or a run label), held for this thread meanwhile."""
+        with self.lock:
+            if label == REFERENCE:
+                with self.pair.reference() as reference:
+                    yield reference
+                return
+            target = self.policies[label]
+            if isinstance(target, str):
+                self.pair.policy.set_adapter(target)
+                yield self.pair.policy
+            else:
+                yield target
 
 
 def load_models(runs: list[RunInfo], device: str) -> Models:

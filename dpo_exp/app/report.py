@@ -1,4 +1,5 @@
-"""What the evaluation tab shows for a run, read from its files: eval/* metrics, plots and samples.md."""
+"""What the evaluation tab shows for a run, read from its files: eval/* metrics, plots, samples.md and the human
+ratings' numbers (computed from human/ratings.jsonl when shown)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import re
 from pathlib import Path
 
 from ..evaluation.inputs import PLOT_FILE, SAMPLES_FILE
+from ..human.bradley_terry import leaderboard
+from ..human.store import read_many, read_ratings
+from ..human.summary import human_metrics
 from .runs import RunInfo
 
 FRONTIER = "plots/reward_kl_frontier.png"  # written into a sweep folder by `python -m dpo_exp.compare`
@@ -44,3 +48,22 @@ def sample_sections(run: RunInfo) -> list[tuple[str, str]]:
         title, _, body = part.partition("\n")
         sections.append((title.strip(), body))
     return sections
+
+
+HUMAN_HEADERS = ["human/* (from human/ratings.jsonl)", "value"]
+LEADERBOARD_HEADERS = ["model", "Bradley-Terry strength", "95% CI", "P(beats reference)", "votes"]
+
+
+def human_rows(run: RunInfo) -> list[list]:
+    """The run's human/* numbers, computed from its ratings file as it is now."""
+    metrics = human_metrics(read_ratings(run.path))
+    return [[key, round(value, 4) if isinstance(value, float) else value] for key, value in metrics.items()]
+
+
+def leaderboard_rows(runs: list[RunInfo]) -> list[list]:
+    """The Bradley–Terry leaderboard over every vote of the runs (meaningful with two policies or more)."""
+    rows = leaderboard(read_many(run.path for run in runs))
+    return [
+        [s.model, round(s.strength, 3), f"[{s.low:.3f}, {s.high:.3f}]", round(s.p_beats_anchor, 3), s.votes]
+        for s in rows
+    ]

@@ -1,4 +1,5 @@
-"""The Gradio Blocks: a "Generate" tab (reference vs policies on one prompt) and an "Evaluation" tab per run."""
+"""The Gradio Blocks: a "Generate" tab (reference vs policies on one prompt), a "Rate" tab (blind A/B votes, rate.py)
+and an "Evaluation" tab per run (automatic and human numbers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from ..models.chat import as_prompt, prompt_text
 from . import report
 from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions, prompt_cut_notice
 from .models import Models
+from .pairs import PairMaker
+from .rate import KEYBOARD_JS, Rating, rate_tab
 from .runs import REFERENCE, RunInfo
 
 SCORE_HEADERS = ["model", "reward", "log pi - log pi_ref"]
@@ -120,12 +123,15 @@ def generate_tab(runs: list[RunInfo], models: Models) -> None:
     )
 
 
-def evaluation_views(run: RunInfo) -> list[Any]:
-    """Metrics table, reward-KL image, curve gallery, samples choices and the first sample section."""
+def evaluation_views(run: RunInfo, runs: list[RunInfo]) -> list[Any]:
+    """Metrics table, human numbers, leaderboard, reward-KL image, curve gallery, samples choices and the first
+    sample section."""
     sections = report.sample_sections(run)
     titles = [title for title, _ in sections]
     return [
         report.metrics_rows(run),
+        report.human_rows(run),
+        report.leaderboard_rows(runs) if len(runs) > 1 else [],
         report.reward_kl_plot(run),
         report.curve_plots(run),
         gr.Dropdown(choices=titles, value=titles[0]),
@@ -140,14 +146,24 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
     path = gr.Markdown(shown_path(runs[0]))
     with gr.Row():
         metrics = gr.Dataframe(headers=["metric", "value"], label="eval/* metrics (summary.json)", interactive=False)
-        reward_kl = gr.Image(type="filepath", label="reward vs KL", interactive=False)
+        human = gr.Dataframe(
+            headers=report.HUMAN_HEADERS, label="human ratings (Rate tab)", interactive=False, elem_id="human-metrics"
+        )
+    board = gr.Dataframe(
+        headers=report.LEADERBOARD_HEADERS,
+        label="human leaderboard: Bradley-Terry fit to every vote (reference = 0)",
+        interactive=False,
+        visible=len(runs) > 1,
+        elem_id="human-leaderboard",
+    )
+    reward_kl = gr.Image(type="filepath", label="reward vs KL", interactive=False)
     curves = gr.Gallery(label="training curves (plots/)", columns=3, height="auto", object_fit="contain")
     section = gr.Dropdown(label="samples.md: reference vs policy, by prompt")
     sample = gr.Markdown()
-    outputs = [metrics, reward_kl, curves, section, sample]
+    outputs = [metrics, human, board, reward_kl, curves, section, sample]
 
     def show_run(label: str) -> list[Any]:
-        return [shown_path(by_label[label]), *evaluation_views(by_label[label])]
+        return [shown_path(by_label[label]), *evaluation_views(by_label[label], runs)]
 
     def show_section(label: str, title: str) -> str:
         return dict(report.sample_sections(by_label[label])).get(title, "")
@@ -157,14 +173,22 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
     return run_pick, path, outputs, show_run
 
 
-def build_app(runs: list[RunInfo], models: Models) -> gr.Blocks:
+def build_app(runs: list[RunInfo], models: Models, side_seed: int | None = None) -> gr.Blocks:
+    """The app's Blocks; `side_seed` fixes the Rate tab's random sides and pair choice (None: fresh each start)."""
     where = shown_path(runs[0]) if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs)
     header = f"# dpo_exp: reference vs DPO policy\n{where}"
+    rating = Rating(runs, PairMaker(runs, models, side_seed))
+    rating.refresher.request()  # human/* summary keys from ratings made before this start
     with gr.Blocks(title="dpo_exp: reference vs DPO policy") as demo:
         gr.Markdown(header)
         with gr.Tab("Generate"):
             generate_tab(runs, models)
-        with gr.Tab("Evaluation"):
+        with gr.Tab("Rate", elem_id="tab-rate"):
+            show_pair, rate_outputs = rate_tab(rating)
+        with gr.Tab("Evaluation", elem_id="tab-evaluation") as evaluation:
             run_pick, path, outputs, show_run = evaluation_tab(runs)
+        evaluation.select(show_run, run_pick, [path, *outputs], api_name=False)  # fresh human numbers
         demo.load(show_run, run_pick, [path, *outputs], api_name=False)
+        demo.load(show_pair, None, rate_outputs, api_name=False)
+        demo.load(None, None, None, js=KEYBOARD_JS, api_name=False)
     return demo

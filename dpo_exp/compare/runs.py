@@ -30,6 +30,8 @@ EVAL_SHOWN = [
     "eval/win_rate_prompt",
     "eval/kl",
 ]
+# People's votes (the app's Rate tab, summary.json human/* keys): shown when any run has them.
+HUMAN_SHOWN = ["human/win_rate", "human/votes", "human/judge_agreement", "human/judge_kappa", "human/bt_strength"]
 TRAIN_SUFFIX = " (last-epoch mean)"  # train/* columns: mean over the last epoch's logged steps, not the last step
 SKIP_DIRS = {"wandb", "checkpoints", "model", "plots", "__pycache__"}
 IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")  # never treated as swept parameters

@@ -9,6 +9,9 @@ metrics.jsonl and .hydra/overrides.yaml are read (no W&B needed) and, into the f
 - plots/: learning_curves.png (every run overlaid: loss, reward accuracy, margins), metrics_vs_<param>.png for
   each swept parameter, reward_kl_frontier.png (KL against eval/reward_policy: one line along beta, or the first
   swept key, per combination of the other swept keys; x is eval/kl_rb where every point has it, else eval/kl);
+- human_leaderboard.csv and a section of comparison.md: the Bradley–Terry leaderboard of the people's votes
+  (human/ratings.jsonl of the runs, dpo_exp.human) when two policies or more were rated; their human/* summary
+  keys are columns like eval/*;
 - a console table;
 - with --wandb: a `sweep-summary` W&B run in the sweep's group and a saved W&B workspace (dpo_exp.compare.wandb_summary).
 """
@@ -28,6 +31,7 @@ from .plots import label, plot_frontier, plot_learning_curves, plot_metrics_vs_p
 from .runs import (
     EVAL_SHOWN,
     FINAL_METRICS,
+    HUMAN_SHOWN,
     TRAIN_SUFFIX,
     Run,
     find_run_dirs,
@@ -75,7 +79,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
                 row[column + TRAIN_SUFFIX] = train.get(key)
             else:
                 row[column] = s.get(key) if is_finite(s.get(key)) else None
-        for key in sorted(k for k, v in s.items() if k.startswith("eval/") and is_finite(v)):
+        for key in sorted(k for k, v in s.items() if k.startswith(("eval/", "human/")) and is_finite(v)):
             row[key] = s[key]
         row["wall_time_s"] = s.get("wall_time_s")
         row["ref_logps_cache"] = (s.get("ref_logps") or {}).get("cache")
@@ -92,7 +96,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
 
 def shown_columns(df: pd.DataFrame, params: list[str]) -> list[str]:
     """The columns of the markdown/console table (the csv has them all)."""
-    metric_cols = metric_columns() + EVAL_SHOWN
+    metric_cols = metric_columns() + EVAL_SHOWN + HUMAN_SHOWN
     present = [c for c in metric_cols if c in df.columns and df[c].notna().any()]
     return ["run", *params, "status", *present]
 
@@ -108,7 +112,13 @@ def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
 
 
 def write_markdown(
-    df: pd.DataFrame, params: list[str], out: Path, plots: list[Path], notes: list[str], sources: list[Path]
+    df: pd.DataFrame,
+    params: list[str],
+    out: Path,
+    plots: list[Path],
+    notes: list[str],
+    sources: list[Path],
+    leaderboard: pd.DataFrame | None = None,
 ) -> Path:
     failed = df[df["status"] != "completed"]
     parts = [
@@ -125,6 +135,9 @@ def write_markdown(
         parts += ["## Failed / unfinished runs", ""]
         parts += [f"- `{r['run']}` ({r['status']}): {r['error'] or 'no error recorded'}" for _, r in failed.iterrows()]
         parts.append("")
+    if leaderboard is not None:
+        parts += ["## Human leaderboard (Bradley-Terry fit to every vote, reference = 0)", ""]
+        parts += [markdown_table(leaderboard, list(leaderboard.columns)), ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
     if notes:
@@ -147,6 +160,31 @@ def print_console(df: pd.DataFrame, params: list[str]) -> None:
         style = None if row["status"] == "completed" else "red"
         table.add_row(*(fmt(row.get(c)) for c in columns), style=style)
     Console(width=max(120, 14 * len(columns))).print(table)
+
+
+def human_leaderboard(run_dirs: list[Path], out: Path) -> pd.DataFrame | None:
+    """The Bradley–Terry leaderboard over every vote of the runs (dpo_exp.human) into human_leaderboard.csv; None
+    when fewer than two policies were rated."""
+    from ..human.bradley_terry import leaderboard
+    from ..human.store import REFERENCE, read_many
+
+    records = read_many(run_dirs)
+    if len({side["model"] for r in records for side in (r["left"], r["right"])} - {REFERENCE}) < 2:
+        return None
+    rows = [
+        {
+            "model": s.model,
+            "bt_strength": s.strength,
+            "ci_low": s.low,
+            "ci_high": s.high,
+            "p_beats_reference": s.p_beats_anchor,
+            "votes": s.votes,
+        }
+        for s in leaderboard(records)
+    ]
+    board = pd.DataFrame(rows)
+    atomic_write_text(out / "human_leaderboard.csv", board.to_csv(index=False))
+    return board
 
 
 def compare(paths: list[Path], out: Path | None = None, console: bool = True, plots: bool = True) -> pd.DataFrame:
@@ -184,7 +222,8 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
         f"train/* columns{TRAIN_SUFFIX}: the mean over the logged steps of each run's last epoch "
         "(metrics.jsonl); eval/* come from the final evaluation"
     )
-    write_markdown(df, params, out, written, notes, paths)
+    board = human_leaderboard(run_dirs, out)
+    write_markdown(df, params, out, written, notes, paths, board)
     if console:
         print_console(df, params)
         for note in notes:

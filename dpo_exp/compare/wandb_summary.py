@@ -1,6 +1,7 @@
 """One extra W&B run per sweep (`job_type="sweep-summary"`, in the sweep's group) that shows the sweep at once.
 
-It carries a `wandb.Table` with one row per job (comparison.csv as written: swept keys, status, final metrics),
+It carries a `wandb.Table` with one row per job (comparison.csv as written: swept keys, status, final metrics,
+human/* win rates and agreement), the human Bradley–Terry leaderboard when people rated two policies or more,
 the reward-KL frontier as a W&B scatter chart, the jobs' learning curves overlaid (`wandb.plot.line_series`) and
 comparison.md/.csv (+ plots) as an artifact. It starts through `tracking.start_tracker`, so it follows the jobs'
 rules: online with an API key, offline beside the sweep (PATH/wandb/) otherwise, never prompting, never fatal.
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 JOB_TYPE = "sweep-summary"
 TABLE_KEY = "sweep/jobs"
+HUMAN_BOARD = "human_leaderboard.csv"  # written by compare when two policies or more were rated
 
 
 def _cell(value: Any) -> Any:
@@ -103,11 +105,17 @@ def _log_views(
             logged[f"sweep/curves/{key}"] = wandb.plot.line_series(
                 xs, ys, keys=keys, title=f"train {title}", xname="step"
             )
+    board = out / HUMAN_BOARD
+    if board.is_file():  # people's votes: the Bradley-Terry leaderboard (the human/* columns are in the jobs table)
+        logged["sweep/human_leaderboard"] = wandb.Table(dataframe=pd.read_csv(board))
     run.log(logged)
     run.summary.update({"jobs": len(table), "completed": int((table["status"] == "completed").sum())})
+    if "human/votes" in table.columns:
+        run.summary["human/votes"] = int(table["human/votes"].fillna(0).sum())
     artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{group}-comparison")[:120], type="sweep-comparison")
-    for name in ("comparison.md", "comparison.csv"):
-        artifact.add_file(str(out / name))
+    for name in ("comparison.md", "comparison.csv", HUMAN_BOARD):
+        if (out / name).is_file():
+            artifact.add_file(str(out / name))
     if (out / "plots").is_dir():
         artifact.add_dir(str(out / "plots"), name="plots")
     run.log_artifact(artifact)

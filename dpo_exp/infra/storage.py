@@ -118,3 +118,19 @@ def read_json(path: str | Path) -> dict | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def update_json(path: str | Path, updates: dict[str, Any], drop_prefix: str | None = None) -> dict:
+    """Merge `updates` into the JSON object at `path` (keys starting with `drop_prefix` removed first), under a
+    `filelock.FileLock`, then replace the file atomically. Returns the new object. Concurrent updaters of
+    different keys lose nothing; readers see the old or the new file."""
+    from filelock import FileLock
+
+    path = Path(path)
+    with FileLock(str(path) + ".lock"):
+        current = read_json(path) or {}
+        if drop_prefix:
+            current = {k: v for k, v in current.items() if not k.startswith(drop_prefix)}
+        current.update(updates)
+        atomic_write_json(path, current)
+    return current
