@@ -1,9 +1,8 @@
 """One run, start to finish: validate -> task data -> model -> task pairs -> DPO -> evaluation -> plots.
 
-Each stage returns a typed result; this module alone writes summary.json (but for the human/* keys that
-dpo_exp.human merges into a finished run's file), whose `status` (`running`, `completed`, `failed`, `interrupted`)
-lets sweeps resume and compare. `evaluate_run` re-evaluates a finished run (`python -m dpo_exp.evaluate`),
-`record_failure` marks a job failed that never got that far.
+Each stage returns a typed result; this module alone writes summary.json (dpo_exp.human merges only its human/*
+keys), whose `status` (running, completed, failed, interrupted) lets sweeps resume and compare. `evaluate_run`
+re-evaluates a finished run (python -m dpo_exp.evaluate); `record_failure` marks a job failed before it ran.
 """
 
 from __future__ import annotations
