@@ -1,4 +1,4 @@
-"""One run, start to finish: validate -> task data -> model -> task pairs -> DPO -> evaluation -> plots.
+"""One run, start to finish: validate -> task data -> model -> task pairs -> method (DPO, ...) -> evaluation -> plots.
 
 Each stage returns a typed result; this module alone writes summary.json, whose `status` (`running`, `completed`,
 `failed`, `interrupted`) lets sweeps resume and compare. `evaluate_run` re-evaluates a finished run
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def _run_stages(ctx: RunContext) -> None:
     tokenizer = load_tokenizer(cfg.model)
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
-    from .training.stage import train_policy
+    from .methods import MethodSettings, build_method
 
     _start_tracking(ctx)
     model = build_policy(cfg.model, int(cfg.seed), ctx.env.device)  # fp32 master weights; precision = autocast
@@ -156,10 +157,10 @@ def _run_stages(ctx: RunContext) -> None:
 
     tracers = trace_callbacks(cfg, tokenizer, data, ctx.run_dir, ctx.tracker, reference_path)
     started = time.time()
-    trained = train_policy(
-        cfg, prepared.model, tokenizer, data, ctx.run_dir, ctx.tracker, ctx.env, reference_path, tracers
-    )
-    ctx.summary.update(ref_logps=trained.ref_logps, saved_model=trained.saved_model)
+    evaluate = partial(evaluate_policy, cfg, tokenizer=tokenizer, data=data, tracker=ctx.tracker)
+    settings = MethodSettings(cfg, tokenizer, ctx.run_dir, ctx.tracker, ctx.env, tracers, evaluate)
+    trained = build_method(cfg).run(prepared.model, reference_path, data, settings)
+    ctx.summary.update(ref_logps=trained.ref_logps, saved_model=trained.saved_model, **trained.summary)
     if trained.resumed_from:
         ctx.summary["resumed_from"] = trained.resumed_from
     ctx.save_summary(**trained.final, skipped_steps=trained.skipped_steps)

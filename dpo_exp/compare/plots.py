@@ -91,6 +91,9 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
     return written
 
 
+LINE_PER_VALUE = ("method",)  # swept keys that always get a line per value (methods are never joined into one line)
+
+
 def frontier_x(df: pd.DataFrame) -> str | None:
     """The KL column for the frontier: the first of KL_ESTIMATORS that every run with a policy reward has."""
     if REWARD not in df.columns:
@@ -104,9 +107,11 @@ def frontier_x(df: pd.DataFrame) -> str | None:
 
 def frontier_lines(df: pd.DataFrame, params: list[str], kl: str) -> tuple[str | None, list[tuple[str, pd.DataFrame]]]:
     """(the key a frontier runs along, [(label, points sorted by KL)]): one line per combination of the other swept
-    keys, so a frontier never joins runs that differ in anything but the key it runs along (beta, if swept)."""
+    keys, so a frontier never joins runs that differ in anything but the key it runs along (beta, if swept); a swept
+    `method` is always a line per method (with one point per job when nothing else is swept)."""
     points = df[df[kl].notna() & df[REWARD].notna()]
-    along = "beta" if "beta" in params else (params[0] if params else None)
+    runs_along = [p for p in params if p not in LINE_PER_VALUE]
+    along = "beta" if "beta" in params else (runs_along[0] if runs_along else None)
     others = [p for p in params if p != along]
     if not others:
         return along, [("policy", points.sort_values(kl))] if not points.empty else []
