@@ -127,3 +127,29 @@ def test_a_method_sweep_draws_one_frontier_line_per_method():
     assert all(len(points) == 2 for _, points in lines)
     along, lines = frontier_lines(pd.DataFrame(rows[::2]), ["method"], "eval/kl_rb")
     assert along is None and [label for label, _ in lines] == ["method=dpo", "method=rloo"]
+
+
+def test_iterative_dpos_rounds_sit_on_its_frontier_line(tmp_path):
+    """A run's earlier rounds (summary.json "rounds") are drawn as a dotted path ending at the run's own point."""
+    from dpo_exp.compare.plots import plot_frontier, plot_rounds, round_points
+    from dpo_exp.compare.table import compare
+    from dpo_exp.infra.plots import plt
+
+    from .test_compare import write_run
+
+    point = {"eval/kl_rb": 4.0, "eval/reward_policy": 0.7, "eval/reward_reference": 0.5}
+    rounds = [{"round": 1, "eval/kl_rb": 2.0, "eval/reward_policy": 0.6}, {"round": 2}]
+    write_run(tmp_path / "0", {"method": "iterative_dpo"}, {"status": "completed", "rounds": rounds, **point})
+    write_run(tmp_path / "1", {"method": "dpo"}, {"status": "completed", **point, "eval/kl_rb": 3.0})
+    df = compare([tmp_path], console=False, plots=False)
+    assert (
+        round_points(tmp_path / "0", "eval/kl_rb") == [(2.0, 0.6)] and round_points(tmp_path / "1", "eval/kl_rb") == []
+    )
+    png, note = plot_frontier(df, ["method"], tmp_path)
+    assert png.stat().st_size > 5000 and "2 line(s)" in note
+    fig, ax = plt.subplots()
+    plot_rounds(ax, df[df["method"] == "iterative_dpo"], "eval/kl_rb", "C0")
+    plot_rounds(ax, df[df["method"] == "dpo"], "eval/kl_rb", "C1")  # no rounds: nothing drawn
+    assert len(ax.get_lines()) == 1
+    assert list(ax.get_lines()[0].get_xdata()) == [2.0, 4.0] and list(ax.get_lines()[0].get_ydata()) == [0.6, 0.7]
+    plt.close(fig)

@@ -13,7 +13,7 @@ from dpo_exp.compare.plots import frontier_lines, frontier_x
 from dpo_exp.compare.runs import find_run_dirs, load_run, swept_params
 from dpo_exp.compare.table import compare
 
-from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
+from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +60,10 @@ def weights_moved(run_dir: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def method_sweep(tmp_path_factory, imdb_dir) -> Path:
+def method_sweep(tmp_path_factory) -> Path:
     """`-m method=dpo,preferred_ft`: one sweep, W&B offline, two jobs sharing the task's pairs."""
+    shared_file("imdb/train.jsonl")
+    imdb_dir = shared_file("imdb/test.jsonl").parent
     cwd = tmp_path_factory.mktemp("methods")
     args = ["-m", *SMALL, f"dataset.path={imdb_dir}", "logger.mode=offline", "hydra.sweep.dir=multirun/m"]
     proc = run_cli([*args, "method=dpo,preferred_ft"], cwd)

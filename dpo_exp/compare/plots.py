@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..infra.storage import is_finite
+from ..infra.storage import is_finite, read_json
 from .runs import EVAL_SHOWN, Run, fmt, metric_columns
 
 CURVES = [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")]
@@ -163,6 +163,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
         for _, row in points.iterrows():
             text = f"{along}={fmt(row[along])}" if along else str(row["run"])
             ax.annotate(text, (row[kl], row[REWARD]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        plot_rounds(ax, points, kl, color)
         if REFERENCE in points.columns and points[REFERENCE].notna().any():
             refs = points[points[REFERENCE].notna()]
             ax.errorbar(
@@ -185,6 +186,25 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
         f"combination of the other swept keys ({len(lines)} line(s))"
     )
     return save_figure(fig, out / "reward_kl_frontier.png"), note
+
+
+def round_points(run_dir: str | Path, kl: str) -> list[tuple[float, float]]:
+    """(KL, reward) of each earlier round of an iterative-DPO run (summary.json "rounds"), in order: the last round
+    is the run's own point."""
+    rounds = (read_json(Path(run_dir) / "summary.json") or {}).get("rounds") or []
+    return [(r[kl], r[REWARD]) for r in rounds if isinstance(r.get(kl), (int, float)) and r.get(REWARD) is not None]
+
+
+def plot_rounds(ax: Any, points: pd.DataFrame, kl: str, color: str) -> None:
+    """Each iterative-DPO run's rounds on the frontier: a dotted path from round 1 to the run's (last round's) point."""
+    for _, row in points.iterrows():
+        earlier = round_points(row["path"], kl) if "path" in row and isinstance(row["path"], str) else []
+        if not earlier:
+            continue
+        xs, ys = zip(*earlier, (row[kl], row[REWARD]))
+        ax.plot(xs, ys, ":", marker=".", color=color, alpha=0.7)
+        for i, (x, y) in enumerate(earlier, start=1):
+            ax.annotate(f"round {i}", (x, y), fontsize=6, xytext=(4, -8), textcoords="offset points")
 
 
 def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
