@@ -20,6 +20,10 @@ from ..errors import UserError
 from ..infra.tracking import Tracker
 from ..training.stage import TrainResult
 
+# summary.json's own top-level sections, which a trainer's final metrics must not overwrite
+SUMMARY_SECTIONS = frozenset(
+    {"reward", "model", "data", "dataset", "pairs", "sft", "method", "rounds", "status", "name"}
+)
 DEFAULT_METHOD = "dpo_exp.methods.dpo.DPO"  # runs saved before the `method` group trained with DPO
 
 __all__ = ["Method", "MethodSettings", "TrainResult", "TrainedPolicy", "build_method"]
@@ -174,7 +178,10 @@ def train_trl(build: Callable[[Any, list], Any], reference: Path | None, setting
     cfg, env = settings.cfg, settings.env
     stopper = GracefulStop()
     trainer = build(trl_args(cfg, settings.run_dir, env.precision, env.device), [stopper, *run_callbacks(settings)])
-    return run_trainer(trainer, cfg, settings.tokenizer, settings.run_dir, stopper, reference, settings.callbacks)
+    result = run_trainer(trainer, cfg, settings.tokenizer, settings.run_dir, stopper, reference, settings.callbacks)
+    # TRL's online trainers log e.g. `reward`: kept as train/reward, never over the summary's own `reward` section
+    result.final = {(f"train/{k}" if k in SUMMARY_SECTIONS else k): v for k, v in result.final.items()}
+    return result
 
 
 def peft_config(cfg: Any, policy) -> Any:

@@ -10,6 +10,7 @@ run's own eval/ keys. A resumed run skips the rounds that finished (round.json) 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,14 @@ REFERENCES = ("sft", "previous")
 
 
 def weights_hash(model) -> str:
-    """sha256 (16 hex) of a model's weights and config: which model a round's pairs were sampled from."""
-    from ..training.ref_logps import reference_hash
-
-    return reference_hash(model, False, False)[:16]
+    """sha256 (16 hex) of a model's weights (names, dtypes, values; not its config, which training touches): which
+    model a round's pairs were sampled from."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu()
+        h.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def sample_round_pairs(policy, tokenizer, prompts: list[str], cfg: Any, seed: int, scorer) -> list[dict]:
