@@ -32,10 +32,10 @@ FRONTIER = ROOT / "benchmarks" / "results" / "methods_frontier.png"
 SWEEPS = {
     "dpo": (["beta=0.05,0.1,0.5"], []),
     "dpo_ipo": (["beta=0.05,0.1,0.5"], ["trainer.loss_type=ipo"]),
-    "preferred_ft": (["epochs=1,2,4"], []),
+    "preferred_ft": (["epochs=1,2,4"], ["beta=0.1"]),  # a fixed beta: imdb_tiny's sweeper would add its beta sweep
     "rloo": (["beta=0.01,0.05,0.2"], []),
     "online_dpo": (["beta=0.05,0.1,0.5"], []),
-    "iterative_dpo": (["method.rounds=1,2,3"], []),
+    "iterative_dpo": (["method.rounds=1,2,3"], ["beta=0.1"]),
 }
 QUICK = ["data_size=32", "trainer.max_steps=4", "sft.max_steps=20", "eval.num_prompts=16", "eval.best_of_n_prompts=8"]
 KEYS = [
