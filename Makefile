@@ -44,6 +44,7 @@ bench: install   # ~10 min on 2 idle cores: quick sizes, scaling at the issue si
 	$(PY) benchmarks/bench_scaling.py
 	$(PY) benchmarks/bench_gpu.py --quick
 	$(PY) benchmarks/bench_sweep_cache.py
+	$(PY) benchmarks/bench_methods.py --quick   # every training method, one setting each, smoke scale
 
 bench-effect: install   # the README's effect figures (issue-11 command, beta sweep, quickstart): ~30-40 min on 2 cores
 	$(PY) benchmarks/bench_sentiment_effect.py

@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise
     if result is None and _is_multirun():
-        from .pipeline import objective_key
+        from .objective import objective_key
 
         log.warning(
             "objective %r is not a number in summary.json: a sweeper gets None for this job", objective_key(cfg)

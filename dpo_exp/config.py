@@ -257,6 +257,9 @@ def validate(cfg: DictConfig) -> None:
 
     check_lora_targets(cfg.lora, cfg.model)
     check_trainer(cfg, precision, device)
+    from .methods import build_method
+
+    build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
 
 
 def _validate_generation(cfg: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""One run, start to finish: validate -> task data -> model -> task pairs -> DPO -> evaluation -> plots.
+"""One run, start to finish: validate -> task data -> model -> task pairs -> method (DPO, ...) -> evaluation -> plots.
 
 Each stage returns a typed result; this module alone writes summary.json (dpo_exp.human merges only its human/*
 keys), whose `status` (running, completed, failed, interrupted) lets sweeps resume and compare. `evaluate_run`
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, 
 from .infra.runinfo import RunIdentity, environment, run_identity
 from .infra.storage import atomic_write_json, read_json, read_jsonl
 from .infra.tracking import Tracker, start_tracker
+from .objective import objective_key, objective_value
 from .tasks import StageEnv, TaskResult, build_task
 
 log = logging.getLogger(__name__)
@@ -46,28 +48,6 @@ class RunContext:
         self.summary.update(updates)
         if is_main_process():  # in a multi-process run only the main process writes the run folder
             atomic_write_json(self.run_dir / SUMMARY, self.summary)
-
-
-AUTO_OBJECTIVE_WITH_REWARD = "eval/reward_delta"  # sampled reward gain over the reference (maximise)
-AUTO_OBJECTIVE_WITHOUT_REWARD = "eval_rewards/accuracies"  # TRL's held-out implicit-reward accuracy (maximise)
-
-
-def objective_key(cfg: DictConfig) -> str:
-    """The summary key a job returns to a sweeper. `objective: auto` picks one comparable across beta, lr and data
-    size (unlike eval_loss, whose scale depends on beta): eval/reward_delta when the evaluation has a reward scorer
-    (the run's `reward` or `eval.reward`), else eval_rewards/accuracies. Both are maximised."""
-    key = str(cfg.objective)
-    if key != "auto":
-        return key
-    ev = cfg.get("eval") or {}
-    run_reward = str((cfg.get("reward") or {}).get("kind", "none"))
-    has_scorer = bool(ev.get("enabled", False)) and (bool(ev.get("reward")) or run_reward != "none")
-    return AUTO_OBJECTIVE_WITH_REWARD if has_scorer else AUTO_OBJECTIVE_WITHOUT_REWARD
-
-
-def objective_value(summary: dict, key: str) -> float | None:
-    value = summary.get(key)
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
@@ -147,7 +127,7 @@ def _run_stages(ctx: RunContext) -> None:
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
-    from .training.stage import train_policy
+    from .methods import MethodSettings, build_method
 
     _start_tracking(ctx)
     model = build_policy(cfg.model, int(cfg.seed), ctx.env.device)  # fp32 master weights; precision = autocast
@@ -158,10 +138,10 @@ def _run_stages(ctx: RunContext) -> None:
 
     tracers = trace_callbacks(cfg, tokenizer, data, ctx.run_dir, ctx.tracker, reference_path)
     started = time.time()
-    trained = train_policy(
-        cfg, prepared.model, tokenizer, data, ctx.run_dir, ctx.tracker, ctx.env, reference_path, tracers
-    )
-    ctx.summary.update(ref_logps=trained.ref_logps, saved_model=trained.saved_model)
+    evaluate = partial(evaluate_policy, cfg, tokenizer=tokenizer, data=data, tracker=ctx.tracker)
+    settings = MethodSettings(cfg, tokenizer, ctx.run_dir, ctx.tracker, ctx.env, tracers, evaluate)
+    trained = build_method(cfg).run(prepared.model, reference_path, data, settings)
+    ctx.summary.update(ref_logps=trained.ref_logps, saved_model=trained.saved_model, **trained.summary)
     if trained.resumed_from:
         ctx.summary["resumed_from"] = trained.resumed_from
     ctx.save_summary(**trained.final, skipped_steps=trained.skipped_steps)

@@ -15,13 +15,18 @@ one fails there, naming it, instead of deep inside a run. What is used, and by w
 - TRL's tokenisation of a text pair (`_prepare_dataset`'s tokenize step), re-done for the implicit reward of
   held-out pairs: `pair_token_ids`; for a conversational pair through `trl.trainer.dpo_trainer._tokenize` (the
   chat template as TRL applies it).
+- `trl.experimental.online_dpo` (`OnlineDPOConfig`, `OnlineDPOTrainer`): experimental in TRL 1.x, imported here
+  only (conf/method/online_dpo.yaml names `dpo_exp.trl_compat.OnlineDPOConfig`), so a move is fixed in one place.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from trl import DPOTrainer
+
+ONLINE_DPO = ("OnlineDPOConfig", "OnlineDPOTrainer")  # from trl.experimental.online_dpo, imported on first use
 
 SUPPORTED_TRL = ">=1.16,<2"  # = pyproject.toml's requirement
 PAIR_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # = dpo_exp.data.schema.PAIR_ID_COLUMNS
@@ -129,3 +134,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def __getattr__(name: str) -> Any:
+    """`OnlineDPOConfig` / `OnlineDPOTrainer` from `trl.experimental.online_dpo`, imported when first asked for (not
+    by every run), without TRL's experimental-API warning: the import is pinned here on purpose."""
+    if name not in ONLINE_DPO:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import trl.experimental.online_dpo as online_dpo
+
+    return getattr(online_dpo, name)

@@ -9,7 +9,7 @@ from .conftest import compose
 
 
 def test_auto_objective_is_reward_delta_with_a_scorer_else_reward_accuracy():
-    from dpo_exp.pipeline import objective_key
+    from dpo_exp.objective import objective_key
 
     assert compose([]).objective == "auto"  # the default
     assert objective_key(compose([])) == "eval_rewards/accuracies"  # ultrafeedback, reward=none, no eval.reward

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..infra.storage import is_finite
+from ..infra.storage import is_finite, read_json
 from .runs import EVAL_SHOWN, Run, fmt, metric_columns
 
 CURVES = [("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")]
@@ -92,6 +92,9 @@ def plot_metrics_vs_params(df: pd.DataFrame, params: list[str], out: Path) -> li
     return written
 
 
+LINE_PER_VALUE = ("method",)  # swept keys that always get a line per value (methods are never joined into one line)
+
+
 def frontier_x(df: pd.DataFrame) -> str | None:
     """The KL column for the frontier: the first of KL_ESTIMATORS that every run with a policy reward has."""
     if REWARD not in df.columns:
@@ -105,9 +108,11 @@ def frontier_x(df: pd.DataFrame) -> str | None:
 
 def frontier_lines(df: pd.DataFrame, params: list[str], kl: str) -> tuple[str | None, list[tuple[str, pd.DataFrame]]]:
     """(the key a frontier runs along, [(label, points sorted by KL)]): one line per combination of the other swept
-    keys, so a frontier never joins runs that differ in anything but the key it runs along (beta, if swept)."""
+    keys, so a frontier never joins runs that differ in anything but the key it runs along (beta, if swept); a swept
+    `method` is always a line per method (with one point per job when nothing else is swept)."""
     points = df[df[kl].notna() & df[REWARD].notna()]
-    along = "beta" if "beta" in params else (params[0] if params else None)
+    runs_along = [p for p in params if p not in LINE_PER_VALUE]
+    along = "beta" if "beta" in params else (runs_along[0] if runs_along else None)
     others = [p for p in params if p != along]
     if not others:
         return along, [("policy", points.sort_values(kl))] if not points.empty else []
@@ -159,6 +164,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
         for _, row in points.iterrows():
             text = f"{along}={fmt(row[along])}" if along else str(row["run"])
             ax.annotate(text, (row[kl], row[REWARD]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        plot_rounds(ax, points, kl, color)
         if REFERENCE in points.columns and points[REFERENCE].notna().any():
             refs = points[points[REFERENCE].notna()]
             ax.errorbar(
@@ -181,6 +187,25 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
         f"combination of the other swept keys ({len(lines)} line(s))"
     )
     return save_figure(fig, out / "reward_kl_frontier.png"), note
+
+
+def round_points(run_dir: str | Path, kl: str) -> list[tuple[float, float]]:
+    """(KL, reward) of each earlier round of an iterative-DPO run (summary.json "rounds"), in order: the last round
+    is the run's own point."""
+    rounds = (read_json(Path(run_dir) / "summary.json") or {}).get("rounds") or []
+    return [(r[kl], r[REWARD]) for r in rounds if isinstance(r.get(kl), (int, float)) and r.get(REWARD) is not None]
+
+
+def plot_rounds(ax: Any, points: pd.DataFrame, kl: str, color: str) -> None:
+    """Each iterative-DPO run's rounds on the frontier: a dotted path from round 1 to the run's (last round's) point."""
+    for _, row in points.iterrows():
+        earlier = round_points(row["path"], kl) if "path" in row and isinstance(row["path"], str) else []
+        if not earlier:
+            continue
+        xs, ys = zip(*earlier, (row[kl], row[REWARD]))
+        ax.plot(xs, ys, ":", marker=".", color=color, alpha=0.7)
+        for i, (x, y) in enumerate(earlier, start=1):
+            ax.annotate(f"round {i}", (x, y), fontsize=6, xytext=(4, -8), textcoords="offset points")
 
 
 def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:

@@ -1,4 +1,5 @@
-"""The training stage: DPO with checkpoints, resume and a graceful stop; returns what the pipeline records."""
+"""The training stage: DPO (or any TRL trainer: `run_trainer`) with checkpoints, resume and a graceful stop;
+returns what the pipeline records."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class TrainResult:
     saved_model: dict[str, str] = field(default_factory=dict)  # what run_dir/model holds (dpo_exp.training.export)
     ref_logps: dict[str, Any] = field(default_factory=dict)  # reference log-probs cache: built | reused | disabled
     resumed_from: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)  # the method's own sections for summary.json (e.g. rounds)
 
 
 def train_policy(
@@ -45,15 +47,14 @@ def train_policy(
     env: Any,
     reference_path: Path | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    reference_model: Any = None,
 ) -> TrainResult:
     """Train (or resume) DPO on the pairs, save the model into run_dir/model; raise RunInterrupted on a signal.
 
-    `env` gives device and precision; `callbacks` with a `bind(trainer)` method get the trainer once it exists."""
-    from .export import save_run_model
+    `env` gives device and precision; `callbacks` with a `bind(trainer)` method get the trainer once it exists;
+    `reference_model`: DPO's frozen reference (None: the policy's starting weights, as TRL builds it)."""
     from .ref_logps import RefLogpsCache
-    from .schedule import check_schedule, total_steps
 
-    metrics_path = run_dir / METRICS_FILE
     stopper = GracefulStop()
     ref_cache = RefLogpsCache.from_config(cfg)  # shares TRL's precomputed reference log-probs across jobs
     trainer = build_trainer(
@@ -67,12 +68,32 @@ def train_policy(
         env.precision,
         env.device,
         extra_callbacks=[stopper, *(callbacks or [])],
+        reference_model=reference_model,
     )
+    return run_trainer(trainer, cfg, tokenizer, run_dir, stopper, reference_path, callbacks, ref_cache.status(trainer))
+
+
+def run_trainer(
+    trainer,
+    cfg: Any,
+    tokenizer,
+    run_dir: Path,
+    stopper: GracefulStop,
+    reference_path: Path | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    ref_logps: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Any TRL trainer, built with `stopper` among its callbacks: train (resuming from the run's last checkpoint),
+    stop gracefully on a signal (RunInterrupted), record the final metrics and save the policy into run_dir/model."""
+    from .export import save_run_model
+    from .schedule import check_schedule, total_steps
+
+    metrics_path = run_dir / METRICS_FILE
     for callback in callbacks or []:
         if hasattr(callback, "bind"):
             callback.bind(trainer)
     check_schedule(trainer.args, total_steps(trainer))  # a schedule under which no step trains: refused
-    result = TrainResult(trainer, ref_logps=ref_cache.status(trainer))
+    result = TrainResult(trainer, ref_logps=ref_logps or {"cache": "disabled"})
     resume_from = resume_point(cfg, run_dir)
     result.resumed_from = str(resume_from) if resume_from else None
     stopper.install()
@@ -91,7 +112,7 @@ def train_policy(
         if is_main_process():
             _patch_final_row(metrics_path, train_loss=loss)
     result.saved_model = save_run_model(trainer, tokenizer, run_dir / "model", cfg.model, reference_path)
-    result.skipped_steps = trainer.skipped_steps
+    result.skipped_steps = int(getattr(trainer, "skipped_steps", 0))
     return result
 
 

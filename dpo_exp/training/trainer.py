@@ -178,12 +178,14 @@ def build_trainer(
     precision: str,
     device: str,
     extra_callbacks: list[TrainerCallback] | None = None,
+    reference_model: Any = None,
 ) -> ExperimentDPOTrainer:
-    """A DPOTrainer for the configured run: LoRA (reference = adapter disabled) or full FT (frozen copy)."""
+    """A DPOTrainer for the configured run: LoRA (reference = adapter disabled) or full FT (frozen copy), or the
+    given `reference_model` (iterative DPO's starting model in a later round)."""
     args = dpo_config(cfg, run_dir, precision, device)
     peft_config = lora_config(cfg.lora, model) if cfg.lora.enabled else None
-    ref_model = None
-    if peft_config is None and not args.precompute_ref_log_probs:
+    ref_model = reference_model
+    if ref_model is None and peft_config is None and not args.precompute_ref_log_probs:
         ref_model = frozen_reference(model, precision)
     guard = GradientGuard(str(cfg.on_nonfinite))
     callbacks = [MetricsRecorder(run_dir / "metrics.jsonl", tracker), guard, *(extra_callbacks or [])]

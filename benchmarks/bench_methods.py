@@ -1,0 +1,152 @@
+"""The DPO paper's comparison on one reward-KL frontier (issue 24): every training method at 3 settings of its KL
+knob on the IMDb test reviews, the tiny IMDb preset's scale, with best-of-N beside them.
+
+    python benchmarks/bench_methods.py [--quick] [--only dpo,rloo,...] [--data FILE] [--work DIR]
+
+Each method is one sweep of `python -m dpo_exp -m experiment=imdb_tiny method=<m> <knob>=a,b,c` (the warm start and
+the task's pairs are built once and reused from the shared cache); the script draws one frontier line per sweep with
+best-of-N from the reference beside them (`python -m dpo_exp.compare WORK/multirun/*` gives the full table). Written to benchmarks/results/methods.json (per run: gain with 95% CI,
+independent-draw and per-prompt win rates with CIs, KL, minutes) and benchmarks/results/methods_frontier.png.
+`--quick` (make bench): 32 prompts, a few steps, one setting per method: a smoke run of the whole comparison, whose
+figures are not the README's. A finished run directory is skipped on a rerun with the same --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
+FRONTIER = ROOT / "benchmarks" / "results" / "methods_frontier.png"
+
+# method -> (its swept knob as Hydra overrides, extra overrides). beta is the KL knob of dpo, online_dpo and rloo;
+# Preferred-FT has none (epochs stand in); iterative DPO sweeps its rounds at the default beta.
+SWEEPS = {
+    "dpo": (["beta=0.05,0.1,0.5"], []),
+    "dpo_ipo": (["beta=0.05,0.1,0.5"], ["trainer.loss_type=ipo"]),
+    "preferred_ft": (["epochs=1,2,4"], ["beta=0.1"]),  # a fixed beta: imdb_tiny's sweeper would add its beta sweep
+    "rloo": (["beta=0.01,0.05,0.2"], []),
+    "online_dpo": (["beta=0.05,0.1,0.5"], []),
+    "iterative_dpo": (["method.rounds=1,2,3"], ["beta=0.1"]),
+}
+QUICK = ["data_size=32", "trainer.max_steps=4", "sft.max_steps=20", "eval.num_prompts=16", "eval.best_of_n_prompts=8"]
+KEYS = [
+    "reward_delta",
+    "reward_delta_ci_low",
+    "reward_delta_ci_high",
+    "win_rate_independent",
+    "win_rate_independent_ci_low",
+    "win_rate_independent_ci_high",
+    "win_rate_prompt",
+    "win_rate_prompt_ci_low",
+    "win_rate_prompt_ci_high",
+    "kl_rb",
+    "kl_rb_ci_low",
+    "kl_rb_ci_high",
+    "reward_policy",
+    "reward_reference",
+]
+
+
+def run(args: list[str], cwd: Path, cache: Path) -> None:
+    env = {
+        **os.environ,
+        "DPO_EXP_CACHE": str(cache),
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+    cmd = [sys.executable, "-m", "dpo_exp", *args]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("[dpo_exp]")), flush=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+
+
+def figures(run_dir: Path) -> dict:
+    """One run's figures from its summary.json."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {"run": str(run_dir), "sweep": summary.get("sweep"), "method": (summary.get("method") or {}).get("name")}
+    out.update({k: summary.get(f"eval/{k}") for k in KEYS})
+    out["minutes"] = round(float(summary.get("wall_time_s") or 0) / 60, 2)
+    out["train_minutes"] = round(float(summary.get("timing/train_s") or 0) / 60, 2)
+    out["best_of_n"] = {k: v for k, v in summary.items() if k.startswith(("eval/bon_", "eval/reward_reference"))}
+    out["rounds"] = [{k: r.get(f"eval/{k}") for k in ("reward_delta", "kl_rb")} for r in summary.get("rounds") or []]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke scale: one setting per method, a few steps")
+    parser.add_argument("--only", default=",".join(SWEEPS), help="comma-separated subset of " + ",".join(SWEEPS))
+    parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="labelled reviews {text, label}")
+    parser.add_argument("--work", default=None, help="work folder (default: a fresh temporary one)")
+    args = parser.parse_args()
+    work = Path(args.work or f"/tmp/bench_methods_{int(time.time())}").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"quick": args.quick, "data": args.data, "machine": platform.platform(), "runs": []}
+    sweeps = []
+    for name in args.only.split(","):
+        knob, extra = SWEEPS[name]
+        if args.quick:
+            knob = [knob[0].split(",")[0]]
+        method = name.split("_ipo")[0]
+        sweep_dir = work / "multirun" / name
+        sweeps.append(sweep_dir)
+        common = ["-m", "experiment=imdb_tiny", f"dataset.path={args.data}", "logger=none", f"method={method}"]
+        started = time.time()
+        run(
+            [*common, *knob, *extra, *(QUICK if args.quick else []), f"hydra.sweep.dir={sweep_dir}"],
+            work,
+            work / ".cache",
+        )
+        print(f"{name}: {(time.time() - started) / 60:.1f} min", flush=True)
+        results["runs"] += [
+            {"name": name, **figures(d)} for d in sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
+        ]
+        save(results)
+    plot(results["runs"], FRONTIER)
+    save(results)
+    print(f"wrote {RESULTS}")
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """One reward-KL line per benchmarked sweep (KL_RB with 95% CIs), best-of-N from the reference beside them."""
+    import pandas as pd
+
+    from dpo_exp.compare.plots import plot_best_of_n
+    from dpo_exp.infra.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, group) in enumerate(pd.DataFrame(runs).groupby("name", sort=False)):
+        group = group.dropna(subset=["kl_rb", "reward_policy"]).sort_values("kl_rb")
+        xerr = [group["kl_rb"] - group["kl_rb_ci_low"], group["kl_rb_ci_high"] - group["kl_rb"]]
+        ax.errorbar(group["kl_rb"], group["reward_policy"], xerr=xerr, fmt="o-", capsize=3, color=f"C{i}", label=name)
+    plot_best_of_n(ax, pd.DataFrame([{**r["best_of_n"], "eval/kl": r["kl_rb"]} for r in runs]))
+    ax.set_xlabel("KL(policy || reference), nats (eval/kl_rb)")
+    ax.set_ylabel("reward of policy samples")
+    ax.set_title("methods on one reward-KL frontier (IMDb test reviews, tiny GPT-2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def save(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Online DPO: TRL's OnlineDPOTrainer (trl.experimental, pinned in dpo_exp.trl_compat): two fresh samples per
+training prompt each step, the run's scorer picks the chosen one, DPO's loss (beta) trains on the pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.schema import PreferenceData
+from ..training.stage import TrainResult
+from .base import Method, MethodSettings, peft_config, prompt_rows, scorer_reward, train_trl
+
+
+class OnlineDPO(Method):
+    """DPO on pairs sampled from the current policy and judged by the run's scorer."""
+
+    uses_reward = True
+
+    def train(self, policy, reference: Path | None, data: PreferenceData, settings: MethodSettings) -> TrainResult:
+        from datasets import Dataset
+
+        from ..training.trainer import frozen_reference
+        from ..trl_compat import OnlineDPOTrainer
+
+        cfg = settings.cfg
+        lora = peft_config(cfg, policy)
+        # full fine-tuning: a frozen copy of the starting weights in the run's compute dtype (as for DPO)
+        ref_model = frozen_reference(policy, settings.env.precision) if lora is None else None
+
+        def build(args, callbacks):
+            return OnlineDPOTrainer(
+                model=policy,
+                ref_model=ref_model,
+                reward_funcs=[scorer_reward(cfg)],
+                args=args,
+                train_dataset=Dataset.from_list(prompt_rows(data)),
+                processing_class=settings.tokenizer,
+                peft_config=lora,
+                callbacks=callbacks,
+            )
+
+        return train_trl(build, reference, settings)

@@ -1,0 +1,155 @@
+"""The `method` config group (fast: composition, validation, TRL configs, the comparison's lines; no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dpo_exp import CONF_DIR
+from dpo_exp.config import validate
+from dpo_exp.errors import UserError
+from dpo_exp.methods import build_method
+from dpo_exp.methods.base import scorer_reward, trl_args
+
+from .conftest import FAST_MODEL, FAST_TRAINER, compose
+
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+
+
+def imdb(imdb_dir: Path, *extra: str):
+    return compose(
+        ["dataset=imdb_sentiment", f"dataset.path={imdb_dir}", "reward=vader", *FAST_MODEL, *FAST_TRAINER, *extra]
+    )
+
+
+def test_the_method_group_offers_the_papers_comparison():
+    assert {"dpo", "preferred_ft", "rloo", "online_dpo", "iterative_dpo"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_each_method_composes_validates_and_builds(imdb_dir, name):
+    cfg = imdb(imdb_dir, f"method={name}")
+    validate(cfg)
+    method = build_method(cfg)
+    assert method.name == name and type(method).__module__ == f"dpo_exp.methods.{name}"
+
+
+def test_a_config_without_the_method_group_trains_dpo(imdb_dir):
+    """Runs saved before the `method` group (no `method` key) are DPO runs."""
+    from omegaconf import open_dict
+
+    cfg = imdb(imdb_dir)
+    with open_dict(cfg):
+        del cfg["method"]
+    assert type(build_method(cfg)).__name__ == "DPO"
+
+
+def test_trl_config_takes_the_trainer_groups_shared_fields_then_the_methods_own(imdb_dir, tmp_path):
+    """lr, logging, seed flow from the `trainer` group; beta is RLOO's KL coefficient; the method's own fields win."""
+    from trl import RLOOConfig
+
+    cfg = imdb(imdb_dir, "method=rloo", "lr=3e-4", "beta=0.2", "trainer.logging_steps=3", "seed=7")
+    args = trl_args(cfg, tmp_path, "fp32", "cpu")
+    assert isinstance(args, RLOOConfig)
+    assert (args.learning_rate, args.beta, args.logging_steps, args.seed) == (3e-4, 0.2, 3, 7)
+    assert args.num_generations == 4 and args.eval_strategy == "no" and args.report_to == []
+    assert Path(args.output_dir) == tmp_path / "checkpoints"
+
+
+def test_online_dpo_is_trls_experimental_trainer_pinned_in_trl_compat(imdb_dir, tmp_path):
+    import trl.experimental.online_dpo as online
+
+    from dpo_exp import trl_compat
+
+    assert trl_compat.OnlineDPOTrainer is online.OnlineDPOTrainer
+    # only transformers.TrainingArguments fields are shared: DPOConfig's loss_type (same name) is not copied over
+    cfg = imdb(imdb_dir, "method=online_dpo", "beta=0.3", "trainer.loss_type=ipo", "generation.max_new_tokens=12")
+    args = trl_args(cfg, tmp_path, "fp32", "cpu")
+    assert isinstance(args, online.OnlineDPOConfig) and args.beta == 0.3 and args.max_new_tokens == 12
+    assert args.loss_type == "sigmoid" and args.max_length == cfg.trainer.max_length == 64
+
+
+def test_an_online_method_needs_a_task_with_a_scorer(ultrafeedback_file):
+    cfg = compose(
+        ["dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}", *FAST_MODEL, *FAST_TRAINER, "method=rloo"]
+    )
+    with pytest.raises(UserError, match="method=rloo trains on a scorer's rewards"):
+        validate(cfg)
+
+
+def test_a_bad_trl_field_in_a_methods_args_is_one_error_line(imdb_dir):
+    cfg = imdb(imdb_dir, "method=rloo", "+method.args.no_such_field=1")
+    with pytest.raises(UserError, match=r"method.args \(trl.RLOOConfig\).*no_such_field"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("method.rounds=0", "method.rounds=0 must be a whole number >= 1"),
+        ("method.reference=both", "method.reference='both' is not one of"),
+        ("lora=gpt2_attn", "trains full fine-tuning: choose lora=none"),
+    ],
+)
+def test_iterative_dpo_rejects_bad_settings(imdb_dir, override, message):
+    with pytest.raises(UserError, match=message):
+        validate(imdb(imdb_dir, "method=iterative_dpo", override))
+
+
+def test_the_scorer_is_the_reward_function_on_prompt_plus_completion(imdb_dir):
+    """What RLOO and Online DPO train on is what the evaluation scores (eval.score_with_prompt: the whole review)."""
+    from dpo_exp.rewards import build_scorer
+
+    cfg = imdb(imdb_dir)
+    reward = scorer_reward(cfg)
+    scorer = build_scorer(cfg.reward, cfg)
+    prompts, completions = ["This film was", "I hated"], [" wonderful and moving.", " every minute of it."]
+    assert reward(prompts, completions) == scorer.score([p + c for p, c in zip(prompts, completions)])
+    assert reward(prompts, completions) != scorer.score(completions)
+
+
+def test_a_method_sweep_draws_one_frontier_line_per_method():
+    """method x beta: a line per method along beta; method alone: a line per method, never one line across them."""
+    from dpo_exp.compare.plots import frontier_lines
+
+    rows = [
+        {"run": f"{m}-{b}", "method": m, "beta": b, "eval/kl_rb": kl, "eval/reward_policy": r}
+        for m, points in {
+            "dpo": [(0.1, 5.0, 0.6), (0.5, 1.0, 0.55)],
+            "rloo": [(0.1, 3.0, 0.7), (0.5, 0.5, 0.6)],
+        }.items()
+        for b, kl, r in points
+    ]
+    along, lines = frontier_lines(pd.DataFrame(rows), ["method", "beta"], "eval/kl_rb")
+    assert along == "beta" and [label for label, _ in lines] == ["method=dpo", "method=rloo"]
+    assert all(len(points) == 2 for _, points in lines)
+    along, lines = frontier_lines(pd.DataFrame(rows[::2]), ["method"], "eval/kl_rb")
+    assert along is None and [label for label, _ in lines] == ["method=dpo", "method=rloo"]
+
+
+def test_iterative_dpos_rounds_sit_on_its_frontier_line(tmp_path):
+    """A run's earlier rounds (summary.json "rounds") are drawn as a dotted path ending at the run's own point."""
+    from dpo_exp.compare.plots import plot_frontier, plot_rounds, round_points
+    from dpo_exp.compare.table import compare
+    from dpo_exp.infra.plots import plt
+
+    from .test_compare import write_run
+
+    point = {"eval/kl_rb": 4.0, "eval/reward_policy": 0.7, "eval/reward_reference": 0.5}
+    rounds = [{"round": 1, "eval/kl_rb": 2.0, "eval/reward_policy": 0.6}, {"round": 2}]
+    write_run(tmp_path / "0", {"method": "iterative_dpo"}, {"status": "completed", "rounds": rounds, **point})
+    write_run(tmp_path / "1", {"method": "dpo"}, {"status": "completed", **point, "eval/kl_rb": 3.0})
+    df = compare([tmp_path], console=False, plots=False)
+    assert (
+        round_points(tmp_path / "0", "eval/kl_rb") == [(2.0, 0.6)] and round_points(tmp_path / "1", "eval/kl_rb") == []
+    )
+    png, note = plot_frontier(df, ["method"], tmp_path)
+    assert png.stat().st_size > 5000 and "2 line(s)" in note
+    fig, ax = plt.subplots()
+    plot_rounds(ax, df[df["method"] == "iterative_dpo"], "eval/kl_rb", "C0")
+    plot_rounds(ax, df[df["method"] == "dpo"], "eval/kl_rb", "C1")  # no rounds: nothing drawn
+    assert len(ax.get_lines()) == 1
+    assert list(ax.get_lines()[0].get_xdata()) == [2.0, 4.0] and list(ax.get_lines()[0].get_ydata()) == [0.6, 0.7]
+    plt.close(fig)

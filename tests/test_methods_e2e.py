@@ -1,0 +1,161 @@
+"""Every training method end to end through the CLI at test scale (slow): the same evaluation keys as DPO's, one
+frontier line per method in a sweep's comparison, iterative DPO's rounds, resume, W&B grouping and caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dpo_exp.compare.plots import frontier_lines, frontier_x
+from dpo_exp.compare.runs import find_run_dirs, load_run, swept_params
+from dpo_exp.compare.table import compare
+
+from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "dataset=imdb_sentiment",
+    "reward=tfidf_logreg",
+    "data_size=8",
+    *FAST_MODEL,
+    *FAST_TRAINER,
+    "epochs=1",
+    "trainer.max_steps=2",
+    "lr=1e-3",
+    "generation.max_new_tokens=8",
+    "eval.max_new_tokens=8",
+    "eval.num_prompts=4",
+    "eval.num_samples=2",
+    "eval.num_pairs=4",
+    "eval.best_of_n=[1,2]",
+    "eval.best_of_n_prompts=2",
+    "eval.bootstrap=50",
+    "eval.every_n_steps=0",
+]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def eval_keys(run_dir: Path) -> set[str]:
+    return {k for k in summary(run_dir) if k.startswith("eval/")}
+
+
+def weights_moved(run_dir: Path) -> bool:
+    """The saved policy differs from its reference, both rebuilt as `python -m dpo_exp.evaluate` rebuilds them."""
+    import torch
+
+    from dpo_exp.evaluation.policy_ref import from_run_dir
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    pair = from_run_dir(run_dir, cfg, summary(run_dir).get("reference_path"))
+    with pair.reference() as reference:
+        ref = reference.state_dict()
+        return any(not torch.equal(t, ref[k]) for k, t in pair.policy.state_dict().items() if k in ref)
+
+
+@pytest.fixture(scope="module")
+def method_sweep(tmp_path_factory) -> Path:
+    """`-m method=dpo,preferred_ft`: one sweep, W&B offline, two jobs sharing the task's pairs."""
+    shared_file("imdb/train.jsonl")
+    imdb_dir = shared_file("imdb/test.jsonl").parent
+    cwd = tmp_path_factory.mktemp("methods")
+    args = ["-m", *SMALL, f"dataset.path={imdb_dir}", "logger.mode=offline", "hydra.sweep.dir=multirun/m"]
+    proc = run_cli([*args, "method=dpo,preferred_ft"], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "multirun" / "m"
+
+
+def test_a_two_method_sweep_compares_one_frontier_line_per_method(method_sweep: Path):
+    dirs = find_run_dirs([method_sweep])
+    summaries = [summary(d) for d in dirs]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert [s["method"]["name"] for s in summaries] == ["dpo", "preferred_ft"]
+    assert [s["sweep"] for s in summaries] == [{"method": "dpo"}, {"method": "preferred_ft"}]
+    assert len({s["group"] for s in summaries}) == 1  # one W&B group for the sweep ...
+    assert [s["name"].split("/")[-1] for s in summaries] == ["method=dpo", "method=preferred_ft"]  # ... named runs
+    assert [s["pairs"]["cache"] for s in summaries] == ["built", "reused"]  # the task's pairs, built once
+    assert eval_keys(dirs[1]) == eval_keys(dirs[0]) and "eval/kl_rb" in eval_keys(dirs[0])
+    assert weights_moved(dirs[1])
+    df = compare([method_sweep], console=False)
+    assert len(df) == 2  # one table row per job
+    params = swept_params([load_run(d) for d in dirs])
+    along, lines = frontier_lines(df, params, frontier_x(df))
+    assert params == ["method"] and along is None
+    assert [label for label, _ in lines] == ["method=dpo", "method=preferred_ft"]
+    assert "2 line(s)" in (method_sweep / "comparison.md").read_text()
+    assert (method_sweep / "plots" / "reward_kl_frontier.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("method", ["rloo", "online_dpo"])
+def test_an_online_method_runs_end_to_end_with_dpos_evaluation(method_sweep: Path, tmp_path, imdb_dir, method):
+    """The scorer is the reward; the run folder, summary keys and re-evaluation are those of a DPO run."""
+    run_dir = tmp_path / method
+    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", f"method={method}", f"hydra.run.dir={run_dir}"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["status"] == "completed" and s["method"]["name"] == method
+    assert eval_keys(run_dir) == eval_keys(find_run_dirs([method_sweep])[0])  # the DPO job's keys
+    for name in ("metrics.jsonl", "model/config.json", "evaluation.json", "samples.md", "pairs.jsonl"):
+        assert (run_dir / name).exists(), name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert s["reward"]["kind"] == "tfidf_logreg"  # the task's scorer section, not overwritten by TRL's metrics
+    if method == "rloo":
+        assert any("rewards/tfidf_logreg/mean" in row for row in rows) and "train/reward" in s  # TRL's reward log
+    else:
+        assert any("objective/scores" in row for row in rows)  # Online DPO's judged scores
+    assert weights_moved(run_dir)
+
+
+def test_rloo_resumes_from_its_checkpoint_like_a_dpo_run(tmp_path, imdb_dir):
+    run_dir = tmp_path / "rloo"
+    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", "method=rloo", f"hydra.run.dir={run_dir}"]
+    args += ["trainer.save_strategy=steps", "trainer.save_steps=1", "eval.enabled=false"]
+    assert run_cli(args, tmp_path).returncode == 0
+    proc = run_cli([*args, "skip_completed=false", "trainer.max_steps=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["attempts"] == 2 and s["resumed_from"].endswith("checkpoint-2")
+    steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [step for step in steps if step is not None]
+    assert sorted(set(train_steps)) == [1, 2, 3]
+
+
+def test_iterative_dpo_samples_round_two_from_round_one_and_evaluates_both(tmp_path, imdb_dir):
+    from transformers import AutoModelForCausalLM
+
+    from dpo_exp.methods.iterative_dpo import weights_hash
+
+    run_dir = tmp_path / "iterative"
+    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", "method=iterative_dpo", "method.rounds=2"]
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(run_dir)
+    rounds = s["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and s["method"] == {
+        "name": "iterative_dpo",
+        "rounds": 2,
+        "reference": "sft",
+    }
+    # two pair sets: the task's (sampled from the starting model) and round 2's, sampled from round 1's policy
+    round_one = AutoModelForCausalLM.from_pretrained(run_dir / "rounds" / "1" / "model")
+    assert rounds[1]["sampled_from"] == weights_hash(round_one) != rounds[0]["sampled_from"]
+    pairs_two = (run_dir / "rounds" / "2" / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs_two) == rounds[1]["pairs"] > 0 and pairs_two != (run_dir / "pairs.jsonl").read_text().splitlines()
+    # evaluated twice: round 1 into rounds/1, the last round as the run's own evaluation, with the same keys
+    first = json.loads((run_dir / "rounds" / "1" / "evaluation.json").read_text())["metrics"]
+    assert set(first) == eval_keys(run_dir) and {k: rounds[0][k] for k in first} == first
+    assert first["eval/kl_rb"] != s["eval/kl_rb"]  # two policies (at this scale their samples may still coincide)
+    # a rerun resumes: round 1 and round 2's pairs are reused, not redone
+    mtime = (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}", "skip_completed=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1 of 2: finished earlier" in proc.stdout + proc.stderr
+    assert (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime == mtime
+    assert summary(run_dir)["rounds"][1]["sampled_from"] == rounds[1]["sampled_from"]
