@@ -103,7 +103,8 @@ def _validate_task(cfg: DictConfig) -> None:
 
     task = build_task(cfg)
     kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
-    if kind != "none" and not task.uses_reward:
+    judge = bool(cfg.get("reward") is not None and cfg.reward.get("_target_"))  # a judge: it scores evaluation
+    if kind != "none" and not task.uses_reward and not judge:
         raise UserError(
             f"reward={kind} builds pairs for dataset=imdb_sentiment only (tasks that score samples into pairs); "
             f"dataset={cfg.dataset.name} already has its pairs (to score evaluation samples with it, use "

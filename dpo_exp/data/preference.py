@@ -6,13 +6,23 @@ splitting are shared. Problems in the user's data raise `UserError` naming the f
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
 from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
+from .splits import (
+    carve_judge_share,
+    drop_long_prompts,
+    filter_pairs,
+    heldout_prompt_list,
+    judge_settings,
+    seeded_subset,
+    split_by_prompt,
+)
+
+__all__ = ["filter_pairs", "load_preference_data", "load_run_preferences", "seeded_subset", "split_by_prompt"]
 
 # ---------------------------------------------------------------- normalisation per source
 
@@ -129,55 +139,6 @@ def normalize_split(raw: RawSplit, ds_cfg: Any) -> list[dict]:
 
 # ---------------------------------------------------------------- filtering, subsetting, splitting
 
-TEXT_KEYS = ("prompt", "chosen", "rejected")
-
-
-def filter_pairs(
-    rows: list[dict], drop_ties: bool, where: str, locate: Callable[[int], str] | None = None
-) -> tuple[list[dict], dict[str, int]]:
-    """Drop empty, identical and (optionally) tied pairs; reject wrong types naming the row and column.
-
-    A missing value (None) counts as empty; an empty prompt is allowed (unconditional generation).
-    `locate(index)` names a row in errors (default: "WHERE: row N").
-    """
-    locate = locate or (lambda index: f"{where}: row {index + 1}")
-    counts = {"empty": 0, "identical": 0, "ties": 0}
-    kept: list[dict] = []
-    for index, row in enumerate(rows):
-        for key in TEXT_KEYS:
-            value = row.get(key)
-            if value is not None and not isinstance(value, str):
-                raise UserError(f"{locate(index)}: column '{key}' must be text, got {type(value).__name__}")
-            if value is not None and not _encodable(value):  # e.g. a lone "\ud800" escape in JSON
-                raise UserError(f"{locate(index)}: column '{key}' holds an invalid unicode character (lone surrogate)")
-        if any(row.get(k) is None for k in TEXT_KEYS) or not row["chosen"].strip() or not row["rejected"].strip():
-            counts["empty"] += 1
-        elif row["chosen"].strip() == row["rejected"].strip():
-            counts["identical"] += 1
-        elif drop_ties and row.get("score_chosen") is not None and row.get("score_chosen") == row.get("score_rejected"):
-            counts["ties"] += 1
-        else:
-            kept.append(row)
-    return kept, counts
-
-
-def _encodable(text: str) -> bool:
-    """False for text that cannot be encoded as UTF-8 (lone surrogates), which tokenizers reject."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def seeded_subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
-    """A deterministic random subset (the whole list, shuffled, when size is None)."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    if size is not None:
-        order = order[:size]
-    return [rows[i] for i in order]
-
 
 def apply_template(rows: list[dict], ds_cfg: Any) -> list[dict]:
     """Wrap prompts/responses in the dataset's text template (e.g. Human/Assistant turns for flat strings)."""
@@ -197,46 +158,54 @@ def apply_template(rows: list[dict], ds_cfg: Any) -> list[dict]:
     return out
 
 
-def drop_long_prompts(
-    rows: list[dict], prompt_fits: Callable[[str], bool] | None, where: str, max_length: Any
-) -> tuple[list[dict], int]:
-    """Drop pairs whose prompt leaves no room for a response within max_length; error when none is left."""
-    if prompt_fits is None:
-        return rows, 0
-    kept = [r for r in rows if prompt_fits(r["prompt"])]
-    if rows and not kept:
-        raise UserError(
-            f"{where}: trainer.max_length={max_length} is too small: every prompt ({len(rows)}) leaves no room for "
-            f"a response (raise trainer.max_length or shorten the prompts)"
-        )
-    return kept, len(rows) - len(kept)
+def prompt_fits_within(tokenizer, max_length: Any, room: int) -> Callable[[str], bool]:
+    """Whether a prompt leaves `room` completion tokens within `max_length` (None: every prompt fits)."""
+
+    def prompt_fits(prompt: str) -> bool:
+        return max_length is None or len(tokenizer(prompt, verbose=False).input_ids) + room <= int(max_length)
+
+    return prompt_fits
 
 
-def split_by_prompt(pool: list[dict], fraction: float, source: str) -> tuple[list[dict], list[dict]]:
-    """(held-out, training) pairs: `fraction` of the distinct prompts (in the pool's seeded order) and every pair
-    that has one of them is held out, so no prompt is on both sides (HH-RLHF repeats prompts)."""
-    prompts = list(dict.fromkeys(r["prompt"] for r in pool))
-    if len(prompts) < 2:
-        raise UserError(
-            f"{source}: only {len(prompts)} distinct prompt(s) left after filtering; need at least 2 (one is held "
-            f"out for evaluation; or give a test file)"
-        )
-    held = set(prompts[: min(len(prompts) - 1, max(1, int(round(len(prompts) * fraction))))])
-    return [r for r in pool if r["prompt"] in held], [r for r in pool if r["prompt"] not in held]
+def load_run_preferences(cfg: Any, tokenizer) -> PreferenceData:
+    """The run's pairs as a preference task loads them: prompts that fit `trainer.max_length`, the judge's share
+    carved out (judge_settings), a held-out pool sized to what evaluation samples (`eval.num_prompts`)."""
+    share, judge_seed = judge_settings(cfg)
+    ev = cfg.get("eval") or {}
+    return load_preference_data(
+        cfg.dataset,
+        int(cfg.seed),
+        prompt_fits_within(tokenizer, cfg.trainer.max_length, int(cfg.train.min_prompt_tokens)),
+        cfg.trainer.max_length,
+        judge_share=share,
+        judge_seed=judge_seed,
+        heldout_prompts=int(ev.num_prompts) if ev.get("enabled") else 0,
+    )
 
 
 def load_preference_data(
-    ds_cfg: Any, seed: int, prompt_fits: Callable[[str], bool] | None = None, max_length: Any = None
+    ds_cfg: Any,
+    seed: int,
+    prompt_fits: Callable[[str], bool] | None = None,
+    max_length: Any = None,
+    judge_share: float = 0.0,
+    judge_seed: int = 0,
+    heldout_prompts: int | None = None,
 ) -> PreferenceData:
     """Load, normalise, filter, split and subset a preference dataset according to its config.
 
     `prompt_fits(prompt)` (optional) says whether a prompt leaves room for a response within max_length.
+    `judge_share` > 0 carves that share of the training prompts out for a trained judge (`data.judge`), disjoint
+    from the DPO pairs and the held-out prompts. `heldout_prompts` is how many prompts evaluation samples: without
+    a test split no more prompts than that (or `eval_size`) are held out. Every pair is counted: `counts` says
+    where each went (dropped_*, judge, train, unused by data_size, eval pairs, eval prompts only, unused).
     """
     if ds_cfg.loader not in NORMALIZERS:
         raise UserError(f"dataset.loader={ds_cfg.loader!r} is not one of {sorted(NORMALIZERS)}")
     splits, source = load_located_splits(ds_cfg)
     counts: dict[str, int] = {}
     cleaned: dict[str, list[dict]] = {}
+    templated: dict[str, list[dict]] = {}
     for split, raw in splits.items():
         where = f"{raw.origin} [{split}]" if ds_cfg.get("path") else raw.origin
         check_columns(raw.rows, required_columns(ds_cfg), where)
@@ -246,22 +215,67 @@ def load_preference_data(
         counts.update({f"{split}_dropped_{k}": v for k, v in dropped.items()})
         if not kept:
             raise UserError(f"{where}: 0 pairs left after filtering ({len(raw.rows)} rows; dropped {dropped})")
-        kept = apply_template(kept, ds_cfg)
+        kept = templated[split] = apply_template(kept, ds_cfg)
         kept, counts[f"{split}_dropped_too_long"] = drop_long_prompts(kept, prompt_fits, where, max_length)
         cleaned[split] = kept
 
-    pool = seeded_subset(cleaned["train"], None, seed)
+    return divide_pairs(ds_cfg, cleaned, templated, counts, source, seed, judge_share, judge_seed, heldout_prompts)
+
+
+def heldout_counts(
+    eval_pool: list[dict], eval_pairs: list[dict], eval_prompts: list[str], counts: dict[str, int]
+) -> dict[str, str]:
+    """Count where every held-out pair went (into `counts`); return the first chosen response of every sampled
+    prompt (the reference of eval/win_rate_vs_chosen)."""
+    sampled = set(eval_prompts)
+    prompt_only = sum(1 for r in eval_pool[len(eval_pairs) :] if r["prompt"] in sampled)
+    counts.update(
+        {
+            "eval_pairs": len(eval_pairs),
+            "eval_prompts": len(eval_prompts),
+            "eval_prompt_only_pairs": prompt_only,  # held out; their prompts are sampled, the pairs not scored
+            "eval_unused_pairs": len(eval_pool) - len(eval_pairs) - prompt_only,
+        }
+    )
+    references: dict[str, str] = {}
+    for row in eval_pool:
+        if row["prompt"] in sampled:
+            references.setdefault(row["prompt"], row["chosen"])
+    return references
+
+
+def divide_pairs(
+    ds_cfg: Any,
+    cleaned: dict[str, list[dict]],
+    templated: dict[str, list[dict]],
+    counts: dict[str, int],
+    source: str,
+    seed: int,
+    judge_share: float,
+    judge_seed: int,
+    heldout_prompts: int | None,
+) -> PreferenceData:
+    """The filtered splits divided into the judge's share, training pairs and held-out pairs and prompts."""
+    judge: list[dict] = []
+    train_rows = cleaned["train"]
+    if judge_share > 0:
+        judge, train_rows = carve_judge_share(templated["train"], train_rows, judge_share, judge_seed, source)
+        counts["judge_pairs"] = len(judge)
+        counts["train_judge_pairs"] = len(cleaned["train"]) - len(train_rows)  # of the rows DPO could have used
+    pool = seeded_subset(train_rows, None, seed)
+    eval_size = int(ds_cfg.eval_size) if ds_cfg.get("eval_size") else None
     if "test" in cleaned:  # a held-out pair whose prompt is also a training prompt measures memory, not preference
         seen = {r["prompt"] for r in cleaned["train"]}
         eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if r["prompt"] not in seen]
         counts["eval_dropped_prompt_overlap"] = len(cleaned["test"]) - len(eval_pool)
         if not eval_pool:
             raise UserError(f"{source}: every held-out pair's prompt is also a training prompt; nothing to evaluate on")
-    else:  # hold out a share of the distinct PROMPTS, before the training subset is drawn
-        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source)
+    else:  # hold out a share of the distinct PROMPTS (no more than evaluation uses), before the training subset
+        cap = max(int(heldout_prompts), eval_size or 0) if heldout_prompts else None
+        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source, cap)
         counts["eval_dropped_prompt_overlap"] = 0
-    if ds_cfg.get("eval_size"):
-        eval_pool = eval_pool[: int(ds_cfg.eval_size)]
+    eval_pairs = eval_pool[:eval_size] if eval_size else eval_pool
+    eval_prompts = heldout_prompt_list(eval_pairs, eval_pool, heldout_prompts)
 
     size = ds_cfg.get("data_size")
     if size is not None and int(size) > len(pool):
@@ -270,5 +284,14 @@ def load_preference_data(
             f"(from {counts['train_raw']} rows)"
         )
     train = pool[: int(size)] if size is not None else pool
-    counts.update({"train_pairs": len(train), "eval_pairs": len(eval_pool)})
-    return PreferenceData(train=train, eval=eval_pool, counts=counts, source=source)
+    counts.update({"train_pairs": len(train), "train_unused_pairs": len(pool) - len(train)})  # beyond data_size
+    references = heldout_counts(eval_pool, eval_pairs, eval_prompts, counts)
+    return PreferenceData(
+        train=train,
+        eval=eval_pairs,
+        counts=counts,
+        source=source,
+        eval_prompts=eval_prompts,
+        judge=judge,
+        eval_references=references,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,13 @@ class EvalInputs:
     prompts: list[str]
     pairs: list[dict]
     dropped_seen_in_training: int = 0
+    references: dict[str, str] = field(default_factory=dict)  # prompt -> the dataset's chosen response
+
+    def reference_for(self, prompt: str) -> str | None:
+        """The dataset's chosen response to a held-out prompt (from `references`, else its first held-out pair)."""
+        if prompt in self.references:
+            return self.references[prompt]
+        return next((r["chosen"] for r in self.pairs if r.get("prompt") == prompt), None)
 
     @classmethod
     def from_data(cls, data: PreferenceData) -> EvalInputs:
@@ -88,7 +95,8 @@ class EvalInputs:
         train_prompts = {r["prompt"] for r in data.train}
         prompts = list(dict.fromkeys(data.eval_prompts))
         kept = [p for p in prompts if p not in train_prompts]
-        return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept))
+        references = {p: data.eval_references[p] for p in kept if p in data.eval_references}
+        return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept), references)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..data.preference import load_preference_data
+from ..data.preference import load_run_preferences
 from ..data.schema import PreferenceData
 from .base import HeldOut, StageEnv, Task, TaskResult
 
@@ -13,14 +13,9 @@ class PreferenceTask(Task):
     """Load, normalise, filter and split the configured pairs; the model is used as it is."""
 
     def load(self, cfg: Any, tokenizer) -> PreferenceData:
-        """The pairs whose prompt leaves `train.min_prompt_tokens` of room within `trainer.max_length`."""
-        max_length = cfg.trainer.max_length
-        room = int(cfg.train.min_prompt_tokens)
-
-        def prompt_fits(prompt: str) -> bool:
-            return max_length is None or len(tokenizer(prompt, verbose=False).input_ids) + room <= int(max_length)
-
-        return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, max_length)
+        """The pairs whose prompt leaves `train.min_prompt_tokens` of room within `trainer.max_length`, less a
+        trained judge's share; as many held-out prompts as evaluation samples."""
+        return load_run_preferences(cfg, tokenizer)
 
     def prepare(self, cfg: Any, env: StageEnv, model, tokenizer, loaded: PreferenceData) -> TaskResult:
         return TaskResult(data=loaded, model=model)
