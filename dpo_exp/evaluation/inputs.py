@@ -61,7 +61,9 @@ def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
     kind = str(reward_cfg.get("kind", "none")) if reward_cfg is not None else "none"
     if kind == "none":
         return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval/reward=vader)"
-    key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset}))
+    # a trained judge's held-out accuracy depends on the run's held-out pairs: seed and evaluation size in the key
+    held = {"seed": cfg.get("seed"), "num_prompts": cfg.eval.get("num_prompts")}
+    key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset, **held}))
     if key not in _SCORERS:
         _SCORERS.clear()  # keep at most one (a scorer can hold a model)
         _SCORERS[key] = build_scorer(reward_cfg, context)

@@ -188,7 +188,7 @@ def judge_lines(s: dict[str, Any]) -> list[str]:
         n = s.get("eval/judge_heldout")
         lines.append(
             f"judge ({s.get('eval/reward_scorer', 'scorer')}) held-out accuracy {s['eval/judge_accuracy']:.3f}"
-            + (f" on {n} held-out pairs" if n else "")
+            + (f" (n = {n} held out)" if n else "")
             + " (0.5 = chance: how far to trust its rewards)"
         )
     if isinstance(s.get("eval/win_rate_vs_chosen"), (int, float)):
