@@ -1,11 +1,11 @@
 """A trained judge on human-preference data, and a beta sweep's reward-KL frontier under it (CPU, tiny model).
 
-    python benchmarks/bench_preference_judge.py [--betas 0.1,0.5] [--data-size 128] [--prompts 64]
+    python benchmarks/bench_preference_judge.py [--betas 0.1,0.5] [--data-size 64] [--prompts 32]
 
 For each of the repository's samples (UltraFeedback sample.jsonl, HH-RLHF test.jsonl, one file each), one 2-job
 beta sweep: `python -m dpo_exp -m dataset=<ds> model=tiny_gpt2 reward=trained_rm beta=...`, offline, no W&B. The
-judge (conf/reward/trained_rm.yaml as shipped: a tiny GPT-2 reward model, RewardTrainer, 20% of the training
-prompts) is trained by the first job and reused by the second; the DPO policy is the tiny GPT-2 built from its
+judge (conf/reward/trained_rm.yaml as shipped, a tiny GPT-2 reward model trained by RewardTrainer on 20% of the
+training prompts, except reward.max_length=--judge-max-length) is trained by the first job and reused by the second; the DPO policy is the tiny GPT-2 built from its
 seed (random weights, no warm start). Then `python -m dpo_exp.compare` draws the frontier. Records per dataset the
 judge's held-out pair accuracy (on the run's held-out pairs, with a Wilson 95% interval) and per beta: reward
 reference -> policy, delta with its bootstrap CI, KL, win rates (coupled and vs the dataset's chosen response),
@@ -83,6 +83,8 @@ def sweep(dataset: str, path: Path, args: argparse.Namespace, work: Path) -> dic
         "eval.best_of_n=[1,2,4]",
         "logger=none",
         "trainer.save_strategy=no",
+        f"trainer.max_length={args.max_length}",
+        f"reward.max_length={args.judge_max_length}",
         f"hydra.sweep.dir={out}",
         f"cache_dir={work / 'cache'}",
     ]
@@ -128,12 +130,14 @@ def sweep(dataset: str, path: Path, args: argparse.Namespace, work: Path) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--betas", default="0.1,0.5")
-    parser.add_argument("--data-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--data-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=128, help="trainer.max_length (prompt + response)")
+    parser.add_argument("--judge-max-length", type=int, default=256, help="reward.max_length of the trained judge")
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--bon-prompts", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--bon-prompts", type=int, default=8)
     parser.add_argument("--datasets", default="ultrafeedback,hh_rlhf")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -148,6 +152,7 @@ def main() -> None:
                 f"{j['heldout_accuracy_ci95'][1]:.3f}] on {j['heldout_pairs']} held-out pairs "
                 f"({j['train_pairs']} training pairs); sweep {result['sweep_wall_time_s']:.0f} s"
             )
+            (RESULTS / "preference_judge.json").write_text(json.dumps(results, indent=2) + "\n")  # after each
             for r in result["runs"]:
                 print(
                     f"  beta {r['beta']}: reward {r['reward_reference']:.4f} -> {r['reward_policy']:.4f}, delta "
