@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500   # two workers; module fixtures shared per file
 
-.PHONY: install demo app lint test test-slow test-all bench bench-effect clean
+.PHONY: install demo app lint test test-slow test-all bench bench-effect bench-judge clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,9 @@ bench: install   # ~10 min on 2 idle cores: quick sizes, scaling at the issue si
 
 bench-effect: install   # the README's effect figures (issue-11 command, beta sweep, quickstart): ~30-40 min on 2 cores
 	$(PY) benchmarks/bench_sentiment_effect.py
+
+bench-judge: install   # the README's trained-judge table and frontiers on the preference samples: ~11 min on 2 cores
+	$(PY) benchmarks/bench_preference_judge.py
 
 clean:
 	rm -rf outputs multirun .cache
