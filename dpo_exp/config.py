@@ -107,13 +107,31 @@ def _validate_task(cfg: DictConfig) -> None:
 
     task = build_task(cfg)
     kind = cfg.reward.get("kind", "none") if cfg.get("reward") is not None else "none"
-    if kind != "none" and not task.uses_reward:
+    judge = bool(cfg.get("reward") is not None and cfg.reward.get("_target_"))  # a judge: it scores evaluation
+    if kind != "none" and not task.uses_reward and not judge:
         raise UserError(
             f"reward={kind} builds pairs for dataset=imdb_sentiment only (tasks that score samples into pairs); "
             f"dataset={cfg.dataset.name} already has its pairs (to score evaluation samples with it, use "
             f"eval/reward={kind} and leave reward=none)"
         )
+    _validate_judge_share(cfg)
     task.check(cfg)
+
+
+def _validate_judge_share(cfg: DictConfig) -> None:
+    """A trained judge (a `share` of the preference data) needs preference pairs, and a share in (0, 1)."""
+    from .data.preference import judge_settings
+
+    share, _ = judge_settings(cfg)
+    if not share:
+        return
+    if not 0 < share < 1:
+        raise UserError(f"reward.share={share} must be in (0, 1): the share of training prompts the judge learns from")
+    if not cfg.dataset.get("loader"):
+        raise UserError(
+            f"reward=trained_rm learns from preference pairs: dataset={cfg.dataset.name} has none "
+            "(use it with dataset=ultrafeedback|hh_rlhf|preference_files)"
+        )
 
 
 def precision_setting(cfg: DictConfig) -> tuple[str, str]:

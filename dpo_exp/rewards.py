@@ -152,7 +152,8 @@ class SiebertScorer(HFClassifierScorer):
 class TfidfLogRegScorer(Scorer):
     """scikit-learn TF-IDF (word 1-2 grams) + logistic regression, trained on labelled reviews, cached on disk.
 
-    Training data: `reward.train_path` (any file/folder the IMDb loader reads), else the run's own dataset.
+    Training data: `reward.train_path` (any file/folder the IMDb loader reads), else the run's own dataset, split by
+    `reward.seed` (not the run's seed, so runs of a seed sweep share one scorer).
     Held-out accuracy and ROC-AUC (on the test split, or a held-out share) are reported in `info`.
     The score is P(positive) (`reward.score: probability`) or the decision function (`logit`).
     """
@@ -169,7 +170,7 @@ class TfidfLogRegScorer(Scorer):
         self.params, self.output = self._settings(cfg)
         if context is None or not hasattr(context, "dataset"):
             raise UserError("reward=tfidf_logreg needs the run config (dataset and cache_dir) to train on")
-        seed = int(_get(context, "seed", 0))
+        seed = int(_get(cfg, "seed", 0))  # the judge's own: every seed of a sweep is judged by the same scorer
         train, test, source, _ = load_labelled_splits(context.dataset, seed, path=_get(cfg, "train_path"))
         x_train, y_train = train.labelled()
         x_test, y_test = test.labelled()
@@ -261,14 +262,19 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
 }
 
 
-def build_scorer(reward_cfg: Any, context: Any = None) -> Scorer | None:
-    """The scorer for a `reward` config (None for kind=none).
+def build_scorer(reward_cfg: Any, context: Any = None) -> Any:
+    """The scorer for a `reward` config (None for kind=none): a sentiment Scorer here, or a dpo_exp.judges judge
+    for an option with `_target_` (hub or trained reward models).
 
     Every scorer class is called as `cls(reward_cfg, context)`; `context` is the run config (paths, caches, device).
     """
     kind = reward_cfg.get("kind", "none") if reward_cfg is not None else "none"
     if kind == "none":
         return None
+    from .judges import build_judge, is_judge_config
+
+    if is_judge_config(reward_cfg):  # a judge of (prompt, completion): its class is named by `_target_`
+        return build_judge(reward_cfg, context)
     if kind not in SCORERS:
         raise UserError(f"reward.kind={kind!r} is not one of {sorted(SCORERS)}")
     return SCORERS[kind](reward_cfg, context)

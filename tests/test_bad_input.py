@@ -192,6 +192,12 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
         ["reward=tfidf_logreg builds pairs for dataset=imdb_sentiment only", "eval/reward=tfidf_logreg"],
     ),
     (
+        "judge_share_out_of_range",
+        good_jsonl,
+        ["reward=trained_rm", "reward.share=1.5"],
+        ["reward.share=1.5 must be in (0, 1)"],
+    ),
+    (
         "fp16_on_cpu",
         good_jsonl,
         ["train.precision=fp16", "model.device=cpu"],

@@ -172,7 +172,11 @@ def test_file_counts_reach_the_preference_data(tmp_path):
         "train_dropped_ties": 1,
         "train_dropped_too_long": 0,
         "train_pairs": 9,
+        "train_unused_pairs": 0,
         "eval_pairs": 1,
+        "eval_prompts": 1,
+        "eval_prompt_only_pairs": 0,
+        "eval_unused_pairs": 0,
         "eval_dropped_prompt_overlap": 0,
     }
 

@@ -12,7 +12,10 @@ def test_auto_objective_is_reward_delta_with_a_scorer_else_reward_accuracy():
     from dpo_exp.objective import objective_key
 
     assert compose([]).objective == "auto"  # the default
-    assert objective_key(compose([])) == "eval_rewards/accuracies"  # ultrafeedback, reward=none, no eval.reward
+    # ultrafeedback, reward=none, no eval.reward: the exact per-pair accuracy (TRL's per-batch mean when eval is off)
+    assert objective_key(compose([])) == "eval/implicit_accuracy"
+    assert objective_key(compose(["eval.enabled=false"])) == "eval_rewards/accuracies"
+    assert objective_key(compose(["eval.num_pairs=0"])) == "eval_rewards/accuracies"
     assert objective_key(compose(["eval/reward=vader"])) == "eval/reward_delta"
     assert objective_key(compose(["dataset=imdb_sentiment"])) == "eval/reward_delta"  # its reward: sst2
     assert objective_key(compose(["dataset=imdb_sentiment", "eval.enabled=false"])) == "eval_rewards/accuracies"
@@ -23,7 +26,13 @@ def test_a_completed_job_returns_the_resolved_objective(tmp_path: Path):
     """The value a sweeper receives (here from a completed run that is skipped) is the auto-resolved key's."""
     from dpo_exp.pipeline import run
 
-    summary = {"status": "completed", "eval_loss": 0.69, "eval_rewards/accuracies": 0.75, "eval/reward_delta": 0.125}
+    summary = {
+        "status": "completed",
+        "eval_loss": 0.69,
+        "eval_rewards/accuracies": 0.7,  # TRL's per-batch mean: not what auto returns when evaluation ran
+        "eval/implicit_accuracy": 0.75,
+        "eval/reward_delta": 0.125,
+    }
     for overrides, expected in (([], 0.75), (["eval/reward=vader"], 0.125)):
         run_dir = tmp_path / str(expected)
         run_dir.mkdir()

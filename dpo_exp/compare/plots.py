@@ -176,7 +176,7 @@ def plot_frontier(df: pd.DataFrame, params: list[str], out: Path) -> tuple[Path 
                 color=color,
                 label="reference (KL 0)" if i == 0 else None,
             )
-    plot_best_of_n(ax, pd.concat([points for _, points in lines]))
+    plot_best_of_n_lines(ax, lines, [p for p in params if p != along])
     ax.set_xlabel(frontier_xlabel(kl), fontsize=8)
     ax.set_ylabel("reward of policy samples")
     ax.set_title(f"reward-KL frontier along {along}" if along else "reward-KL frontier")
@@ -208,9 +208,30 @@ def plot_rounds(ax: Any, points: pd.DataFrame, kl: str, color: str) -> None:
             ax.annotate(f"round {i}", (x, y), fontsize=6, xytext=(4, -8), textcoords="offset points")
 
 
-def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
+REFERENCE_KEYS = ("model", "sft", "seed")  # swept keys that change the reference a best-of-N samples from
+
+
+def changes_reference(param: str) -> bool:
+    """Whether a swept key changes the reference model (model, model.*, sft.*, seed)."""
+    return param.split(".")[0].split("/")[0] in REFERENCE_KEYS
+
+
+def plot_best_of_n_lines(ax: Any, lines: list[tuple[str, pd.DataFrame]], others: list[str]) -> None:
+    """One best-of-N curve per frontier line, in its colour, when the other swept keys change the reference
+    (model, sft.*, seed); else one curve over all runs (they share the reference)."""
+    if any(changes_reference(p) for p in others):
+        for i, (name, points) in enumerate(lines):
+            plot_best_of_n(ax, points, color=f"C{i % 10}", label=f"best-of-N, {name}")
+    else:
+        plot_best_of_n(ax, pd.concat([points for _, points in lines]))
+
+
+def plot_best_of_n(
+    ax: Any, points: pd.DataFrame, color: str = "tab:green", label: str = "best-of-N from the reference"
+) -> bool:
     """Best-of-N from the reference on the frontier: (analytic KL, reference reward + best-of-N gain), averaged
-    over the runs that report it (a sweep's runs share reference and prompts). Returns whether it drew anything."""
+    over the runs given, which must share their reference (the caller draws one curve per reference). Returns
+    whether it drew anything."""
     from ..evaluation.report import best_of_n_curve
 
     if "eval/reward_reference" not in points.columns:
@@ -230,9 +251,9 @@ def plot_best_of_n(ax: Any, points: pd.DataFrame) -> bool:
     ns = sorted(by_n)
     xs = [sum(kl for kl, _ in by_n[n]) / len(by_n[n]) for n in ns]
     ys = [sum(y for _, y in by_n[n]) / len(by_n[n]) for n in ns]
-    ax.plot(xs, ys, "s--", color="tab:green", markersize=4, label="best-of-N from the reference (labels = N)")
+    ax.plot(xs, ys, "s--", color=color, markersize=4, alpha=0.7, label=f"{label} (labels = N)")
     for n, x, y in zip(ns, xs, ys):
-        ax.annotate(f"N={n}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points", color="tab:green")
+        ax.annotate(f"N={n}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points", color=color)
     return True
 
 

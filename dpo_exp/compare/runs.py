@@ -23,6 +23,9 @@ FINAL_METRICS = [
 ]
 # Sampling-based evaluation (the evaluation writes them as eval/* keys): shown in the markdown/console table.
 EVAL_SHOWN = [
+    "eval/implicit_accuracy",  # exact per held-out pair (TRL's eval/rewards/accuracies is a per-batch mean)
+    "eval/judge_accuracy",
+    "eval/win_rate_vs_chosen",
     "eval/reward_policy",
     "eval/reward_reference",
     "eval/reward_delta",

@@ -81,6 +81,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
                 row[column] = s.get(key) if is_finite(s.get(key)) else None
         for key in sorted(k for k, v in s.items() if k.startswith(("eval/", "human/")) and is_finite(v)):
             row[key] = s[key]
+        row.update(evaluated_on(s))
         row["wall_time_s"] = s.get("wall_time_s")
         row["ref_logps_cache"] = (s.get("ref_logps") or {}).get("cache")
         row["pairs_cache"] = (s.get("pairs") or {}).get("cache") if isinstance(s.get("pairs"), dict) else None
@@ -94,9 +95,38 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def evaluated_on(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a run was judged on: `heldout` (hashes of its held-out prompts / pairs) and `judge` (the scorer's name
+    and a hash of its identity; `judge_identity` in full), so runs measured differently are visible as such."""
+    from ..infra.cache import content_key
+
+    held = summary.get("heldout") or {}
+    heldout = f"{str(held.get('eval_prompts'))[:8]}/{str(held.get('eval_pairs'))[:8]}" if held else None
+    identity = summary.get("eval/judge_identity")
+    judge = f"{summary.get('eval/reward_scorer') or 'judge'}:{content_key(identity, 8)}" if identity else None
+    return {"heldout": heldout, "judge": judge, "judge_identity": identity}
+
+
+def consistency_notes(df: pd.DataFrame) -> list[str]:
+    """A note for each of `heldout` / `judge` on which the completed runs differ: their eval/* are not comparable."""
+    done = df[df["status"] == "completed"] if "status" in df.columns else df
+    notes = []
+    for column, what in (("heldout", "held-out sets"), ("judge", "judges")):
+        values = done[column].dropna().unique() if column in done.columns else []
+        if len(values) > 1:
+            notes.append(
+                f"WARNING: these runs were evaluated on {len(values)} different {what} (column `{column}`: "
+                f"{', '.join(map(str, values))}); their eval/* numbers do not compare like for like"
+            )
+    return notes
+
+
 def shown_columns(df: pd.DataFrame, params: list[str]) -> list[str]:
-    """The columns of the markdown/console table (the csv has them all)."""
-    metric_cols = metric_columns() + EVAL_SHOWN + HUMAN_SHOWN
+    """The columns of the markdown/console table (the csv has them all). The accuracy shown is the exact per-pair
+    eval/implicit_accuracy when runs have it (TRL's eval/rewards/accuracies is a per-batch mean)."""
+    metric_cols = metric_columns() + EVAL_SHOWN + HUMAN_SHOWN + ["heldout", "judge"]
+    if "eval/implicit_accuracy" in df.columns and df["eval/implicit_accuracy"].notna().any():
+        metric_cols = [c for c in metric_cols if c != "eval/rewards/accuracies"]
     present = [c for c in metric_cols if c in df.columns and df[c].notna().any()]
     return ["run", *params, "status", *present]
 
@@ -203,7 +233,7 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
     atomic_write_text(out / "comparison.csv", df.to_csv(index=False))
 
     written: list[Path] = []
-    notes: list[str] = []
+    notes: list[str] = consistency_notes(df)
     if plots:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)

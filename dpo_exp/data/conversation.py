@@ -105,3 +105,25 @@ def conversational_row(raw: dict, row: dict, loader: str, columns: Any) -> dict:
     answer = _hh_answer if loader == "hh_rlhf" else _answer
     out["chosen"], out["rejected"] = answer(row.get("chosen")), answer(row.get("rejected"))
     return out
+
+
+def uses_chat(tokenizer) -> bool:
+    """True when the tokenizer has a chat template: conversations then stay conversations end to end."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, prompt: Any) -> str:
+    """The text the model continues: a conversation through the chat template with the assistant's generation
+    prompt, plain text as it is."""
+    if is_conversation(prompt):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def encode_prompts(tokenizer, prompts: list[Any], **kwargs: Any):
+    """`tokenizer(...)` of the prompts as the model sees them. A rendered conversation already holds the template's
+    special tokens (e.g. BOS), so none are added again: the ids equal `apply_chat_template(tokenize=True)`'s, which
+    is how TRL tokenises conversational pairs."""
+    conversational = any(is_conversation(p) for p in prompts)
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    return tokenizer(texts, add_special_tokens=not conversational, **kwargs)

@@ -6,14 +6,25 @@ splitting are shared. Problems in the user's data raise `UserError` naming the f
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
-from .conversation import conversational_row, is_conversation, message_text, prompt_key
+from .conversation import conversational_row, encode_prompts, prompt_key, uses_chat
 from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
+from .splits import (
+    carve_judge_share,
+    drop_long_prompts,
+    filter_pairs,
+    heldout_counts,
+    heldout_prompt_list,
+    judge_settings,
+    seeded_subset,
+    split_by_prompt,
+)
+
+__all__ = ["filter_pairs", "load_preference_data", "load_run_preferences", "seeded_subset", "split_by_prompt"]
 
 # ---------------------------------------------------------------- normalisation per source
 
@@ -134,56 +145,6 @@ def normalize_split(raw: RawSplit, ds_cfg: Any, conversational: bool = False) ->
 
 # ---------------------------------------------------------------- filtering, subsetting, splitting
 
-TEXT_KEYS = ("prompt", "chosen", "rejected")
-
-
-def filter_pairs(
-    rows: list[dict], drop_ties: bool, where: str, locate: Callable[[int], str] | None = None
-) -> tuple[list[dict], dict[str, int]]:
-    """Drop empty, identical and (optionally) tied pairs; reject wrong types naming the row and column.
-
-    A missing value (None) counts as empty; an empty prompt is allowed (unconditional generation).
-    `locate(index)` names a row in errors (default: "WHERE: row N").
-    """
-    locate = locate or (lambda index: f"{where}: row {index + 1}")
-    counts = {"empty": 0, "identical": 0, "ties": 0}
-    kept: list[dict] = []
-    for index, row in enumerate(rows):
-        for key in TEXT_KEYS:
-            value = row.get(key)
-            if value is not None and not isinstance(value, str) and not is_conversation(value):
-                raise UserError(f"{locate(index)}: column '{key}' must be text, got {type(value).__name__}")
-            if value is not None and not _encodable(message_text(value) or ""):  # e.g. a lone "\ud800" in JSON
-                raise UserError(f"{locate(index)}: column '{key}' holds an invalid unicode character (lone surrogate)")
-        chosen, rejected = (message_text(row.get(k)) for k in ("chosen", "rejected"))
-        if row.get("prompt") is None or not (chosen or "").strip() or not (rejected or "").strip():
-            counts["empty"] += 1
-        elif chosen.strip() == rejected.strip():
-            counts["identical"] += 1
-        elif drop_ties and row.get("score_chosen") is not None and row.get("score_chosen") == row.get("score_rejected"):
-            counts["ties"] += 1
-        else:
-            kept.append(row)
-    return kept, counts
-
-
-def _encodable(text: str) -> bool:
-    """False for text that cannot be encoded as UTF-8 (lone surrogates), which tokenizers reject."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def seeded_subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
-    """A deterministic random subset (the whole list, shuffled, when size is None)."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    if size is not None:
-        order = order[:size]
-    return [rows[i] for i in order]
-
 
 def apply_template(rows: list[dict], ds_cfg: Any) -> list[dict]:
     """Wrap prompts/responses in the dataset's text template (e.g. Human/Assistant turns for flat strings)."""
@@ -203,34 +164,33 @@ def apply_template(rows: list[dict], ds_cfg: Any) -> list[dict]:
     return out
 
 
-def drop_long_prompts(
-    rows: list[dict], prompt_fits: Callable[[str], bool] | None, where: str, max_length: Any
-) -> tuple[list[dict], int]:
-    """Drop pairs whose prompt leaves no room for a response within max_length; error when none is left."""
-    if prompt_fits is None:
-        return rows, 0
-    kept = [r for r in rows if prompt_fits(r["prompt"])]
-    if rows and not kept:
-        raise UserError(
-            f"{where}: trainer.max_length={max_length} is too small: every prompt ({len(rows)}) leaves no room for "
-            f"a response (raise trainer.max_length or shorten the prompts)"
-        )
-    return kept, len(rows) - len(kept)
+def prompt_fits_within(tokenizer, max_length: Any, room: int) -> Callable[[Any], bool]:
+    """Whether a prompt, as the model sees it (a conversation through its chat template), leaves `room` completion
+    tokens within `max_length` (None: every prompt fits)."""
+
+    def prompt_fits(prompt: Any) -> bool:
+        if max_length is None:
+            return True
+        return len(encode_prompts(tokenizer, [prompt], verbose=False).input_ids[0]) + room <= int(max_length)
+
+    return prompt_fits
 
 
-def split_by_prompt(pool: list[dict], fraction: float, source: str) -> tuple[list[dict], list[dict]]:
-    """(held-out, training) pairs: `fraction` of the distinct prompts (in the pool's seeded order) and every pair
-    that has one of them is held out, so no prompt is on both sides (HH-RLHF repeats prompts)."""
-    prompts = list(dict.fromkeys(prompt_key(r["prompt"]) for r in pool))
-    if len(prompts) < 2:
-        raise UserError(
-            f"{source}: only {len(prompts)} distinct prompt(s) left after filtering; need at least 2 (one is held "
-            f"out for evaluation; or give a test file)"
-        )
-    held = set(prompts[: min(len(prompts) - 1, max(1, int(round(len(prompts) * fraction))))])
-    return [r for r in pool if prompt_key(r["prompt"]) in held], [
-        r for r in pool if prompt_key(r["prompt"]) not in held
-    ]
+def load_run_preferences(cfg: Any, tokenizer) -> PreferenceData:
+    """The run's pairs as a preference task loads them: prompts that fit `trainer.max_length`, the judge's share
+    carved out (judge_settings), a held-out pool sized to what evaluation samples (`eval.num_prompts`)."""
+    share, judge_seed = judge_settings(cfg)
+    ev = cfg.get("eval") or {}
+    return load_preference_data(
+        cfg.dataset,
+        int(cfg.seed),
+        prompt_fits_within(tokenizer, cfg.trainer.max_length, int(cfg.train.min_prompt_tokens)),
+        cfg.trainer.max_length,
+        uses_chat(tokenizer),
+        judge_share=share,
+        judge_seed=judge_seed,
+        heldout_prompts=int(ev.num_prompts) if ev.get("enabled") else 0,
+    )
 
 
 def load_preference_data(
@@ -239,17 +199,25 @@ def load_preference_data(
     prompt_fits: Callable[[Any], bool] | None = None,
     max_length: Any = None,
     conversational: bool = False,
+    judge_share: float = 0.0,
+    judge_seed: int = 0,
+    heldout_prompts: int | None = None,
 ) -> PreferenceData:
     """Load, normalise, filter, split and subset a preference dataset according to its config.
 
     `prompt_fits(prompt)` (optional) says whether a prompt leaves room for a response within max_length.
     `conversational` (the model has a chat template): pairs in TRL's conversational format, every turn kept.
+    `judge_share` > 0 carves that share of the training prompts out for a trained judge (`data.judge`), disjoint
+    from the DPO pairs and the held-out prompts. `heldout_prompts` is how many prompts evaluation samples: without
+    a test split no more prompts than that (or `eval_size`) are held out. Every pair is counted: `counts` says
+    where each went (dropped_*, judge, train, unused by data_size, eval pairs, eval prompts only, unused).
     """
     if ds_cfg.loader not in NORMALIZERS:
         raise UserError(f"dataset.loader={ds_cfg.loader!r} is not one of {sorted(NORMALIZERS)}")
     splits, source = load_located_splits(ds_cfg)
     counts: dict[str, int] = {}
     cleaned: dict[str, list[dict]] = {}
+    templated: dict[str, list[dict]] = {}
     for split, raw in splits.items():
         where = f"{raw.origin} [{split}]" if ds_cfg.get("path") else raw.origin
         check_columns(raw.rows, required_columns(ds_cfg), where)
@@ -259,22 +227,46 @@ def load_preference_data(
         counts.update({f"{split}_dropped_{k}": v for k, v in dropped.items()})
         if not kept:
             raise UserError(f"{where}: 0 pairs left after filtering ({len(raw.rows)} rows; dropped {dropped})")
-        kept = kept if conversational else apply_template(kept, ds_cfg)  # text templates are for plain-text models
+        # text templates are for plain-text models; a chat model's template is applied by TRL
+        kept = templated[split] = kept if conversational else apply_template(kept, ds_cfg)
         kept, counts[f"{split}_dropped_too_long"] = drop_long_prompts(kept, prompt_fits, where, max_length)
         cleaned[split] = kept
 
-    pool = seeded_subset(cleaned["train"], None, seed)
+    return divide_pairs(ds_cfg, cleaned, templated, counts, source, seed, judge_share, judge_seed, heldout_prompts)
+
+
+def divide_pairs(
+    ds_cfg: Any,
+    cleaned: dict[str, list[dict]],
+    templated: dict[str, list[dict]],
+    counts: dict[str, int],
+    source: str,
+    seed: int,
+    judge_share: float,
+    judge_seed: int,
+    heldout_prompts: int | None,
+) -> PreferenceData:
+    """The filtered splits divided into the judge's share, training pairs and held-out pairs and prompts."""
+    judge: list[dict] = []
+    train_rows = cleaned["train"]
+    if judge_share > 0:
+        judge, train_rows = carve_judge_share(templated["train"], train_rows, judge_share, judge_seed, source)
+        counts["judge_pairs"] = len(judge)
+        counts["train_judge_pairs"] = len(cleaned["train"]) - len(train_rows)  # of the rows DPO could have used
+    pool = seeded_subset(train_rows, None, seed)
+    eval_size = int(ds_cfg.eval_size) if ds_cfg.get("eval_size") else None
     if "test" in cleaned:  # a held-out pair whose prompt is also a training prompt measures memory, not preference
         seen = {prompt_key(r["prompt"]) for r in cleaned["train"]}
         eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if prompt_key(r["prompt"]) not in seen]
         counts["eval_dropped_prompt_overlap"] = len(cleaned["test"]) - len(eval_pool)
         if not eval_pool:
             raise UserError(f"{source}: every held-out pair's prompt is also a training prompt; nothing to evaluate on")
-    else:  # hold out a share of the distinct PROMPTS, before the training subset is drawn
-        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source)
+    else:  # hold out a share of the distinct PROMPTS (no more than evaluation uses), before the training subset
+        cap = max(int(heldout_prompts), eval_size or 0) if heldout_prompts else None
+        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source, cap)
         counts["eval_dropped_prompt_overlap"] = 0
-    if ds_cfg.get("eval_size"):
-        eval_pool = eval_pool[: int(ds_cfg.eval_size)]
+    eval_pairs = eval_pool[:eval_size] if eval_size else eval_pool
+    eval_prompts = heldout_prompt_list(eval_pairs, eval_pool, heldout_prompts)
 
     size = ds_cfg.get("data_size")
     if size is not None and int(size) > len(pool):
@@ -283,5 +275,14 @@ def load_preference_data(
             f"(from {counts['train_raw']} rows)"
         )
     train = pool[: int(size)] if size is not None else pool
-    counts.update({"train_pairs": len(train), "eval_pairs": len(eval_pool)})
-    return PreferenceData(train=train, eval=eval_pool, counts=counts, source=source)
+    counts.update({"train_pairs": len(train), "train_unused_pairs": len(pool) - len(train)})  # beyond data_size
+    references = heldout_counts(eval_pool, eval_pairs, eval_prompts, counts)
+    return PreferenceData(
+        train=train,
+        eval=eval_pairs,
+        counts=counts,
+        source=source,
+        eval_prompts=eval_prompts,
+        judge=judge,
+        eval_references=references,
+    )

@@ -20,6 +20,8 @@ class PreferenceData:
     counts: dict[str, int] = field(default_factory=dict)
     source: str = ""
     eval_prompts: list[str] = field(default_factory=list)  # held-out prompts for sampling-based evaluation
+    judge: list[dict] = field(default_factory=list)  # pairs a trained judge learns from (disjoint from both above)
+    eval_references: dict[str, Any] = field(default_factory=dict)  # prompt_key(held-out prompt) -> its chosen response
 
     def __post_init__(self) -> None:
         if not self.eval_prompts:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +62,9 @@ def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
     kind = str(reward_cfg.get("kind", "none")) if reward_cfg is not None else "none"
     if kind == "none":
         return None, None, "no scorer: the run has reward=none and eval.reward is not set (e.g. eval/reward=vader)"
-    key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset}))
+    # a trained judge's held-out accuracy depends on the run's held-out pairs: seed and evaluation size in the key
+    held = {"seed": cfg.get("seed"), "num_prompts": cfg.eval.get("num_prompts")}
+    key = OmegaConf.to_yaml(OmegaConf.create({"reward": reward_cfg, "dataset": cfg.dataset, **held}))
     if key not in _SCORERS:
         _SCORERS.clear()  # keep at most one (a scorer can hold a model)
         _SCORERS[key] = build_scorer(reward_cfg, context)
@@ -82,6 +84,14 @@ class EvalInputs:
     prompts: list[Any]  # plain text, or conversations (lists of messages) for a chat model
     pairs: list[dict]
     dropped_seen_in_training: int = 0
+    references: dict[str, Any] = field(default_factory=dict)  # prompt_key(prompt) -> the dataset's chosen response
+
+    def reference_for(self, prompt: Any) -> Any:
+        """The dataset's chosen response to a held-out prompt (from `references`, else its first held-out pair)."""
+        key = prompt_key(prompt)
+        if key in self.references:
+            return self.references[key]
+        return next((r["chosen"] for r in self.pairs if prompt_key(r.get("prompt")) == key), None)
 
     @classmethod
     def from_data(cls, data: PreferenceData) -> EvalInputs:
@@ -89,7 +99,9 @@ class EvalInputs:
         train_prompts = {prompt_key(r["prompt"]) for r in data.train}
         prompts = unique_prompts(data.eval_prompts)
         kept = [p for p in prompts if prompt_key(p) not in train_prompts]
-        return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept))
+        held = {prompt_key(p) for p in kept}
+        references = {k: v for k, v in data.eval_references.items() if k in held}
+        return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept), references)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))

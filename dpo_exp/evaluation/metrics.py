@@ -49,8 +49,11 @@ class SampleEval:
 
 def score_samples(scorer, samples: Samples, with_prompt: bool) -> np.ndarray:
     """Scores as a (prompts, samples) array."""
-    texts = [(prompt_text(samples.prompts[i]) + text) if with_prompt else text for i, text in samples.flat()]
-    scores = np.asarray(scorer.score(texts), dtype=np.float64)
+    from ..judges import score_completions
+
+    flat = list(samples.flat())
+    prompts, completions = [prompt_text(samples.prompts[i]) for i, _ in flat], [text for _, text in flat]
+    scores = np.asarray(score_completions(scorer, prompts, completions, with_prompt), dtype=np.float64)
     return scores.reshape(len(samples.prompts), -1)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..data.conversation import prompt_key
 from ..data.schema import PreferenceData
 from ..infra.storage import atomic_write_json, read_jsonl
 from .inputs import (
@@ -81,6 +82,7 @@ def evaluate_models(
         metrics.update(reward_kl_metrics(result, int(ev.bootstrap), settings.seed))
         out.samples = result
         out.side_by_side = side_by_side_rows(result, int(ev.num_side_by_side))
+        metrics.update(_judged(scorer, result, inputs, settings, int(ev.bootstrap)))
         ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
         if scorer is not None and ns and n_bon > 0:
             from .best_of_n import evaluate_best_of_n
@@ -109,6 +111,17 @@ def evaluate_models(
     for note in out.notes:
         log.warning(note)
     return out
+
+
+def _judged(scorer, result, inputs: EvalInputs, settings, resamples: int) -> dict[str, Any]:
+    """The judge's identity and held-out accuracy; the policy against the dataset's chosen responses (none: {})."""
+    from .judge import judge_metrics, win_rate_vs_chosen
+
+    if scorer is None:
+        return {}
+    references = {prompt_key(p): inputs.reference_for(p) for p in result.policy.prompts}
+    chosen = win_rate_vs_chosen(scorer, result, references, settings.score_with_prompt, resamples, settings.seed)
+    return {**judge_metrics(scorer), **chosen}
 
 
 def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settings, metrics: dict) -> list[float]:

@@ -185,7 +185,27 @@ def headline(summary: dict[str, Any]) -> list[str]:
             "best-of-N from the reference (delta @ KL): "
             + ", ".join(f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon)
         )
+    lines += judge_lines(s)
     stages = [(k[len("timing/") : -2], v) for k, v in s.items() if k.startswith("timing/")]
     if stages:
         lines.append("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages))
+    return lines
+
+
+def judge_lines(s: dict[str, Any]) -> list[str]:
+    """The judge's held-out accuracy and the policy's win rate against the dataset's chosen responses."""
+    lines = []
+    if isinstance(s.get("eval/judge_accuracy"), (int, float)):
+        n = s.get("eval/judge_heldout")
+        lines.append(
+            f"judge ({s.get('eval/reward_scorer', 'scorer')}) held-out accuracy {s['eval/judge_accuracy']:.3f}"
+            + (f" (n = {n} held out)" if n else "")
+            + " (0.5 = chance: how far to trust its rewards)"
+        )
+    if isinstance(s.get("eval/win_rate_vs_chosen"), (int, float)):
+        lines.append(
+            f"win rate vs the dataset's chosen response {s['eval/win_rate_vs_chosen']:.3f} [95% CI "
+            f"{s['eval/win_rate_vs_chosen_ci_low']:.3f}, {s['eval/win_rate_vs_chosen_ci_high']:.3f}] on "
+            f"{s.get('eval/win_rate_vs_chosen_prompts')} held-out prompts (under the judge; ties 1/2)"
+        )
     return lines

@@ -51,8 +51,10 @@ def sample_round_pairs(policy, tokenizer, prompts: list[str], cfg: Any, seed: in
     gen = cfg.generation
     samples = generate_samples(policy, tokenizer, prompts, gen, seed, desc="sampling round pairs")
     sequences = sample_sequences(tokenizer, samples, int(gen.max_new_tokens), context_length(policy))
-    flat = [p + text for p, texts in zip(samples.prompts, samples.texts) for text in texts]
-    scored = scorer.score(flat)
+    from ..judges import score_completions
+
+    flat_prompts = [prompt for prompt, texts in zip(samples.prompts, samples.texts) for _ in texts]
+    scored = score_completions(scorer, flat_prompts, [text for texts in samples.texts for text in texts], True)
     n = int(gen.num_samples)
     scores = [scored[i * n : (i + 1) * n] for i in range(len(prompts))]
     pairs = cfg.dataset.pairs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..data.conversation import is_conversation
+from ..data.conversation import encode_prompts, is_conversation, render_prompt, uses_chat
 
 # ChatML (the format of Qwen2.5- and SmolLM2-Instruct), for tokenizers that ship no template: `chatml` names it.
 CHATML = (
@@ -21,6 +21,8 @@ CHATML = (
 )
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 NAMED_TEMPLATES = {"chatml": CHATML}
+
+__all__ = ["encode_prompts", "is_conversation", "render_prompt", "uses_chat"]  # defined in data.conversation
 
 Prompt = Any  # str (plain text) or list[dict] (a conversation)
 
@@ -37,11 +39,6 @@ def use_template(tokenizer, template: str | None):
     return tokenizer
 
 
-def uses_chat(tokenizer) -> bool:
-    """True when the tokenizer has a chat template: conversations then stay conversations end to end."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def template_identity(tokenizer) -> str | None:
     """A short digest of the tokenizer's chat template, for cache keys (None without one)."""
     template = getattr(tokenizer, "chat_template", None)
@@ -49,23 +46,6 @@ def template_identity(tokenizer) -> str | None:
         return None
     text = template if isinstance(template, str) else repr(sorted(template.items()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def render_prompt(tokenizer, prompt: Prompt) -> str:
-    """The text the model continues: a conversation through the chat template with the assistant's generation
-    prompt, plain text as it is."""
-    if is_conversation(prompt):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return prompt
-
-
-def encode_prompts(tokenizer, prompts: list[Prompt], **kwargs: Any):
-    """`tokenizer(...)` of the prompts as the model sees them. A rendered conversation already holds the template's
-    special tokens (e.g. BOS), so none are added again: the ids equal `apply_chat_template(tokenize=True)`'s, which
-    is how TRL tokenises conversational pairs."""
-    conversational = any(is_conversation(p) for p in prompts)
-    texts = [render_prompt(tokenizer, p) for p in prompts]
-    return tokenizer(texts, add_special_tokens=not conversational, **kwargs)
 
 
 def as_prompt(tokenizer, text: str) -> Prompt:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..data.conversation import prompt_key, unique_prompts
-from ..data.preference import load_preference_data
+from ..data.preference import load_run_preferences
 from ..data.schema import PreferenceData
-from ..models.chat import encode_prompts, uses_chat
 from .base import HeldOut, StageEnv, Task, TaskResult
 
 
@@ -15,16 +14,9 @@ class PreferenceTask(Task):
     """Load, normalise, filter and split the configured pairs; the model is used as it is."""
 
     def load(self, cfg: Any, tokenizer) -> PreferenceData:
-        """The pairs whose prompt leaves `train.min_prompt_tokens` of room within `trainer.max_length`."""
-        max_length = cfg.trainer.max_length
-        room = int(cfg.train.min_prompt_tokens)
-
-        def prompt_fits(prompt) -> bool:
-            if max_length is None:
-                return True
-            return len(encode_prompts(tokenizer, [prompt], verbose=False).input_ids[0]) + room <= int(max_length)
-
-        return load_preference_data(cfg.dataset, int(cfg.seed), prompt_fits, max_length, uses_chat(tokenizer))
+        """The pairs whose prompt leaves `train.min_prompt_tokens` of room within `trainer.max_length`, less a
+        trained judge's share; as many held-out prompts as evaluation samples."""
+        return load_run_preferences(cfg, tokenizer)
 
     def prepare(self, cfg: Any, env: StageEnv, model, tokenizer, loaded: PreferenceData) -> TaskResult:
         return TaskResult(data=loaded, model=model)

@@ -85,14 +85,16 @@ def _sample_pairs(
     gen = cfg.generation
     samples = generate_samples(model, tokenizer, prompts, gen, seed, desc=desc)
     sequences = sample_sequences(tokenizer, samples, int(gen.max_new_tokens), context_length(model))
-    flat = [prompt + text for prompt, texts in zip(samples.prompts, samples.texts) for text in texts]
-    scored = scorer.score(flat)
+    from ..judges import score_completions
+
+    flat_prompts = [prompt for prompt, texts in zip(samples.prompts, samples.texts) for _ in texts]
+    scored = score_completions(scorer, flat_prompts, [text for texts in samples.texts for text in texts], True)
     n = int(gen.num_samples)
     scores = [scored[i * n : (i + 1) * n] for i in range(len(prompts))]
     rows, dropped = build_pairs(
         samples, scores, str(cfg.dataset.pairs.strategy), float(cfg.dataset.pairs.min_margin), sequences, first_id
     )
-    return rows, {"samples": len(flat), "score_sum": float(sum(scored)), **dropped}
+    return rows, {"samples": len(scored), "score_sum": float(sum(scored)), **dropped}
 
 
 class SentimentTask(Task):

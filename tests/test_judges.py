@@ -1,0 +1,240 @@
+"""Judges of (prompt, completion): a reward model from a local folder in each input format, the trained judge
+(RewardTrainer, gold-RM data protocol, cache), eval/win_rate_vs_chosen, tfidf_logreg's seed independence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_exp.infra.storage import write_jsonl
+
+from .conftest import compose
+
+HH_PROMPT = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory) -> Path:
+    """A tiny GPT-2 reward model (one output, random weights) with the real GPT-2 tokenizer and a chat template,
+    saved to a folder: what a hub reward model looks like offline."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from dpo_exp.models import offline_gpt2_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_rm")
+    tokenizer = offline_gpt2_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_layer=1, n_embd=32, n_head=2, n_positions=128, num_labels=1, pad_token_id=eos
+    )
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def helpful_option():
+    """conf/reward/gpt2_large_helpful.yaml as eval/reward composes it."""
+    return compose(["eval/reward=gpt2_large_helpful"]).eval.reward
+
+
+def judge_for(option, folder: Path, **settings):
+    """The judge the option builds with its hub id pointed at `folder` (build_scorer, as evaluation calls it)."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.rewards import build_scorer
+
+    return build_scorer(OmegaConf.merge(option, {"hub_id": str(folder), **settings}))
+
+
+def direct_score(folder: Path, **encoded) -> float:
+    """The model's logit on already-encoded input, without the judge."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        return float(model(**encoded).logits[0, 0])
+
+
+@pytest.mark.parametrize("input_format", ["dialogue", "text_pair", "chat_template"])
+def test_reward_model_judge_scores_in_the_format_it_was_trained_on(tiny_rm: Path, helpful_option, input_format: str):
+    from transformers import AutoTokenizer
+
+    from dpo_exp.judges import Judge
+    from dpo_exp.judges.base import dialogue_messages
+
+    judge = judge_for(helpful_option, tiny_rm, input_format=input_format, batch_size=2)
+    assert isinstance(judge, Judge)
+    completions = [" Knead flour, water and yeast.", " No.", " Buy some.", " Ask a baker, then bake it."]
+    prompts = [HH_PROMPT] * len(completions)
+    scores = judge.score(prompts, completions)  # two batches of two, right-padded
+    tok = AutoTokenizer.from_pretrained(tiny_rm)
+    for completion, score in zip(completions, scores):
+        if input_format == "dialogue":
+            encoded = tok(HH_PROMPT + completion, return_tensors="pt")
+        elif input_format == "text_pair":
+            encoded = tok(HH_PROMPT, completion, return_tensors="pt")
+        else:
+            text = tok.apply_chat_template(dialogue_messages(HH_PROMPT, completion), tokenize=False)
+            assert text == (
+                "<|user|>Hi there\n<|assistant|>Hello!\n<|user|>How do I bake bread?\n"
+                f"<|assistant|>{completion.strip()}\n"
+            )
+            encoded = tok(text, return_tensors="pt")
+        assert score == pytest.approx(direct_score(tiny_rm, **encoded), abs=1e-4)  # batching and padding are exact
+    assert len(set(np.round(scores, 6))) == len(scores)
+
+
+def test_long_prompts_lose_their_oldest_tokens_and_identity_follows_weights_and_format(
+    tiny_rm: Path, helpful_option, tmp_path
+):
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    judge = judge_for(helpful_option, tiny_rm, max_length=16)
+    batch = judge.encode(["word " * 200], [" the answer"])
+    tail = judge.tokenizer(" the answer").input_ids
+    assert batch["input_ids"].shape[1] == 16 and batch["input_ids"][0, -len(tail) :].tolist() == tail
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_rm, other)
+    first = judge_for(helpful_option, tiny_rm).identity()
+    assert judge_for(helpful_option, other).identity() == first  # by content, not by path
+    model = AutoModelForSequenceClassification.from_pretrained(other)
+    with torch.no_grad():
+        model.score.weight.add_(1.0)
+    model.save_pretrained(other)
+    assert judge_for(helpful_option, other).identity() != first
+    assert judge_for(helpful_option, tiny_rm, input_format="text_pair").identity() != first
+
+
+def test_reward_model_judge_bad_settings_are_user_errors(tiny_rm: Path, helpful_option):
+    from dpo_exp.errors import UserError
+
+    with pytest.raises(UserError, match="input_format='xml' is not one of"):
+        judge_for(helpful_option, tiny_rm, input_format="xml")
+    with pytest.raises(UserError, match="label_index=3 but .* has 1 output"):
+        judge_for(helpful_option, tiny_rm, label_index=3)
+
+
+def separable_pairs(n: int) -> list[dict]:
+    """Pairs a judge can learn: the chosen response praises, the rejected one insults (one prompt each)."""
+    rows = []
+    for i in range(n):
+        prompt = f"\n\nHuman: question number {i} about topic {i % 7}?\n\nAssistant:"
+        rows.append({"prompt": prompt, "chosen": " great helpful answer thanks", "rejected": " stupid useless junk"})
+    return rows
+
+
+TRAINED = [
+    "dataset=preference_files",
+    "reward=trained_rm",
+    "reward.share=0.5",
+    "reward.max_length=32",
+    "reward.tiny.n_layer=1",
+    "reward.tiny.n_embd=32",
+    "reward.tiny.n_positions=64",
+    "reward.epochs=2",
+    "reward.lr=3e-3",
+    "eval.num_prompts=10",
+    "dataset.eval_size=10",
+    "dataset.eval_fraction=0.25",
+]
+
+
+def test_trained_judge_learns_on_its_own_share_and_is_cached_by_content(tmp_path):
+    from dpo_exp.data.preference import load_run_preferences
+    from dpo_exp.models import offline_gpt2_tokenizer
+    from dpo_exp.rewards import build_scorer
+
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, separable_pairs(80))
+    base = [*TRAINED, f"dataset.path={path}", f"cache_dir={tmp_path / 'cache'}", "model=tiny_gpt2"]
+    cfg = compose([*base, "seed=1"])
+    judge = build_scorer(cfg.reward, cfg)
+    assert judge.info["cache"] == "built" and judge.info["train_pairs"] == 40  # share 0.5 of 80 prompts
+    assert judge.info["heldout_pairs"] == 10 and judge.info["heldout_accuracy"] >= 0.9  # learnt, on held-out pairs
+    data = load_run_preferences(cfg, offline_gpt2_tokenizer())
+    judge_prompts = {r["prompt"] for r in data.judge}
+    assert len(judge_prompts) == 40
+    assert not judge_prompts & {r["prompt"] for r in data.train + data.eval}  # disjoint from DPO and evaluation
+    assert not judge_prompts & set(data.eval_prompts)
+    counts = data.counts
+    assert counts["train_judge_pairs"] + counts["train_pairs"] + counts["eval_pairs"] == 80
+    # another run seed: the same judge (reused from the cache), other DPO/eval draws from the remaining prompts
+    cfg2 = compose([*base, "seed=2"])
+    again = build_scorer(cfg2.reward, cfg2)
+    assert again.info["cache"] == "reused" and again.identity() == judge.identity()
+    assert {r["prompt"] for r in load_run_preferences(cfg2, offline_gpt2_tokenizer()).judge} == judge_prompts
+
+
+def test_win_rate_vs_chosen_counts_ties_half_with_a_bootstrap_ci():
+    from dpo_exp.evaluation.judge import win_rate_vs_chosen
+    from dpo_exp.evaluation.metrics import SampleEval
+    from dpo_exp.generation import Samples
+    from dpo_exp.judges import Judge
+
+    class LengthJudge(Judge):  # a real (if simple) judge: longer is better
+        name = "length"
+
+        def score(self, prompts, completions):
+            return [float(len(c)) for c in completions]
+
+    judge = LengthJudge()
+    prompts = ["a", "b", "c"]
+    texts = [["xx", "xxxx"], ["x", "x"], ["xxx", "xxx"]]
+    policy = Samples(prompts=prompts, texts=texts, token_ids=[[[0]] * 2] * 3)
+    rewards = np.array([[len(t) for t in row] for row in texts], dtype=float)
+    result = SampleEval(policy, None, rewards, rewards, kl=np.zeros((3, 2)))
+    references = {"a": "xxx", "b": "xx", "c": "xxx"}  # a: one loss one win; b: two losses; c: two ties
+    out = win_rate_vs_chosen(judge, result, references, False, 200, 0)
+    assert out["win_rate_vs_chosen"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
+    assert out["win_rate_vs_chosen_ci_low"] <= out["win_rate_vs_chosen"] <= out["win_rate_vs_chosen_ci_high"]
+    assert out["win_rate_vs_chosen_prompts"] == 3 and out["reward_chosen"] == pytest.approx(8 / 3)
+    assert win_rate_vs_chosen(judge, result, {"a": "xxx"}, False, 200, 0)["win_rate_vs_chosen_prompts"] == 1
+    assert win_rate_vs_chosen(judge, result, {}, False, 200, 0) == {}
+
+
+def test_dialogue_messages_split_hh_turns_and_keep_plain_prompts_whole():
+    from dpo_exp.judges.base import dialogue_messages
+
+    assert dialogue_messages("Write a poem.", " Roses.") == [
+        {"role": "user", "content": "Write a poem."},
+        {"role": "assistant", "content": "Roses."},
+    ]
+    assert [m["role"] for m in dialogue_messages(HH_PROMPT, " Knead.")] == ["user", "assistant", "user", "assistant"]
+
+
+def test_tfidf_judge_does_not_follow_the_run_seed(imdb_dir, tmp_path):
+    """One review file: the held-out split is reward.seed's, so a seed sweep is judged by one scorer."""
+    from dpo_exp.infra.storage import read_jsonl
+    from dpo_exp.rewards import build_scorer
+
+    reviews = tmp_path / "reviews.jsonl"
+    write_jsonl(reviews, read_jsonl(imdb_dir / "train.jsonl")[:400])
+
+    def scorer(*extra: str):
+        cfg = compose(
+            ["dataset=imdb_sentiment", "reward=tfidf_logreg", f"dataset.path={reviews}"]
+            + [f"cache_dir={tmp_path / 'cache'}", *extra]
+        )
+        return build_scorer(cfg.reward, cfg)
+
+    a, b = scorer("seed=1"), scorer("seed=2")
+    assert a.identity() == b.identity() and b.info["cache"] == "reused"
+    assert scorer("seed=2", "reward.seed=2").identity() != a.identity()  # asked for: a different held-out split
+
+
+def test_a_trained_judge_needs_preference_pairs(imdb_dir):
+    from dpo_exp.config import validate
+    from dpo_exp.errors import UserError
+
+    with pytest.raises(UserError, match="reward=trained_rm learns from preference pairs: dataset=imdb_sentiment"):
+        validate(compose(["dataset=imdb_sentiment", f"dataset.path={imdb_dir}", "eval/reward=trained_rm"]))
