@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,19 @@ def test_a_trained_judge_needs_preference_pairs(imdb_dir):
 
     with pytest.raises(UserError, match="reward=trained_rm learns from preference pairs: dataset=imdb_sentiment"):
         validate(compose(["dataset=imdb_sentiment", f"dataset.path={imdb_dir}", "eval/reward=trained_rm"]))
+
+
+def test_a_damaged_trained_judge_is_rebuilt(tmp_path):
+    """Every cache kind heals (issue 23): cut the trained judge's weights and the next run trains it again."""
+    from dpo_exp.rewards import build_scorer
+
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, separable_pairs(40))
+    cfg = compose([*TRAINED, f"dataset.path={path}", f"cache_dir={tmp_path / 'cache'}", "model=tiny_gpt2"])
+    first = build_scorer(cfg.reward, cfg)
+    assert first.info["cache"] == "built"
+    weights = max((tmp_path / "cache" / "reward_model").rglob("*.safetensors"), key=lambda p: p.stat().st_size)
+    os.truncate(weights, weights.stat().st_size // 2)
+    again = build_scorer(cfg.reward, cfg)
+    assert again.info["cache"] == "rebuilt"
+    assert again.identity() == first.identity() and again.info["heldout_accuracy"] is not None  # trained again
