@@ -23,6 +23,7 @@ from .models import Models
 from .runs import REFERENCE
 
 RUN_SCORER = "run's scorer"
+MAX_NEW_TOKENS = 256  # the slider's ceiling on a large context
 SCORER_CHOICES = [RUN_SCORER, "vader", "tfidf_logreg", "none"]  # offline ones (hub classifiers need the internet)
 
 
@@ -49,6 +50,16 @@ class Sampling:
             int(seed),
         )
 
+    def fitted(self, context: int) -> Sampling:
+        """These settings with max_new_tokens capped to `max_new_tokens_limit(context)`."""
+        return Sampling(
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            min(self.max_new_tokens, max_new_tokens_limit(context)),
+            self.seed,
+        )
+
     def gen_cfg(self) -> DictConfig:
         return OmegaConf.create(
             {
@@ -60,6 +71,12 @@ class Sampling:
                 "batch_size": 1,
             }
         )
+
+
+def max_new_tokens_limit(context: int) -> int:
+    """The most new tokens the app lets a model draw: a quarter of its context (at least 16 tokens) stays for the
+    prompt, which sampling cuts from the left to fit (a dialogue keeps its final turn)."""
+    return max(1, min(MAX_NEW_TOKENS, context - max(16, context // 4)))
 
 
 @dataclass
@@ -150,6 +167,8 @@ def compare_completions(
     then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
     scorer, _ = scorer_for(cfg, scorer_choice)
     with_prompt = sample_settings(cfg).score_with_prompt
+    with models.use(REFERENCE) as reference:
+        sampling = sampling.fitted(context_length(reference))  # room for the prompt, whatever the request asked
     done: list[Completion] = []
     for label in [REFERENCE, *labels]:
         for samples in stream_one(models, label, prompt, sampling):

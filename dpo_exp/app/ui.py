@@ -8,8 +8,16 @@ from typing import Any
 
 import gradio as gr
 
+from ..models import context_length
 from . import report
-from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions
+from .generate import (
+    RUN_SCORER,
+    SCORER_CHOICES,
+    Completion,
+    Sampling,
+    compare_completions,
+    max_new_tokens_limit,
+)
 from .models import Models
 from .runs import REFERENCE, RunInfo
 
@@ -62,7 +70,10 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
 
 
 def generate_tab(runs: list[RunInfo], models: Models) -> None:
-    defaults = Sampling.defaults(runs[0].cfg)
+    with models.use(REFERENCE) as reference:
+        context = context_length(reference)
+    limit = max_new_tokens_limit(context)  # the prompt keeps room in the context
+    defaults = Sampling.defaults(runs[0].cfg).fitted(context)
     labels = [run.label for run in runs]
     prompts = list(dict.fromkeys(p for run in runs for p in run.prompts))
     with gr.Row():
@@ -75,7 +86,7 @@ def generate_tab(runs: list[RunInfo], models: Models) -> None:
                 temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="temperature")
                 top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top-k (0 = off)")
                 top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="top-p")
-                max_new = gr.Slider(1, 256, value=defaults.max_new_tokens, step=1, label="max new tokens")
+                max_new = gr.Slider(1, limit, value=defaults.max_new_tokens, step=1, label="max new tokens")
                 seed = gr.Number(value=defaults.seed, precision=0, label="seed (same for every model)")
                 scorer = gr.Dropdown(choices=SCORER_CHOICES, value=RUN_SCORER, label="reward scorer")
         with gr.Column(scale=2):

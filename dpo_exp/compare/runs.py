@@ -26,8 +26,7 @@ EVAL_SHOWN = [
     "eval/reward_policy",
     "eval/reward_reference",
     "eval/reward_delta",
-    "eval/win_rate",
-    "eval/win_rate_prompt",
+    "eval/win_rate",  # P(policy beats reference), independent draws (the coupled ones are diagnostics, not shown)
     "eval/kl",
 ]
 TRAIN_SUFFIX = " (last-epoch mean)"  # train/* columns: mean over the last epoch's logged steps, not the last step
