@@ -96,21 +96,7 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
             ax.annotate(
                 str(r["step"]), (r["kl"], r["reward_delta"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
-    if is_finite(final.get("kl")):  # infinite when top-k / top-p supports differ (said in the title)
-        ax.errorbar(
-            [final["kl"]],
-            [final["reward_delta"]],
-            xerr=[[final["kl"] - final["kl_ci_low"]], [final["kl_ci_high"] - final["kl"]]],
-            yerr=[
-                [final["reward_delta"] - final["reward_delta_ci_low"]],
-                [final["reward_delta_ci_high"] - final["reward_delta"]],
-            ],
-            fmt="*",
-            color="tab:red",
-            markersize=12,
-            capsize=3,
-            label=f"final policy ({final.get('num_prompts')} prompts, 95% CI)",
-        )
+    _plot_final(ax, final)
     curve = best_of_n_curve(final)
     if curve:
         ax.plot(
@@ -133,6 +119,27 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def _plot_final(ax, final: dict[str, Any]) -> None:
+    """The final evaluation's point with its 95% intervals; none when its KL is infinite (top-k / top-p supports
+    differ: the plot's title says so)."""
+    if not is_finite(final.get("kl")):
+        return
+    ax.errorbar(
+        [final["kl"]],
+        [final["reward_delta"]],
+        xerr=[[final["kl"] - final["kl_ci_low"]], [final["kl_ci_high"] - final["kl"]]],
+        yerr=[
+            [final["reward_delta"] - final["reward_delta_ci_low"]],
+            [final["reward_delta_ci_high"] - final["reward_delta"]],
+        ],
+        fmt="*",
+        color="tab:red",
+        markersize=12,
+        capsize=3,
+        label=f"final policy ({final.get('num_prompts')} prompts, 95% CI)",
+    )
 
 
 def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int, float, float]]:
