@@ -80,10 +80,14 @@ KEYS = [
     "win_rate",
     "win_rate_ci_low",
     "win_rate_ci_high",
-    "win_rate_prompt",
-    "win_rate_prompt_ci_low",
-    "win_rate_prompt_ci_high",
     "tie_rate",
+    "win_rate_coupled",
+    "win_rate_coupled_ci_low",
+    "win_rate_coupled_ci_high",
+    "win_rate_prompt_coupled",
+    "win_rate_prompt_coupled_ci_low",
+    "win_rate_prompt_coupled_ci_high",
+    "tie_rate_coupled",
     "kl",
     "kl_ci_low",
     "kl_ci_high",
@@ -230,18 +234,25 @@ def main() -> None:
     print(markdown(results))
 
 
-def _line(f: dict) -> str:
-    per_prompt = (  # absent from results measured before eval/win_rate_prompt existed
-        f"win rate per prompt {f['win_rate_prompt']:.2f} [{f['win_rate_prompt_ci_low']:.2f}, "
-        f"{f['win_rate_prompt_ci_high']:.2f}], "
-        if f.get("win_rate_prompt") is not None
-        else ""
+def _win_rates(f: dict) -> str:
+    """The win rates of one result, named by estimand. Results measured before eval/win_rate meant independent
+    draws (no win_rate_coupled key) stored the same-seed rates under win_rate / win_rate_prompt."""
+    if f.get("win_rate_coupled") is None:
+        per_prompt = f.get("win_rate_prompt")
+        return (
+            f"same-seed win rate per prompt {per_prompt:.2f}, " if per_prompt is not None else ""
+        ) + f"same-seed per sample {f['win_rate']:.2f} [{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], "
+    return (
+        f"win rate (independent draws) {f['win_rate']:.2f} [{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], "
+        f"same-seed per prompt {f['win_rate_prompt_coupled']:.2f}, per sample {f['win_rate_coupled']:.2f}, "
     )
+
+
+def _line(f: dict) -> str:
     return (
         f"reward {f['reward_reference']:.3f} -> {f['reward_policy']:.3f}, delta {f['reward_delta']:+.3f} "
-        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], {per_prompt}"
-        f"win rate per sample {f['win_rate']:.2f} "
-        f"[{f['win_rate_ci_low']:.2f}, {f['win_rate_ci_high']:.2f}], KL {f['kl']:.2f} nats, on {f['num_prompts']} "
+        f"[95% CI {f['reward_delta_ci_low']:+.3f}, {f['reward_delta_ci_high']:+.3f}], {_win_rates(f)}"
+        f"KL {f['kl']:.2f} nats, on {f['num_prompts']} "
         f"held-out prompts x {f['num_samples']} samples; {f['wall_time_s'] / 60:.1f} min ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in f["timing"].items())
         + ")"
@@ -266,15 +277,13 @@ def markdown(results: dict) -> str:
         out += [
             f"`{results['beta_sweep']['command']}`",
             "",
-            "| beta | reward delta [95% CI] | win rate per prompt [95% CI] | per sample [95% CI] | KL (nats) |",
-            "|---|---|---|---|---|",
+            "| beta | reward delta [95% CI] | win rates | KL (nats) |",
+            "|---|---|---|---|",
         ]
         for r in results["beta_sweep"]["runs"]:
             out.append(
                 f"| {r['beta']} | {r['reward_delta']:+.3f} [{r['reward_delta_ci_low']:+.3f}, "
-                f"{r['reward_delta_ci_high']:+.3f}] | {r['win_rate_prompt']:.2f} [{r['win_rate_prompt_ci_low']:.2f}, "
-                f"{r['win_rate_prompt_ci_high']:.2f}] | {r['win_rate']:.2f} [{r['win_rate_ci_low']:.2f}, "
-                f"{r['win_rate_ci_high']:.2f}] | {r['kl']:.2f} |"
+                f"{r['reward_delta_ci_high']:+.3f}] | {_win_rates(r).rstrip(', ')} | {r['kl']:.2f} |"
             )
     return "\n".join(out)
 

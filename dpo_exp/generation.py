@@ -7,10 +7,22 @@ prompt order. So two models given the same prompts, settings and seed draw the s
 models give identical samples: paired comparisons are exact), and a prompt's samples do not depend on the order
 the prompts were given in. What a prompt draws does depend on the batching (`batch_size`, `max_batch_tokens`):
 cache keys include them (`dpo_exp.tasks.sentiment.pair_key`).
+
+A prompt longer than the context leaves room for keeps its END (the tokenizer truncates from the left while
+sampling): a dialogue prompt must still end in its `\n\nAssistant:` turn. The draw runs under a clean
+`GenerationConfig`: the model's own generation config (repetition penalty, no-repeat n-grams, suppressed tokens,
+minimum lengths, beams) is set aside, so samples come from exactly softmax(warpers(logits)), the distribution the
+evaluation's KL and implicit reward are computed on.
+
+Draws meant to be independent of the evaluation's (the unpaired reference samples, best-of-N's extra samples) take
+their seed from `stream_seed(seed, name)`, a hash: unlike a fixed offset, two streams never share a batch's seed.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +48,13 @@ class Samples:
     def flat(self) -> list[tuple[int, str]]:
         """(prompt index, completion) for every sample."""
         return [(i, text) for i, texts in enumerate(self.texts) for text in texts]
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A base seed for the named random stream under `seed`: a 62-bit hash, so streams (each seeding its batches
+    base + batch number) never overlap in practice, whatever the prompts and batching."""
+    digest = hashlib.sha256(f"{int(seed)}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
 
 
 def default_batch_size(device: str) -> int:
@@ -73,38 +92,76 @@ def generate_samples(
     batch_size = int(gen_cfg.get("batch_size") or default_batch_size(str(device)))
     max_prompt_tokens = prompt_token_budget(model, max_new_tokens)
 
-    lengths = [
-        len(x)
-        for x in encode_prompts(tokenizer, list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids
-    ]
+    lengths = [len(x) for x in prompt_token_ids(tokenizer, list(prompts), max_prompt_tokens)]
     plan = batch_plan(prompts, lengths, batch_size, num_samples, max_new_tokens, gen_cfg.get("max_batch_tokens"))
 
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
     texts: list[list[str]] = [[] for _ in prompts]
     ids: list[list[list[int]]] = [[] for _ in prompts]
     eos = tokenizer.eos_token_id
     try:
-        for number, batch in enumerate(tqdm(plan, desc=desc, disable=not progress, unit="batch")):
-            chunk = [prompts[i] for i in batch]
-            enc = encode_prompts(
-                tokenizer, chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens
-            ).to(device)
-            out = _generate(
-                model, tokenizer, enc, gen_cfg, num_samples, max_new_tokens, seed + number, streamer, paired
-            )
-            generated = out[:, enc.input_ids.shape[1] :].tolist()
-            for p, index in enumerate(batch):
-                rows = [_strip(generated[p * num_samples + s], eos) for s in range(num_samples)]
-                ids[index] = rows
-                texts[index] = [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+        with sides(tokenizer, padding="left"), clean_generation_config(model):
+            for number, batch in enumerate(tqdm(plan, desc=desc, disable=not progress, unit="batch")):
+                chunk = [prompts[i] for i in batch]
+                enc = encode_prompts(
+                    tokenizer, chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens
+                ).to(device)
+                out = _generate(
+                    model, tokenizer, enc, gen_cfg, num_samples, max_new_tokens, seed + number, streamer, paired
+                )
+                generated = out[:, enc.input_ids.shape[1] :].tolist()
+                for p, index in enumerate(batch):
+                    rows = [_strip(generated[p * num_samples + s], eos) for s in range(num_samples)]
+                    ids[index] = rows
+                    texts[index] = [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
     finally:
-        tokenizer.padding_side = padding_side
-        _reset_backend_padding(tokenizer)
         model.train(was_training)
     return Samples(prompts=list(prompts), texts=texts, token_ids=ids)
+
+
+@contextmanager
+def sides(tokenizer, padding: str | None = None) -> Iterator[None]:
+    """Within the block the tokenizer truncates from the LEFT (a prompt keeps its end) and, if given, pads on
+    `padding`; both sides are restored afterwards and the fast backend's padding/truncation settings cleared."""
+    saved = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    if padding:
+        tokenizer.padding_side = padding
+    try:
+        yield
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = saved
+        _reset_backend_padding(tokenizer)
+
+
+def prompt_token_ids(tokenizer, prompts: list[Any], max_prompt_tokens: int) -> list[list[int]]:
+    """Each prompt's token ids as sampling feeds them (a conversation through the chat template): at most
+    `max_prompt_tokens`, keeping the END of the prompt."""
+    with sides(tokenizer):
+        return encode_prompts(tokenizer, list(prompts), truncation=True, max_length=max_prompt_tokens).input_ids
+
+
+def _generation_owner(model):
+    """The module whose `generation_config` `generate` reads (a PEFT model's base model)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+@contextmanager
+def clean_generation_config(model) -> Iterator[None]:
+    """Within the block the model's own `generation_config` is a fresh `GenerationConfig()`: `generate` fills every
+    setting not passed explicitly from it, so a checkpoint's repetition penalty, no-repeat n-grams, suppressed
+    tokens, minimum lengths or beams would otherwise reshape the distribution the custom draw samples."""
+    from transformers import GenerationConfig
+
+    owner = _generation_owner(model)
+    saved = getattr(owner, "generation_config", None)
+    owner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        owner.generation_config = saved
 
 
 def _generate(
@@ -125,18 +182,24 @@ def _generate(
     torch.manual_seed(seed)
     if enc.input_ids.device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
+    from transformers import GenerationConfig
+
     rows = {key: value.repeat_interleave(num_samples, dim=0) for key, value in enc.items()}
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+    )
     with torch.no_grad():
         return model.generate(
             **rows,
-            do_sample=False,
+            generation_config=config,
             logits_processor=sampling_processors(
                 float(gen_cfg.temperature), int(gen_cfg.top_k or 0), float(gen_cfg.top_p), paired
             ),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
             **({"streamer": streamer} if streamer is not None else {}),
         )
 
@@ -145,14 +208,14 @@ def sample_sequences(tokenizer, samples: Samples, max_new_tokens: int, context: 
     """(prompt ids, completion ids) for every sample, flattened prompt-major, exactly as generate_samples sampled
     them (pair building trains on these ids, evaluation scores them; no decode/re-tokenise round trip).
 
-    The prompt is tokenized with generate_samples' truncation; a sample shorter than max_new_tokens ended on EOS,
-    which generate_samples stripped, so EOS is put back: the termination is part of the sampled sequence.
+    The prompt is tokenized with generate_samples' truncation (its end kept); a sample shorter than max_new_tokens
+    ended on EOS, which generate_samples stripped, so EOS is put back: the termination is part of the sampled
+    sequence.
     """
     max_prompt = max(1, context - max_new_tokens)
     eos = tokenizer.eos_token_id
     out: list[TokenSequence] = []
-    for prompt, rows in zip(samples.prompts, samples.token_ids):
-        prompt_ids = encode_prompts(tokenizer, [prompt], truncation=True, max_length=max_prompt).input_ids[0]
+    for prompt_ids, rows in zip(prompt_token_ids(tokenizer, samples.prompts, max_prompt), samples.token_ids):
         for generated in rows:
             ended = len(generated) < max_new_tokens
             out.append((prompt_ids, list(generated) + ([eos] if ended else [])))
@@ -185,12 +248,14 @@ def batch_plan(
 
 
 def _reset_backend_padding(tokenizer) -> None:
-    """A fast tokenizer keeps the last padding settings (here: LEFT) in its Rust backend, and save_pretrained
-    writes them into tokenizer.json, so a tokenizer saved after sampling would reload left-padded. Clear them;
-    the next padded call sets them again from `padding_side`."""
+    """A fast tokenizer keeps the last padding and truncation settings (here: LEFT) in its Rust backend, and
+    save_pretrained writes them into tokenizer.json, so a tokenizer saved after sampling would reload left-padded
+    or left-truncating. Clear them; the next call sets them again from `padding_side` / `truncation_side`."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is not None and getattr(backend, "padding", None) is not None:
         backend.no_padding()
+    if backend is not None and getattr(backend, "truncation", None) is not None:
+        backend.no_truncation()
 
 
 def _strip(tokens: list[int], eos: int) -> list[int]:

@@ -14,8 +14,10 @@ every later boundary of the cumulative distribution, so a policy and its referen
 same tokens. Evaluation compares them sample by sample under one seed (common random numbers: the closer the two
 draws, the narrower the paired confidence intervals), so it draws with `ExponentialRaceSampler` (`paired=True`):
 the exponential race `torch.multinomial` runs (token v wins with the smallest E_v / p_v, E_v ~ Exp(1) shared by the
-two models), with the exponentials made from `torch.rand` (-log U), about 2x faster than `exponential_` on a CPU.
-Similar models then draw mostly identical tokens.
+two models). Similar models then draw mostly identical tokens. The exponentials (`exponential_noise`) are -log U of
+float32 uniforms (about 2x faster than `exponential_` on a CPU), except in the lower tail: float32 uniforms lie on a
+2^-24 grid, which would put no exponential below 2^-24 and draw a token of probability 5e-8 at about half its rate,
+so the few values below `TAIL` (~50 of a 50k-token row) are re-drawn from float64 uniforms.
 
 Draws come from torch's global generator (seeded by the caller), so equal models fed equal prompts and seeds draw
 equal tokens; they differ from what `torch.multinomial` would have drawn under the same seed.
@@ -27,6 +29,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 BLOCK = 1024  # vocabulary entries per block of the two-level search
+TAIL = 2.0**-10  # exponentials below about this are re-drawn in float64 (`exponential_noise`)
 
 
 def inverse_cdf_draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,20 @@ class InverseCdfSampler(LogitsProcessor):
         return single_out(scores, inverse_cdf_draw(probs, uniform))
 
 
+def exponential_noise(shape: tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
+    """float32 Exp(1) values: -log U of float32 uniforms, with the lower tail resolved. A float32 uniform U lies on
+    a 2^-24 grid, so -log U has no value below ~2^-24 (a token of probability 5e-8 would win the race at half its
+    rate); the values with U >= 1 - TAIL (exactly a TAIL share of the grid) are replaced by -log(1 - TAIL * V),
+    V a float64 uniform in (0, 1]: the same conditional law, continuous down to ~1e-16."""
+    uniform = torch.rand(shape, device=device)
+    tail = (uniform.view(-1) >= 1.0 - TAIL).nonzero().squeeze(1)
+    noise = uniform.log_().neg_()  # a 0 draw gives inf: never wins
+    if tail.numel():
+        fine = 1.0 - torch.rand(tail.numel(), dtype=torch.float64, device=noise.device)  # in (0, 1]
+        noise.view(-1)[tail] = torch.log1p(-TAIL * fine).neg_().float()
+    return noise
+
+
 class ExponentialRaceSampler(LogitsProcessor):
     """Draws a token per row from softmax(scores) by the exponential race (argmax p_v / E_v, one E_v ~ Exp(1) per
     vocabulary entry): two similar models under one seed draw mostly the same token. Returns scores that single it
@@ -75,14 +92,12 @@ class ExponentialRaceSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs = torch.softmax(scores.float(), dim=-1)
-        race = torch.rand(probs.shape, device=probs.device).log_().neg_()  # Exp(1); a 0 draw gives inf: never wins
-        return single_out(scores, (probs / race).argmax(-1))
+        return single_out(scores, (probs / exponential_noise(probs.shape, probs.device)).argmax(-1))
 
 
-def sampling_processors(temperature: float, top_k: int, top_p: float, paired: bool = False) -> LogitsProcessorList:
-    """transformers' temperature / top-k / top-p warpers (those that change anything), then the draw: the
-    exponential race when `paired` (samples compared with another model's under the same seed), else the
-    one-number inverse CDF."""
+def warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    """transformers' temperature / top-k / top-p warpers that change anything, in `generate`'s sampling order: the
+    distribution a sample is actually drawn from is softmax(warpers(logits)) (KL is measured on it too)."""
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     processors = LogitsProcessorList()
@@ -92,5 +107,12 @@ def sampling_processors(temperature: float, top_k: int, top_p: float, paired: bo
         processors.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
         processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+def sampling_processors(temperature: float, top_k: int, top_p: float, paired: bool = False) -> LogitsProcessorList:
+    """The `warpers`, then the draw: the exponential race when `paired` (samples compared with another model's under
+    the same seed), else the one-number inverse CDF."""
+    processors = warpers(temperature, top_k, top_p)
     processors.append(ExponentialRaceSampler() if paired else InverseCdfSampler())
     return processors

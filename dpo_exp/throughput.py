@@ -52,8 +52,9 @@ def full_logits_log_probs(
     per tile forward and again backward, plus a second matmul): `FullLogitsLogProb` for fp32 logits without
     temperature, scale or soft-capping, plain autograd ops (log_softmax + gather) otherwise.
 
-    The per-token log-probability keeps its gradient; entropy, log(sum p^2), mean logit and top-1 are computed
-    without gradient (the DPO and SFT trainers only log them)."""
+    The per-token log-probability keeps its gradient; entropy, log(sum p^2) and mean logit are computed without one
+    (the DPO and SFT trainers only log them, detached). TRL's kernel does give them a gradient, so a loss that
+    back-propagates through one of them raises here (`NO_GRADIENT`) instead of silently getting none."""
     plain = temperature == 1.0 and logit_scale == 1.0 and final_logit_softcapping is None
     fp32 = hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
     if plain and fp32 and not torch.is_autocast_enabled(hidden.device.type):
@@ -80,7 +81,30 @@ def full_logits_log_probs(
             mean_logits = z.mean(-1)
         if "is_top1" in outputs:
             is_top1 = z.argmax(-1) == targets  # argmax returns the first maximum, as TRL's kernel counts ties
+    if z.requires_grad:
+        entropy, log_sum_sq, mean_logits = (
+            None if x is None else RefuseGradient.apply(x, z) for x in (entropy, log_sum_sq, mean_logits)
+        )
     return logprobs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+NO_GRADIENT = (
+    "the CPU full-logits LM head (dpo_exp.throughput) gives entropy, log_sum_sq_probs and mean_logits no gradient, "
+    "unlike TRL's kernel; a loss that needs one must run without dpo_exp.throughput.compact_lm_head()"
+)
+
+
+class RefuseGradient(torch.autograd.Function):
+    """`value` unchanged, tied to `anchor` in the graph so that a backward pass through it raises (`NO_GRADIENT`)
+    rather than giving the inputs no gradient without a word."""
+
+    @staticmethod
+    def forward(ctx, value, anchor):
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(NO_GRADIENT)
 
 
 class FullLogitsLogProb(torch.autograd.Function):
@@ -127,11 +151,14 @@ class FullLogitsLogProb(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, targets, log_z, logits)
         ctx.has_bias = bias is not None
         ctx.used = False
-        ctx.mark_non_differentiable(*(x for x in (entropy, log_sum_sq, mean_logits, is_top1) if x is not None))
+        if is_top1 is not None:  # the statistics stay differentiable outputs so that backward can refuse them
+            ctx.mark_non_differentiable(is_top1)
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
 
     @staticmethod
-    def backward(ctx, grad_log_probs, *_):
+    def backward(ctx, grad_log_probs, grad_entropy, grad_log_sum_sq, grad_mean_logits, _grad_is_top1):
+        if any(g is not None for g in (grad_entropy, grad_log_sum_sq, grad_mean_logits)):
+            raise RuntimeError(NO_GRADIENT)
         if grad_log_probs is None:
             return None, None, None, None, None
         if ctx.used:

@@ -123,18 +123,32 @@ def test_significant_when_the_delta_interval_excludes_zero():
     assert coin["reward_delta_ci_low"] < 0 < coin["reward_delta_ci_high"] and coin["significant"] is False
 
 
-def test_win_rate_per_prompt_compares_mean_rewards_over_samples():
+def test_coupled_win_rate_per_prompt_compares_mean_rewards_over_samples():
     # every prompt: the policy wins 1 of 4 samples by a lot and loses 3 by a little -> per sample 0.25, per prompt 1
     reference = np.full((50, 4), 0.5)
     policy = reference + np.array([0.4, -0.01, -0.01, -0.01])
     out = reward_kl_metrics(_result(policy, reference), 200, 0)
-    assert out["win_rate"] == 0.25 and out["win_rate_prompt"] == 1.0
-    assert out["win_rate_prompt_ci_low"] == out["win_rate_prompt_ci_high"] == 1.0
+    assert out["win_rate_coupled"] == 0.25 and out["win_rate_prompt_coupled"] == 1.0
+    assert out["win_rate_prompt_coupled_ci_low"] == out["win_rate_prompt_coupled_ci_high"] == 1.0
+    assert "win_rate" not in out  # no independent reference samples: no headline win rate
     policy[:25] = reference[:25] - 0.1  # half the prompts lost outright
     out = reward_kl_metrics(_result(policy, reference), 500, 0)
-    assert out["win_rate_prompt"] == 0.5 and out["win_rate_prompt_ci_low"] < 0.5 < out["win_rate_prompt_ci_high"]
+    low, high = out["win_rate_prompt_coupled_ci_low"], out["win_rate_prompt_coupled_ci_high"]
+    assert out["win_rate_prompt_coupled"] == 0.5 and low < 0.5 < high
     policy[:25] = reference[:25]  # ties count one half
-    assert reward_kl_metrics(_result(policy, reference), 200, 0)["win_rate_prompt"] == 0.75
+    assert reward_kl_metrics(_result(policy, reference), 200, 0)["win_rate_prompt_coupled"] == 0.75
+
+
+def test_headline_win_rate_compares_every_policy_sample_with_every_independent_reference_sample():
+    reference = np.tile([0.0, 1.0, 2.0, 3.0], (10, 1))
+    policy = np.tile([1.5, 1.5, 1.5, 1.5], (10, 1))  # beats 2 of the 4 reference samples
+    result = _result(policy, reference)
+    result.rewards_reference_independent = reference[:, ::-1].copy()  # order does not matter: all pairs count
+    out = reward_kl_metrics(result, 200, 0)
+    assert out["win_rate"] == 0.5 and out["tie_rate"] == 0.0
+    result.rewards_reference_independent = np.tile([1.5, 1.5, 0.0, 0.0], (10, 1))
+    out = reward_kl_metrics(result, 200, 0)
+    assert out["win_rate"] == 0.75 and out["tie_rate"] == 0.5  # ties count one half
 
 
 def test_headline_states_the_effect_and_whether_it_is_significant():
@@ -152,9 +166,8 @@ def test_headline_states_the_effect_and_whether_it_is_significant():
         "eval/win_rate_ci_low": 0.7,
         "eval/win_rate_ci_high": 0.9,
         "eval/tie_rate": 0.0,
-        "eval/win_rate_prompt": 0.85,
-        "eval/win_rate_prompt_ci_low": 0.78,
-        "eval/win_rate_prompt_ci_high": 0.92,
+        "eval/win_rate_coupled": 0.83,
+        "eval/win_rate_prompt_coupled": 0.85,
         "eval/num_prompts": 100,
         "eval/num_samples": 4,
         "eval/kl": 3.2,
@@ -170,9 +183,12 @@ def test_headline_states_the_effect_and_whether_it_is_significant():
     text = "\n".join(headline(summary))
     assert "0.5000 -> 0.5500: delta +0.0500 [95% CI +0.0200, +0.0800], significant" in text
     assert "win rate 0.800 [95% CI 0.700, 0.900]" in text and "100 held-out prompts x 4 samples" in text
-    assert "win rate per prompt (mean reward over its samples) 0.850 [95% CI 0.780, 0.920]" in text
+    assert "(P(policy beats reference), independent draws, ties 1/2)" in text
+    assert "same-seed diagnostics (depend on the sampler's coupling): per sample 0.830, per prompt" in text
     assert "KL(policy || reference) 3.200 nats" in text and "N=4 +0.1000 @ 0.64" in text
     assert "stage times: sft 120 s, pairs 60 s, train 200 s, eval 90 s" in text
     summary.update({"eval/reward_delta_ci_low": -0.01, "eval/significant": False})
     assert "NOT significant" in "\n".join(headline(summary))
     assert headline({}) == []  # evaluation off: nothing to say
+    summary.update({"eval/kl": None, "eval/kl_infinite": 0.25})  # top-k / top-p supports differ
+    assert "KL(policy || reference) infinite: 25% of policy samples" in "\n".join(headline(summary))

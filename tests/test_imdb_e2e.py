@@ -134,7 +134,7 @@ def test_quickstart_runs_offline_end_to_end(tmp_path):
     # seeds 42 / 1 / 2: delta +0.121 [0.069, 0.165] / +0.121 [0.081, 0.157] / +0.053 [0.017, 0.089] VADER compound
     # on ~35 held-out demo prompts x 8 samples, per-prompt win rate 0.79 / 0.84 / 0.61.
     assert summary["eval/significant"] is True and summary["eval/reward_delta_ci_low"] > 0
-    assert summary["eval/win_rate_prompt"] > 0.5 and summary["eval/win_rate"] > 0.5
+    assert summary["eval/win_rate_prompt_coupled"] > 0.5 and summary["eval/win_rate"] > 0.5
     assert (run_dir / "samples.md").exists() and (run_dir / "plots" / "reward_kl.png").exists()
 
 
@@ -201,6 +201,6 @@ def test_dpo_gives_a_significant_sentiment_gain(tmp_path, imdb_dir):
     _, summary, stdout = _run_with_output(tmp_path, imdb_dir, "effect", *EFFECT)
     assert summary["eval/num_prompts"] == 64
     assert summary["eval/reward_delta_ci_low"] > 0 and summary["eval/significant"] is True
-    assert summary["eval/win_rate_ci_low"] > 0.5
+    assert summary["eval/win_rate_coupled_ci_low"] > 0.5 and summary["eval/win_rate"] > 0.5
     assert summary["eval/kl"] > 0
     assert "significant" in stdout and "NOT significant" not in stdout

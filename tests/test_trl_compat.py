@@ -38,3 +38,19 @@ def test_the_private_attributes_set_are_the_ones_trl_reads():
     assert "_precompute_model_hash" in source and "_fingerprint" in source
     assert "self._metrics[mode]" in source
     assert "_total_train_tokens" in source
+
+
+def test_reference_logprob_cache_key_covers_every_field_trl_reads():
+    """The reference log-probs cache key (dpo_exp.training.ref_logps.REF_LOGPS_ARGS) names every DPOConfig field
+    that TRL's compute_ref_log_probs and its preference collator read (issue 20: ld_alpha was missing)."""
+    from trl import DPOTrainer
+
+    from dpo_exp.training.ref_logps import REF_LOGPS_ARGS
+
+    source = inspect.getsource(DPOTrainer.compute_ref_log_probs)
+    read = set(re.findall(r"self\.args\.(\w+)", source)) | set(re.findall(r"self\.(ld_alpha)", source))
+    assert "ld_alpha" in read
+    assert read - {"gradient_checkpointing_kwargs"} <= set(REF_LOGPS_ARGS)  # checkpointing changes no value
+    init = inspect.getsource(DPOTrainer.__init__)
+    collator = re.search(r"DataCollatorForPreference\((.*?)\)", init, re.S).group(1)
+    assert set(re.findall(r"args\.(\w+)", collator)) <= set(REF_LOGPS_ARGS)

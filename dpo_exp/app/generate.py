@@ -24,6 +24,7 @@ from .models import Models
 from .runs import REFERENCE
 
 RUN_SCORER = "run's scorer"
+MAX_NEW_TOKENS = 256  # the slider's ceiling on a large context
 SCORER_CHOICES = [RUN_SCORER, "vader", "tfidf_logreg", "none"]  # offline ones (hub classifiers need the internet)
 
 
@@ -56,6 +57,16 @@ class Sampling:
 
         check_sampling(self.temperature, self.top_k, self.top_p, prefix="")
 
+    def fitted(self, context: int) -> Sampling:
+        """These settings with max_new_tokens capped to `max_new_tokens_limit(context)`."""
+        return Sampling(
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            min(self.max_new_tokens, max_new_tokens_limit(context)),
+            self.seed,
+        )
+
     def gen_cfg(self) -> DictConfig:
         return OmegaConf.create(
             {
@@ -67,6 +78,12 @@ class Sampling:
                 "batch_size": 1,
             }
         )
+
+
+def max_new_tokens_limit(context: int) -> int:
+    """The most new tokens the app lets a model draw: a quarter of its context (at least 16 tokens) stays for the
+    prompt, which sampling cuts from the left to fit (a dialogue keeps its final turn)."""
+    return max(1, min(MAX_NEW_TOKENS, context - max(16, context // 4)))
 
 
 @dataclass
@@ -102,10 +119,9 @@ def prompt_cut_notice(models: Models, prompt: Any, max_new_tokens: int) -> str |
     tokens = len(encode_prompts(models.tokenizer, [prompt]).input_ids[0])
     if tokens <= budget:
         return None
-    kept = "first" if models.tokenizer.truncation_side == "right" else "last"
     return (
-        f"The prompt is {tokens} tokens long ({len(prompt_text(prompt))} characters); the models read only its {kept} {budget} "
-        f"tokens (their context minus {max_new_tokens} new tokens): the rest was cut before sampling."
+        f"The prompt is {tokens} tokens long ({len(prompt_text(prompt))} characters); the models read only its last "
+        f"{budget} tokens (their context minus {max_new_tokens} new tokens): its beginning was cut before sampling."
     )
 
 
@@ -173,6 +189,8 @@ def compare_completions(
     then its finished completion with reward and log-ratio. The last list yielded is the complete one."""
     scorer, _ = scorer_for(cfg, scorer_choice)
     with_prompt = sample_settings(cfg).score_with_prompt
+    with models.use(REFERENCE) as reference:
+        sampling = sampling.fitted(context_length(reference))  # room for the prompt, whatever the request asked
     done: list[Completion] = []
     for label in [REFERENCE, *labels]:
         for samples in stream_one(models, label, prompt, sampling):

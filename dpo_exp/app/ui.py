@@ -10,9 +10,18 @@ from typing import Any
 import gradio as gr
 
 from ..errors import UserError
+from ..models import context_length
 from ..models.chat import as_prompt, prompt_text
 from . import report
-from .generate import RUN_SCORER, SCORER_CHOICES, Completion, Sampling, compare_completions, prompt_cut_notice
+from .generate import (
+    RUN_SCORER,
+    SCORER_CHOICES,
+    Completion,
+    Sampling,
+    compare_completions,
+    max_new_tokens_limit,
+    prompt_cut_notice,
+)
 from .models import Models
 from .pairs import PairMaker
 from .rate import KEYBOARD_JS, Rating, rate_tab
@@ -81,7 +90,10 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
 
 
 def generate_tab(runs: list[RunInfo], models: Models) -> None:
-    defaults = Sampling.defaults(runs[0].cfg)
+    with models.use(REFERENCE) as reference:
+        context = context_length(reference)
+    limit = max_new_tokens_limit(context)  # the prompt keeps room in the context
+    defaults = Sampling.defaults(runs[0].cfg).fitted(context)
     labels = [run.label for run in runs]
     prompts = list(heldout_prompts(runs))
     with gr.Row():
@@ -94,7 +106,7 @@ def generate_tab(runs: list[RunInfo], models: Models) -> None:
                 temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="temperature")
                 top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top-k (0 = off)")
                 top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="top-p")
-                max_new = gr.Slider(1, 256, value=defaults.max_new_tokens, step=1, label="max new tokens")
+                max_new = gr.Slider(1, limit, value=defaults.max_new_tokens, step=1, label="max new tokens")
                 seed = gr.Number(value=defaults.seed, precision=0, label="seed (same for every model)")
                 scorer = gr.Dropdown(choices=SCORER_CHOICES, value=RUN_SCORER, label="reward scorer")
         with gr.Column(scale=2):

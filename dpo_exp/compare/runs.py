@@ -29,8 +29,7 @@ EVAL_SHOWN = [
     "eval/reward_policy",
     "eval/reward_reference",
     "eval/reward_delta",
-    "eval/win_rate",
-    "eval/win_rate_prompt",
+    "eval/win_rate",  # P(policy beats reference), independent draws (the coupled ones are diagnostics, not shown)
     "eval/kl",
 ]
 # People's votes (the app's Rate tab, summary.json human/* keys): shown when any run has them.

@@ -4,7 +4,9 @@ For each held-out prompt, draw N completions from the reference, score them with
 the best. Its reward is estimated without bias from K >= N scored samples per prompt (the expected maximum of N
 draws without replacement from the K, so best-of-1 is exactly the mean reward of the K samples), and its KL to
 the reference is the analytic log N - (N-1)/N nats (Stiennon et al. 2020; Beirami et al. 2024 show it is an
-upper bound). The reference's evaluation samples are reused: only the samples beyond them are drawn.
+upper bound). The reference here is the distribution sampled (generation's temperature / top-k / top-p applied),
+the same basis as the policy's eval/kl. The reference's evaluation samples are reused: only the samples beyond them
+are drawn, on their own random stream (`stream_seed(seed, SEED_STREAM)`), independent of every other draw.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..generation import Samples, generate_samples
+from ..generation import Samples, generate_samples, stream_seed
 from .stats import bootstrap_indices, mean_ci
 
-SEED_OFFSET = 7919  # seeds the extra samples apart from the evaluation's (which used the evaluation seed)
+SEED_STREAM = "best_of_n"  # stream_seed name of the extra samples (apart from the evaluation's and its unpaired ones)
 
 
 def analytic_kl(n: int) -> float:
@@ -68,7 +70,7 @@ def reference_samples(
             tokenizer,
             prompts,
             settings.gen_cfg,
-            settings.seed + SEED_OFFSET,
+            stream_seed(settings.seed, SEED_STREAM),
             num_samples=extra,
             max_new_tokens=settings.max_new_tokens,
             desc="eval: best-of-n reference samples",

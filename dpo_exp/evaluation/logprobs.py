@@ -48,9 +48,14 @@ def _batches(sequences: Sequence[TokenSequence], pad_id: int, batch_size: int):
         yield chunk, ids, mask, target[:, 1:]  # token t is predicted by the logits at position t-1
 
 
-def _log_softmax(model, ids, mask) -> torch.Tensor:
+def _log_softmax(model, ids, mask, warp=None) -> torch.Tensor:
+    """Next-token log-probabilities at every position; with `warp` (dpo_exp.sampler.warpers) those of the warped
+    distribution the sampler draws from (-inf outside its top-k / top-p support)."""
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+    if warp:
+        shape = logits.shape
+        logits = warp(None, logits.reshape(-1, shape[-1])).reshape(shape)
     return logits.log_softmax(-1)
 
 
@@ -64,16 +69,30 @@ def _progress(batches, sequences: Sequence[TokenSequence], batch_size: int, desc
 
 
 def sequence_logprobs(
-    model, sequences: Sequence[TokenSequence], pad_id: int, batch_size: int = 8, desc: str | None = None
+    model,
+    sequences: Sequence[TokenSequence],
+    pad_id: int,
+    batch_size: int = 8,
+    desc: str | None = None,
+    shared_lengths: Sequence[int] | None = None,
+    tail_weight: float = 1.0,
 ) -> np.ndarray:
     """Sum of log p(target tokens) for each (context, target) pair, in float64. Empty targets give 0.
-    `desc`: show a progress bar with this label."""
+    `desc`: show a progress bar with this label.
+
+    `shared_lengths` (one per sequence) weights the target tokens past that many by `tail_weight`: TRL's
+    `ld_alpha` (LD-DPO), whose log-prob is shared + ld_alpha * tail with shared = min(chosen, rejected) length."""
     out = np.zeros(len(sequences), dtype=np.float64)
     with frozen_eval(model):
         for chunk, ids, mask, target in _progress(_batches(sequences, pad_id, batch_size), sequences, batch_size, desc):
             logp = _log_softmax(model, ids, mask)
             token_logp = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
-            out[chunk] = (token_logp * target.to(logp.device)).sum(-1).double().cpu().numpy()
+            weight = target.to(logp.device).to(logp.dtype)
+            if shared_lengths is not None:
+                shared = torch.tensor([shared_lengths[i] for i in chunk], device=logp.device)[:, None]
+                tail = target.to(logp.device).cumsum(-1) > shared
+                weight = torch.where(tail, weight * tail_weight, weight)
+            out[chunk] = (token_logp * weight).sum(-1).double().cpu().numpy()
     return out
 
 
@@ -84,27 +103,32 @@ def sequence_kl(
     pad_id: int,
     batch_size: int = 8,
     desc: str | None = None,
+    warp=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two per-sequence estimates of KL(policy || reference) from sequences sampled from the policy.
 
     - mc: sum over target tokens of log pi - log pi_ref (the plain Monte-Carlo estimate);
     - rb: sum over target positions of the exact next-token KL(pi(.|prefix) || pi_ref(.|prefix)) — same
       expectation (the sequence KL), far lower variance (the per-token sampling noise is averaged out).
+    `warp` (dpo_exp.sampler.warpers: temperature, top-k, top-p) is applied to BOTH models' logits, so the KL is
+    the one between the distributions the samples were drawn from. Where the policy can draw a token the warped
+    reference cannot (top-k / top-p supports differ), that KL is +inf, and so is the estimate.
     `reference_context()` is a context manager yielding the reference (e.g. the policy with its adapter disabled).
     """
     mc = np.zeros(len(sequences), dtype=np.float64)
     rb = np.zeros(len(sequences), dtype=np.float64)
     with frozen_eval(policy):
         for chunk, ids, mask, target in _progress(_batches(sequences, pad_id, batch_size), sequences, batch_size, desc):
-            logp = _log_softmax(policy, ids, mask)
+            logp = _log_softmax(policy, ids, mask, warp)
             with reference_context() as reference, frozen_eval(reference):
-                logq = _log_softmax(reference, ids, mask)
+                logq = _log_softmax(reference, ids, mask, warp)
             target = target.to(logp.device)
             labels = ids[:, 1:].to(logp.device).unsqueeze(-1)
             ratio = (logp.gather(-1, labels) - logq.gather(-1, labels)).squeeze(-1)
-            mc[chunk] = (ratio * target).sum(-1).double().cpu().numpy()
-            token_kl = (logp.exp() * (logp - logq)).sum(-1)
-            rb[chunk] = (token_kl * target).sum(-1).double().cpu().numpy()
+            mc[chunk] = torch.where(target, ratio, 0.0).sum(-1).double().cpu().numpy()
+            # tokens the policy cannot draw add nothing (0 * log 0 = 0); those only the reference cannot draw: +inf
+            token_kl = torch.where(logp > float("-inf"), logp.exp() * (logp - logq), 0.0).sum(-1)
+            rb[chunk] = torch.where(target, token_kl, 0.0).sum(-1).double().cpu().numpy()
     return mc, rb
 
 

@@ -137,6 +137,7 @@ def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settin
         settings.logprob_batch_size,
         str(cfg.trainer.get("truncation_mode") or "keep_start"),
         progress=settings.progress,
+        ld_alpha=cfg.trainer.get("ld_alpha"),  # TRL's LD-DPO weighting, as the trainer's rewards/* use it
     )
     metrics.update(implicit_reward_metrics(chosen, rejected))
     return (chosen - rejected).tolist()

@@ -56,8 +56,8 @@ def write_samples_md(path: Path, rows: list[dict[str, Any]], metrics: dict[str, 
     lines = ["# Reference vs policy: side-by-side samples", ""]
     lines.append(f"Scorer: {scorer_name or 'none (reward metrics skipped)'}. Same prompt, same seed for both models.")
     lines.append("")
-    for key in ("reward_reference", "reward_policy", "reward_delta", "win_rate", "win_rate_prompt", "kl", "kl_rb"):
-        if key in metrics:
+    for key in ("reward_reference", "reward_policy", "reward_delta", "win_rate", "win_rate_coupled", "kl", "kl_rb"):
+        if is_finite(metrics.get(key)):
             low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
             ci = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
             lines.append(f"- {key}: {metrics[key]:.4f}{ci}")
@@ -107,6 +107,36 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
             ax.annotate(
                 str(r["step"]), (r["kl"], r["reward_delta"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
+    _plot_final(ax, final)
+    curve = best_of_n_curve(final)
+    if curve:
+        ax.plot(
+            [kl for _, kl, _ in curve],
+            [gain for _, _, gain in curve],
+            "s--",
+            color="tab:green",
+            markersize=4,
+            label=f"best-of-N from the reference ({final.get('bon_prompts')} prompts; labels = N)",
+        )
+        for n, kl, gain in curve:
+            ax.annotate(str(n), (kl, gain), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.axhline(0.0, color="gray", linestyle="--", linewidth=1, label="reference")
+    ax.set_xlabel("KL(policy || reference), nats per sequence (Monte-Carlo, sampled distributions)")
+    ax.set_ylabel("reward gain over the reference")
+    kl_note = "" if is_finite(final.get("kl")) else ", KL infinite (supports differ)"
+    ax.set_title(
+        f"reference reward {final['reward_reference']:.3f}, policy {final['reward_policy']:.3f}{kl_note}", fontsize=9
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _plot_final(ax, final: dict[str, Any]) -> None:
+    """The final evaluation's point with its 95% intervals; none when its KL is infinite (top-k / top-p supports
+    differ: the plot's title says so)."""
+    if not is_finite(final.get("kl")):
+        return
     ax.errorbar(
         [final["kl"]],
         [final["reward_delta"]],
@@ -121,25 +151,6 @@ def plot_reward_kl(path: Path, trace: list[dict[str, Any]], final: dict[str, Any
         capsize=3,
         label=f"final policy ({final.get('num_prompts')} prompts, 95% CI)",
     )
-    curve = best_of_n_curve(final)
-    if curve:
-        ax.plot(
-            [kl for _, kl, _ in curve],
-            [gain for _, _, gain in curve],
-            "s--",
-            color="tab:green",
-            markersize=4,
-            label=f"best-of-N from the reference ({final.get('bon_prompts')} prompts; labels = N)",
-        )
-        for n, kl, gain in curve:
-            ax.annotate(str(n), (kl, gain), fontsize=7, xytext=(3, -9), textcoords="offset points")
-    ax.axhline(0.0, color="gray", linestyle="--", linewidth=1, label="reference")
-    ax.set_xlabel("KL(policy || reference), nats per sequence (Monte-Carlo)")
-    ax.set_ylabel("reward gain over the reference")
-    ax.set_title(f"reference reward {final['reward_reference']:.3f}, policy {final['reward_policy']:.3f}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
 
 
 def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int, float, float]]:
@@ -153,6 +164,21 @@ def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int
     ]
 
 
+def kl_lines(s: dict[str, Any]) -> list[str]:
+    """The headline's KL line: the estimate with its CI, or why it is infinite."""
+    if is_finite(s.get("eval/kl")):
+        return [
+            f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
+            f"{s['eval/kl_ci_high']:.3f}] (between the sampled, warped distributions)"
+        ]
+    if is_finite(s.get("eval/kl_infinite")) and s["eval/kl_infinite"] > 0:
+        return [
+            f"KL(policy || reference) infinite: {s['eval/kl_infinite']:.0%} of policy samples hold a token the "
+            "reference cannot draw under the same top-k / top-p"
+        ]
+    return []
+
+
 def headline(summary: dict[str, Any]) -> list[str]:
     """The run's result in a few console lines: reward ref -> policy, delta with CI, win rate with CI, KL, stages."""
     lines = []
@@ -164,21 +190,20 @@ def headline(summary: dict[str, Any]) -> list[str]:
             f"{s['eval/reward_policy']:.4f}: delta {s['eval/reward_delta']:+.4f} "
             f"[95% CI {s['eval/reward_delta_ci_low']:+.4f}, {s['eval/reward_delta_ci_high']:+.4f}], {verdict}"
         )
-        lines.append(
-            f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
-            f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
-            f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples (per sample)"
-        )
-        if isinstance(s.get("eval/win_rate_prompt"), (int, float)):
+        if isinstance(s.get("eval/win_rate"), (int, float)):
             lines.append(
-                f"win rate per prompt (mean reward over its samples) {s['eval/win_rate_prompt']:.3f} "
-                f"[95% CI {s['eval/win_rate_prompt_ci_low']:.3f}, {s['eval/win_rate_prompt_ci_high']:.3f}]"
+                f"win rate {s['eval/win_rate']:.3f} [95% CI {s['eval/win_rate_ci_low']:.3f}, "
+                f"{s['eval/win_rate_ci_high']:.3f}] (ties {s.get('eval/tie_rate', 0.0):.2f}) on "
+                f"{s.get('eval/num_prompts')} held-out prompts x {s.get('eval/num_samples')} samples "
+                "(P(policy beats reference), independent draws, ties 1/2)"
             )
-    if isinstance(s.get("eval/kl"), (int, float)):
-        lines.append(
-            f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
-            f"{s['eval/kl_ci_high']:.3f}]"
-        )
+        if isinstance(s.get("eval/win_rate_coupled"), (int, float)):
+            per_prompt = s.get("eval/win_rate_prompt_coupled")
+            lines.append(
+                f"same-seed diagnostics (depend on the sampler's coupling): per sample {s['eval/win_rate_coupled']:.3f}"
+                + (f", per prompt (mean reward of its samples) {per_prompt:.3f}" if is_finite(per_prompt) else "")
+            )
+    lines += kl_lines(s)
     bon = sorted(int(k.split("_")[-1]) for k in s if k.startswith("eval/bon_delta_"))
     if bon:
         lines.append(

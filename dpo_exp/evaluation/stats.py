@@ -27,6 +27,17 @@ def paired_wins(policy: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.where(policy > reference, 1.0, np.where(policy < reference, 0.0, 0.5))
 
 
+def all_pairs_wins(policy: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, the share of (policy sample, reference sample) pairs, every one with every one, that the policy
+    wins (ties 1/2), and the share of ties. With independent draws of the two, each pair is an independent draw of
+    both, so the share is an unbiased estimate of the prompt's P(win) + P(tie)/2 for any number of samples.
+    Inputs: (prompts, samples) each; outputs: (prompts,)."""
+    policy, reference = np.asarray(policy, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    diff = policy[:, :, None] - reference[:, None, :]
+    wins = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
+    return wins.mean(axis=(1, 2)), (diff == 0).mean(axis=(1, 2))
+
+
 def describe(values: np.ndarray) -> dict[str, float]:
     """Mean, std, min, quartiles and max of a distribution (e.g. implicit-reward margins)."""
     values = np.asarray(values, dtype=np.float64)

@@ -1,8 +1,8 @@
 """Reward and KL during training: a TrainerCallback that puts the run's path on the reward-KL plane.
 
 Every `eval.every_n_steps` optimiser steps (and at the start and end of training) it samples the policy on a
-small fixed prompt set, scores the samples and estimates KL(policy || reference). The reference's samples are
-drawn once (the reference does not change). The global RNG is saved and restored around each measurement, so
+small fixed prompt set, scores the samples and estimates KL(policy || reference). The reference's samples (same
+seed, and the independent ones behind win_rate) are drawn once (the reference does not change). The global RNG is saved and restored around each measurement, so
 tracing does not change the training run itself. Rows go to run_dir/eval_trace.jsonl and W&B (`eval_trace/*`).
 """
 
@@ -30,7 +30,7 @@ TRACE_KEYS = (
     "reward_reference",
     "reward_delta",
     "win_rate",
-    "win_rate_prompt",
+    "win_rate_coupled",
 )
 
 
@@ -61,6 +61,7 @@ class RewardKLTrace(TrainerCallback):
         self.trainer = None
         self._pair: PolicyReference | None = None
         self._reference_samples = None
+        self._independent_samples = None
         self._last_step: int | None = None
 
     def bind(self, trainer) -> None:
@@ -98,9 +99,10 @@ class RewardKLTrace(TrainerCallback):
                 self.scorer,
                 reference_samples=self._reference_samples,
                 with_reference=False,
-                independent=False,
+                independent_samples=self._independent_samples,
             )
         self._reference_samples = result.reference
+        self._independent_samples = result.reference_independent
         metrics = reward_kl_metrics(result, self.bootstrap, self.settings.seed)
         row = {"step": int(state.global_step), "epoch": state.epoch, "prompts": len(self.prompts)}
         row.update({k: metrics[k] for k in TRACE_KEYS if k in metrics})

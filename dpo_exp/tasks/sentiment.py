@@ -58,6 +58,7 @@ def pair_key(
             "max_batch_tokens": int(gen.get("max_batch_tokens") or 0),
             "batching": "length_sorted",
             "sampler": "inverse_cdf",  # dpo_exp.sampler's draw (not torch.multinomial's): other samples
+            "prompt_cut": "keep_end",  # an over-long prompt keeps its end; the model's own generation config is unused
         },
         "scorer": scorer_identity,
         "pairs": {

@@ -151,14 +151,22 @@ class RefLogpsCache:
         return out
 
 
+# The DPOConfig fields TRL's reference log-probs read besides the weights and precision (`reference_hash`): the
+# collator's cut and padding (DataCollatorForPreference(max_length, truncation_mode, pad_to_multiple_of);
+# padding_free) and `compute_ref_log_probs`'s LD-DPO weighting (ld_alpha). tests/test_trl_compat.py checks that
+# compute_ref_log_probs reads no other field.
+REF_LOGPS_ARGS = ("max_length", "truncation_mode", "pad_to_multiple_of", "padding_free", "ld_alpha")
+
+
 def tokenised_fingerprint(dataset: Any, args: Any) -> str:
     """Hash of what the reference log-probs depend on besides the weights: the token ids of every pair and the
-    collator's truncation settings. Independent of beta, learning rate and output folder."""
+    DPOConfig fields in `REF_LOGPS_ARGS`. Independent of beta, learning rate and output folder."""
     from datasets.fingerprint import Hasher
 
     h = hashlib.sha256()
     columns = [c for c in ("prompt_ids", "chosen_ids", "rejected_ids") if c in dataset.column_names]
-    h.update(json.dumps([columns, args.max_length, args.truncation_mode, args.padding_free]).encode())
+    settings = {name: getattr(args, name, None) for name in REF_LOGPS_ARGS}
+    h.update(json.dumps([columns, settings], sort_keys=True, default=str).encode())
     for batch in dataset.select_columns(columns).with_format("arrow").iter(batch_size=4096):
         for column in columns:
             h.update(json.dumps(batch.column(column).to_pylist()).encode())
