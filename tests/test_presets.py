@@ -27,6 +27,8 @@ def options(group: str) -> list[str]:
 
 def companions(group: str, option: str) -> list[str]:
     """What an option needs beside it to make a valid run."""
+    if (group, option) == ("reward", "trained_rm"):
+        return ["dataset=preference_files", DEMO_PAIRS]  # a trained judge learns from a share of preference pairs
     if group == "reward" and option != "none":
         return ["dataset=imdb_sentiment"]  # a pair-building scorer needs a task that scores samples into pairs
     return [DEMO_PAIRS] if (group, option) == ("dataset", "preference_files") else []

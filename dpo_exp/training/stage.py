@@ -17,7 +17,6 @@ from ..infra.storage import read_jsonl, write_jsonl
 from ..infra.tracking import Tracker
 from ..schema import CHECKPOINT_DIR
 from .callbacks import GracefulStop
-from .trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,7 @@ def train_policy(
     `env` gives device and precision; `callbacks` with a `bind(trainer)` method get the trainer once it exists;
     `reference_model`: DPO's frozen reference (None: the policy's starting weights, as TRL builds it)."""
     from .ref_logps import RefLogpsCache
+    from .trainer import build_trainer  # TRL's DPOTrainer loads here, not when a method is validated
 
     stopper = GracefulStop()
     ref_cache = RefLogpsCache.from_config(cfg)  # shares TRL's precomputed reference log-probs across jobs
