@@ -17,10 +17,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from bench_sentiment_effect import run  # one CLI runner for the benchmarks (offline, W&B off)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -54,25 +54,6 @@ KEYS = [
     "reward_policy",
     "reward_reference",
 ]
-
-
-def run(args: list[str], cwd: Path, cache: Path) -> None:
-    env = {
-        **os.environ,
-        "DPO_EXP_CACHE": str(cache),
-        "WANDB_MODE": "disabled",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-    }
-    cmd = [sys.executable, "-m", "dpo_exp", *args]
-    print("$", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("[dpo_exp]")), flush=True)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
 
 
 def figures(run_dir: Path) -> dict:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,19 +59,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_run: Path, tmp_path_factory):
-    """`python -m dpo_exp.app RUN --server-port PORT` in a subprocess, until it answers over HTTP."""
+@contextmanager
+def serve_app(run: Path, log: Path, *extra: str) -> Iterator[str]:
+    """`python -m dpo_exp.app RUN --server-port PORT [extra]` in a subprocess; yields its URL once it answers over
+    HTTP, and stops it afterwards."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("app_log") / "app.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "-m", "dpo_exp.app", str(run), "--server-port", str(port), *extra]
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dpo_exp.app", str(tiny_run), "--server-port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 400
     try:
@@ -86,6 +84,13 @@ def app_url(tiny_run: Path, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_run: Path, tmp_path_factory):
+    """The app on the tiny run, until the module's tests are done."""
+    with serve_app(tiny_run, tmp_path_factory.mktemp("app_log") / "app.log") as url:
+        yield url
 
 
 # ---------------------------------------------------------------- bad input (fast: no model loads)
@@ -154,6 +159,20 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
+def headless_chrome(height: int = 1000):
+    """Debian's chromium through chromedriver, headless, with a 1400 x `height` window."""
+    browser, driver_path = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument(f"--window-size=1400,{height}")
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
 def _textarea_value(driver, elem_id: str) -> str:
     from selenium.webdriver.common.by import By
 
@@ -162,23 +181,10 @@ def _textarea_value(driver, elem_id: str) -> str:
 
 @pytest.mark.slow
 def test_browser_types_a_prompt_clicks_generate_and_sees_both_completions(app_url: str, tmp_path_factory):
-    browser, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chrome(height=1100)
     try:
         driver.get(app_url)
         wait = WebDriverWait(driver, 300)

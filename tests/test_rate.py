@@ -4,14 +4,10 @@ gradio_client sessions voting at once, the export training a new run, and the vo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +16,7 @@ import pytest
 from dpo_exp.human.store import RATINGS_FILE
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
-from .test_app import _chromium, _free_port, _textarea_value
+from .test_app import _textarea_value, headless_chrome, serve_app
 
 # Full fine-tuning at a high learning rate: the policy moves far enough (KL ~1 nat) that its samples differ from
 # the reference's under the same seed, so there is something to rate.
@@ -55,28 +51,8 @@ def rated_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(rated_run: Path, tmp_path_factory):
     """`python -m dpo_exp.app RUN --rate-seed 3` until it answers over HTTP."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("rate_log") / "app.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "-m", "dpo_exp.app", str(rated_run), "--server-port", str(port), "--rate-seed", "3"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 400
-    try:
-        while True:
-            assert proc.poll() is None, f"the app exited: {log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"the app did not answer in time: {log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+    with serve_app(rated_run, tmp_path_factory.mktemp("rate_log") / "app.log", "--rate-seed", "3") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def ratings(run: Path) -> list[dict]:
@@ -98,21 +74,7 @@ def recomputed_win_rate(records: list[dict]) -> float:
 
 
 def _browser():
-    browser, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver_path), options=options)
+    return headless_chrome()
 
 
 def _open_tab(driver, wait, name: str) -> None:
