@@ -267,7 +267,8 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):
         # rebuilt from the dataset config (seeded, so the run's prompts come first)
         log.warning("rebuilding the held-out prompts of %s from the dataset config", run_dir)
-        heldout = build_task(cfg).heldout(cfg, tokenizer)
+        split_cfg = heldout_split_config(run_dir, cfg)
+        heldout = build_task(split_cfg).heldout(split_cfg, tokenizer)
         pairs = eval_pairs(heldout.pairs) if heldout.pairs is not None else (inputs.pairs if inputs else [])
         inputs = EvalInputs(heldout.prompts, pairs, heldout.dropped_seen_in_training)
     scorer, name, skip = build_eval_scorer(cfg)
@@ -278,3 +279,15 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
     return results
+
+
+def heldout_split_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
+    """`cfg` with the run's own eval.num_prompts: the held-out pool is sized to what the run evaluated, so asking a
+    re-evaluation for more prompts never moves training prompts into it."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    original = OmegaConf.select(OmegaConf.load(saved), "eval.num_prompts") if saved.is_file() else None
+    if original is None:
+        return cfg
+    split_cfg = cfg.copy()
+    OmegaConf.update(split_cfg, "eval.num_prompts", original, merge=False)
+    return split_cfg

@@ -77,6 +77,7 @@ def test_torchrun_imdb_with_warm_start_does_not_deadlock(tmp_path):
         "experiment=quickstart",
         "data_size=16",
         "epochs=1",
+        "trainer.warmup_steps=0",  # one step per process: a warm-up would leave it at learning rate 0 (refused)
         "sft.max_steps=4",
         "eval.num_prompts=4",
         "eval.num_samples=1",
