@@ -32,14 +32,7 @@ def _tiny_run_args(run_dir: Path) -> list[str]:
         "data_size=8",
         "epochs=1",
         "lr=5e-3",
-        "trainer.eval_strategy=no",
-        "logger=none",
-        "eval/reward=vader",
-        "eval.num_prompts=4",
-        "eval.num_samples=1",
-        "eval.num_pairs=4",
-        "eval.max_new_tokens=12",
-        "eval.bootstrap=50",
+        *APP_EVAL,
         f"hydra.run.dir={run_dir}",
     ]
 
@@ -51,6 +44,19 @@ def tiny_run(tmp_path_factory) -> Path:
     proc = run_cli(_tiny_run_args(cwd / "run"), cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "run"
+
+
+# the app tests' small evaluation (shared with tests/test_rate.py)
+APP_EVAL = [
+    "trainer.eval_strategy=no",
+    "logger=none",
+    "eval/reward=vader",
+    "eval.num_prompts=4",
+    "eval.num_samples=1",
+    "eval.num_pairs=4",
+    "eval.max_new_tokens=12",
+    "eval.bootstrap=50",
+]
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ import pytest
 from dpo_exp.human.store import RATINGS_FILE
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
-from .test_app import _textarea_value, headless_chrome, serve_app
+from .test_app import APP_EVAL, _textarea_value, headless_chrome, serve_app
 
 # Full fine-tuning at a high learning rate: the policy moves far enough (KL ~1 nat) that its samples differ from
 # the reference's under the same seed, so there is something to rate.
@@ -28,14 +28,7 @@ RUN_ARGS = [
     "data_size=8",
     "epochs=3",
     "lr=1e-1",
-    "trainer.eval_strategy=no",
-    "logger=none",
-    "eval/reward=vader",
-    "eval.num_prompts=4",
-    "eval.num_samples=1",
-    "eval.num_pairs=4",
-    "eval.max_new_tokens=12",
-    "eval.bootstrap=50",
+    *APP_EVAL,
 ]
 
 
