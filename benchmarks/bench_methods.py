@@ -5,10 +5,11 @@ knob on the IMDb test reviews, the tiny IMDb preset's scale, with best-of-N besi
 
 Each method is one sweep of `python -m dpo_exp -m experiment=imdb_tiny method=<m> <knob>=a,b,c` (the warm start and
 the task's pairs are built once and reused from the shared cache); the script draws one frontier line per sweep with
-best-of-N from the reference beside them (`python -m dpo_exp.compare WORK/multirun/*` gives the full table). Written to benchmarks/results/methods.json (per run: gain with 95% CI,
-independent-draw and per-prompt win rates with CIs, KL, minutes) and benchmarks/results/methods_frontier.png.
-`--quick` (make bench): 32 prompts, a few steps, one setting per method: a smoke run of the whole comparison, whose
-figures are not the README's. A finished run directory is skipped on a rerun with the same --work.
+best-of-N from the reference beside them (`python -m dpo_exp.compare WORK/multirun/*` gives the full table).
+Written to benchmarks/results/methods.json (per run: gain with 95% CI, independent-draw and per-prompt win rates with
+CIs, KL, minutes) and benchmarks/results/methods_frontier.png. `--quick` (make bench): 32 prompts, a few steps, one
+setting per method: a smoke run of the whole comparison, written to methods_quick.json / methods_quick_frontier.png
+(not the README's figures). A finished run directory is skipped on a rerun with the same --work.
 """
 
 from __future__ import annotations
@@ -24,18 +25,21 @@ from bench_sentiment_effect import run  # one CLI runner for the benchmarks (off
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DPO_EXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
-RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
-FRONTIER = ROOT / "benchmarks" / "results" / "methods_frontier.png"
+RESULTS = ROOT / "benchmarks" / "results"  # methods.json + methods_frontier.png (--quick: methods_quick.*)
 
-# method -> (its swept knob as Hydra overrides, extra overrides). beta is the KL knob of dpo, online_dpo and rloo;
-# Preferred-FT has none (epochs stand in); iterative DPO sweeps its rounds at the default beta.
+# sweep name -> (method, its swept knob as Hydra overrides, extra overrides). beta is the KL knob of dpo, online_dpo and
+# rloo; Preferred-FT has none (epochs stand in); iterative DPO is one run of 3 rounds at the default beta, each
+# round's policy evaluated (rounds 1, 2, 3 are its 3 points; round 1 is plain DPO at beta 0.1). `rloo_tuned` is RLOO
+# at the setting chosen on the *train* reviews (an H200 probe, benchmarks/results/methods_gpu.json: lr 5e-4 and 4
+# epochs moved the policy far more than DPO's lr 1e-4 and 1 epoch); its betas were not tuned on these test reviews.
 SWEEPS = {
-    "dpo": (["beta=0.05,0.1,0.5"], []),
-    "dpo_ipo": (["beta=0.05,0.1,0.5"], ["trainer.loss_type=ipo"]),
-    "preferred_ft": (["epochs=1,2,4"], ["beta=0.1"]),  # a fixed beta: imdb_tiny's sweeper would add its beta sweep
-    "rloo": (["beta=0.01,0.05,0.2"], []),
-    "online_dpo": (["beta=0.05,0.1,0.5"], []),
-    "iterative_dpo": (["method.rounds=1,2,3"], ["beta=0.1"]),
+    "dpo": ("dpo", ["beta=0.05,0.1,0.5"], []),
+    "dpo_ipo": ("dpo", ["beta=0.05,0.1,0.5"], ["trainer.loss_type=ipo"]),
+    "preferred_ft": ("preferred_ft", ["epochs=1,2,4"], ["beta=0.1"]),  # a fixed beta: else imdb_tiny's beta sweep
+    "rloo": ("rloo", ["beta=0.01,0.05,0.2"], []),
+    "rloo_tuned": ("rloo", ["beta=0.01,0.02,0.05"], ["lr=5e-4", "method.args.num_train_epochs=4"]),
+    "online_dpo": ("online_dpo", ["beta=0.05,0.1,0.5"], []),
+    "iterative_dpo": ("iterative_dpo", ["method.rounds=3"], ["beta=0.1"]),
 }
 QUICK = ["data_size=32", "trainer.max_steps=4", "sft.max_steps=20", "eval.num_prompts=16", "eval.best_of_n_prompts=8"]
 KEYS = [
@@ -56,16 +60,18 @@ KEYS = [
 ]
 
 
-def figures(run_dir: Path) -> dict:
-    """One run's figures from its summary.json."""
+def figures(run_dir: Path) -> list[dict]:
+    """One run's figures from its summary.json: one entry, or one per round of an iterative DPO run (earlier rounds'
+    eval/ keys are in summary["rounds"]; the last round's are the run's own; minutes are the whole run's)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     out = {"run": str(run_dir), "sweep": summary.get("sweep"), "method": (summary.get("method") or {}).get("name")}
     out.update({k: summary.get(f"eval/{k}") for k in KEYS})
     out["minutes"] = round(float(summary.get("wall_time_s") or 0) / 60, 2)
     out["train_minutes"] = round(float(summary.get("timing/train_s") or 0) / 60, 2)
     out["best_of_n"] = {k: v for k, v in summary.items() if k.startswith(("eval/bon_", "eval/reward_reference"))}
-    out["rounds"] = [{k: r.get(f"eval/{k}") for k in ("reward_delta", "kl_rb")} for r in summary.get("rounds") or []]
-    return out
+    rounds = summary.get("rounds") or []
+    earlier = [{**out, **{k: r.get(f"eval/{k}") for k in KEYS}, "round": r["round"]} for r in rounds[:-1]]
+    return [*earlier, {**out, "round": len(rounds)} if rounds else out]
 
 
 def main() -> None:
@@ -75,15 +81,15 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="labelled reviews {text, label}")
     parser.add_argument("--work", default=None, help="work folder (default: a fresh temporary one)")
     args = parser.parse_args()
+    out = RESULTS / ("methods_quick.json" if args.quick else "methods.json")  # a smoke run keeps the README's figures
     work = Path(args.work or f"/tmp/bench_methods_{int(time.time())}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"quick": args.quick, "data": args.data, "machine": platform.platform(), "runs": []}
     sweeps = []
     for name in args.only.split(","):
-        knob, extra = SWEEPS[name]
+        method, knob, extra = SWEEPS[name]
         if args.quick:
-            knob = [knob[0].split(",")[0]]
-        method = name.split("_ipo")[0]
+            knob = ["method.rounds=2"] if name == "iterative_dpo" else [knob[0].split(",")[0]]
         sweep_dir = work / "multirun" / name
         sweeps.append(sweep_dir)
         common = ["-m", "experiment=imdb_tiny", f"dataset.path={args.data}", "logger=none", f"method={method}"]
@@ -95,12 +101,14 @@ def main() -> None:
         )
         print(f"{name}: {(time.time() - started) / 60:.1f} min", flush=True)
         results["runs"] += [
-            {"name": name, **figures(d)} for d in sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
+            {"name": name, **entry}
+            for d in sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
+            for entry in figures(d)
         ]
-        save(results)
-    plot(results["runs"], FRONTIER)
-    save(results)
-    print(f"wrote {RESULTS}")
+        save(results, out)
+    plot(results["runs"], out.with_name(out.stem + "_frontier.png"))
+    save(results, out)
+    print(f"wrote {out}")
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -124,9 +132,9 @@ def plot(runs: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def save(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+def save(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
