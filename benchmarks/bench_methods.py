@@ -42,21 +42,12 @@ SWEEPS = {
     "iterative_dpo": ("iterative_dpo", ["method.rounds=3"], ["beta=0.1"]),
 }
 QUICK = ["data_size=32", "trainer.max_steps=4", "sft.max_steps=20", "eval.num_prompts=16", "eval.best_of_n_prompts=8"]
-KEYS = [
-    "reward_delta",
-    "reward_delta_ci_low",
-    "reward_delta_ci_high",
-    "win_rate_independent",
-    "win_rate_independent_ci_low",
-    "win_rate_independent_ci_high",
-    "win_rate_prompt",
-    "win_rate_prompt_ci_low",
-    "win_rate_prompt_ci_high",
-    "kl_rb",
-    "kl_rb_ci_low",
-    "kl_rb_ci_high",
+KEYS = [  # eval/<key> of summary.json; win_rate: P(policy sample beats reference sample), independent draws, ties 1/2
+    *(f"{k}{ci}" for k in ("reward_delta", "win_rate", "kl_rb") for ci in ("", "_ci_low", "_ci_high")),
+    *(f"{k}{ci}" for k in ("win_rate_coupled", "win_rate_prompt_coupled") for ci in ("", "_ci_low", "_ci_high")),
     "reward_policy",
     "reward_reference",
+    "tie_rate",
 ]
 
 
@@ -80,11 +71,19 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SWEEPS), help="comma-separated subset of " + ",".join(SWEEPS))
     parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="labelled reviews {text, label}")
     parser.add_argument("--work", default=None, help="work folder (default: a fresh temporary one)")
+    parser.add_argument(
+        "--second-judge",
+        default="vader",
+        help="an eval/reward option that re-scores a copy of each sweep's highest-reward run ('' = none): does the "
+        "gain hold under a judge the policy was not trained on?",
+    )
     args = parser.parse_args()
     out = RESULTS / ("methods_quick.json" if args.quick else "methods.json")  # a smoke run keeps the README's figures
     work = Path(args.work or f"/tmp/bench_methods_{int(time.time())}").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"quick": args.quick, "data": args.data, "machine": platform.platform(), "runs": []}
+    threads = os.environ.get("OMP_NUM_THREADS", "torch default")
+    results: dict = {"quick": args.quick, "data": args.data, "machine": platform.platform(), "threads": threads}
+    results["runs"] = []
     sweeps = []
     for name in args.only.split(","):
         method, knob, extra = SWEEPS[name]
@@ -106,9 +105,35 @@ def main() -> None:
             for entry in figures(d)
         ]
         save(results, out)
+    if args.second_judge:
+        results["second_judge"] = second_judge(results["runs"], args.second_judge, work)
+    results["load_average_at_end"] = os.getloadavg()
     plot(results["runs"], out.with_name(out.stem + "_frontier.png"))
     save(results, out)
     print(f"wrote {out}")
+
+
+def second_judge(runs: list[dict], judge: str, work: Path) -> dict:
+    """Each sweep's highest-reward run re-evaluated, on a copy of its folder, with the `judge` eval/reward option
+    (the same held-out prompts, seed and sampling, so the same samples): its reward delta and win rate under a judge
+    it was not trained on. An iterative run is judged at its last round (the policy its folder holds)."""
+    import shutil
+
+    keys = ("reward_delta", "reward_delta_ci_low", "reward_delta_ci_high", "win_rate", "win_rate_ci_low")
+    out = {}
+    for name in dict.fromkeys(r["name"] for r in runs):
+        finals = {r["run"]: r for r in runs if r["name"] == name}  # the last entry per folder: its final policy
+        best = max(finals.values(), key=lambda r: r["reward_delta"] if r["reward_delta"] is not None else -1e9)
+        copy, done = work / "second_judge" / name, work / "second_judge" / f"{name}.{judge}.done"
+        if not done.exists() or done.read_text() != best["run"]:
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(best["run"], copy)
+            run([f"run_dir={copy}", f"eval/reward={judge}", "wandb=false"], work, work / ".cache", "dpo_exp.evaluate")
+            done.write_text(best["run"])
+        summary = json.loads((copy / "summary.json").read_text())
+        out[name] = {"run": best["run"], "judge": judge, "trained_judge_reward_delta": best["reward_delta"]}
+        out[name].update({k: summary.get(f"eval/{k}") for k in (*keys, "win_rate_ci_high", "kl_rb")})
+    return out
 
 
 def plot(runs: list[dict], path: Path) -> None:

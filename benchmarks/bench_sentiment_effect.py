@@ -117,7 +117,7 @@ def figures(summary: dict) -> dict:
     return out
 
 
-def run(args: list[str], cwd: Path, cache: Path) -> float:
+def run(args: list[str], cwd: Path, cache: Path, module: str = "dpo_exp") -> float:
     env = {
         **os.environ,
         "DPO_EXP_CACHE": str(cache),
@@ -128,7 +128,7 @@ def run(args: list[str], cwd: Path, cache: Path) -> float:
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
-    cmd = [sys.executable, "-m", "dpo_exp", *args]
+    cmd = [sys.executable, "-m", module, *args]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

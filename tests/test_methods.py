@@ -85,6 +85,14 @@ def test_a_bad_trl_field_in_a_methods_args_is_one_error_line(imdb_dir):
         validate(cfg)
 
 
+@pytest.mark.parametrize("name", ["preferred_ft", "rloo", "online_dpo"])
+def test_on_nonfinite_skip_is_refused_where_no_dpo_trainer_can_skip(imdb_dir, name):
+    """Only dpo_exp's DPO trainer can drop a micro-batch; the other methods stop, and say so before anything loads."""
+    validate(imdb(imdb_dir, "method=dpo", "on_nonfinite=skip"))
+    with pytest.raises(UserError, match=f"on_nonfinite=skip needs a DPO-based method; method={name} stops"):
+        validate(imdb(imdb_dir, f"method={name}", "on_nonfinite=skip"))
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -250,3 +250,44 @@ def test_skip_works_with_the_fp16_grad_scaler():
     assert not step(skip=True, clipped=False) and inner.state[param]["step"].item() == 1
     assert step(skip=False, clipped=False) and inner.state[param]["step"].item() == 2
     assert scaler.get_scale() == 1024.0  # no overflow was recorded for the skipped steps
+
+
+def test_another_methods_trl_trainer_stops_at_the_step_and_keeps_the_last_good_checkpoint(imdb_dir, tmp_path):
+    """Preferred-FT's TRL SFTTrainer with the NonFiniteStop callback every non-DPO method carries (methods.base)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from dpo_exp.methods.base import trl_args
+    from dpo_exp.models import build_model, load_tokenizer
+    from dpo_exp.training.nonfinite import NonFiniteError, NonFiniteStop
+    from dpo_exp.training.stage import last_checkpoint
+
+    cfg = compose(
+        [
+            *FAST_MODEL,
+            *FAST_TRAINER,
+            "dataset=imdb_sentiment",
+            f"dataset.path={imdb_dir}",
+            "method=preferred_ft",
+            "lora=none",
+            "logger=none",
+            "epochs=1",
+            "trainer.save_strategy=steps",
+            "trainer.save_steps=1",
+            "trainer.per_device_train_batch_size=2",
+            "trainer.eval_strategy=no",
+        ]
+    )
+    tokenizer = load_tokenizer(cfg.model)
+    rows = [{"prompt": f"Review {i}: the film", "completion": " was fine and well acted."} for i in range(8)]
+    trainer = SFTTrainer(
+        model=build_model(cfg.model, 0),
+        args=trl_args(cfg, tmp_path, "fp32", "cpu"),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[NonFiniteStop()],
+    )
+    _poison_after(trainer, 3)
+    with pytest.raises(NonFiniteError, match="non-finite gradients at step 3"):
+        trainer.train()
+    assert last_checkpoint(tmp_path).name == "checkpoint-2"

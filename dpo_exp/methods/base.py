@@ -58,6 +58,7 @@ class Method:
     """Base class of a training method. Subclass it in one module and name it in a conf/method YAML's `_target_`."""
 
     uses_reward: bool = False  # trains on the run's `reward` scorer (online methods): the task must have one
+    skips_nonfinite: bool = False  # supports on_nonfinite=skip (dpo_exp's DPO trainer); the others stop on NaN/inf
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings  # the method YAML's keys (also readable as cfg.method.*)
@@ -69,6 +70,10 @@ class Method:
             raise UserError(
                 f"method={self.name} trains on a scorer's rewards: it needs a task with one "
                 "(dataset=imdb_sentiment with reward=tfidf_logreg|sst2|...)"
+            )
+        if str(cfg.get("on_nonfinite", "stop")) == "skip" and not self.skips_nonfinite:
+            raise UserError(
+                f"on_nonfinite=skip needs a DPO-based method; method={self.name} stops on non-finite values"
             )
         if self.settings.get("args") is not None:
             trl_args(cfg, Path("."), "fp32", "cpu")  # TRL's own validation of the method's config, as one line
@@ -175,11 +180,13 @@ def train_trl(build: Callable[[Any, list], Any], reference: Path | None, setting
     """Build a TRL trainer with `build(trl_args, callbacks)` and run it as every run's trainer runs (resume from the
     last checkpoint, graceful stop, final metrics, run_dir/model: dpo_exp.training.stage.run_trainer)."""
     from ..training.callbacks import GracefulStop
+    from ..training.nonfinite import NonFiniteStop
     from ..training.stage import run_trainer
 
     cfg, env = settings.cfg, settings.env
     stopper = GracefulStop()
-    trainer = build(trl_args(cfg, settings.run_dir, env.precision, env.device), [stopper, *run_callbacks(settings)])
+    callbacks = [stopper, NonFiniteStop(), *run_callbacks(settings)]
+    trainer = build(trl_args(cfg, settings.run_dir, env.precision, env.device), callbacks)
     result = run_trainer(trainer, cfg, settings.tokenizer, settings.run_dir, stopper, reference, settings.callbacks)
     # TRL's online trainers log e.g. `reward`: kept as train/reward, never over the summary's own `reward` section
     result.final = {(f"train/{k}" if k in SUMMARY_SECTIONS else k): v for k, v in result.final.items()}

@@ -13,6 +13,8 @@ from .base import Method, MethodSettings
 class DPO(Method):
     """Offline DPO on the task's pairs (the run's behaviour before the `method` group)."""
 
+    skips_nonfinite = True  # dpo_exp's DPO trainer drops non-finite micro-batches (on_nonfinite=skip)
+
     def check(self, cfg) -> None:
         """The trainer group is checked as trl.DPOConfig by dpo_exp.config."""
 

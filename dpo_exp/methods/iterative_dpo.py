@@ -66,6 +66,7 @@ class IterativeDPO(Method):
     """`rounds` rounds of sample -> score -> pair -> DPO, each round's policy evaluated against the starting model."""
 
     uses_reward = True
+    skips_nonfinite = True  # dpo_exp's DPO trainer drops non-finite micro-batches (on_nonfinite=skip)
 
     @property
     def rounds(self) -> int:

@@ -74,3 +74,18 @@ class GradientGuard(TrainerCallback):
         if trainer.skip_pending:  # after clipping, just before optimizer.step()
             trainer.skip_pending = False
             make_skippable(trainer.optimizer).skip()
+
+
+class NonFiniteStop(TrainerCallback):
+    """`on_nonfinite=stop` for the TRL trainers other than dpo_exp's DPO trainer (SFT, RLOO, Online DPO): non-finite
+    gradients just before an optimiser step stop the run naming the step, so the last good checkpoint is kept. The
+    `skip` policy needs the DPO trainer's micro-batch bookkeeping; Method.check refuses it for the other methods.
+    With fp16's grad scaler, non-finite gradients are the scaler's business (it skips the step itself)."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None or args.fp16:
+            return
+        if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters()):
+            raise NonFiniteError(
+                f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
+            )
