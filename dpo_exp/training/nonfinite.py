@@ -49,6 +49,11 @@ def make_skippable(optimizer):
     return optimizer
 
 
+def nonfinite_gradients(model) -> bool:
+    """Whether any parameter's gradient holds a NaN or an inf."""
+    return any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 class GradientGuard(TrainerCallback):
     """Checks the gradients before each optimiser step (after clipping): `stop` raises, `skip` skips the step.
 
@@ -64,8 +69,7 @@ class GradientGuard(TrainerCallback):
         if trainer is None:
             return
         if not trainer.skip_pending and trainer.accelerator.scaler is None:
-            grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-            if grads and not all(torch.isfinite(g).all() for g in grads):
+            if nonfinite_gradients(trainer.model):
                 if self.policy != "skip":
                     raise NonFiniteError(
                         f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
@@ -85,7 +89,7 @@ class NonFiniteStop(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if model is None or args.fp16:
             return
-        if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters()):
+        if nonfinite_gradients(model):
             raise NonFiniteError(
                 f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
             )
