@@ -24,6 +24,7 @@ from .infra.storage import atomic_write_json, read_json, read_jsonl
 from .infra.tracking import Tracker, start_tracker
 from .objective import objective_key, objective_value
 from .tasks import StageEnv, TaskResult, build_task
+from .training.model_card import write_model_cards
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def _run_stages(ctx: RunContext) -> None:
             started = time.time()
             results = evaluate_policy(cfg, trained.trainer, tokenizer, data, ctx.run_dir, ctx.tracker, reference_path)
             ctx.save_summary(**results)
+            write_model_cards(ctx.run_dir, cfg)  # the card's model-index gets the evaluation
             _timing(ctx, "eval", time.time() - started)
         barrier()
     if is_main_process() and (ctx.run_dir / "metrics.jsonl").exists():
@@ -278,6 +280,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     summary = {k: v for k, v in summary.items() if not k.startswith(PREFIX)}  # TRL's eval metrics are eval_*
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
+    write_model_cards(run_dir, cfg)  # the model card's evaluation follows the new one
     return results
 
 

@@ -300,3 +300,30 @@ def test_standalone_evaluate_rejects_a_non_run_directory(tmp_path):
     proc = run_cli([f"run_dir={tmp_path}", "wandb=false"], tmp_path, module="dpo_exp.evaluate")
     assert proc.returncode == 2
     assert "config.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_model_card_parses_with_its_evaluation(finished_run):
+    """RUN/model/README.md is a Hugging Face model card that huggingface_hub parses: base model, data, method,
+    versions, the hyper-parameters that differ from conf/'s defaults, no licence chosen, and the run's evaluation
+    (reward delta, win rate, KL with CIs and the judge) in model-index form. (The LoRA adapter's own card:
+    tests/test_standalone_model.py.)"""
+    from huggingface_hub import ModelCard
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    data = ModelCard.load(finished_run / "model" / "README.md").data
+    assert data.library_name == "transformers" and data.datasets == ["test.jsonl"]
+    assert data.base_model is None and data.base_model_local == {
+        "name": "tiny-gpt2",
+        "folder": None,
+    }  # built from config
+    assert data.method["name"] == "dpo" and data.library_versions["trl"] == summary["environment"]["versions"]["trl"]
+    assert data.hyperparameters["lr"] == 5e-3 and data.hyperparameters["data_size"] == 8
+    assert "beta" not in data.hyperparameters and "license" not in data.to_dict()  # default beta; licence: the user's
+    results = {r.metric_type: r for r in data.eval_results}
+    assert set(results) == {"reward_delta", "win_rate", "kl", "kl_rb"}
+    for key, result in results.items():
+        assert result.metric_value == pytest.approx(summary[f"eval/{key}"], abs=1e-6), key
+        assert result.metric_args["ci95_low"] == pytest.approx(summary[f"eval/{key}_ci_low"], abs=1e-6), key
+        assert result.metric_args["ci95_high"] == pytest.approx(summary[f"eval/{key}_ci_high"], abs=1e-6), key
+        assert result.metric_args["judge"] == "vader"
+        assert result.metric_args["judge_identity"] == summary["eval/judge_identity"]

@@ -8,6 +8,9 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+from huggingface_hub import ModelCard
+
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
 
 LOAD = """import json, sys
@@ -58,6 +61,12 @@ def test_moved_run_folder_loads_without_cache_or_dpo_exp(tmp_path, ultrafeedback
         "adapter": "model/adapter",
         "base": "model/base",
     }
+    card = ModelCard.load(run_dir / "model" / "README.md").data  # written with the model, before any evaluation
+    assert card.library_name == "transformers" and card.eval_results is None and card.hyperparameters["lr"] == 1e-2
+    adapter = ModelCard.load(run_dir / "model" / "adapter" / "README.md").data
+    assert (
+        adapter.library_name == "peft" and "lora" in adapter.tags and adapter.base_model_local["folder"] == "model/base"
+    )
     shutil.rmtree(work / ".cache")  # documented as always safe
     moved = tmp_path / "elsewhere" / "copied_run"
     moved.parent.mkdir()
@@ -93,4 +102,8 @@ def test_moved_run_folder_loads_without_cache_or_dpo_exp(tmp_path, ultrafeedback
         timeout=300,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert "eval/kl" in json.dumps(json.loads((moved / "summary.json").read_text()))
+    summary = json.loads((moved / "summary.json").read_text())
+    assert "eval/kl" in summary
+    for card in ("README.md", "adapter/README.md"):  # the merged model's card and the adapter's own
+        results = {r.metric_type: r.metric_value for r in ModelCard.load(moved / "model" / card).data.eval_results}
+        assert results["kl"] == pytest.approx(summary["eval/kl"], abs=1e-6)  # the cards follow the re-evaluation

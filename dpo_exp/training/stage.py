@@ -86,6 +86,7 @@ def run_trainer(
     """Any TRL trainer, built with `stopper` among its callbacks: train (resuming from the run's last checkpoint),
     stop gracefully on a signal (RunInterrupted), record the final metrics and save the policy into run_dir/model."""
     from .export import save_run_model
+    from .model_card import write_model_cards
     from .schedule import check_schedule, total_steps
 
     metrics_path = run_dir / METRICS_FILE
@@ -112,6 +113,8 @@ def run_trainer(
         if is_main_process():
             _patch_final_row(metrics_path, train_loss=loss)
     result.saved_model = save_run_model(trainer, tokenizer, run_dir / "model", cfg.model, reference_path)
+    if result.saved_model:  # the process that saved the model writes its card beside it (RUN/model/README.md)
+        write_model_cards(run_dir, cfg)
     result.skipped_steps = int(getattr(trainer, "skipped_steps", 0))
     return result
 
