@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500   # two workers; module fixtures shared per file
 
-.PHONY: install demo app lint test test-slow test-all bench bench-effect bench-judge gpu-check clean
+.PHONY: install demo app lint test test-slow test-all docs docs-config bench bench-effect bench-judge gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ test-slow: install   # the end-to-end runs marked slow (CI runs them after make 
 
 test-all: test test-slow
 
+docs: install   # the documentation site into site/ (git-ignored); strict: a broken link, anchor or page fails (make test builds it too: tests/test_docs.py)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-config: install   # regenerate docs/reference/configuration.md from conf/ (tests/test_docs.py fails while it is stale)
+	$(PY) scripts/config_reference.py
+
 bench: install   # 14.5 min on 2 cores (bench_methods --quick 6.3 of them): quick sizes, scaling at the issue sizes; each script without --quick runs the full size
 	$(PY) benchmarks/bench_dpo_step.py --quick
 	$(PY) benchmarks/bench_generation.py --quick
@@ -56,4 +62,4 @@ bench-judge: install   # the README's trained-judge table and frontiers on the p
 	$(PY) benchmarks/bench_preference_judge.py
 
 clean:
-	rm -rf outputs multirun .cache
+	rm -rf outputs multirun .cache site

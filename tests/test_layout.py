@@ -1,5 +1,5 @@
 """The package stays readable: no module over ~300 lines, no function over ~60 (measured with `ast`), and the
-README's module map names every module and package of dpo_exp."""
+module map of docs/development.md names every module and package of dpo_exp."""
 
 import ast
 import re
@@ -33,16 +33,16 @@ def test_no_function_over_60_lines():
     assert not long, f"split these functions (lines): {long}"
 
 
-def test_readme_module_map_matches_the_tree():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- module map -->", 2)[1].split("```")[1]  # the fenced tree after the marker
+def test_module_map_matches_the_tree():
+    page = (ROOT / "docs" / "development.md").read_text()
+    block = page.split("<!-- module map -->", 2)[1].split("```")[1]  # the fenced tree after the marker
     named = set(re.findall(r"^ +(\w+(?:\.py|/))", block, re.MULTILINE))
     top = {p.name + "/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     top |= {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
     top |= {"demo/"} if (PACKAGE / "demo").is_dir() else set()
-    assert named == top, f"README module map: missing {sorted(top - named)}, stale {sorted(named - top)}"
+    assert named == top, f"docs/development.md module map: missing {sorted(top - named)}, stale {sorted(named - top)}"
     for package in (p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         modules = {m.stem for m in package.glob("*.py") if m.stem not in ("__init__", "__main__")}
         line = next(line for line in block.splitlines() if line.strip().startswith(package.name + "/"))
         missing = [m for m in modules if not re.search(rf"\b{m}\b", line)]
-        assert not missing, f"README module map: {package.name}/ does not name {missing}"
+        assert not missing, f"docs/development.md module map: {package.name}/ does not name {missing}"
