@@ -52,13 +52,13 @@ bench: install   # 14.5 min on 2 cores (bench_methods --quick 6.3 of them): quic
 	$(PY) benchmarks/bench_sweep_cache.py
 	$(PY) benchmarks/bench_methods.py --quick   # every training method, one setting each, smoke scale
 
-bench-effect: install   # the README's effect figures (issue-11 command, beta sweep, quickstart): ~30-40 min on 2 cores
+bench-effect: install   # the effect figures of README.md and docs/results.md (issue-11 command, beta sweep, quickstart): ~30-40 min on 2 cores
 	$(PY) benchmarks/bench_sentiment_effect.py
 
 gpu-check: install   # the GPU path in one table (< 8 min on one GPU, no hub); without a GPU it says so and exits 0
 	$(PY) benchmarks/gpu_check.py
 
-bench-judge: install   # the README's trained-judge table and frontiers on the preference samples: ~11 min on 2 cores
+bench-judge: install   # the trained-judge table of docs/results.md and frontiers on the preference samples: ~11 min on 2 cores
 	$(PY) benchmarks/bench_preference_judge.py
 
 clean:

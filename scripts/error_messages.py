@@ -1,4 +1,4 @@
-"""Every `error:` line the CLIs can print, collected from the source with `ast` (docs/troubleshooting.md is tested
+"""Every `error:` line the CLIs (and the Makefile's targets) can print, collected from the source with `ast` (docs/troubleshooting.md is tested
 against it: tests/test_docs.py).
 
 A message is the first argument of a `raise UserError(...)` / `RunFailure(...)` (or a subclass), or an f-string
@@ -131,7 +131,21 @@ def collect(root: Path = ROOT) -> list[Message]:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 functions.setdefault(node.name, []).append(node)
-    return [m for path, tree in trees.items() for m in _messages_in(path, tree, classes, functions, root)]
+    found = [m for path, tree in trees.items() for m in _messages_in(path, tree, classes, functions, root)]
+    return found + _makefile_messages(root)
+
+
+def _makefile_messages(root: Path) -> list[Message]:
+    """`echo "error: ..."` lines of the Makefile's targets (make app)."""
+    makefile = root / "Makefile"
+    if not makefile.is_file():
+        return []
+    lines = makefile.read_text().splitlines()
+    return [
+        Message(match, f"Makefile:{number}")
+        for number, line in enumerate(lines, 1)
+        for match in re.findall(r'echo "error: ([^"$]+)"', line)
+    ]
 
 
 if __name__ == "__main__":

@@ -91,8 +91,15 @@ def test_the_collector_finds_raised_printed_and_indirect_messages(tmp_path):
         "    raise Busy('folder %s is busy' % x)\n"
         "def g(key):\n    print(f'error: {key} cannot be used', file=sys.stderr)\n"
     )
+    (tmp_path / "Makefile").write_text('app:\n\tif [ -z "$$run" ]; then echo "error: no run yet" >&2; fi\n')
     found = {m.template for m in error_messages.collect(tmp_path)}
-    assert found == {"beta must be > 0, got …", "… is broken: fix it", "folder … is busy", "… cannot be used"}
+    assert found == {
+        "beta must be > 0, got …",
+        "… is broken: fix it",
+        "folder … is busy",
+        "… cannot be used",
+        "no run yet",
+    }
     assert error_messages.covers("beta must be > 0", "beta must be > 0, got …")
     assert error_messages.covers("… is broken", "… is broken: fix it")
     assert not error_messages.covers("beta must be > 0", "lr must be > 0, got …")
