@@ -122,3 +122,10 @@ def test_readme_is_short_and_every_link_resolves():
         assert path.exists(), f"README links to a missing {link}"
         if anchor:
             assert anchor in _headings(path), f"README links to a missing anchor {link}"
+
+
+def test_every_code_fence_is_closed():
+    """An unclosed ``` swallows the rest of a page into one code block (mkdocs does not warn)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    odd = [str(p.relative_to(ROOT)) for p in pages if len(re.findall(r"^\s*```", p.read_text(), re.MULTILINE)) % 2]
+    assert not odd, f"unclosed code fence in {odd}"
