@@ -112,3 +112,8 @@ def test_quickstarts_run_end_to_end(tmp_path, preset, extra):
     assert summary["status"] == "completed"
     assert summary["eval/reward_delta"] is not None  # scored by VADER: the preset's scorer reached the evaluation
     assert (run_dir / "samples.md").is_file()
+    from huggingface_hub import ModelCard
+
+    for card in ("model/README.md", "model/adapter/README.md"):  # both presets train LoRA: the adapter has its own
+        results = {r.metric_type: r.metric_value for r in ModelCard.load(run_dir / card).data.eval_results}
+        assert results["reward_delta"] == pytest.approx(summary["eval/reward_delta"], abs=1e-6)
