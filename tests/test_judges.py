@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dpo_exp.data.conversation import prompt_key
 from dpo_exp.infra.storage import write_jsonl
 
 from .conftest import compose
@@ -255,3 +256,127 @@ def test_a_damaged_trained_judge_is_rebuilt(tmp_path):
     again = build_scorer(cfg.reward, cfg)
     assert again.info["cache"] == "rebuilt"
     assert again.identity() == first.identity() and again.info["heldout_accuracy"] is not None  # trained again
+
+
+# ---------------------------------------------------------------- a chat model's conversations reach every judge as
+# the judge was trained to read them (issue 28): never the readable "User: ...\n\nAssistant:" flattening
+
+CHAT_PROMPT = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "How do I bake bread?"},
+]
+TINY_CHAT = ["model=tiny_qwen2", "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2"]
+
+
+@pytest.fixture(scope="module")
+def chat_samples():
+    """Completions a tiny chat model (ChatML template) samples on a multi-turn conversation and on a one-turn one."""
+    from dpo_exp.generation import generate_samples
+    from dpo_exp.models import build_policy, load_tokenizer
+
+    cfg = compose(TINY_CHAT)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_policy(cfg.model, 0)
+    prompts = [CHAT_PROMPT, CHAT_PROMPT[:1]]
+    return generate_samples(model, tokenizer, prompts, cfg.generation, 0, num_samples=2, max_new_tokens=6)
+
+
+def expected_input(input_format: str, prompt: list[dict], completion: str):
+    """The text each judge family was trained on, written out by hand for a conversation."""
+    answer = completion.strip()
+    if input_format == "dialogue":  # HH-RLHF's own text (the GPT-2 HH reward models, trained_rm)
+        turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in prompt)
+        return f"{turns}\n\nAssistant: {answer}"
+    if input_format == "chat_template":  # the judge's own template over the real messages, roles alternating
+        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in [*prompt, {"role": "assistant", "content": answer}])
+    if len(prompt) == 1:  # text_pair: (question, answer)
+        return prompt[0]["content"], completion
+    turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in prompt)
+    return turns.strip(), completion
+
+
+@pytest.mark.parametrize("input_format", ["dialogue", "text_pair", "chat_template"])
+def test_a_chat_models_conversations_reach_each_judge_in_its_own_format(
+    tiny_rm: Path, helpful_option, chat_samples, input_format: str
+):
+    from transformers import AutoTokenizer
+
+    from dpo_exp.evaluation.metrics import score_samples
+
+    judge = judge_for(helpful_option, tiny_rm, input_format=input_format, batch_size=3)
+    scores = score_samples(judge, chat_samples, with_prompt=False)  # evaluation's path (judges always see prompts)
+    tok = AutoTokenizer.from_pretrained(tiny_rm)
+    for (i, completion), score in zip(chat_samples.flat(), scores.reshape(-1)):
+        prompt = chat_samples.prompts[i]
+        expected = expected_input(input_format, prompt, completion)
+        assert judge.texts([prompt], [completion]) == [expected]
+        assert "User:" not in str(expected)
+        encoded = (
+            tok(*expected, return_tensors="pt") if isinstance(expected, tuple) else tok(expected, return_tensors="pt")
+        )
+        assert score == pytest.approx(direct_score(tiny_rm, **encoded), abs=1e-4)  # the model read exactly that
+
+
+def test_text_classifiers_read_a_conversation_as_prose_and_the_chosen_reply_as_messages(
+    tiny_rm: Path, helpful_option, chat_samples
+):
+    """Sentiment scorers (eval.score_with_prompt): the turns' contents then the completion, no role tags; the
+    dataset's chosen response (assistant messages) is judged against the same dialogue."""
+    from dpo_exp.evaluation.judge import win_rate_vs_chosen
+    from dpo_exp.evaluation.metrics import SampleEval, score_samples
+    from dpo_exp.rewards import Scorer
+
+    class Seen(Scorer):  # a real scorer (text length) that keeps what it read
+        name = "seen"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: list[str] = []
+
+        def score(self, texts):
+            self.read += texts
+            return [float(len(t)) for t in texts]
+
+    seen = Seen()
+    score_samples(seen, chat_samples, with_prompt=True)
+    first = chat_samples.texts[0][0]
+    assert seen.read[0] == f"Hi there\n\nHello!\n\nHow do I bake bread?\n\n{first.strip()}"
+
+    judge = judge_for(helpful_option, tiny_rm)  # dialogue
+    rewards = score_samples(judge, chat_samples, False)
+    result = SampleEval(chat_samples, None, rewards, rewards, kl=np.zeros(rewards.shape))
+    chosen = [{"role": "assistant", "content": "Knead it."}]
+    references = {prompt_key(CHAT_PROMPT): chosen}
+    out = win_rate_vs_chosen(judge, result, references, False, 50, 0)
+    text = expected_input("dialogue", CHAT_PROMPT, "Knead it.")
+    assert out["reward_chosen"] == pytest.approx(direct_score(tiny_rm, **judge.tokenizer(text, return_tensors="pt")))
+
+
+def chat_pairs(n: int) -> list[dict]:
+    """Separable pairs as a chat model holds them: one user message, assistant messages."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"question number {i} about topic {i % 7}?"}],
+            "chosen": [{"role": "assistant", "content": "great helpful answer thanks"}],
+            "rejected": [{"role": "assistant", "content": "stupid useless junk"}],
+        }
+        for i in range(n)
+    ]
+
+
+def test_trained_judge_learns_from_a_chat_models_conversations(tmp_path):
+    """reward=trained_rm with a chat-template model (tiny_qwen2): the pairs stay messages; the judge trains and
+    scores on their HH dialogue text (it crashed with `list + str` before)."""
+    from dpo_exp.rewards import build_scorer
+
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, chat_pairs(60))
+    cfg = compose([*TRAINED, *TINY_CHAT, f"dataset.path={path}", f"cache_dir={tmp_path / 'cache'}"])
+    judge = build_scorer(cfg.reward, cfg)
+    assert judge.info["train_pairs"] == 30 and judge.info["heldout_accuracy"] >= 0.9
+    pair = chat_pairs(1)[0]
+    assert judge.texts([pair["prompt"]], [pair["chosen"]]) == [
+        "\n\nHuman: question number 0 about topic 0?\n\nAssistant: great helpful answer thanks<|endoftext|>"
+    ]
+    assert judge.score([pair["prompt"]], [pair["chosen"]])[0] > judge.score([pair["prompt"]], [pair["rejected"]])[0]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..data.conversation import prompt_key
-from ..models.chat import completion_text, prompt_text
+from ..models.chat import completion_text
 from .metrics import SampleEval
 from .stats import bootstrap_indices, mean_ci, paired_wins
 
@@ -35,7 +35,7 @@ def win_rate_vs_chosen(
     """Share of the policy's samples the judge scores above the dataset's chosen response to the same prompt (ties
     count half), averaged per prompt, with a bootstrap 95% CI over prompts. Only prompts with a chosen response
     count (`win_rate_vs_chosen_prompts`); none -> {}. `references` is keyed by `prompt_key` (a conversation's is
-    its canonical JSON); conversations are judged as their readable text."""
+    its canonical JSON); conversations reach the judge as messages (it formats them as it was trained)."""
     from ..judges import score_completions
 
     if result.rewards_policy is None:
@@ -44,7 +44,7 @@ def win_rate_vs_chosen(
     rows = [i for i, key in enumerate(keys) if references.get(key) is not None]
     if not rows:
         return {}
-    prompts = [prompt_text(result.policy.prompts[i]) for i in rows]
+    prompts = [result.policy.prompts[i] for i in rows]
     answers = [completion_text(references[keys[i]]) for i in rows]
     chosen = np.asarray(score_completions(scorer, prompts, answers, with_prompt), dtype=np.float64)
     policy = result.rewards_policy[rows]
