@@ -215,7 +215,8 @@ def test_dialogue_messages_split_hh_turns_and_keep_plain_prompts_whole():
 
 
 def test_tfidf_judge_does_not_follow_the_run_seed(imdb_dir, tmp_path):
-    """One review file: the held-out split is reward.seed's, so a seed sweep is judged by one scorer."""
+    """One review file: the held-out split is the data's (dataset.split_seed), so a seed sweep is judged by one
+    scorer."""
     from dpo_exp.infra.storage import read_jsonl
     from dpo_exp.rewards import build_scorer
 
@@ -231,7 +232,36 @@ def test_tfidf_judge_does_not_follow_the_run_seed(imdb_dir, tmp_path):
 
     a, b = scorer("seed=1"), scorer("seed=2")
     assert a.identity() == b.identity() and b.info["cache"] == "reused"
-    assert scorer("seed=2", "reward.seed=2").identity() != a.identity()  # asked for: a different held-out split
+    other = scorer("seed=2", "dataset.split_seed=2")  # asked for: a different held-out split, for run and judge
+    assert other.identity() != a.identity() and other.info["heldout_overlap"] == 0
+
+
+def test_the_tfidf_judge_never_trains_on_the_runs_heldout_reviews(tmp_path):
+    """experiment=imdb_tiny, seed 42, one 500-review file: 96 of the 125 reviews behind the evaluation prompts were
+    in the judge's training split (issue 28). Now none is, on the run's own file or on another file given as
+    reward.train_path, and summary.json's reward block says so (heldout_overlap)."""
+    from dpo_exp.data.imdb import judge_splits, load_prompt_sets
+    from dpo_exp.infra.storage import read_jsonl
+    from dpo_exp.models import load_tokenizer
+    from dpo_exp.rewards import build_scorer
+
+    from .conftest import shared_file
+
+    path = shared_file("imdb/test.jsonl")
+    cfg = compose(["experiment=imdb_tiny", f"dataset.path={path}", "seed=42", f"cache_dir={tmp_path / 'cache'}"])
+    sets = load_prompt_sets(cfg, load_tokenizer(cfg.model))  # the run's held-out reviews behind its eval prompts
+    assert sets.counts["test_reviews"] == 125
+    heldout = set(sets.test.texts)
+    train, _, _, counts = judge_splits(cfg.dataset)
+    assert not set(train.texts) & heldout and counts["heldout_overlap"] == 0
+    judge = build_scorer(cfg.reward, cfg)
+    assert judge.info["heldout_overlap"] == 0 and judge.info["n_train"] == len(train.labelled()[0])
+
+    other = tmp_path / "more_reviews.jsonl"  # another file holding the same reviews: split its own way
+    write_jsonl(other, read_jsonl(path)[::-1])
+    train, _, _, counts = judge_splits(cfg.dataset, path=other)
+    assert counts["heldout_dropped_from_training"] > 0 and counts["heldout_overlap"] == 0
+    assert not set(train.texts) & heldout
 
 
 def test_a_trained_judge_needs_preference_pairs(imdb_dir):
