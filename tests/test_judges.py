@@ -163,6 +163,9 @@ def test_trained_judge_learns_on_its_own_share_and_is_cached_by_content(tmp_path
     judge = build_scorer(cfg.reward, cfg)
     assert judge.info["cache"] == "built" and judge.info["train_pairs"] == 40  # share 0.5 of 80 prompts
     assert judge.info["heldout_pairs"] == 10 and judge.info["heldout_accuracy"] >= 0.9  # learnt, on held-out pairs
+    from dpo_exp.evaluation.judge import judge_metrics
+
+    assert judge_metrics(judge)["judge_beats_chance"] is True  # 10 pairs suffice to tell it from a coin
     data = load_run_preferences(cfg, offline_gpt2_tokenizer())
     judge_prompts = {r["prompt"] for r in data.judge}
     assert len(judge_prompts) == 40
@@ -410,3 +413,69 @@ def test_trained_judge_learns_from_a_chat_models_conversations(tmp_path):
         "\n\nHuman: question number 0 about topic 0?\n\nAssistant: great helpful answer thanks<|endoftext|>"
     ]
     assert judge.score([pair["prompt"]], [pair["chosen"]])[0] > judge.score([pair["prompt"]], [pair["rejected"]])[0]
+
+
+# ---------------------------------------------------------------- a judge no better than chance (issue 28)
+
+
+class HeldOutJudge:
+    """A judge as evaluation sees it: an identity and what it measured on held-out pairs."""
+
+    def __init__(self, accuracy: float, pairs: int) -> None:
+        self.info = {"kind": "trained_rm", "heldout_accuracy": accuracy, "heldout_pairs": pairs}
+
+    def identity(self) -> str:
+        return "trained_rm:test"
+
+
+def test_a_judge_not_better_than_chance_says_its_rewards_mean_nothing(tmp_path):
+    """Held-out accuracy 0.36 on 22 pairs (the issue's judge): its 95% interval includes 0.5, so summary.json says
+    eval/judge_beats_chance false, the headline warns before any reward number, and compare shows the column."""
+    from dpo_exp.compare.table import compare
+    from dpo_exp.evaluation.judge import judge_metrics
+    from dpo_exp.evaluation.report import headline
+
+    from .test_compare import write_run
+
+    weak = judge_metrics(HeldOutJudge(0.36, 22))
+    assert weak["judge_accuracy_ci_low"] < 0.5 < weak["judge_accuracy_ci_high"] and weak["judge_beats_chance"] is False
+    strong = judge_metrics(HeldOutJudge(0.9, 100))
+    assert strong["judge_accuracy_ci_low"] > 0.5 and strong["judge_beats_chance"] is True
+
+    summary = {"eval/reward_scorer": "trained_rm", **{f"eval/{k}": v for k, v in weak.items()}}
+    summary |= {
+        "eval/reward_reference": 0.1,
+        "eval/reward_policy": 0.4,
+        "eval/reward_delta": 0.3,
+        "eval/reward_delta_ci_low": 0.2,
+        "eval/reward_delta_ci_high": 0.4,
+        "eval/significant": True,
+    }
+    lines = headline(summary)
+    assert lines[0].startswith("WARNING: the judge (trained_rm) is not better than chance: held-out accuracy 0.360")
+    assert "on 22 held out includes 0.5" in lines[0] and "NOT meaningful" in lines[0]
+    assert lines[1].startswith("reward (trained_rm)")
+    assert not any("not better than chance" in line for line in headline(summary | {"eval/judge_beats_chance": True}))
+
+    base = {"status": "completed", "eval/reward_delta": 0.3}
+    write_run(tmp_path / "sweep" / "0", {"beta": "0.1"}, base | {"eval/judge_beats_chance": False})
+    write_run(tmp_path / "sweep" / "1", {"beta": "0.5"}, base | {"eval/judge_beats_chance": True})
+    df = compare([tmp_path / "sweep"], console=False, plots=False)
+    assert [bool(v) for v in df["judge_beats_chance"]] == [False, True]
+    md = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "judge_beats_chance" in md.splitlines()[6]  # a column of the table
+    assert "the judge of 1 run(s) (0) is not better than chance" in md
+
+
+def test_the_headline_kl_is_the_rao_blackwellised_one():
+    """With 2 prompts the Monte-Carlo KL came out -0.009 (issue 28): the headline leads with kl_rb, which cannot
+    be negative, and keeps the Monte-Carlo estimate as a diagnostic."""
+    from dpo_exp.evaluation.report import headline
+
+    summary = {"eval/kl": -0.009, "eval/kl_ci_low": -0.013, "eval/kl_ci_high": -0.004}
+    summary |= {"eval/kl_rb": 0.004, "eval/kl_rb_ci_low": 0.003, "eval/kl_rb_ci_high": 0.005}
+    (line,) = headline(summary)
+    assert line.startswith("KL(policy || reference) 0.004 nats [95% CI 0.003, 0.005]")
+    assert "Monte-Carlo diagnostic -0.009 [95% CI -0.013, -0.004]" in line
+    old = {k: v for k, v in summary.items() if not k.startswith("eval/kl_rb")}  # a run saved before kl_rb
+    assert headline(old)[0].startswith("KL(policy || reference) -0.009 nats")

@@ -10,12 +10,14 @@ import numpy as np
 from ..data.conversation import prompt_key
 from ..models.chat import completion_text
 from .metrics import SampleEval
-from .stats import bootstrap_indices, mean_ci, paired_wins
+from .stats import bootstrap_indices, mean_ci, paired_wins, wilson_interval
 
 
 def judge_metrics(scorer: Any) -> dict[str, Any]:
-    """judge_identity (it changes whenever the scores could), and judge_accuracy / judge_pairs when the judge
-    measured itself on held-out data (a trained reward model on held-out pairs, tfidf_logreg on held-out reviews)."""
+    """judge_identity (it changes whenever the scores could), and judge_accuracy / judge_heldout when the judge
+    measured itself on held-out data (a trained reward model on held-out pairs, tfidf_logreg on held-out reviews),
+    with its Wilson 95% interval and `judge_beats_chance`: False when that interval includes 0.5, i.e. the judge
+    is not shown to be better than a coin, so reward numbers under it are not meaningful."""
     info = getattr(scorer, "info", {}) or {}
     out: dict[str, Any] = {
         "judge_identity": scorer.identity(),
@@ -26,6 +28,9 @@ def judge_metrics(scorer: Any) -> dict[str, Any]:
         n = info.get("heldout_pairs", info.get("n_heldout"))
         if isinstance(n, int):
             out["judge_heldout"] = n
+            low, high = wilson_interval(out["judge_accuracy"], n)
+            out["judge_accuracy_ci_low"], out["judge_accuracy_ci_high"] = low, high
+            out["judge_beats_chance"] = bool(low > 0.5)
     return out
 
 
