@@ -13,7 +13,7 @@ import torch
 from dpo_exp.data.conversation import prompt_key
 from dpo_exp.infra.storage import write_jsonl
 
-from .conftest import compose
+from .conftest import FAST_MODEL, compose
 
 HH_PROMPT = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -479,3 +479,28 @@ def test_the_headline_kl_is_the_rao_blackwellised_one():
     assert "Monte-Carlo diagnostic -0.009 [95% CI -0.013, -0.004]" in line
     old = {k: v for k, v in summary.items() if not k.startswith("eval/kl_rb")}  # a run saved before kl_rb
     assert headline(old)[0].startswith("KL(policy || reference) -0.009 nats")
+
+
+# ---------------------------------------------------------------- hub judges fail up front (issue 28)
+
+
+def test_an_unreachable_hub_judge_stops_the_run_before_any_model_naming_its_key(tmp_path, hh_file):
+    """Offline, eval/reward=gpt2_large_helpful used to fail after the whole training, with a hint naming
+    reward.hub_id: now one line, before any model is built, naming eval.reward.hub_id."""
+    from .test_bad_input import assert_clean_error, run_probed
+
+    args = ["dataset=hh_rlhf", f"dataset.path={hh_file}", "eval/reward=gpt2_large_helpful", "logger=none"]
+    proc, imported = run_probed([*FAST_MODEL, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    line = assert_clean_error(proc, ["Ray2333/gpt2-large-helpful-reward_model", "eval.reward.hub_id=PATH"], imported)
+    assert " reward.hub_id" not in line
+
+
+def test_the_run_reward_judge_is_checked_under_its_own_key():
+    from dpo_exp.errors import UserError
+    from dpo_exp.judges.sources import check_judge_sources
+
+    with pytest.raises(UserError, match=r"Skywork-Reward-V2.*use a local copy: reward\.hub_id=PATH$"):
+        check_judge_sources(compose(["dataset=hh_rlhf", "reward=skywork_v2"]))
+    with pytest.raises(UserError, match=r"use a local copy: reward\.base=PATH$"):
+        check_judge_sources(compose(["dataset=hh_rlhf", "reward=trained_rm", "reward.base=some-org/base-model"]))
+    check_judge_sources(compose(["dataset=hh_rlhf", "eval/reward=vader", "reward=trained_rm"]))  # nothing to fetch
