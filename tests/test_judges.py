@@ -13,7 +13,7 @@ import torch
 from dpo_exp.data.conversation import prompt_key
 from dpo_exp.infra.storage import write_jsonl
 
-from .conftest import FAST_MODEL, compose
+from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
 HH_PROMPT = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -490,7 +490,7 @@ def test_an_unreachable_hub_judge_stops_the_run_before_any_model_naming_its_key(
     from .test_bad_input import assert_clean_error, run_probed
 
     args = ["dataset=hh_rlhf", f"dataset.path={hh_file}", "eval/reward=gpt2_large_helpful", "logger=none"]
-    proc, imported = run_probed([*FAST_MODEL, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    proc, imported = run_probed([*FAST_MODEL, *FAST_TRAINER, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     line = assert_clean_error(proc, ["Ray2333/gpt2-large-helpful-reward_model", "eval.reward.hub_id=PATH"], imported)
     assert " reward.hub_id" not in line
 
