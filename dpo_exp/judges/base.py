@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data.conversation import HH_TURN, is_conversation
 from ..errors import UserError
+from ..models.chat import completion_text
 
 Prompt = Any  # plain text, or a conversation (a list of chat messages)
 
@@ -72,19 +73,12 @@ def score_completions(
     return [float(s) for s in scorer.score(texts)]
 
 
-def completion_text(completion: Any) -> str:
-    """The text of a completion: plain text, or the contents of its assistant message(s)."""
-    if is_conversation(completion):
-        return "".join(str(m.get("content") or "") for m in completion)
-    return str(completion)
-
-
 def _content(message: dict) -> str:
     return str(message.get("content") or "").strip()
 
 
 def dialogue_text(prompt: Prompt, completion: str) -> str:
-    """The dialogue as HH-RLHF writes it ("\n\nHuman: ...\n\nAssistant: ..."), what the GPT-2 HH reward models and
+    """The dialogue as HH-RLHF writes it ("\\n\\nHuman: ...\\n\\nAssistant: ..."), what the GPT-2 HH reward models and
     `trained_rm` read. A text prompt is already that text (or plain text) and is joined to the completion as it is;
     a conversation is written turn by turn (a system message first, as untagged text), ending with the completion
     as the last assistant turn."""
