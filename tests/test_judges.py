@@ -504,3 +504,13 @@ def test_the_run_reward_judge_is_checked_under_its_own_key():
     with pytest.raises(UserError, match=r"use a local copy: reward\.base=PATH$"):
         check_judge_sources(compose(["dataset=hh_rlhf", "reward=trained_rm", "reward.base=some-org/base-model"]))
     check_judge_sources(compose(["dataset=hh_rlhf", "eval/reward=vader", "reward=trained_rm"]))  # nothing to fetch
+
+
+def test_re_evaluation_names_the_eval_reward_key():
+    """`python -m dpo_exp.evaluate run_dir=R eval/reward=skywork_v2` builds its scorer through build_eval_scorer:
+    the line names eval.reward.hub_id (it named reward.hub_id before)."""
+    from dpo_exp.errors import UserError
+    from dpo_exp.evaluation.inputs import build_eval_scorer
+
+    with pytest.raises(UserError, match=r"use a local copy: eval\.reward\.hub_id=PATH$"):
+        build_eval_scorer(compose(["dataset=hh_rlhf", "eval/reward=skywork_v2"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from ..errors import UserError
 SOURCES = (("hub_id", "reward model"), ("base", "reward base model"))
 
 
-def check_judge_sources(cfg: Any) -> None:
+def check_judge_sources(cfg: Any, keys: Sequence[str] = ("reward", "eval.reward")) -> None:
     """Each hub model that `reward` or `eval.reward` names (`hub_id`, a trained judge's `base`) can be loaded: its
     config.json is in the local Hugging Face cache or the hub answers. Otherwise one UserError naming the key to
     set (`reward.hub_id`, `eval.reward.hub_id`, ...), instead of a failure after the whole training. Local folders
@@ -22,7 +23,7 @@ def check_judge_sources(cfg: Any) -> None:
 
     from ..infra.hub import hub_access, is_unreachable
 
-    for key in ("reward", "eval.reward"):
+    for key in keys:
         option = OmegaConf.select(cfg, key)
         if option is None or not hasattr(option, "get") or str(option.get("kind", "none")) == "none":
             continue
