@@ -514,3 +514,19 @@ def test_re_evaluation_names_the_eval_reward_key():
 
     with pytest.raises(UserError, match=r"use a local copy: eval\.reward\.hub_id=PATH$"):
         build_eval_scorer(compose(["dataset=hh_rlhf", "eval/reward=skywork_v2"]))
+
+
+def test_the_trl_reward_function_hands_conversations_to_the_judge(tiny_rm: Path):
+    """RLOO / Online DPO call the run's judge with TRL's conversational prompts and completions (message lists):
+    the judge reads them in its own format, as evaluation does."""
+    from transformers import AutoTokenizer
+
+    from dpo_exp.methods.base import scorer_reward
+
+    cfg = compose(["dataset=hh_rlhf", "reward=gpt2_large_helpful", f"reward.hub_id={tiny_rm}"])
+    reward = scorer_reward(cfg)
+    answer = [{"role": "assistant", "content": "Knead it."}]
+    (score,) = reward([CHAT_PROMPT], [answer])
+    text = expected_input("dialogue", CHAT_PROMPT, "Knead it.")
+    tok = AutoTokenizer.from_pretrained(tiny_rm)
+    assert score == pytest.approx(direct_score(tiny_rm, **tok(text, return_tensors="pt")), abs=1e-4)
