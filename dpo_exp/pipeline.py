@@ -121,11 +121,13 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_stages(ctx: RunContext) -> None:
+    from .judges.sources import check_judge_sources
     from .models import build_policy, load_tokenizer
 
     cfg = ctx.cfg
     task = build_task(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
+    check_judge_sources(cfg)  # hub judges fail here, like the policy, not after training
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
     from .methods import MethodSettings, build_method

@@ -152,8 +152,9 @@ class SiebertScorer(HFClassifierScorer):
 class TfidfLogRegScorer(Scorer):
     """scikit-learn TF-IDF (word 1-2 grams) + logistic regression, trained on labelled reviews, cached on disk.
 
-    Training data: `reward.train_path` (any file/folder the IMDb loader reads), else the run's own dataset, split by
-    `reward.seed` (not the run's seed, so runs of a seed sweep share one scorer).
+    Training data: `reward.train_path` (any file/folder the IMDb loader reads), else the run's own dataset, split as
+    the run splits it (`dataset.split_seed`, not the run's seed, so runs of a seed sweep share one scorer); it never
+    trains on the run's held-out reviews (`data.imdb.judge_splits`; `info["heldout_overlap"]` records 0).
     Held-out accuracy and ROC-AUC (on the test split, or a held-out share) are reported in `info`.
     The score is P(positive) (`reward.score: probability`) or the decision function (`logit`).
     """
@@ -164,14 +165,13 @@ class TfidfLogRegScorer(Scorer):
         super().__init__()
         import joblib
 
-        from .data.imdb import load_labelled_splits
+        from .data.imdb import judge_splits
         from .infra.cache import cached, content_key
 
         self.params, self.output = self._settings(cfg)
         if context is None or not hasattr(context, "dataset"):
             raise UserError("reward=tfidf_logreg needs the run config (dataset and cache_dir) to train on")
-        seed = int(_get(cfg, "seed", 0))  # the judge's own: every seed of a sweep is judged by the same scorer
-        train, test, source, _ = load_labelled_splits(context.dataset, seed, path=_get(cfg, "train_path"))
+        train, test, source, overlap = judge_splits(context.dataset, path=_get(cfg, "train_path"))
         x_train, y_train = train.labelled()
         x_test, y_test = test.labelled()
         if len(set(y_train)) < 2:
@@ -200,6 +200,7 @@ class TfidfLogRegScorer(Scorer):
             "cache": entry.status,
             "path": str(entry.path),
             "score": self.output,
+            **overlap,  # heldout_overlap: training reviews among the run's held-out ones (0 by construction)
         }
         log.info(
             "tfidf_logreg: held-out accuracy %s, ROC-AUC %s (%s)",

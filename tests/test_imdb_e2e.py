@@ -85,7 +85,9 @@ def test_imdb_run_records_stage_times_and_prints_the_headline(tmp_path, imdb_dir
     assert f"{summary['eval/reward_reference']:.4f} -> {summary['eval/reward_policy']:.4f}" in text
     assert f"delta {summary['eval/reward_delta']:+.4f} [95% CI {summary['eval/reward_delta_ci_low']:+.4f}" in text
     assert f"win rate {summary['eval/win_rate']:.3f} [95% CI {summary['eval/win_rate_ci_low']:.3f}" in text
-    assert f"KL(policy || reference) {summary['eval/kl']:.3f}" in text and "stage times: sft" in text
+    assert f"KL(policy || reference) {summary['eval/kl_rb']:.3f}" in text and "stage times: sft" in text  # kl_rb heads
+    assert f"Monte-Carlo diagnostic {summary['eval/kl']:.3f}" in text
+    assert summary["eval/judge_beats_chance"] is (summary["eval/judge_accuracy_ci_low"] > 0.5)  # tfidf's interval
 
 
 def test_bad_imdb_labels_exit_2_before_any_model(tmp_path):

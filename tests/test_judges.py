@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from dpo_exp.data.conversation import prompt_key
 from dpo_exp.infra.storage import write_jsonl
 
-from .conftest import compose
+from .conftest import FAST_MODEL, FAST_TRAINER, compose
 
 HH_PROMPT = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -162,6 +163,9 @@ def test_trained_judge_learns_on_its_own_share_and_is_cached_by_content(tmp_path
     judge = build_scorer(cfg.reward, cfg)
     assert judge.info["cache"] == "built" and judge.info["train_pairs"] == 40  # share 0.5 of 80 prompts
     assert judge.info["heldout_pairs"] == 10 and judge.info["heldout_accuracy"] >= 0.9  # learnt, on held-out pairs
+    from dpo_exp.evaluation.judge import judge_metrics
+
+    assert judge_metrics(judge)["judge_beats_chance"] is True  # 10 pairs suffice to tell it from a coin
     data = load_run_preferences(cfg, offline_gpt2_tokenizer())
     judge_prompts = {r["prompt"] for r in data.judge}
     assert len(judge_prompts) == 40
@@ -214,7 +218,8 @@ def test_dialogue_messages_split_hh_turns_and_keep_plain_prompts_whole():
 
 
 def test_tfidf_judge_does_not_follow_the_run_seed(imdb_dir, tmp_path):
-    """One review file: the held-out split is reward.seed's, so a seed sweep is judged by one scorer."""
+    """One review file: the held-out split is the data's (dataset.split_seed), so a seed sweep is judged by one
+    scorer."""
     from dpo_exp.infra.storage import read_jsonl
     from dpo_exp.rewards import build_scorer
 
@@ -230,7 +235,36 @@ def test_tfidf_judge_does_not_follow_the_run_seed(imdb_dir, tmp_path):
 
     a, b = scorer("seed=1"), scorer("seed=2")
     assert a.identity() == b.identity() and b.info["cache"] == "reused"
-    assert scorer("seed=2", "reward.seed=2").identity() != a.identity()  # asked for: a different held-out split
+    other = scorer("seed=2", "dataset.split_seed=2")  # asked for: a different held-out split, for run and judge
+    assert other.identity() != a.identity() and other.info["heldout_overlap"] == 0
+
+
+def test_the_tfidf_judge_never_trains_on_the_runs_heldout_reviews(tmp_path):
+    """experiment=imdb_tiny, seed 42, one 500-review file: 96 of the 125 reviews behind the evaluation prompts were
+    in the judge's training split (issue 28). Now none is, on the run's own file or on another file given as
+    reward.train_path, and summary.json's reward block says so (heldout_overlap)."""
+    from dpo_exp.data.imdb import judge_splits, load_prompt_sets
+    from dpo_exp.infra.storage import read_jsonl
+    from dpo_exp.models import load_tokenizer
+    from dpo_exp.rewards import build_scorer
+
+    from .conftest import shared_file
+
+    path = shared_file("imdb/test.jsonl")
+    cfg = compose(["experiment=imdb_tiny", f"dataset.path={path}", "seed=42", f"cache_dir={tmp_path / 'cache'}"])
+    sets = load_prompt_sets(cfg, load_tokenizer(cfg.model))  # the run's held-out reviews behind its eval prompts
+    assert sets.counts["test_reviews"] == 125
+    heldout = set(sets.test.texts)
+    train, _, _, counts = judge_splits(cfg.dataset)
+    assert not set(train.texts) & heldout and counts["heldout_overlap"] == 0
+    judge = build_scorer(cfg.reward, cfg)
+    assert judge.info["heldout_overlap"] == 0 and judge.info["n_train"] == len(train.labelled()[0])
+
+    other = tmp_path / "more_reviews.jsonl"  # another file holding the same reviews: split its own way
+    write_jsonl(other, read_jsonl(path)[::-1])
+    train, _, _, counts = judge_splits(cfg.dataset, path=other)
+    assert counts["heldout_dropped_from_training"] > 0 and counts["heldout_overlap"] == 0
+    assert not set(train.texts) & heldout
 
 
 def test_a_trained_judge_needs_preference_pairs(imdb_dir):
@@ -255,3 +289,244 @@ def test_a_damaged_trained_judge_is_rebuilt(tmp_path):
     again = build_scorer(cfg.reward, cfg)
     assert again.info["cache"] == "rebuilt"
     assert again.identity() == first.identity() and again.info["heldout_accuracy"] is not None  # trained again
+
+
+# ---------------------------------------------------------------- a chat model's conversations reach every judge as
+# the judge was trained to read them (issue 28): never the readable "User: ...\n\nAssistant:" flattening
+
+CHAT_PROMPT = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "How do I bake bread?"},
+]
+TINY_CHAT = ["model=tiny_qwen2", "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2"]
+
+
+@pytest.fixture(scope="module")
+def chat_samples():
+    """Completions a tiny chat model (ChatML template) samples on a multi-turn conversation and on a one-turn one."""
+    from dpo_exp.generation import generate_samples
+    from dpo_exp.models import build_policy, load_tokenizer
+
+    cfg = compose(TINY_CHAT)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_policy(cfg.model, 0)
+    prompts = [CHAT_PROMPT, CHAT_PROMPT[:1]]
+    return generate_samples(model, tokenizer, prompts, cfg.generation, 0, num_samples=2, max_new_tokens=6)
+
+
+def expected_input(input_format: str, prompt: list[dict], completion: str):
+    """The text each judge family was trained on, written out by hand for a conversation."""
+    answer = completion.strip()
+    if input_format == "dialogue":  # HH-RLHF's own text (the GPT-2 HH reward models, trained_rm)
+        turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in prompt)
+        return f"{turns}\n\nAssistant: {answer}"
+    if input_format == "chat_template":  # the judge's own template over the real messages, roles alternating
+        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in [*prompt, {"role": "assistant", "content": answer}])
+    if len(prompt) == 1:  # text_pair: (question, answer)
+        return prompt[0]["content"], completion
+    turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in prompt)
+    return turns.strip(), completion
+
+
+@pytest.mark.parametrize("input_format", ["dialogue", "text_pair", "chat_template"])
+def test_a_chat_models_conversations_reach_each_judge_in_its_own_format(
+    tiny_rm: Path, helpful_option, chat_samples, input_format: str
+):
+    from transformers import AutoTokenizer
+
+    from dpo_exp.evaluation.metrics import score_samples
+
+    judge = judge_for(helpful_option, tiny_rm, input_format=input_format, batch_size=3)
+    scores = score_samples(judge, chat_samples, with_prompt=False)  # evaluation's path (judges always see prompts)
+    tok = AutoTokenizer.from_pretrained(tiny_rm)
+    for (i, completion), score in zip(chat_samples.flat(), scores.reshape(-1)):
+        prompt = chat_samples.prompts[i]
+        expected = expected_input(input_format, prompt, completion)
+        assert judge.texts([prompt], [completion]) == [expected]
+        assert "User:" not in str(expected)
+        encoded = (
+            tok(*expected, return_tensors="pt") if isinstance(expected, tuple) else tok(expected, return_tensors="pt")
+        )
+        assert score == pytest.approx(direct_score(tiny_rm, **encoded), abs=1e-4)  # the model read exactly that
+
+
+def test_text_classifiers_read_a_conversation_as_prose_and_the_chosen_reply_as_messages(
+    tiny_rm: Path, helpful_option, chat_samples
+):
+    """Sentiment scorers (eval.score_with_prompt): the turns' contents then the completion, no role tags; the
+    dataset's chosen response (assistant messages) is judged against the same dialogue."""
+    from dpo_exp.evaluation.judge import win_rate_vs_chosen
+    from dpo_exp.evaluation.metrics import SampleEval, score_samples
+    from dpo_exp.rewards import Scorer
+
+    class Seen(Scorer):  # a real scorer (text length) that keeps what it read
+        name = "seen"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: list[str] = []
+
+        def score(self, texts):
+            self.read += texts
+            return [float(len(t)) for t in texts]
+
+    seen = Seen()
+    score_samples(seen, chat_samples, with_prompt=True)
+    first = chat_samples.texts[0][0]
+    assert seen.read[0] == f"Hi there\n\nHello!\n\nHow do I bake bread?\n\n{first.strip()}"
+
+    judge = judge_for(helpful_option, tiny_rm)  # dialogue
+    rewards = score_samples(judge, chat_samples, False)
+    result = SampleEval(chat_samples, None, rewards, rewards, kl=np.zeros(rewards.shape))
+    chosen = [{"role": "assistant", "content": "Knead it."}]
+    references = {prompt_key(CHAT_PROMPT): chosen}
+    out = win_rate_vs_chosen(judge, result, references, False, 50, 0)
+    text = expected_input("dialogue", CHAT_PROMPT, "Knead it.")
+    assert out["reward_chosen"] == pytest.approx(direct_score(tiny_rm, **judge.tokenizer(text, return_tensors="pt")))
+
+
+def chat_pairs(n: int) -> list[dict]:
+    """Separable pairs as a chat model holds them: one user message, assistant messages."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"question number {i} about topic {i % 7}?"}],
+            "chosen": [{"role": "assistant", "content": "great helpful answer thanks"}],
+            "rejected": [{"role": "assistant", "content": "stupid useless junk"}],
+        }
+        for i in range(n)
+    ]
+
+
+def test_trained_judge_learns_from_a_chat_models_conversations(tmp_path):
+    """reward=trained_rm with a chat-template model (tiny_qwen2): the pairs stay messages; the judge trains and
+    scores on their HH dialogue text (it crashed with `list + str` before)."""
+    from dpo_exp.rewards import build_scorer
+
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, chat_pairs(60))
+    cfg = compose([*TRAINED, *TINY_CHAT, f"dataset.path={path}", f"cache_dir={tmp_path / 'cache'}"])
+    judge = build_scorer(cfg.reward, cfg)
+    assert judge.info["train_pairs"] == 30 and judge.info["heldout_accuracy"] >= 0.9
+    pair = chat_pairs(1)[0]
+    assert judge.texts([pair["prompt"]], [pair["chosen"]]) == [
+        "\n\nHuman: question number 0 about topic 0?\n\nAssistant: great helpful answer thanks<|endoftext|>"
+    ]
+    assert judge.score([pair["prompt"]], [pair["chosen"]])[0] > judge.score([pair["prompt"]], [pair["rejected"]])[0]
+
+
+# ---------------------------------------------------------------- a judge no better than chance (issue 28)
+
+
+class HeldOutJudge:
+    """A judge as evaluation sees it: an identity and what it measured on held-out pairs."""
+
+    def __init__(self, accuracy: float, pairs: int) -> None:
+        self.info = {"kind": "trained_rm", "heldout_accuracy": accuracy, "heldout_pairs": pairs}
+
+    def identity(self) -> str:
+        return "trained_rm:test"
+
+
+def test_a_judge_not_better_than_chance_says_its_rewards_mean_nothing(tmp_path):
+    """Held-out accuracy 0.36 on 22 pairs (the issue's judge): its 95% interval includes 0.5, so summary.json says
+    eval/judge_beats_chance false, the headline warns before any reward number, and compare shows the column."""
+    from dpo_exp.compare.table import compare
+    from dpo_exp.evaluation.judge import judge_metrics
+    from dpo_exp.evaluation.report import headline
+
+    from .test_compare import write_run
+
+    weak = judge_metrics(HeldOutJudge(0.36, 22))
+    assert weak["judge_accuracy_ci_low"] < 0.5 < weak["judge_accuracy_ci_high"] and weak["judge_beats_chance"] is False
+    strong = judge_metrics(HeldOutJudge(0.9, 100))
+    assert strong["judge_accuracy_ci_low"] > 0.5 and strong["judge_beats_chance"] is True
+
+    summary = {"eval/reward_scorer": "trained_rm", **{f"eval/{k}": v for k, v in weak.items()}}
+    summary |= {
+        "eval/reward_reference": 0.1,
+        "eval/reward_policy": 0.4,
+        "eval/reward_delta": 0.3,
+        "eval/reward_delta_ci_low": 0.2,
+        "eval/reward_delta_ci_high": 0.4,
+        "eval/significant": True,
+    }
+    lines = headline(summary)
+    assert lines[0].startswith("WARNING: the judge (trained_rm) is not better than chance: held-out accuracy 0.360")
+    assert "on 22 held out includes 0.5" in lines[0] and "NOT meaningful" in lines[0]
+    assert lines[1].startswith("reward (trained_rm)")
+    assert not any("not better than chance" in line for line in headline(summary | {"eval/judge_beats_chance": True}))
+
+    base = {"status": "completed", "eval/reward_delta": 0.3}
+    write_run(tmp_path / "sweep" / "0", {"beta": "0.1"}, base | {"eval/judge_beats_chance": False})
+    write_run(tmp_path / "sweep" / "1", {"beta": "0.5"}, base | {"eval/judge_beats_chance": True})
+    df = compare([tmp_path / "sweep"], console=False, plots=False)
+    assert [bool(v) for v in df["judge_beats_chance"]] == [False, True]
+    md = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert "judge_beats_chance" in md.splitlines()[6]  # a column of the table
+    assert "the judge of 1 run(s) (0) is not better than chance" in md
+
+
+def test_the_headline_kl_is_the_rao_blackwellised_one():
+    """With 2 prompts the Monte-Carlo KL came out -0.009 (issue 28): the headline leads with kl_rb, which cannot
+    be negative, and keeps the Monte-Carlo estimate as a diagnostic."""
+    from dpo_exp.evaluation.report import headline
+
+    summary = {"eval/kl": -0.009, "eval/kl_ci_low": -0.013, "eval/kl_ci_high": -0.004}
+    summary |= {"eval/kl_rb": 0.004, "eval/kl_rb_ci_low": 0.003, "eval/kl_rb_ci_high": 0.005}
+    (line,) = headline(summary)
+    assert line.startswith("KL(policy || reference) 0.004 nats [95% CI 0.003, 0.005]")
+    assert "Monte-Carlo diagnostic -0.009 [95% CI -0.013, -0.004]" in line
+    old = {k: v for k, v in summary.items() if not k.startswith("eval/kl_rb")}  # a run saved before kl_rb
+    assert headline(old)[0].startswith("KL(policy || reference) -0.009 nats")
+
+
+# ---------------------------------------------------------------- hub judges fail up front (issue 28)
+
+
+def test_an_unreachable_hub_judge_stops_the_run_before_any_model_naming_its_key(tmp_path, hh_file):
+    """Offline, eval/reward=gpt2_large_helpful used to fail after the whole training, with a hint naming
+    reward.hub_id: now one line, before any model is built, naming eval.reward.hub_id."""
+    from .test_bad_input import assert_clean_error, run_probed
+
+    args = ["dataset=hh_rlhf", f"dataset.path={hh_file}", "eval/reward=gpt2_large_helpful", "logger=none"]
+    proc, imported = run_probed([*FAST_MODEL, *FAST_TRAINER, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    line = assert_clean_error(proc, ["Ray2333/gpt2-large-helpful-reward_model", "eval.reward.hub_id=PATH"], imported)
+    assert " reward.hub_id" not in line
+
+
+def test_the_run_reward_judge_is_checked_under_its_own_key():
+    from dpo_exp.errors import UserError
+    from dpo_exp.judges.sources import check_judge_sources
+
+    with pytest.raises(UserError, match=r"Skywork-Reward-V2.*use a local copy: reward\.hub_id=PATH$"):
+        check_judge_sources(compose(["dataset=hh_rlhf", "reward=skywork_v2"]))
+    with pytest.raises(UserError, match=r"use a local copy: reward\.base=PATH$"):
+        check_judge_sources(compose(["dataset=hh_rlhf", "reward=trained_rm", "reward.base=some-org/base-model"]))
+    check_judge_sources(compose(["dataset=hh_rlhf", "eval/reward=vader", "reward=trained_rm"]))  # nothing to fetch
+
+
+def test_re_evaluation_names_the_eval_reward_key():
+    """`python -m dpo_exp.evaluate run_dir=R eval/reward=skywork_v2` builds its scorer through build_eval_scorer:
+    the line names eval.reward.hub_id (it named reward.hub_id before)."""
+    from dpo_exp.errors import UserError
+    from dpo_exp.evaluation.inputs import build_eval_scorer
+
+    with pytest.raises(UserError, match=r"use a local copy: eval\.reward\.hub_id=PATH$"):
+        build_eval_scorer(compose(["dataset=hh_rlhf", "eval/reward=skywork_v2"]))
+
+
+def test_the_trl_reward_function_hands_conversations_to_the_judge(tiny_rm: Path):
+    """RLOO / Online DPO call the run's judge with TRL's conversational prompts and completions (message lists):
+    the judge reads them in its own format, as evaluation does."""
+    from transformers import AutoTokenizer
+
+    from dpo_exp.methods.base import scorer_reward
+
+    cfg = compose(["dataset=hh_rlhf", "reward=gpt2_large_helpful", f"reward.hub_id={tiny_rm}"])
+    reward = scorer_reward(cfg)
+    answer = [{"role": "assistant", "content": "Knead it."}]
+    (score,) = reward([CHAT_PROMPT], [answer])
+    text = expected_input("dialogue", CHAT_PROMPT, "Knead it.")
+    tok = AutoTokenizer.from_pretrained(tiny_rm)
+    assert score == pytest.approx(direct_score(tiny_rm, **tok(text, return_tensors="pt")), abs=1e-4)

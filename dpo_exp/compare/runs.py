@@ -30,7 +30,8 @@ EVAL_SHOWN = [
     "eval/reward_reference",
     "eval/reward_delta",
     "eval/win_rate",  # P(policy beats reference), independent draws (the coupled ones are diagnostics, not shown)
-    "eval/kl",
+    "eval/kl_rb",  # the headline KL (never negative, lower variance)
+    "eval/kl",  # the Monte-Carlo estimate, a diagnostic (can come out negative)
 ]
 # People's votes (the app's Rate tab, summary.json human/* keys): shown when any run has them.
 HUMAN_SHOWN = ["human/win_rate", "human/votes", "human/judge_agreement", "human/judge_kappa", "human/bt_strength"]

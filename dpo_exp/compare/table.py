@@ -97,14 +97,21 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
 
 def evaluated_on(summary: dict[str, Any]) -> dict[str, Any]:
     """What a run was judged on: `heldout` (hashes of its held-out prompts / pairs) and `judge` (the scorer's name
-    and a hash of its identity; `judge_identity` in full), so runs measured differently are visible as such."""
+    and a hash of its identity; `judge_identity` in full), so runs measured differently are visible as such, and
+    `judge_beats_chance` (False: the judge's held-out accuracy interval includes 0.5, its rewards mean nothing)."""
     from ..infra.cache import content_key
 
     held = summary.get("heldout") or {}
     heldout = f"{str(held.get('eval_prompts'))[:8]}/{str(held.get('eval_pairs'))[:8]}" if held else None
     identity = summary.get("eval/judge_identity")
     judge = f"{summary.get('eval/reward_scorer') or 'judge'}:{content_key(identity, 8)}" if identity else None
-    return {"heldout": heldout, "judge": judge, "judge_identity": identity}
+    chance = summary.get("eval/judge_beats_chance")
+    return {
+        "heldout": heldout,
+        "judge": judge,
+        "judge_identity": identity,
+        "judge_beats_chance": chance if isinstance(chance, bool) else None,
+    }
 
 
 def consistency_notes(df: pd.DataFrame) -> list[str]:
@@ -118,13 +125,26 @@ def consistency_notes(df: pd.DataFrame) -> list[str]:
                 f"WARNING: these runs were evaluated on {len(values)} different {what} (column `{column}`: "
                 f"{', '.join(map(str, values))}); their eval/* numbers do not compare like for like"
             )
+    if "judge_beats_chance" in done.columns:
+        chance = [str(r["run"]) for _, r in done.iterrows() if _is_false(r["judge_beats_chance"])]
+        if chance:
+            notes.append(
+                f"WARNING: the judge of {len(chance)} run(s) ({', '.join(chance)}) is not better than chance (column "
+                "`judge_beats_chance`: its held-out accuracy interval includes 0.5); their reward numbers are not "
+                "meaningful"
+            )
     return notes
+
+
+def _is_false(value: Any) -> bool:
+    """False (a Python or numpy bool), not a missing value."""
+    return value is not None and not pd.isna(value) and not bool(value)
 
 
 def shown_columns(df: pd.DataFrame, params: list[str]) -> list[str]:
     """The columns of the markdown/console table (the csv has them all). The accuracy shown is the exact per-pair
     eval/implicit_accuracy when runs have it (TRL's eval/rewards/accuracies is a per-batch mean)."""
-    metric_cols = metric_columns() + EVAL_SHOWN + HUMAN_SHOWN + ["heldout", "judge"]
+    metric_cols = metric_columns() + EVAL_SHOWN + HUMAN_SHOWN + ["heldout", "judge", "judge_beats_chance"]
     if "eval/implicit_accuracy" in df.columns and df["eval/implicit_accuracy"].notna().any():
         metric_cols = [c for c in metric_cols if c != "eval/rewards/accuracies"]
     present = [c for c in metric_cols if c in df.columns and df[c].notna().any()]

@@ -3,7 +3,9 @@
 Sources: the hub's `stanfordnlp/imdb`, or `dataset.path` = a jsonl/csv/parquet file of `{text, label}`, a folder
 holding train.* (and optionally test.*), or an `aclImdb` folder (train|test/pos|neg/*.txt). Training prompts come
 from the train split; held-out evaluation prompts come from the test split (or, with one file only, from a
-held-out share of its reviews) and never equal a training prompt. Everything is seeded.
+held-out share of its reviews, drawn with `dataset.split_seed`, not the run's seed, so that split is the data's like
+the hub's test split) and never equal a training prompt. A judge trained on reviews (`judge_splits`) never trains
+on the run's held-out reviews. Everything is seeded.
 Problems in the data raise `UserError` naming the field, before any model is loaded.
 """
 
@@ -156,8 +158,15 @@ def normalize(rows: list[dict], columns: dict[str, str], where: str) -> tuple[La
     return LabelledTexts(texts, labels), empty
 
 
-def load_labelled_splits(ds_cfg: Any, seed: int, path: Any = None) -> tuple[LabelledTexts, LabelledTexts, str, dict]:
-    """Train and held-out reviews. Without a test split, `eval_fraction` of the (shuffled) reviews is held out."""
+def split_seed(ds_cfg: Any) -> int:
+    """The seed that holds out a single file's evaluation reviews (`dataset.split_seed`, default 0)."""
+    value = ds_cfg.get("split_seed") if hasattr(ds_cfg, "get") else None
+    return 0 if value is None else int(value)
+
+
+def load_labelled_splits(ds_cfg: Any, path: Any = None) -> tuple[LabelledTexts, LabelledTexts, str, dict]:
+    """Train and held-out reviews. Without a test split, `eval_fraction` of the reviews, shuffled with
+    `dataset.split_seed`, is held out: the same reviews for every run seed and for a judge reading the same file."""
     splits, source, columns = raw_splits(ds_cfg, path)
     counts: dict[str, int] = {}
     out: dict[str, LabelledTexts] = {}
@@ -165,13 +174,28 @@ def load_labelled_splits(ds_cfg: Any, seed: int, path: Any = None) -> tuple[Labe
         out[split], counts[f"{split}_dropped_empty"] = normalize(rows, columns, f"{source} [{split}]")
         counts[f"{split}_reviews"] = len(out[split].texts)
     if "test" not in out:
-        order = seeded_subset(list(range(len(out["train"].texts))), None, seed)
+        order = seeded_subset(list(range(len(out["train"].texts))), None, split_seed(ds_cfg))
         n_test = max(1, int(round(len(order) * float(ds_cfg.eval_fraction)))) if len(order) > 1 else 0
         whole = out["train"]
         out["test"], out["train"] = whole.subset(order[:n_test]), whole.subset(order[n_test:])
         counts["train_reviews"], counts["test_reviews"] = len(out["train"].texts), len(out["test"].texts)
         source += f" (held out {n_test} reviews for evaluation)"
     return out["train"], out["test"], source, counts
+
+
+def judge_splits(ds_cfg: Any, path: Any = None) -> tuple[LabelledTexts, LabelledTexts, str, dict[str, int]]:
+    """Train and held-out reviews for a judge trained on reviews (tfidf_logreg), from `path` or else the run's
+    dataset, that never trains on the run's held-out reviews (the source of its evaluation prompts): on the run's
+    own data the split is the run's; any training review equal to a run's held-out review is dropped (another
+    file, or a review repeated in the data). Counts: `heldout_overlap` (training reviews among the run's held-out
+    ones: 0) and `heldout_dropped_from_training`."""
+    train, test, source, _ = load_labelled_splits(ds_cfg, path)
+    run_heldout = set((test if path is None else load_labelled_splits(ds_cfg)[1]).texts)
+    kept = [i for i, text in enumerate(train.texts) if text not in run_heldout]
+    dropped = len(train.texts) - len(kept)
+    train = train.subset(kept)
+    overlap = len(set(train.texts) & run_heldout)
+    return train, test, source, {"heldout_overlap": overlap, "heldout_dropped_from_training": dropped}
 
 
 # ---------------------------------------------------------------- prompts
@@ -207,7 +231,7 @@ def load_prompt_sets(cfg: Any, tokenizer) -> PromptSets:
     low, high = int(ds.prompt_tokens_min), int(ds.prompt_tokens_max)
     if low < 1 or high < low:
         raise UserError(f"dataset.prompt_tokens_min={low} / prompt_tokens_max={high}: need 1 <= min <= max")
-    train, test, source, counts = load_labelled_splits(ds, seed)
+    train, test, source, counts = load_labelled_splits(ds)
 
     order = seeded_subset(list(range(len(train.texts))), None, seed)
     pool = _unique(make_prefixes([train.texts[i] for i in order], tokenizer, low, high, seed))

@@ -50,9 +50,11 @@ _SCORERS: dict[str, Any] = {}  # scorers built in this process (the trace and th
 def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
     """(scorer, its name, why reward metrics are skipped). `eval.reward` (eval/reward=NAME) wins over the run's
     `reward`."""
+    from ..judges.sources import check_judge_sources
     from ..rewards import build_scorer
 
     check_eval_reward(cfg)
+    check_judge_sources(cfg, ["eval.reward" if cfg.eval.get("reward") is not None else "reward"])  # its own key
     context = cfg
     if cfg.eval.get("reward") is not None:  # eval/reward=NAME: that option's content, in place of the run's `reward`
         context = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy whose `reward` is replaced,

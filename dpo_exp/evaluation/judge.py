@@ -8,14 +8,16 @@ from typing import Any
 import numpy as np
 
 from ..data.conversation import prompt_key
-from ..models.chat import completion_text, prompt_text
+from ..models.chat import completion_text
 from .metrics import SampleEval
-from .stats import bootstrap_indices, mean_ci, paired_wins
+from .stats import bootstrap_indices, mean_ci, paired_wins, wilson_interval
 
 
 def judge_metrics(scorer: Any) -> dict[str, Any]:
-    """judge_identity (it changes whenever the scores could), and judge_accuracy / judge_pairs when the judge
-    measured itself on held-out data (a trained reward model on held-out pairs, tfidf_logreg on held-out reviews)."""
+    """judge_identity (it changes whenever the scores could), and judge_accuracy / judge_heldout when the judge
+    measured itself on held-out data (a trained reward model on held-out pairs, tfidf_logreg on held-out reviews),
+    with its Wilson 95% interval and `judge_beats_chance`: False when that interval includes 0.5, i.e. the judge
+    is not shown to be better than a coin, so reward numbers under it are not meaningful."""
     info = getattr(scorer, "info", {}) or {}
     out: dict[str, Any] = {
         "judge_identity": scorer.identity(),
@@ -26,6 +28,9 @@ def judge_metrics(scorer: Any) -> dict[str, Any]:
         n = info.get("heldout_pairs", info.get("n_heldout"))
         if isinstance(n, int):
             out["judge_heldout"] = n
+            low, high = wilson_interval(out["judge_accuracy"], n)
+            out["judge_accuracy_ci_low"], out["judge_accuracy_ci_high"] = low, high
+            out["judge_beats_chance"] = bool(low > 0.5)
     return out
 
 
@@ -35,7 +40,7 @@ def win_rate_vs_chosen(
     """Share of the policy's samples the judge scores above the dataset's chosen response to the same prompt (ties
     count half), averaged per prompt, with a bootstrap 95% CI over prompts. Only prompts with a chosen response
     count (`win_rate_vs_chosen_prompts`); none -> {}. `references` is keyed by `prompt_key` (a conversation's is
-    its canonical JSON); conversations are judged as their readable text."""
+    its canonical JSON); conversations reach the judge as messages (it formats them as it was trained)."""
     from ..judges import score_completions
 
     if result.rewards_policy is None:
@@ -44,7 +49,7 @@ def win_rate_vs_chosen(
     rows = [i for i, key in enumerate(keys) if references.get(key) is not None]
     if not rows:
         return {}
-    prompts = [prompt_text(result.policy.prompts[i]) for i in rows]
+    prompts = [result.policy.prompts[i] for i in rows]
     answers = [completion_text(references[keys[i]]) for i in rows]
     chosen = np.asarray(score_completions(scorer, prompts, answers, with_prompt), dtype=np.float64)
     policy = result.rewards_policy[rows]

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..generation import Samples, generate_samples, sample_sequences, stream_seed
 from ..models import context_length
-from ..models.chat import prompt_text
 from ..sampler import warpers
 from .logprobs import pair_sequences, sequence_kl, sequence_logprobs
 from .policy_ref import PolicyReference
@@ -63,7 +62,7 @@ def score_samples(scorer, samples: Samples, with_prompt: bool) -> np.ndarray:
     from ..judges import score_completions
 
     flat = list(samples.flat())
-    prompts, completions = [prompt_text(samples.prompts[i]) for i, _ in flat], [text for _, text in flat]
+    prompts, completions = [samples.prompts[i] for i, _ in flat], [text for _, text in flat]  # judges format them
     scores = np.asarray(score_completions(scorer, prompts, completions, with_prompt), dtype=np.float64)
     return scores.reshape(len(samples.prompts), -1)
 

@@ -56,7 +56,8 @@ def write_samples_md(path: Path, rows: list[dict[str, Any]], metrics: dict[str, 
     lines = ["# Reference vs policy: side-by-side samples", ""]
     lines.append(f"Scorer: {scorer_name or 'none (reward metrics skipped)'}. Same prompt, same seed for both models.")
     lines.append("")
-    for key in ("reward_reference", "reward_policy", "reward_delta", "win_rate", "win_rate_coupled", "kl", "kl_rb"):
+    keys = ("reward_reference", "reward_policy", "reward_delta", "win_rate", "win_rate_coupled", "kl_rb", "kl")
+    for key in keys:  # kl_rb (never negative, lower variance) first; kl, the Monte-Carlo one, a diagnostic
         if is_finite(metrics.get(key)):
             low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
             ci = f" [95% CI {low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
@@ -165,12 +166,18 @@ def best_of_n_curve(metrics: dict[str, Any], prefix: str = "") -> list[tuple[int
 
 
 def kl_lines(s: dict[str, Any]) -> list[str]:
-    """The headline's KL line: the estimate with its CI, or why it is infinite."""
-    if is_finite(s.get("eval/kl")):
-        return [
-            f"KL(policy || reference) {s['eval/kl']:.3f} nats [95% CI {s['eval/kl_ci_low']:.3f}, "
-            f"{s['eval/kl_ci_high']:.3f}] (between the sampled, warped distributions)"
-        ]
+    """The headline's KL line: the Rao-Blackwellised estimate (kl_rb: exact per-token KLs along the samples, never
+    negative, lower variance) with its CI, the Monte-Carlo one (log-ratio of the samples, can come out negative)
+    as a diagnostic; the Monte-Carlo one heads only for runs without kl_rb; or why the KL is infinite."""
+    head = "kl_rb" if is_finite(s.get("eval/kl_rb")) else "kl"
+    if is_finite(s.get(f"eval/{head}")):
+        line = (
+            f"KL(policy || reference) {s[f'eval/{head}']:.3f} nats [95% CI {s[f'eval/{head}_ci_low']:.3f}, "
+            f"{s[f'eval/{head}_ci_high']:.3f}] (between the sampled, warped distributions"
+        )
+        if head == "kl_rb" and is_finite(s.get("eval/kl")):
+            line += f"; Monte-Carlo diagnostic {s['eval/kl']:.3f} [95% CI {s['eval/kl_ci_low']:.3f}, {s['eval/kl_ci_high']:.3f}]"
+        return [line + ")"]
     if is_finite(s.get("eval/kl_infinite")) and s["eval/kl_infinite"] > 0:
         return [
             f"KL(policy || reference) infinite: {s['eval/kl_infinite']:.0%} of policy samples hold a token the "
@@ -183,6 +190,7 @@ def headline(summary: dict[str, Any]) -> list[str]:
     """The run's result in a few console lines: reward ref -> policy, delta with CI, win rate with CI, KL, stages."""
     lines = []
     s = summary
+    lines += chance_lines(s)
     if isinstance(s.get("eval/reward_delta"), (int, float)):
         verdict = "significant" if s.get("eval/significant") else "NOT significant (95% CI includes 0)"
         lines.append(
@@ -217,6 +225,18 @@ def headline(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def chance_lines(s: dict[str, Any]) -> list[str]:
+    """A warning first when the judge is not shown to beat chance (its accuracy interval includes 0.5)."""
+    if s.get("eval/judge_beats_chance") is not False:
+        return []
+    return [
+        f"WARNING: the judge ({s.get('eval/reward_scorer', 'scorer')}) is not better than chance: held-out accuracy "
+        f"{s['eval/judge_accuracy']:.3f} [95% CI {s['eval/judge_accuracy_ci_low']:.3f}, "
+        f"{s['eval/judge_accuracy_ci_high']:.3f}] on {s.get('eval/judge_heldout')} held out includes 0.5: the reward "
+        "numbers below (reward, win rates, best-of-N) are NOT meaningful"
+    ]
+
+
 def judge_lines(s: dict[str, Any]) -> list[str]:
     """The judge's held-out accuracy and the policy's win rate against the dataset's chosen responses."""
     lines = []
@@ -224,6 +244,11 @@ def judge_lines(s: dict[str, Any]) -> list[str]:
         n = s.get("eval/judge_heldout")
         lines.append(
             f"judge ({s.get('eval/reward_scorer', 'scorer')}) held-out accuracy {s['eval/judge_accuracy']:.3f}"
+            + (
+                f" [95% CI {s['eval/judge_accuracy_ci_low']:.3f}, {s['eval/judge_accuracy_ci_high']:.3f}]"
+                if is_finite(s.get("eval/judge_accuracy_ci_low"))
+                else ""
+            )
             + (f" (n = {n} held out)" if n else "")
             + " (0.5 = chance: how far to trust its rewards)"
         )

@@ -20,6 +20,16 @@ def mean_ci(per_prompt: np.ndarray, indices: np.ndarray, level: float = 0.95) ->
     return float(per_prompt.mean()), float(low), float(high)
 
 
+def wilson_interval(share: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score 95% interval of a share measured on n trials (e.g. a judge's held-out pair accuracy).
+    Written out because scipy's binomtest needs a whole count, and a tie counts half a success here."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * float(np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def paired_wins(policy: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """1 where the policy's sample scores higher than the reference's sample with the same prompt and index,
     0 where lower, 0.5 on ties. Inputs and output: (prompts, samples)."""

@@ -1,10 +1,13 @@
 """A sequence-classification reward model as a judge (hub id or local save_pretrained folder).
 
 The input format must be the one the model was trained on (`reward.input_format`):
-- `text_pair`: the tokenizer's text pair (prompt, completion), as OpenAssistant's DeBERTa reward models;
-- `dialogue`: prompt + completion as one text, the dataset's own dialogue format ("\\n\\nHuman: ...\\n\\nAssistant:
-  ..."), as the GPT-2-large HH helpful/harmless reward models;
-- `chat_template`: the dialogue as chat messages through the tokenizer's chat template, as Skywork-Reward-V2.
+- `text_pair`: the tokenizer's text pair (question, completion), as OpenAssistant's DeBERTa reward models (a
+  conversation's question: its one user message, or the dialogue so far in HH form);
+- `dialogue`: the dialogue as one HH-RLHF text ("\\n\\nHuman: ...\\n\\nAssistant: ..."), as the GPT-2-large HH
+  helpful/harmless reward models: a text prompt joined to the completion as it is, a conversation (a chat model's
+  prompt) written turn by turn in that form;
+- `chat_template`: the dialogue as chat messages through the judge's own chat template, as Skywork-Reward-V2: a
+  conversation's messages as they are, an HH text prompt split into its turns.
 The score is the logit of `reward.label_index` (reward models have one). Texts are scored in batches of
 `reward.batch_size`, on the GPU when there is one, cut from the LEFT to `reward.max_length` tokens so the completion
 is always seen.
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .base import Judge, dialogue_messages, setting
+from .base import Judge, completion_text, dialogue_text, judge_messages, question_text, setting
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +86,29 @@ class RewardModelJudge(Judge):
         self.loaded_from = source
         self.info.update(kind=self.name, source=source, input_format=self.input_format, device=self.device)
 
-    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, Any]:
+    def texts(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[Any]:
+        """What this judge reads per (prompt, completion), in its input format: a text (dialogue, chat_template) or
+        a (question, answer) tuple (text_pair). Prompts are text or conversations, completions text or messages."""
+        answers = [completion_text(c) for c in completions]
+        eos = (self.tokenizer.eos_token or "") if self.append_eos else ""
+        if self.input_format == "text_pair":
+            return [(question_text(p), a + eos) for p, a in zip(prompts, answers)]
+        if self.input_format == "dialogue":
+            return [dialogue_text(p, a) + eos for p, a in zip(prompts, answers)]
+        tok = self.tokenizer
+        texts = [tok.apply_chat_template(judge_messages(p, a), tokenize=False) for p, a in zip(prompts, answers)]
+        bos = tok.bos_token  # the template writes BOS itself; tokenizing would add a second one (Skywork's card)
+        return [t[len(bos) :] if bos and t.startswith(bos) else t for t in texts]
+
+    def encode(self, prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, Any]:
         """Token ids of a batch in this judge's input format (left-truncated to max_length, padded)."""
-        tok, eos = self.tokenizer, (self.tokenizer.eos_token or "") if self.append_eos else ""
+        tok, texts = self.tokenizer, self.texts(prompts, completions)
         common = {"truncation": True, "max_length": self.max_length, "padding": True, "return_tensors": "pt"}
         if self.input_format == "text_pair":
-            return tok(list(prompts), [c + eos for c in completions], **common)
-        if self.input_format == "dialogue":
-            return tok([p + c + eos for p, c in zip(prompts, completions)], **common)
-        texts = [tok.apply_chat_template(dialogue_messages(p, c), tokenize=False) for p, c in zip(prompts, completions)]
-        bos = tok.bos_token  # the template writes BOS itself; tokenizing would add a second one (Skywork's card)
-        texts = [t[len(bos) :] if bos and t.startswith(bos) else t for t in texts]
+            return tok([q for q, _ in texts], [a for _, a in texts], **common)
         return tok(texts, **common)
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
         import torch
         from tqdm.auto import tqdm
 

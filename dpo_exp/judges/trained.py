@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .base import setting
+from .base import completion_text, dialogue_text, setting
 from .reward_model import RewardModelJudge
 
 log = logging.getLogger(__name__)
 
 
 class TrainedRewardModel(RewardModelJudge):
-    """A Bradley-Terry reward model on the dialogue text (prompt + response + EOS), as RewardTrainer trains it."""
+    """A Bradley-Terry reward model on the dialogue text (prompt + response + EOS), as RewardTrainer trains it; a
+    chat model's conversations are written in HH form (`dialogue_text`), for training and scoring alike."""
 
     name = "trained_rm"
 
@@ -100,8 +101,8 @@ class TrainedRewardModel(RewardModelJudge):
         model, tokenizer = base_reward_model(s, self.device)
         tokenizer.truncation_side = "left"
 
-        def ids(prompt: str, response: str) -> list[int]:
-            text = prompt + response + tokenizer.eos_token
+        def ids(prompt: Any, response: Any) -> list[int]:  # the text the judge scores (a conversation in HH form)
+            text = dialogue_text(prompt, completion_text(response)) + tokenizer.eos_token
             return tokenizer(text, truncation=True, max_length=self.max_length, verbose=False).input_ids
 
         rows = [

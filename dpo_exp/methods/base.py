@@ -150,15 +150,13 @@ def scorer_reward(cfg: Any) -> Callable[..., list[float]]:
     """The run's `reward` scorer as a TRL reward function `(prompts, completions, **columns) -> rewards`: it scores
     prompt + completion when the evaluation does (eval.score_with_prompt), so training and evaluation agree."""
     from ..judges import score_completions
-    from ..models.chat import completion_text, prompt_text
     from ..rewards import build_scorer
 
     scorer = build_scorer(cfg.reward, cfg)
     with_prompt = bool(cfg.eval.get("score_with_prompt"))
 
     def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-        texts = [completion_text(c) for c in completions]
-        return score_completions(scorer, [prompt_text(p) for p in prompts], texts, with_prompt)
+        return score_completions(scorer, prompts, completions, with_prompt)  # each judge formats conversations
 
     reward.__name__ = scorer.name  # TRL logs rewards/<name>/mean
     return reward
