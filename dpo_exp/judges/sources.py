@@ -39,4 +39,4 @@ def check_judge_sources(cfg: Any, keys: Sequence[str] = ("reward", "eval.reward"
                     if is_unreachable(exc):
                         raise
                     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise UserError(f"{key}.{field}={source}: {message}") from None
+                    raise UserError(f"{key}.{field}={source}: the judge cannot be loaded: {message}") from None
