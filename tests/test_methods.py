@@ -267,3 +267,98 @@ def test_rloo_builds_its_kl_reference_at_the_pinned_hub_revision(imdb_dir, tiny_
     )
     assert trainer.ref_model is not None
     assert [(model_id, kwargs.get("revision")) for model_id, kwargs in loaded] == [("org/some-model", "0123abcd")]
+
+
+# ---------------------------------------------------------------- the shorthands each method reads
+
+
+def trained_with(cfg, tmp_path: Path) -> dict:
+    """What a method's training reads from the config: its TRL config (DPO's: the trainer group) and its data."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.schema import dpo_config
+
+    method = cfg.method.name
+    args = dpo_config(cfg, tmp_path, "fp32", "cpu") if method in ("dpo", "iterative_dpo") else None
+    args = args or trl_args(cfg, tmp_path, "fp32", "cpu")
+    fields = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir")}
+    return {"trl": fields, "data": OmegaConf.to_container(cfg.dataset, resolve=True), "seed": cfg.seed}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_each_method_declares_exactly_the_shorthands_that_change_its_training(imdb_dir, tmp_path, name):
+    """A shorthand is declared (conf/method `shorthands`) if and only if changing it changes the TRL config or the
+    data the method trains with: beta does not reach Preferred-FT, epochs neither RLOO nor Online DPO (their
+    args.num_train_epochs)."""
+    from dpo_exp.schema import SHORTHANDS, method_shorthands
+
+    cfg = imdb(imdb_dir, f"method={name}", "data_size=16")
+    cfg.trainer.per_device_train_batch_size = "${batch_size}"  # as conf/trainer/dpo.yaml has it (FAST_TRAINER sets 4)
+    base = trained_with(cfg, tmp_path)
+    changes = {"beta": 0.37, "lr": 3e-3, "epochs": 7, "batch_size": 12, "data_size": 24, "seed": 5}
+    assert set(changes) == set(SHORTHANDS)
+    reads = set()
+    for key, value in changes.items():
+        changed = cfg.copy()
+        changed[key] = value
+        if trained_with(changed, tmp_path) != base:
+            reads.add(key)
+    assert set(method_shorthands(cfg.method)) == reads
+    assert ("beta" in reads) == (name != "preferred_ft") and ("epochs" in reads) == (name not in ("rloo", "online_dpo"))
+
+
+@pytest.mark.parametrize(("name", "override"), [("preferred_ft", "beta=0.5"), ("rloo", "epochs=2")])
+def test_setting_a_shorthand_the_method_ignores_is_one_error_line(imdb_dir, name, override):
+    validate(imdb(imdb_dir, f"method={name}", "lr=1e-3"))  # one it reads
+    with pytest.raises(UserError, match=rf"method={name} ignores {override} \(it reads "):
+        validate(imdb(imdb_dir, f"method={name}", override))
+
+
+def test_a_sweep_over_a_shorthand_a_method_ignores_stops_before_any_job(tmp_path, imdb_dir):
+    """`-m method=preferred_ft beta=0.1,0.5` would run two identical jobs: one `error:` line, exit 2, no job; a
+    preset's sweep over beta (experiment=imdb_tiny) is refused too, unless removed."""
+    from .conftest import run_cli
+
+    args = ["-m", *FAST_MODEL, "dataset=imdb_sentiment", f"dataset.path={imdb_dir}", "reward=vader", "logger=none"]
+    proc = run_cli([*args, "method=dpo,preferred_ft", "beta=0.1,0.5", "hydra.sweep.dir=m"], tmp_path)
+    assert proc.returncode == 2 and not list((tmp_path / "m").glob("*"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in proc.stderr.splitlines() if "ignores" in line]
+    assert len(errors) == 1 and "method=preferred_ft ignores beta=0.1,0.5 in this multirun" in errors[0]
+
+    from omegaconf import open_dict
+
+    from dpo_exp.config import sweep_shorthand_problem
+
+    def sweep(*overrides: str):
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            config = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(config):
+            config.hydra.overrides.task = [o for o in overrides if not o.startswith(("~hydra", "hydra"))]
+        return sweep_shorthand_problem(config)
+
+    assert "ignores beta=0.05,0.1,0.5,1" in sweep("experiment=imdb_tiny", "method=preferred_ft")  # the preset's
+    assert sweep("experiment=imdb_tiny", "method=preferred_ft", "~hydra.sweeper.params.beta") is None
+    assert sweep("experiment=imdb_tiny", "method=rloo") is None  # RLOO reads beta
+
+
+def test_compare_notes_a_shorthand_the_runs_method_ignores(tmp_path):
+    """Runs recorded before the check (a beta sweep of Preferred-FT): compare says beta changed nothing."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.compare.table import compare
+
+    from .test_compare import write_run
+
+    method = OmegaConf.load(CONF_DIR / "method" / "preferred_ft.yaml")
+    for i, beta in enumerate((0.1, 0.5)):
+        run = write_run(tmp_path / str(i), {"method": "preferred_ft", "beta": str(beta)}, {"status": "completed"})
+        OmegaConf.save(OmegaConf.create({"beta": beta, "method": method}), run / ".hydra" / "config.yaml")
+    write_run(tmp_path / "2", {"method": "dpo", "beta": "0.5"}, {"status": "completed"})
+    compare([tmp_path], console=False, plots=False)
+    notes = (tmp_path / "comparison.md").read_text()
+    assert "WARNING: method=preferred_ft ignores `beta` (2 run(s): 0, 1)" in notes
+    assert "method=dpo ignores" not in notes
