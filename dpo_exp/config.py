@@ -323,7 +323,10 @@ def sweep_shorthand_problem(config: DictConfig) -> str | None:
     names = [str(config.method.get("name"))] if config.get("method") is not None else []
     if "method" in given:
         chosen = parser.parse_overrides([f"method={given['method']}"])[0]
-        names = list(chosen.sweep_string_iterator()) if chosen.is_sweep_override() else [given["method"]]
+        try:
+            names = list(chosen.sweep_string_iterator()) if chosen.is_sweep_override() else [given["method"]]
+        except Exception:  # noqa: BLE001 - e.g. glob(*), which only the sweeper expands: each job checks itself
+            return None
     shorthands = {k: v for k, v in given.items() if k in SHORTHANDS}
     for name in names:
         composed = config.get("method")
