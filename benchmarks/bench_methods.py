@@ -35,7 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"  # methods.json + methods_frontier.png
 SWEEPS = {
     "dpo": ("dpo", ["beta=0.05,0.1,0.5"], []),
     "dpo_ipo": ("dpo", ["beta=0.05,0.1,0.5"], ["trainer.loss_type=ipo"]),
-    "preferred_ft": ("preferred_ft", ["epochs=1,2,4"], ["beta=0.1"]),  # a fixed beta: else imdb_tiny's beta sweep
+    "preferred_ft": ("preferred_ft", ["epochs=1,2,4"], ["~hydra.sweeper.params.beta"]),  # not imdb_tiny's beta sweep
     "rloo": ("rloo", ["beta=0.01,0.05,0.2"], []),
     "rloo_tuned": ("rloo", ["beta=0.01,0.02,0.05"], ["lr=5e-4", "method.args.num_train_epochs=4"]),
     "online_dpo": ("online_dpo", ["beta=0.05,0.1,0.5"], []),

@@ -161,3 +161,204 @@ def test_iterative_dpos_rounds_sit_on_its_frontier_line(tmp_path):
     assert len(ax.get_lines()) == 1
     assert list(ax.get_lines()[0].get_xdata()) == [2.0, 4.0] and list(ax.get_lines()[0].get_ydata()) == [0.6, 0.7]
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- what each method's TRL trainer is built with
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    """The fast tiny GPT-2 and its tokenizer (built from its config: no download)."""
+    from dpo_exp.models import build_policy, load_tokenizer
+
+    cfg = compose([*FAST_MODEL, *FAST_TRAINER])
+    return build_policy(cfg.model, 0), load_tokenizer(cfg.model)
+
+
+def method_settings(cfg, tokenizer, run_dir: Path):
+    from dpo_exp.infra.tracking import Tracker
+    from dpo_exp.methods import MethodSettings
+    from dpo_exp.tasks.base import StageEnv
+
+    return MethodSettings(cfg, tokenizer, run_dir, Tracker(), StageEnv())
+
+
+def test_preferred_ft_trains_the_sampled_ids_with_eos_only_where_a_sample_ended(imdb_dir, tiny_policy, tmp_path):
+    """SFTTrainer gets prompt + chosen ids exactly as sampled: a sample cut at max_new_tokens gets no EOS (from text,
+    TRL appends one to every completion), one that ended keeps its EOS; the prompt is not trained on."""
+    from dpo_exp.data.pairs import build_pairs
+    from dpo_exp.data.schema import PreferenceData
+    from dpo_exp.generation import Samples, sample_sequences
+    from dpo_exp.methods.preferred_ft import preferred_ft_trainer
+
+    policy, tokenizer = tiny_policy
+    eos, max_new = tokenizer.eos_token_id, 4
+    prompts = ["This film was", "I watched it and"]
+    cut, ended, other = [262, 318, 257, 1049], [845, 922], [13, 13, 13, 13]  # 4 tokens = cut, 2 = ended on EOS
+    samples = Samples(
+        prompts,
+        [[tokenizer.decode(cut), tokenizer.decode(other)], [tokenizer.decode(ended), tokenizer.decode(other)]],
+        [[cut, other], [ended, other]],
+    )
+    sequences = sample_sequences(tokenizer, samples, max_new, 128)
+    pairs, _ = build_pairs(samples, [[1.0, 0.0], [1.0, 0.0]], "best_vs_worst", 0.0, sequences)
+    cfg = imdb(imdb_dir, "method=preferred_ft")
+    trainer = preferred_ft_trainer(
+        policy,
+        PreferenceData(train=pairs, eval=pairs),
+        method_settings(cfg, tokenizer, tmp_path),
+        trl_args(cfg, tmp_path, "fp32", "cpu"),
+        [],
+    )
+    rows = list(trainer.train_dataset)  # in any order (SFTTrainer may shuffle)
+    by_prompt = {tuple(tokenizer(p).input_ids): p for p in prompts}
+    seen = {}
+    for row in rows:
+        prompt_ids = next(k for k in by_prompt if tuple(row["input_ids"][: len(k)]) == k)
+        completion = row["input_ids"][len(prompt_ids) :]
+        assert row["labels"] == [-100] * len(prompt_ids) + completion  # completion-only loss
+        seen[by_prompt[prompt_ids]] = completion
+    assert seen == {"This film was": cut, "I watched it and": [*ended, eos]}
+
+
+def test_online_dpo_samples_with_the_runs_top_k_and_top_p(imdb_dir, tiny_policy, tmp_path):
+    """The online pairs are drawn from the distribution the evaluation samples: generation.top_k/top_p reach TRL."""
+    from dpo_exp.data.schema import PreferenceData
+    from dpo_exp.methods.online_dpo import online_dpo_trainer
+
+    policy, tokenizer = tiny_policy
+    cfg = imdb(
+        imdb_dir, "method=online_dpo", "generation.top_k=7", "generation.top_p=0.8", "generation.temperature=0.7"
+    )
+    args = trl_args(cfg, tmp_path, "fp32", "cpu")
+    assert (args.top_k, args.top_p, args.temperature) == (7, 0.8, 0.7)
+    data = PreferenceData(train=[{"prompt": "This film was", "chosen": " good", "rejected": " bad"}], eval=[])
+    trainer = online_dpo_trainer(policy, data, method_settings(cfg, tokenizer, tmp_path), args, [])
+    generation = trainer.generation_config
+    assert (generation.top_k, generation.top_p, generation.temperature) == (7, 0.8, 0.7)
+
+
+def test_rloo_builds_its_kl_reference_at_the_pinned_hub_revision(imdb_dir, tiny_policy, tmp_path, monkeypatch):
+    """Full fine-tuning of a hub model at model.revision: TRL's reference is loaded at that revision (not main)."""
+    import copy
+
+    import trl.trainer.rloo_trainer as rloo_module
+    from omegaconf import open_dict
+
+    from dpo_exp.data.schema import PreferenceData
+    from dpo_exp.methods.rloo import rloo_trainer
+
+    policy, tokenizer = tiny_policy
+    policy = copy.deepcopy(policy)
+    cfg = imdb(imdb_dir, "method=rloo", "lora=none")
+    with open_dict(cfg):  # the tiny model standing in for a hub model: its weights are only ever read from the hub
+        cfg.model.tiny = None
+        cfg.model.hub_id, cfg.model.revision = "org/some-model", "0123abcd"
+    loaded = []
+
+    def from_hub(model_id, **kwargs):  # no hub here: record what TRL asks for and hand back the starting weights
+        loaded.append((model_id, kwargs))
+        return copy.deepcopy(policy)
+
+    monkeypatch.setattr(rloo_module, "create_model_from_path", from_hub)
+    data = PreferenceData(train=[{"prompt": "This film was", "chosen": " good", "rejected": " bad"}], eval=[])
+    trainer = rloo_trainer(
+        policy, None, data, method_settings(cfg, tokenizer, tmp_path), trl_args(cfg, tmp_path, "fp32", "cpu"), []
+    )
+    assert trainer.ref_model is not None
+    assert [(model_id, kwargs.get("revision")) for model_id, kwargs in loaded] == [("org/some-model", "0123abcd")]
+
+
+# ---------------------------------------------------------------- the shorthands each method reads
+
+
+def trained_with(cfg, tmp_path: Path) -> dict:
+    """What a method's training reads from the config: its TRL config (DPO's: the trainer group) and its data."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.schema import dpo_config
+
+    method = cfg.method.name
+    args = dpo_config(cfg, tmp_path, "fp32", "cpu") if method in ("dpo", "iterative_dpo") else None
+    args = args or trl_args(cfg, tmp_path, "fp32", "cpu")
+    fields = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir")}
+    return {"trl": fields, "data": OmegaConf.to_container(cfg.dataset, resolve=True), "seed": cfg.seed}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_each_method_declares_exactly_the_shorthands_that_change_its_training(imdb_dir, tmp_path, name):
+    """A shorthand is declared (conf/method `shorthands`) if and only if changing it changes the TRL config or the
+    data the method trains with: beta does not reach Preferred-FT, epochs neither RLOO nor Online DPO (their
+    args.num_train_epochs)."""
+    from dpo_exp.schema import SHORTHANDS, method_shorthands
+
+    cfg = imdb(imdb_dir, f"method={name}", "data_size=16")
+    cfg.trainer.per_device_train_batch_size = "${batch_size}"  # as conf/trainer/dpo.yaml has it (FAST_TRAINER sets 4)
+    base = trained_with(cfg, tmp_path)
+    changes = {"beta": 0.37, "lr": 3e-3, "epochs": 7, "batch_size": 12, "data_size": 24, "seed": 5}
+    assert set(changes) == set(SHORTHANDS)
+    reads = set()
+    for key, value in changes.items():
+        changed = cfg.copy()
+        changed[key] = value
+        if trained_with(changed, tmp_path) != base:
+            reads.add(key)
+    assert set(method_shorthands(cfg.method)) == reads
+    assert ("beta" in reads) == (name != "preferred_ft") and ("epochs" in reads) == (name not in ("rloo", "online_dpo"))
+
+
+@pytest.mark.parametrize(("name", "override"), [("preferred_ft", "beta=0.5"), ("rloo", "epochs=2")])
+def test_setting_a_shorthand_the_method_ignores_is_one_error_line(imdb_dir, name, override):
+    validate(imdb(imdb_dir, f"method={name}", "lr=1e-3"))  # one it reads
+    with pytest.raises(UserError, match=rf"method={name} ignores {override} \(it reads "):
+        validate(imdb(imdb_dir, f"method={name}", override))
+
+
+def test_a_sweep_over_a_shorthand_a_method_ignores_stops_before_any_job(tmp_path, imdb_dir):
+    """`-m method=preferred_ft beta=0.1,0.5` would run two identical jobs: one `error:` line, exit 2, no job; a
+    preset's sweep over beta (experiment=imdb_tiny) is refused too, unless removed."""
+    from .conftest import run_cli
+
+    args = ["-m", *FAST_MODEL, "dataset=imdb_sentiment", f"dataset.path={imdb_dir}", "reward=vader", "logger=none"]
+    proc = run_cli([*args, "method=dpo,preferred_ft", "beta=0.1,0.5", "hydra.sweep.dir=m"], tmp_path)
+    assert proc.returncode == 2 and not list((tmp_path / "m").glob("*"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in proc.stderr.splitlines() if "ignores" in line]
+    assert len(errors) == 1 and "method=preferred_ft ignores beta=0.1,0.5 in this multirun" in errors[0]
+
+    from omegaconf import open_dict
+
+    from dpo_exp.config import sweep_shorthand_problem
+
+    def sweep(*overrides: str):
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            config = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(config):
+            config.hydra.overrides.task = [o for o in overrides if not o.startswith(("~hydra", "hydra"))]
+        return sweep_shorthand_problem(config)
+
+    assert "ignores beta=0.05,0.1,0.5,1" in sweep("experiment=imdb_tiny", "method=preferred_ft")  # the preset's
+    assert sweep("experiment=imdb_tiny", "method=preferred_ft", "~hydra.sweeper.params.beta") is None
+    assert sweep("experiment=imdb_tiny", "method=rloo") is None  # RLOO reads beta
+
+
+def test_compare_notes_a_shorthand_the_runs_method_ignores(tmp_path):
+    """Runs recorded before the check (a beta sweep of Preferred-FT): compare says beta changed nothing."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.compare.table import compare
+
+    from .test_compare import write_run
+
+    method = OmegaConf.load(CONF_DIR / "method" / "preferred_ft.yaml")
+    for i, beta in enumerate((0.1, 0.5)):
+        run = write_run(tmp_path / str(i), {"method": "preferred_ft", "beta": str(beta)}, {"status": "completed"})
+        OmegaConf.save(OmegaConf.create({"beta": beta, "method": method}), run / ".hydra" / "config.yaml")
+    write_run(tmp_path / "2", {"method": "dpo", "beta": "0.5"}, {"status": "completed"})
+    compare([tmp_path], console=False, plots=False)
+    notes = (tmp_path / "comparison.md").read_text()
+    assert "WARNING: method=preferred_ft ignores `beta` (2 run(s): 0, 1)" in notes
+    assert "method=dpo ignores" not in notes

@@ -36,6 +36,7 @@ SMALL = [
     "eval.bootstrap=50",
     "eval.every_n_steps=0",
 ]
+ONLINE = [o for o in SMALL if o != "epochs=1"]  # RLOO / Online DPO read no `epochs` (method.args.num_train_epochs)
 
 
 def summary(run_dir: Path) -> dict:
@@ -96,7 +97,7 @@ def test_a_two_method_sweep_compares_one_frontier_line_per_method(method_sweep: 
 def test_an_online_method_runs_end_to_end_with_dpos_evaluation(method_sweep: Path, tmp_path, imdb_dir, method):
     """The scorer is the reward; the run folder, summary keys and re-evaluation are those of a DPO run."""
     run_dir = tmp_path / method
-    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", f"method={method}", f"hydra.run.dir={run_dir}"]
+    args = [*ONLINE, f"dataset.path={imdb_dir}", "logger=none", f"method={method}", f"hydra.run.dir={run_dir}"]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = summary(run_dir)
@@ -115,7 +116,7 @@ def test_an_online_method_runs_end_to_end_with_dpos_evaluation(method_sweep: Pat
 
 def test_rloo_resumes_from_its_checkpoint_like_a_dpo_run(tmp_path, imdb_dir):
     run_dir = tmp_path / "rloo"
-    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", "method=rloo", f"hydra.run.dir={run_dir}"]
+    args = [*ONLINE, f"dataset.path={imdb_dir}", "logger=none", "method=rloo", f"hydra.run.dir={run_dir}"]
     args += ["trainer.save_strategy=steps", "trainer.save_steps=1", "eval.enabled=false"]
     assert run_cli(args, tmp_path).returncode == 0
     proc = run_cli([*args, "skip_completed=false", "trainer.max_steps=3"], tmp_path)

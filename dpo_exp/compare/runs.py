@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import UserError
 from ..infra.runinfo import parse_overrides
 from ..infra.storage import read_json, read_jsonl
+from ..schema import SHORTHANDS, method_option, method_shorthands
 
 # (column as W&B shows it, summary.json key as TRL names it)
 FINAL_METRICS = [
@@ -109,6 +110,42 @@ def swept_params(runs: list[Run]) -> list[str]:
         if len({run.overrides.get(key) for run in runs}) > 1:
             keys.append(key)
     return keys
+
+
+def _method(path: Path) -> tuple[str, tuple[str, ...]]:
+    """The method a run trained with (its saved config's `method`: name, the shorthands it reads). A config saved
+    before methods declared `shorthands` reads this checkout's conf/method/NAME.yaml; one from before the `method`
+    group is DPO, which reads them all."""
+    from omegaconf import OmegaConf
+
+    config_file = path / ".hydra" / "config.yaml"
+    try:
+        node = OmegaConf.load(config_file).get("method") if config_file.is_file() else None
+    except Exception:  # noqa: BLE001 - an unreadable config is reported elsewhere; no note from it
+        return "?", SHORTHANDS
+    if node is None:
+        return "dpo", SHORTHANDS
+    name = str(node.get("name"))
+    return name, method_shorthands(node if node.get("shorthands") is not None else method_option(name))
+
+
+def ignored_settings(runs: list[Run], params: list[str]) -> list[str]:
+    """A note per (shorthand, method) where runs set or swept a shorthand their method ignores (e.g. beta for
+    method=preferred_ft): their values of it differ, what they trained does not."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for run in runs:
+        keys = [k for k in dict.fromkeys([*params, *run.overrides]) if k in SHORTHANDS]
+        if not keys:
+            continue
+        name, used = _method(run.path)
+        for key in keys:
+            if key not in used:
+                found.setdefault((key, name), []).append(run.path.name)
+    return [
+        f"WARNING: method={name} ignores `{key}` ({len(names)} run(s): {', '.join(names)}): their {key} values "
+        "change nothing that was trained (conf/method/*.yaml `shorthands`)"
+        for (key, name), names in found.items()
+    ]
 
 
 def _saved_setting(path: Path, key: str) -> Any:

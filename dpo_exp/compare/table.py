@@ -36,6 +36,7 @@ from .runs import (
     Run,
     find_run_dirs,
     fmt,
+    ignored_settings,
     load_run,
     metric_columns,
     param_order,
@@ -253,7 +254,7 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
     atomic_write_text(out / "comparison.csv", df.to_csv(index=False))
 
     written: list[Path] = []
-    notes: list[str] = consistency_notes(df)
+    notes: list[str] = consistency_notes(df) + ignored_settings(runs, params)
     if plots:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)

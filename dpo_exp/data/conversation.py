@@ -1,8 +1,9 @@
 """Conversations in preference data: TRL's conversational format (lists of `{"role", "content"}` messages).
 
-With a chat model every pair becomes `{prompt: [every earlier turn], chosen: [assistant message], rejected:
-[assistant message]}`: HH-RLHF's "Human:/Assistant:" dialogues are split into their turns, UltraFeedback's message
-lists keep every turn before the final answer, and flat strings become one user turn and one assistant answer.
+With a chat model every pair becomes `{prompt: [the shared turns], chosen: [messages], rejected: [messages]}`, each
+response everything its conversation says after the shared prompt (usually one assistant message; several turns when
+the two conversations differ before their last turn): HH-RLHF's "Human:/Assistant:" dialogues are split into their
+turns, message lists keep every turn, and flat strings become one user turn and one assistant answer.
 Prompts are compared (held-out protocol, de-duplication) through `prompt_key`, which is the text itself for plain
 prompts, so plain-text runs keep their keys and hashes.
 """
@@ -63,14 +64,51 @@ def hh_turns(dialogue: str) -> list[dict]:
     return messages
 
 
+def _same(a: dict, b: dict) -> bool:
+    return a.get("role") == b.get("role") and a.get("content") == b.get("content")
+
+
+def _starts_with(messages: list[dict], prefix: list[dict]) -> bool:
+    return len(messages) >= len(prefix) and all(_same(m, p) for m, p in zip(messages, prefix))
+
+
 def _answer(value: Any) -> Any:
-    """A response as a one-message assistant list (its last assistant message when it is a conversation)."""
-    if is_conversation(value):
-        answers = [m for m in value if m.get("role") == "assistant"] or value
-        return [{"role": "assistant", "content": answers[-1].get("content")}]
+    """A text response as a one-message assistant list."""
     if isinstance(value, str):
         return [{"role": "assistant", "content": value.strip()}]
     return value  # a wrong type: filter_pairs names it
+
+
+def _completion(prompt: Any, value: Any) -> Any:
+    """A response in TRL's conversational format: a conversation keeps every message after the shared prompt (all
+    of them when it does not repeat the prompt), as TRL trains on everything the template renders after the prompt;
+    None when nothing follows the prompt (filter_pairs counts it as empty)."""
+    if not is_conversation(value):
+        return _answer(value)
+    skip = len(prompt) if is_conversation(prompt) and _starts_with(value, prompt) else 0
+    return [dict(m) for m in value[skip:]] or None
+
+
+def shared_turns(chosen: list[dict], rejected: list[dict]) -> int:
+    """How many leading messages two conversations share as their prompt: their common prefix, cut back to where
+    both continue with an assistant message (0: none)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and _same(chosen[n], rejected[n]):
+        n += 1
+    while n > 0 and not (
+        n < len(chosen) and n < len(rejected) and chosen[n].get("role") == rejected[n].get("role") == "assistant"
+    ):
+        n -= 1
+    return n
+
+
+def differs_before_last_turn(chosen: Any, rejected: Any) -> bool:
+    """True for two conversations whose messages before their last one differ: their last answers alone (a
+    plain-text model's view) lose what distinguishes them."""
+    if not (is_conversation(chosen) and is_conversation(rejected)):
+        return False
+    before_c, before_r = chosen[:-1], rejected[:-1]
+    return len(before_c) != len(before_r) or not _starts_with(before_c, before_r)
 
 
 def _hh_answer(value: Any) -> Any:
@@ -90,20 +128,29 @@ def _prompt(value: Any, loader: str) -> Any:
 
 
 def conversational_row(raw: dict, row: dict, loader: str, columns: Any) -> dict:
-    """The normalised `row` in TRL's conversational format. `raw` is the source row: UltraFeedback's message lists
-    (flattened by the plain-text normaliser) give the earlier turns of the prompt."""
+    """The normalised `row` in TRL's conversational format: the prompt's messages, then everything each response
+    says after them (several turns where the two conversations differ before their last turn). `raw` is the source
+    row: its message lists (flattened by the plain-text normaliser) give every turn. Without a prompt conversation,
+    UltraFeedback's chosen and rejected dialogues share their common leading turns as the prompt."""
     out = dict(row)
-    chosen_raw = raw.get(columns.chosen)
-    if loader == "ultrafeedback" and is_conversation(chosen_raw) and not is_conversation(raw.get(columns.prompt)):
-        answers = [i for i, m in enumerate(chosen_raw) if m.get("role") == "assistant"]
-        last = answers[-1] if answers else len(chosen_raw)
-        out["prompt"] = [dict(m) for m in chosen_raw[:last]]
-        out["chosen"], out["rejected"] = _answer(chosen_raw), _answer(raw.get(columns.rejected))
-        return out
-    source_prompt = raw.get(columns.prompt)
-    out["prompt"] = _prompt(source_prompt if is_conversation(source_prompt) else row.get("prompt"), loader)
+    chosen_raw, rejected_raw, prompt_raw = (raw.get(columns[k]) for k in ("chosen", "rejected", "prompt"))
+    if loader == "ultrafeedback" and is_conversation(chosen_raw) and not is_conversation(prompt_raw):
+        if is_conversation(rejected_raw):
+            cut = shared_turns(chosen_raw, rejected_raw)
+        else:  # a text rejected answer: every turn before chosen's last answer is the prompt
+            answers = [i for i, m in enumerate(chosen_raw) if m.get("role") == "assistant"]
+            cut = answers[-1] if answers else 0
+        if cut:
+            out["prompt"] = [dict(m) for m in chosen_raw[:cut]]
+            out["chosen"], out["rejected"] = (
+                _completion(out["prompt"], chosen_raw),
+                _completion(out["prompt"], rejected_raw),
+            )
+            return out
+    out["prompt"] = _prompt(prompt_raw if is_conversation(prompt_raw) else row.get("prompt"), loader)
     answer = _hh_answer if loader == "hh_rlhf" else _answer
-    out["chosen"], out["rejected"] = answer(row.get("chosen")), answer(row.get("rejected"))
+    for key, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
+        out[key] = _completion(out["prompt"], value) if is_conversation(value) else answer(row.get(key))
     return out
 
 

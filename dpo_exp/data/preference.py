@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
-from .conversation import conversational_row, encode_prompts, prompt_key, uses_chat
+from .conversation import conversational_row, differs_before_last_turn, encode_prompts, prompt_key, uses_chat
 from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
 from .splits import (
@@ -127,10 +127,26 @@ def required_columns(ds_cfg: Any) -> list[str]:
     return [ds_cfg.columns.prompt, ds_cfg.columns.chosen, ds_cfg.columns.rejected]
 
 
+def check_last_turns(raw: RawSplit, ds_cfg: Any) -> None:
+    """Plain text keeps only a message list's last answer: refuse (with the count) rows whose chosen and rejected
+    conversations differ before that, which only a chat template can train turn by turn."""
+    chosen, rejected = ds_cfg.columns.chosen, ds_cfg.columns.rejected
+    rows = [i for i, row in enumerate(raw.rows) if differs_before_last_turn(row.get(chosen), row.get(rejected))]
+    if rows:
+        first = raw.locate(rows[0]).removeprefix(raw.origin).strip()
+        raise UserError(
+            f"{raw.origin}: {len(rows)} of {len(raw.rows)} rows (the first: {first}) have chosen and rejected "
+            "conversations that differ before their last turn; as plain text only their last answers would be "
+            "trained: use a chat model or dataset.chat_template=chatml, which trains every turn after the shared prompt"
+        )
+
+
 def normalize_split(raw: RawSplit, ds_cfg: Any, conversational: bool = False) -> list[dict]:
     """Normalise every row of a split (to TRL's conversational format when `conversational`: a chat model),
     prefixing the row's location to any error."""
     normalize = NORMALIZERS[ds_cfg.loader]
+    if not conversational:
+        check_last_turns(raw, ds_cfg)
     out = []
     for index, row in enumerate(raw.rows):
         try:

@@ -1,7 +1,8 @@
 """What a training method is: the policy, its reference and the task's data in, one typed `TrainResult` out.
 
 A method is one module with a `Method` subclass, named by `_target_` in its `conf/method/<name>.yaml`; the other keys
-of that file are its settings (`cfg.method.*`). Each wraps one TRL trainer. The config check calls `check(cfg)`
+of that file are its settings (`cfg.method.*`), among them `shorthands`: the top-level shorthands (beta, lr, epochs,
+batch_size, data_size, seed) it reads, so that setting or sweeping another is refused (dpo_exp.config). Each wraps one TRL trainer. The config check calls `check(cfg)`
 (cheap, before anything loads); the pipeline calls `train(policy, reference, data, settings)` after the task
 prepared its data. Shared here: the TRL config of a non-DPO method (the `trainer` group's TrainingArguments fields +
 the method's `args`), the run's scorer as a TRL reward function, and the callbacks every run's trainer carries.

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,16 @@ from ..training.stage import TrainResult
 from .base import Method, MethodSettings, peft_config, prompt_rows, scorer_reward, train_trl
 
 REFERENCE_DIR = "reference"  # run_dir/reference: the starting weights, when TRL cannot load them from anywhere else
+# TRL 1.x logs this when `model_init_kwargs` comes with an instantiated model, yet builds its KL reference with them
+MISLEADING_WARNING = "The `model_init_kwargs` will be ignored"
 
 
-def point_at_starting_weights(policy, reference: Path | None, model_cfg: Any, run_dir: Path) -> None:
-    """TRL's RLOO/GRPO build their frozen reference with `from_pretrained(policy.config.name_or_path)`: point that at
-    the starting weights (the warm start's folder, the local model folder, the hub id), or save them into
-    run_dir/reference when they exist nowhere else (the tiny model built from its config)."""
+def point_at_starting_weights(policy, reference: Path | None, model_cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """TRL's RLOO/GRPO build their frozen reference with `from_pretrained(policy.config.name_or_path,
+    **args.model_init_kwargs)`: point that at the starting weights (the warm start's folder, the local model folder,
+    the hub id), or save them into run_dir/reference when they exist nowhere else (the tiny model built from its
+    config). Returns the `model_init_kwargs` that load them: a hub model's pinned `model.revision` (else TRL would
+    read the hub's main branch) and its `trust_remote_code`."""
     if reference is not None:
         policy.config._name_or_path = str(reference)
     elif model_cfg.get("path"):
@@ -25,6 +31,56 @@ def point_at_starting_weights(policy, reference: Path | None, model_cfg: Any, ru
         folder = Path(run_dir) / REFERENCE_DIR
         policy.save_pretrained(str(folder))
         policy.config._name_or_path = str(folder)
+    else:
+        policy.config._name_or_path = str(model_cfg.hub_id)
+        kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+        return {**kwargs, **({"revision": str(model_cfg.revision)} if model_cfg.get("revision") else {})}
+    return {}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def _without_misleading_warning():
+    """TRL's claim that `model_init_kwargs` are ignored is untrue for the reference it builds: not shown."""
+    logger = logging.getLogger("trl.trainer.rloo_trainer")
+    drop = _DropMessage(MISLEADING_WARNING)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def rloo_trainer(policy, reference: Path | None, data: PreferenceData, settings: MethodSettings, args, callbacks):
+    """TRL's RLOOTrainer on the training prompts, its KL reference the run's starting weights (full fine-tuning;
+    with LoRA the adapter is switched off instead)."""
+    from datasets import Dataset
+    from trl import RLOOTrainer
+
+    cfg = settings.cfg
+    lora = peft_config(cfg, policy)
+    if lora is None:
+        init_kwargs = point_at_starting_weights(policy, reference, cfg.model, settings.run_dir)
+        if init_kwargs:
+            args.model_init_kwargs = {**(args.model_init_kwargs or {}), **init_kwargs}
+    with _without_misleading_warning():
+        return RLOOTrainer(
+            model=policy,
+            reward_funcs=scorer_reward(cfg),
+            args=args,
+            train_dataset=Dataset.from_list(prompt_rows(data)),
+            processing_class=settings.tokenizer,
+            peft_config=lora,
+            callbacks=callbacks,
+        )
 
 
 class RLOO(Method):
@@ -33,23 +89,7 @@ class RLOO(Method):
     uses_reward = True
 
     def train(self, policy, reference: Path | None, data: PreferenceData, settings: MethodSettings) -> TrainResult:
-        from datasets import Dataset
-        from trl import RLOOTrainer
-
-        cfg = settings.cfg
-        lora = peft_config(cfg, policy)
-        if lora is None:
-            point_at_starting_weights(policy, reference, cfg.model, settings.run_dir)
-
         def build(args, callbacks):
-            return RLOOTrainer(
-                model=policy,
-                reward_funcs=scorer_reward(cfg),
-                args=args,
-                train_dataset=Dataset.from_list(prompt_rows(data)),
-                processing_class=settings.tokenizer,
-                peft_config=lora,
-                callbacks=callbacks,
-            )
+            return rloo_trainer(policy, reference, data, settings, args, callbacks)
 
         return train_trl(build, reference, settings)
