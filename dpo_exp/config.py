@@ -280,9 +280,9 @@ def validate(cfg: DictConfig) -> None:
     from .methods import build_method
 
     build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
-    problem = ignored_shorthand_problem(cfg.get("method"), _command_line())  # e.g. beta for method=preferred_ft
-    if problem:
-        raise UserError(problem)
+    ignored = ignored_shorthand_problem(cfg.get("method"), _command_line())  # e.g. beta for method=preferred_ft
+    if ignored:
+        raise UserError(ignored)
 
 
 def _validate_generation(cfg: DictConfig) -> None:
