@@ -27,6 +27,19 @@ def is_conversation(value: Any) -> bool:
     )
 
 
+def conversation_problem(value: list) -> str:
+    """What keeps a list from being chat messages (for the error naming the column): its first bad item."""
+    if not value:
+        return "is an empty list (chat messages need at least one {role, content} message)"
+    for number, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            return f"is a list, but item {number} is a {type(message).__name__}, not a {{role, content}} message"
+        missing = [key for key in ("role", "content") if key not in message]
+        if missing:
+            return f"holds chat messages, but message {number} has no {' and no '.join(repr(k) for k in missing)}"
+    return "is not a list of chat messages"
+
+
 def prompt_key(prompt: Any) -> str:
     """A hashable, comparable key of a prompt: plain text as it is, a conversation as canonical JSON."""
     if isinstance(prompt, str):
