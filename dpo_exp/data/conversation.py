@@ -30,10 +30,11 @@ def is_conversation(value: Any) -> bool:
 def conversation_problem(value: list) -> str:
     """What keeps a list from being chat messages (for the error naming the column): its first bad item."""
     if not value:
-        return "is an empty list (chat messages need at least one {role, content} message)"
+        return "must be text, got list (an empty list of chat messages)"
     for number, message in enumerate(value, start=1):
         if not isinstance(message, dict):
-            return f"is a list, but item {number} is a {type(message).__name__}, not a {{role, content}} message"
+            kind = type(message).__name__
+            return f"must be text, got list (chat messages are {{role, content}} dicts: item {number} is a {kind})"
         missing = [key for key in ("role", "content") if key not in message]
         if missing:
             return f"holds chat messages, but message {number} has no {' and no '.join(repr(k) for k in missing)}"
