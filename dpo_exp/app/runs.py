@@ -74,7 +74,7 @@ def completion_problem(run_dir: Path) -> str | None:
         return f"{run_dir} is not a completed run: no model/ folder"
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         return f"{run_dir} is not a completed run: no .hydra/config.yaml"
-    problem = config_problem(run_dir) or weights_problem(run_dir)
+    problem = config_problem(run_dir, needed=("model", "dataset", "seed")) or weights_problem(run_dir)
     return f"{run_dir} cannot be shown: {problem}" if problem else None
 
 

@@ -116,9 +116,9 @@ def json_problem(file: Path) -> str | None:
     return None if isinstance(value, dict) else f"{file} is unreadable: not a JSON object"
 
 
-def config_problem(path: Path) -> str | None:
+def config_problem(path: Path, needed: tuple[str, ...] = ()) -> str | None:
     """Why the run's saved config (`.hydra/config.yaml`) cannot be used (None when it can, or there is none): not
-    YAML, or not a run's config (a mapping with `model`, `dataset` and `seed`, e.g. one cut short)."""
+    YAML, not a mapping, or (for a reader that needs them) without the `needed` keys, e.g. cut short."""
     file = path / ".hydra" / "config.yaml"
     if not file.is_file():
         return None
@@ -127,7 +127,9 @@ def config_problem(path: Path) -> str | None:
     cfg, problem = read_yaml(file)
     if problem:
         return problem
-    missing = [key for key in ("model", "dataset", "seed") if not isinstance(cfg, DictConfig) or key not in cfg]
+    if not isinstance(cfg, DictConfig):
+        return f"{file} is unreadable (not a mapping of settings)"
+    missing = [key for key in needed if key not in cfg]
     return f"{file} is unreadable (no {', '.join(missing)}: cut short?)" if missing else None
 
 
