@@ -3,7 +3,8 @@
 Each browser session (a tab, or a gradio_client) has its current pair and the next one being made ahead. A vote
 names the pair it is about (its id travels with the page), so a double click or a stale page records nothing twice.
 The record goes to the ratings file of every policy run on the pair (`human.store.RatingStore`: locked, atomic
-appends) and the runs' `human/*` summary keys are recomputed in a background thread.
+appends) and the runs' `human/*` summary keys are recomputed in a background thread. Runs without held-out prompts
+(no eval_inputs.json) show why in place of a pair and rate only typed prompts; a vote with no pair records nothing.
 """
 
 from __future__ import annotations
