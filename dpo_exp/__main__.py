@@ -43,10 +43,12 @@ def _job_failed(cfg: DictConfig, exc: BaseException, record: bool) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .infra.distributed import join_submitit_job
+    from .infra.quiet import quiet_library_notices
     from .infra.runlock import RunFolderBusy
     from .pipeline import RunInterrupted, run
 
     join_submitit_job()  # a submitit job of several tasks: one data-parallel process per task
+    quiet_library_notices()  # e.g. no "Running in WANDB offline mode" with logger=none
     try:
         result = run(cfg)
     except (UserError, RunFailure) as exc:  # one clear line: bad input (exit 2) or a run that cannot go on (1)

@@ -21,10 +21,12 @@ from .errors import UserError
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(args: DictConfig) -> None:
     from .evaluation.inputs import load_run_config
+    from .infra.quiet import quiet_library_notices
     from .infra.storage import read_json
     from .infra.tracking import start_tracker
     from .pipeline import SUMMARY, evaluate_run
 
+    quiet_library_notices()
     run_dir = Path(str(args.run_dir))
     tracker = None
     try:

@@ -134,8 +134,20 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         seed=int(cfg.seed),
         data_seed=int(cfg.seed),
         report_to="none",
+        activation_checkpointing=checkpointing(cfg.trainer),
         _convert_="all",  # plain lists and dicts (loss_type may be a list), not OmegaConf containers
     )
+
+
+def checkpointing(settings: Any) -> bool:
+    """TrainingArguments' `activation_checkpointing` for TRL `settings` that name only `gradient_checkpointing`.
+
+    transformers 5 renamed the field and warns (a FutureWarning) whenever only the old name is set, which TRL's
+    configs always do (they default it to True): every run printed it, even one stopped by a config error. Passing
+    the new name (from the `trainer.gradient_checkpointing` knob, or TRL's default) keeps the setting and the quiet.
+    """
+    value = settings.get("activation_checkpointing")
+    return bool(settings.get("gradient_checkpointing", True) if value is None else value)
 
 
 def trl_loss_types() -> list[str]:

@@ -113,7 +113,7 @@ def sft_trainer(cfg: Any, model, tokenizer, texts: list[str], out: str, device: 
         data_seed=int(cfg.seed),
         packing=bool(settings.get("packing", False)),
         dataset_text_field="text",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # transformers 5's name (the old one warns)
         dataloader_num_workers=0,
         disable_tqdm=False,
     )

@@ -43,7 +43,11 @@ def tiny_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("app_run")
     proc = run_cli(_tiny_run_args(cwd / "run"), cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (cwd / CLI_OUTPUT).write_text(proc.stdout + proc.stderr)  # what the user saw (test_a_run_prints_no_...)
     return cwd / "run"
+
+
+CLI_OUTPUT = "cli_output.txt"
 
 
 # the app tests' small evaluation (shared with tests/test_rate.py)
@@ -232,3 +236,100 @@ def test_a_sweep_folder_loads_every_completed_job_on_one_reference(tiny_run: Pat
     assert len(streamed) > 1 and streamed[-1] == done[0].text  # the text streamed in, ending as the completion
     assert done[1].text == done[2].text and done[1].log_ratio == pytest.approx(done[2].log_ratio)  # same weights
     assert done[1].log_ratio != 0.0  # the adapter is active when the policy is scored
+
+
+# ---------------------------------------------------------------- issue 28: one line, not a traceback; what a user sees
+
+
+def test_a_run_prints_no_checkpointing_future_warning_nor_wandb_offline_notice(tiny_run: Path):
+    """The fixture's LoRA run, under WANDB_MODE=offline (conftest) with logger=none."""
+    output = (tiny_run.parent / CLI_OUTPUT).read_text()
+    assert "[dpo_exp] completed" in output
+    for notice in ("gradient_checkpointing", "FutureWarning", "Running in WANDB offline mode"):
+        assert notice not in output, notice
+
+
+def test_a_run_the_app_cannot_load_is_one_error_line_before_any_model(tiny_run: Path, tmp_path: Path):
+    from dpo_exp.app.runs import find_runs
+    from dpo_exp.errors import UserError
+
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_run, no_weights)
+    (no_weights / "model" / "adapter" / "adapter_model.safetensors").unlink()
+    started = time.perf_counter()
+    proc = run_cli([str(no_weights)], tmp_path, module="dpo_exp.app", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "loading" not in proc.stdout, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "holds no adapter weights" in proc.stderr
+    print(f"refused in {time.perf_counter() - started:.1f} s")
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1", "2"):
+        shutil.copytree(tiny_run, sweep / job)
+    (sweep / "1" / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    (sweep / "2" / "summary.json").write_text('{"status": "completed", "eval/rew')  # cut short by a crash
+    for job, needle in (("1", "config.yaml is unreadable"), ("2", "summary.json is unreadable: truncated")):
+        with pytest.raises(UserError, match=needle):
+            find_runs([sweep / job])
+    assert [run.path.name for run in find_runs([sweep])] == ["0"]  # the sweep shows the readable job
+
+
+def test_the_evaluation_table_leads_with_reward_delta_win_rate_kl_and_the_judge(tiny_run: Path):
+    from dpo_exp.app.report import metrics_rows
+    from dpo_exp.app.runs import find_runs
+
+    keys = [key for key, _ in metrics_rows(find_runs([tiny_run])[0])]
+    headline = [k for k in keys if k in ("eval/reward_delta", "eval/win_rate", "eval/kl", "eval/reward_scorer")]
+    assert keys[:3] == ["eval/reward_delta", "eval/reward_delta_ci_low", "eval/reward_delta_ci_high"], keys[:6]
+    assert headline == ["eval/reward_delta", "eval/win_rate", "eval/kl", "eval/reward_scorer"]
+    assert keys.index("eval/reward_scorer") < 15 and any(k.startswith("eval/bon_") for k in keys)
+    assert all(k.startswith("eval/bon_") for k in keys[keys.index(next(k for k in keys if "bon_" in k)) :])
+
+
+@pytest.fixture(scope="module")
+def unprompted(tiny_run: Path, tmp_path_factory):
+    """The tiny run without its held-out prompts (eval_inputs.json), its runs and models loaded in-process."""
+    from dpo_exp.app.models import load_models
+    from dpo_exp.app.runs import find_runs
+
+    run = tmp_path_factory.mktemp("unprompted") / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "eval_inputs.json").unlink()
+    runs = find_runs([run])
+    assert runs[0].prompts == []
+    return runs, load_models(runs, "cpu")
+
+
+def test_the_rate_tab_without_held_out_prompts_says_so_in_the_page_and_records_nothing(unprompted):
+    import gradio as gr
+
+    from dpo_exp.app.pairs import PairMaker
+    from dpo_exp.app.rate import Rating
+    from dpo_exp.human.store import read_ratings
+
+    runs, models = unprompted
+    rating = Rating(runs, PairMaker(runs, models, 0))
+    shown = rating.show("s")  # the page's first load: a message where the pair would be, no error
+    assert "no held-out prompts" in shown[0] and "type a prompt" in shown[0] and shown[3] == ""
+    with pytest.raises(gr.Error) as caught:
+        rating.vote("s", "left", "ann", shown[3])
+    assert "no held-out prompts" in caught.value.message and caught.value.print_exception is False
+    assert read_ratings(runs[0].path) == []  # nothing recorded
+    outputs, notice = rating.rate_own("s", "word " * 4000)  # 20,000 characters: far over the tiny context
+    assert notice is not None and "its beginning was cut" in notice
+    after = rating.vote("s", "left", "ann", outputs[3])
+    assert len(read_ratings(runs[0].path)) == 1 and "no held-out prompts" in after[0]  # recorded, then no pair
+    tally = after[4]
+    assert "[95% CI" not in tally and "a 95% interval needs votes on 5 prompts: 4 more" in tally, tally
+    rating.refresher.last.result()  # the human/* summary keys are written before the folder goes
+
+
+def test_app_errors_reach_the_page_as_one_terminal_line(unprompted):
+    import gradio as gr
+
+    from dpo_exp.app.ui import make_generate_fn
+
+    runs, models = unprompted
+    generate = make_generate_fn(runs, models)
+    for prompt, top_p, needle in (("", 0.9, "type a prompt"), ("Hello", 1.5, "top_p")):
+        with pytest.raises(gr.Error) as caught:
+            next(generate(prompt, ["policy"], 1.0, 0, top_p, 8, 0, "none"))
+        assert needle in caught.value.message and caught.value.print_exception is False

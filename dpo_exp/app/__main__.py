@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no usage pings
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..infra.quiet import quiet_library_notices
     from .runs import find_runs
 
     try:
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import load_models
     from .ui import build_app
 
+    quiet_library_notices()
     if args.torch_threads:
         import torch
 

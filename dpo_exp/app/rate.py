@@ -3,7 +3,8 @@
 Each browser session (a tab, or a gradio_client) has its current pair and the next one being made ahead. A vote
 names the pair it is about (its id travels with the page), so a double click or a stale page records nothing twice.
 The record goes to the ratings file of every policy run on the pair (`human.store.RatingStore`: locked, atomic
-appends) and the runs' `human/*` summary keys are recomputed in a background thread.
+appends) and the runs' `human/*` summary keys are recomputed in a background thread. Runs without held-out prompts
+(no eval_inputs.json) show why in place of a pair and rate only typed prompts; a vote with no pair records nothing.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import gradio as gr
 
 from .. import __version__
 from ..human.bradley_terry import leaderboard
-from ..human.stats import win_rate
+from ..human.stats import WinRate, win_rate
 from ..human.store import CHOICES, RatingStore, read_many, read_ratings
 from ..human.summary import publish
 from ..infra.cache import folder_digest
 from ..infra.runinfo import git_commit
 from ..models import MODEL_FILE_PATTERNS
+from .alerts import page_error
+from .generate import prompt_cut_notice
 from .pairs import Pair, PairMaker
 from .runs import REFERENCE, RunInfo
 
@@ -128,22 +131,27 @@ class Rating:
     def session_lock(self, session: str) -> threading.Lock:
         return self._session_locks[session]
 
-    def pair_for(self, session: str) -> Pair:
-        """The session's current pair (made now the first time); the next one is always being made ahead."""
-        if session not in self.current:
+    def pair_for(self, session: str) -> Pair | None:
+        """The session's current pair (made now the first time; None when the runs have no held-out prompts and
+        the rater has not typed one); the next held-out pair is always being made ahead."""
+        if session not in self.current and self.maker.prompts:
             self.current[session] = self.maker.make()
-        if session not in self.ahead:
+        if session not in self.ahead and self.maker.prompts:
             self.ahead[session] = self.maker.ahead()
-        return self.current[session]
+        return self.current.get(session)
 
-    def advance(self, session: str) -> Pair:
-        self.current[session] = self.ahead.pop(session).result()
+    def advance(self, session: str) -> Pair | None:
+        """The next pair after a vote: the one made ahead, or none (no held-out prompts: the rater types one)."""
+        if session in self.ahead:
+            self.current[session] = self.ahead.pop(session).result()
+        else:
+            self.current.pop(session, None)
         return self.pair_for(session)
 
     def record(self, session: str, choice: str, rater: str) -> dict[str, Any] | None:
         """Append the vote on the session's current pair to each policy run's file; None when already recorded."""
         if choice not in CHOICES:
-            raise gr.Error(f"choice must be one of {', '.join(CHOICES)}")
+            raise page_error(f"choice must be one of {', '.join(CHOICES)}")
         pair = self.current[session]
         record = vote_record(pair, choice, (rater or "").strip() or "anonymous", self.version)
         runs = [side.model for side in (pair.left, pair.right) if side.model != REFERENCE]
@@ -163,7 +171,7 @@ class Rating:
         text = f"**{len(records)} votes** recorded ({parts or 'none yet'}); **{self.session_votes[session]}** by you"
         pooled = win_rate(records) if len(self.runs) == 1 else None  # a sweep: the leaderboard (Evaluation tab)
         if pooled is not None:
-            text += f"; the policy's human win rate: **{pooled.rate:.2f}** [95% CI {pooled.low:.2f}, {pooled.high:.2f}]"
+            text += f"; the policy's human win rate: {win_rate_text(pooled)}"
         if last:
             text += (
                 f"  \nlast vote: **{last['choice']}**, the left was **{last['left']['model']}**, "
@@ -171,9 +179,57 @@ class Rating:
             )
         return text
 
+    # ------------------------------------------------ the tab's events (each returns the outputs of rate_layout)
 
-def pair_view(pair: Pair) -> list[Any]:
+    def show(self, session: str) -> list[Any]:
+        with self.session_lock(session):
+            return [*pair_view(self.pair_for(session)), self.tally(session, None)]
+
+    def vote(self, session: str, choice: str, rater: str, shown_pair: str) -> list[Any]:
+        """Record `choice` on the pair the page showed and show the next one. Nothing is recorded when there is no
+        pair to rate (a page error says why) or the page showed an older pair (a second click)."""
+        with self.session_lock(session):
+            current = self.pair_for(session)
+            if current is None:
+                raise page_error(NO_PAIR)
+            if shown_pair != current.pair_id:  # a second click on a pair already rated: show the current one
+                return [*pair_view(current), self.tally(session, None)]
+            record = self.record(session, choice, rater)
+            return [*pair_view(self.advance(session)), self.tally(session, record)]
+
+    def rate_own(self, session: str, text: str) -> tuple[list[Any], str | None]:
+        """A pair on the rater's own prompt, and the warning the Generate tab gives when the prompt is cut."""
+        if not (text or "").strip():
+            raise page_error("type a prompt first")
+        with self.session_lock(session):
+            pair = self.maker.make(text)
+            self.current[session] = pair
+            notice = prompt_cut_notice(self.maker.models, pair.prompt, self.maker.sampling.max_new_tokens)
+            return [*pair_view(pair), self.tally(session, None)], notice
+
+
+MIN_INTERVAL_PROMPTS = 5  # a bootstrap over fewer prompts has too few distinct resamples (one prompt: [x, x])
+
+
+def win_rate_text(result: WinRate) -> str:
+    """The win rate with its 95% interval, or, on votes from too few prompts, how many more an interval needs."""
+    if result.prompts < MIN_INTERVAL_PROMPTS:
+        more = MIN_INTERVAL_PROMPTS - result.prompts
+        votes = f"{result.votes} vote{'s' if result.votes != 1 else ''}"
+        return (
+            f"**{result.rate:.2f}** on {votes} ({result.prompts} prompt{'s' if result.prompts != 1 else ''}); "
+            f"a 95% interval needs votes on {MIN_INTERVAL_PROMPTS} prompts: {more} more"
+        )
+    return f"**{result.rate:.2f}** [95% CI {result.low:.2f}, {result.high:.2f}] on {result.votes} votes"
+
+
+NO_PAIR = "no pair to rate: these runs have no held-out prompts (eval_inputs.json); type a prompt of your own above"
+
+
+def pair_view(pair: Pair | None) -> list[Any]:
     """prompt, left text, right text, pair id (the outputs of every Rate-tab event but the tally)."""
+    if pair is None:
+        return [f"**{NO_PAIR}**", "", "", ""]
     source = "held-out prompt" if pair.prompt_source == "heldout" else "your prompt"
     return [f"**{source}:** {pair.prompt}", pair.left.text, pair.right.text, pair.pair_id]
 
@@ -210,29 +266,19 @@ def rate_tab(rating: Rating) -> list[Any]:
     pair_id = outputs[3]
 
     def show(request: gr.Request) -> list[Any]:
-        session = request.session_hash or "default"
-        with rating.session_lock(session):
-            return [*pair_view(rating.pair_for(session)), rating.tally(session, None)]
+        return rating.show(request.session_hash or "default")
 
     def vote_on(choice: str):
         def vote(rater_name: str, shown_pair: str, request: gr.Request) -> list[Any]:
-            session = request.session_hash or "default"
-            with rating.session_lock(session):
-                current = rating.pair_for(session)
-                if shown_pair != current.pair_id:  # a second click on a pair already rated: show the current one
-                    return [*pair_view(current), rating.tally(session, None)]
-                record = rating.record(session, choice, rater_name)
-                return [*pair_view(rating.advance(session)), rating.tally(session, record)]
+            return rating.vote(request.session_hash or "default", choice, rater_name, shown_pair)
 
         return vote
 
     def rate_own(text: str, request: gr.Request) -> list[Any]:
-        if not (text or "").strip():
-            raise gr.Error("type a prompt first")
-        session = request.session_hash or "default"
-        with rating.session_lock(session):
-            rating.current[session] = rating.maker.make(text)
-            return [*pair_view(rating.current[session]), rating.tally(session, None)]
+        outputs, notice = rating.rate_own(request.session_hash or "default", text)
+        if notice:
+            gr.Warning(notice, duration=None)  # stays until closed, as on the Generate tab
+        return outputs
 
     for choice, button in buttons.items():
         button.click(

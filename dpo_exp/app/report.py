@@ -16,13 +16,37 @@ from .runs import RunInfo
 FRONTIER = "plots/reward_kl_frontier.png"  # written into a sweep folder by `python -m dpo_exp.compare`
 
 
+# The headline first, in this order (each with its interval): what the policy gained, how often it wins, how far it
+# moved, and who judged it; then every other eval/* key by name, the best-of-N curve (eval/bon_*) last.
+HEADLINE = (
+    "eval/reward_delta",
+    "eval/win_rate",
+    "eval/kl_rb",
+    "eval/kl",
+    "eval/reward_scorer",
+    "eval/judge_accuracy",
+)
+
+
+def _row(key: str, value) -> list | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return [key, round(float(value), 6) if math.isfinite(value) else str(value)]
+    return [key, value] if isinstance(value, str) and key in HEADLINE else None  # the judge's name
+
+
 def metrics_rows(run: RunInfo) -> list[list]:
-    """[metric, value] for every numeric eval/* entry of summary.json."""
-    rows = []
-    for key, value in sorted(run.summary.items()):
-        if key.startswith("eval/") and isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append([key, round(float(value), 6) if math.isfinite(value) else str(value)])
-    return rows
+    """[metric, value] for the eval/* entries of summary.json: the HEADLINE keys (and their CIs) first, then every
+    other numeric one by name, eval/bon_* last."""
+    summary = run.summary
+    first = [k for key in HEADLINE for k in (key, f"{key}_ci_low", f"{key}_ci_high") if k in summary]
+    rest = sorted(
+        (k for k in summary if k.startswith("eval/") and k not in first),
+        key=lambda k: (k.startswith("eval/bon_"), k),
+    )
+    rows = [_row(key, summary[key]) for key in first + rest]
+    return [row for row in rows if row is not None]
 
 
 def reward_kl_plot(run: RunInfo) -> str | None:

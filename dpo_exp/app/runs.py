@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from ..compare.runs import find_run_dirs, load_run, swept_params
+from ..compare.runs import config_problem, find_run_dirs, json_problem, load_run, swept_params
 from ..errors import UserError
 from ..evaluation.inputs import INPUTS_FILE, EvalInputs, load_run_config
 from ..infra.storage import read_json
@@ -37,8 +37,34 @@ class RunInfo:
     sweep_dir: Path | None = None  # the multirun folder it was found in (for the sweep's frontier plot)
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def weights_problem(run_dir: Path) -> str | None:
+    """Why RUN/model cannot be loaded (None when its files are there): a LoRA adapter without its weights, a saved
+    base or full model without config.json or weights. Checked on the file names alone, before anything loads."""
+    model_dir = run_dir / "model"
+    adapter = next((d for d in (model_dir / "adapter", model_dir) if (d / "adapter_config.json").is_file()), None)
+    folders = [model_dir / "base"] if (model_dir / "base").is_dir() else []  # a LoRA run's copy of its base
+    if adapter is not None:
+        if not any((adapter / name).is_file() for name in ADAPTER_WEIGHTS):
+            return f"{adapter} holds no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})"
+    else:
+        folders = [model_dir]
+    for folder in folders:
+        if not (folder / "config.json").is_file():
+            return f"{folder} has no config.json"
+        if not any(next(folder.glob(pattern), None) for pattern in MODEL_WEIGHTS):
+            return f"{folder} holds no weights ({' or '.join(MODEL_WEIGHTS)})"
+    return None
+
+
 def completion_problem(run_dir: Path) -> str | None:
-    """Why `run_dir` is not a completed run with a saved model (None when it is)."""
+    """Why `run_dir` is not a completed run with a saved model that can be loaded (None when it is)."""
+    unreadable = json_problem(run_dir / "summary.json")
+    if unreadable:
+        return f"{run_dir} cannot be shown: {unreadable}"
     summary = read_json(run_dir / "summary.json")
     if summary is None:
         return f"{run_dir} is not a completed run: no summary.json"
@@ -48,7 +74,8 @@ def completion_problem(run_dir: Path) -> str | None:
         return f"{run_dir} is not a completed run: no model/ folder"
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         return f"{run_dir} is not a completed run: no .hydra/config.yaml"
-    return None
+    problem = config_problem(run_dir, needed=("model", "dataset", "seed")) or weights_problem(run_dir)
+    return f"{run_dir} cannot be shown: {problem}" if problem else None
 
 
 def find_runs(paths: list[Path]) -> list[RunInfo]:
@@ -71,7 +98,7 @@ def find_runs(paths: list[Path]) -> list[RunInfo]:
         done = [job for job in jobs if completion_problem(job) is None]
         for job in jobs:
             if job not in done:
-                log.warning("skipping %s", completion_problem(job))
+                log.warning("skipping: %s", completion_problem(job))
         if not done:
             raise UserError(f"{path} holds no completed run (summary.json status completed and a model/ folder)")
         chosen += [(job, path.resolve()) for job in done]

@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..models import context_length
 from ..models.chat import as_prompt, prompt_text
 from . import report
+from .alerts import page_error
 from .generate import (
     RUN_SCORER,
     SCORER_CHOICES,
@@ -67,12 +68,12 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
         scorer: str,
     ) -> Iterator[list[Any]]:
         if not (prompt or "").strip():
-            raise gr.Error("type a prompt or pick one of the held-out prompts")
+            raise page_error("type a prompt or pick one of the held-out prompts")
         sampling = Sampling(float(temperature), int(top_k), float(top_p), int(max_new_tokens), int(seed))
         try:
             sampling.check()  # the same check as the command line's generation.* settings
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            raise page_error(str(exc)) from None
         asked = heldout.get(prompt) or as_prompt(models.tokenizer, prompt)  # a held-out conversation keeps its turns
         notice = prompt_cut_notice(models, asked, sampling.max_new_tokens)
         if notice:
@@ -84,7 +85,7 @@ def make_generate_fn(runs: list[RunInfo], models: Models):
                 boxes = [texts.get(REFERENCE, "")] + [texts.get(label, "") for label in labels]
                 yield boxes + [score_rows(done)]
         except Exception as exc:  # noqa: BLE001 - shown in the page (e.g. a scorer that cannot be built)
-            raise gr.Error(f"{type(exc).__name__}: {exc}") from exc
+            raise page_error(f"{type(exc).__name__}: {exc}") from exc
 
     return generate
 

@@ -32,7 +32,7 @@ def unfinished_jobs(sweep_dir: Path) -> tuple[int, list[Run]]:
 
 
 def _reason(run: Run) -> str:
-    error = run.summary.get("error")
+    error = run.problem or run.summary.get("error")
     return str(error) if error else REASON_BY_STATUS.get(run.status, run.status)
 
 

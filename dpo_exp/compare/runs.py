@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -43,15 +44,18 @@ IGNORED_KEYS = ("hydra.", "hydra/", "resume", "cache_dir", "logger")  # never tr
 
 @dataclass
 class Run:
-    """One run directory's files."""
+    """One run directory's files; `problem` names a file of it that exists but cannot be read."""
 
     path: Path
     overrides: dict[str, str]
     summary: dict[str, Any]
     metrics: list[dict] = field(default_factory=list)
+    problem: str | None = None
 
     @property
     def status(self) -> str:
+        if self.problem:
+            return "unreadable"
         return str(self.summary.get("status") or ("unknown" if self.summary else "no summary"))
 
 
@@ -83,19 +87,81 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     return sorted(unique, key=order)
 
 
-def _read_overrides(path: Path) -> dict[str, str]:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_yaml(file: Path) -> tuple[Any, str | None]:
+    """(the YAML file's content, None), or (None, why it cannot be read) for a file that exists but is corrupt."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.load(file), None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        return None, f"{file} is unreadable ({_first_line(exc)}{where})"
+
+
+def json_problem(file: Path) -> str | None:
+    """Why an existing JSON file cannot be read (truncated by a crash, not JSON, not an object); None when it can
+    be read or does not exist."""
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{file} is unreadable: truncated or not JSON ({_first_line(exc)})"
+    return None if isinstance(value, dict) else f"{file} is unreadable: not a JSON object"
+
+
+def config_problem(path: Path, needed: tuple[str, ...] = ()) -> str | None:
+    """Why the run's saved config (`.hydra/config.yaml`) cannot be used (None when it can, or there is none): not
+    YAML, not a mapping, or (for a reader that needs them) without the `needed` keys, e.g. cut short."""
+    file = path / ".hydra" / "config.yaml"
+    if not file.is_file():
+        return None
+    from omegaconf import DictConfig
+
+    cfg, problem = read_yaml(file)
+    if problem:
+        return problem
+    if not isinstance(cfg, DictConfig):
+        return f"{file} is unreadable (not a mapping of settings)"
+    missing = [key for key in needed if key not in cfg]
+    return f"{file} is unreadable (no {', '.join(missing)}: cut short?)" if missing else None
+
+
+def _read_overrides(path: Path) -> tuple[dict[str, str], str | None]:
     file = path / ".hydra" / "overrides.yaml"
     if not file.is_file():
-        return {}
-    from omegaconf import OmegaConf
+        return {}, None
+    from omegaconf import ListConfig, OmegaConf
 
-    return parse_overrides([str(item) for item in OmegaConf.to_container(OmegaConf.load(file)) or []])
+    items, problem = read_yaml(file)
+    if problem:
+        return {}, problem
+    if not items:  # an empty file: no overrides
+        return {}, None
+    if not isinstance(items, ListConfig):
+        return {}, f"{file} is unreadable (not a list of overrides)"
+    return parse_overrides([str(item) for item in OmegaConf.to_container(items) or []]), None
 
 
 def load_run(path: Path) -> Run:
+    """The run's files as compare reads them; a corrupt file makes it an `unreadable` run naming the file, not an
+    error (the other runs of the sweep are still compared)."""
     metrics_file = path / "metrics.jsonl"
-    metrics = read_jsonl(metrics_file) if metrics_file.is_file() else []
-    return Run(path, _read_overrides(path), read_json(path / "summary.json") or {}, metrics)
+    overrides, overrides_problem = _read_overrides(path)
+    problem = json_problem(path / "summary.json") or config_problem(path) or overrides_problem
+    try:
+        metrics = read_jsonl(metrics_file) if metrics_file.is_file() else []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        metrics, problem = [], problem or f"{metrics_file} is unreadable ({_first_line(exc)})"
+    return Run(path, overrides, read_json(path / "summary.json") or {}, metrics, problem)
 
 
 def swept_params(runs: list[Run]) -> list[str]:
@@ -155,13 +221,14 @@ def _saved_setting(path: Path, key: str) -> Any:
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     hydra_file, config_file = path / ".hydra" / "hydra.yaml", path / ".hydra" / "config.yaml"
-    if hydra_file.is_file():
-        choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices") or {}
+    hydra_cfg = read_yaml(hydra_file)[0] if hydra_file.is_file() else None
+    if isinstance(hydra_cfg, DictConfig):
+        choices = OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default=None) or {}
         if key in choices:
             return choices[key]
-    if not config_file.is_file():
+    if config_problem(path) or not config_file.is_file():
         return None
-    value = OmegaConf.select(OmegaConf.load(config_file), key, default=None, throw_on_resolution_failure=False)
+    value = OmegaConf.select(read_yaml(config_file)[0], key, default=None, throw_on_resolution_failure=False)
     return None if isinstance(value, (DictConfig, ListConfig)) else value
 
 
@@ -172,7 +239,8 @@ def param_value(run: Run, key: str) -> Any:
     value = run.overrides.get(key, (run.summary.get("sweep") or {}).get(key))
     if value is None:
         value = _saved_setting(run.path, key)
-        value = "null" if value is None and (run.path / ".hydra" / "config.yaml").is_file() else value
+        readable = (run.path / ".hydra" / "config.yaml").is_file() and not config_problem(run.path)
+        value = "null" if value is None and readable else value
     return as_number(value)
 
 

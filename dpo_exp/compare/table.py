@@ -87,7 +87,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
         row["ref_logps_cache"] = (s.get("ref_logps") or {}).get("cache")
         row["pairs_cache"] = (s.get("pairs") or {}).get("cache") if isinstance(s.get("pairs"), dict) else None
         row["name"] = s.get("name")
-        row["error"] = s.get("error")
+        row["error"] = run.problem or s.get("error")  # a corrupt file first: the summary may be someone else's
         row["path"] = str(run.path)
         rows.append(row)
     df = pd.DataFrame(rows)

@@ -28,6 +28,20 @@ def is_conversation(value: Any) -> bool:
     )
 
 
+def conversation_problem(value: list) -> str:
+    """What keeps a list from being chat messages (for the error naming the column): its first bad item."""
+    if not value:
+        return "must be text, got list (an empty list of chat messages)"
+    for number, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            kind = type(message).__name__
+            return f"must be text, got list (chat messages are {{role, content}} dicts: item {number} is a {kind})"
+        missing = [key for key in ("role", "content") if key not in message]
+        if missing:
+            return f"holds chat messages, but message {number} has no {' and no '.join(repr(k) for k in missing)}"
+    return "is not a list of chat messages"
+
+
 def prompt_key(prompt: Any) -> str:
     """A hashable, comparable key of a prompt: plain text as it is, a conversation as canonical JSON."""
     if isinstance(prompt, str):

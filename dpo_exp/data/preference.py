@@ -10,7 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
-from .conversation import conversational_row, differs_before_last_turn, encode_prompts, prompt_key, uses_chat
+from .conversation import (
+    conversational_row,
+    differs_before_last_turn,
+    encode_prompts,
+    is_conversation,
+    prompt_key,
+    uses_chat,
+)
 from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
 from .splits import (
@@ -141,6 +148,16 @@ def check_last_turns(raw: RawSplit, ds_cfg: Any) -> None:
         )
 
 
+def refuse_conversations(row: dict) -> None:
+    """UserError for chat messages in a row meant for a model without a chat template (it cannot render them)."""
+    for key in ("prompt", "chosen", "rejected"):
+        if is_conversation(row.get(key)):
+            raise UserError(
+                f"column '{key}' holds chat messages, but the model's tokenizer has no chat template to render them: "
+                "add dataset.chat_template=chatml (or give plain-text columns, or use a chat model)"
+            )
+
+
 def normalize_split(raw: RawSplit, ds_cfg: Any, conversational: bool = False) -> list[dict]:
     """Normalise every row of a split (to TRL's conversational format when `conversational`: a chat model),
     prefixing the row's location to any error."""
@@ -153,6 +170,8 @@ def normalize_split(raw: RawSplit, ds_cfg: Any, conversational: bool = False) ->
             normalized = normalize(row, ds_cfg.columns)
             if conversational:
                 normalized = conversational_row(row, normalized, ds_cfg.loader, ds_cfg.columns)
+            else:
+                refuse_conversations(normalized)
             out.append(normalized)
         except UserError as exc:
             raise UserError(f"{raw.locate(index)}: {exc}") from None

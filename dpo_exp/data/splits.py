@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
-from .conversation import is_conversation, message_text, prompt_key, unique_prompts
+from .conversation import conversation_problem, is_conversation, message_text, prompt_key, unique_prompts
 
 TEXT_KEYS = ("prompt", "chosen", "rejected")
 
@@ -27,6 +27,8 @@ def filter_pairs(
     for index, row in enumerate(rows):
         for key in TEXT_KEYS:
             value = row.get(key)
+            if isinstance(value, list) and not is_conversation(value):  # meant as messages: say what is wrong
+                raise UserError(f"{locate(index)}: column '{key}' {conversation_problem(value)}")
             if value is not None and not isinstance(value, str) and not is_conversation(value):
                 raise UserError(f"{locate(index)}: column '{key}' must be text, got {type(value).__name__}")
             if value is not None and not _encodable(message_text(value) or ""):  # e.g. a lone "\ud800" in JSON

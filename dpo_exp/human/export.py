@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
-from ..infra.storage import atomic_write_text, write_jsonl
-from .store import RATINGS_FILE, read_many
+from ..infra.storage import atomic_write_text, folder_problem, write_jsonl
+from .store import RATINGS_FILE, numbered_records, ratings_path, read_many
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -34,6 +37,62 @@ def rating_dirs(paths: list[Path]) -> list[Path]:
             raise UserError(f"{path} holds no {RATINGS_FILE} (rate in the app's Rate tab first)")
         found += below
     return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What a decided vote lacks to become a training row (None when it has it all, or is a tie / skip)."""
+    if record.get("choice") not in ("left", "right"):
+        return None
+    if record.get("prompt") is None:
+        return f"a {record['choice']!r} vote without a 'prompt'"
+    for side in ("left", "right"):
+        value = record.get(side)
+        if not isinstance(value, dict):
+            return f"a {record['choice']!r} vote without a '{side}' object"
+        missing = [key for key in ("model", "text") if value.get(key) is None]
+        if missing:
+            return f"a {record['choice']!r} vote whose '{side}' has no {' and no '.join(repr(k) for k in missing)}"
+    return None
+
+
+def check_records(run_dirs: list[Path]) -> None:
+    """UserError naming the file and line of the first decided vote that cannot become a row (valid JSON, yet
+    incomplete: written by hand or by another tool)."""
+    for run_dir in run_dirs:
+        path = ratings_path(run_dir)
+        for number, record in numbered_records(path.read_bytes()):
+            problem = record_problem(record)
+            if problem:
+                raise UserError(f"{path} line {number}: {problem}; fix or delete that line")
+
+
+def out_problem(out: Path) -> str | None:
+    """Why `out` cannot be written (None when it can), checked before anything is read or written."""
+    if out.is_dir():
+        return "is a folder (give a file name)"
+    problem = folder_problem(out.parent)
+    return f"cannot be written: {problem}" if problem else None
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
+    """Write the rows atomically (a temporary file renamed into place): `out` is whole or absent."""
+    if out.suffix == ".jsonl":
+        write_jsonl(out, rows)
+        return
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if out.suffix == ".csv":
+        atomic_write_text(out, frame.to_csv(index=False))
+        return
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def preference_rows(records: list[dict]) -> tuple[list[dict], Exported]:
@@ -73,20 +132,19 @@ def export(paths: list[Path], out: Path) -> Exported:
     out = Path(out)
     if out.suffix not in SUFFIXES:
         raise UserError(f"--out {out}: use one of {', '.join(SUFFIXES)}")
-    rows, counts = preference_rows(read_many(rating_dirs(paths)))
+    problem = out_problem(out)
+    if problem:
+        raise UserError(f"--out {out} {problem}")
+    run_dirs = rating_dirs(paths)
+    check_records(run_dirs)
+    rows, counts = preference_rows(read_many(run_dirs))
     if not rows:
         raise UserError(
             f"no decided votes to export ({counts.votes} ratings: {counts.ties} ties, {counts.skips} skips)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".jsonl":
-        write_jsonl(out, rows)
-    else:
-        import pandas as pd
-
-        frame = pd.DataFrame(rows)
-        if out.suffix == ".csv":
-            atomic_write_text(out, frame.to_csv(index=False))
-        else:
-            frame.to_parquet(out, index=False)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_rows(rows, out)
+    except OSError as exc:  # e.g. a full disk: nothing half-written is left (write_rows)
+        raise UserError(f"--out {out} cannot be written: {exc.strerror or exc}") from None
     return counts

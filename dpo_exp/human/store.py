@@ -31,10 +31,11 @@ def ratings_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / RATINGS_FILE
 
 
-def parse_lines(raw: bytes) -> list[dict]:
-    """The JSON-object lines of `raw`; torn or garbled lines (a crash mid-write) are skipped with a warning."""
+def numbered_records(raw: bytes) -> list[tuple[int, dict]]:
+    """(line number, record) of the JSON-object lines of `raw`; torn or garbled lines (a crash mid-write) are
+    skipped with a warning."""
     records, bad = [], 0
-    for line in raw.split(b"\n"):
+    for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -43,12 +44,17 @@ def parse_lines(raw: bytes) -> list[dict]:
             bad += 1
             continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append((number, record))
         else:
             bad += 1
     if bad:
         log.warning("skipped %d unreadable line(s) of ratings (a write interrupted by a crash)", bad)
     return records
+
+
+def parse_lines(raw: bytes) -> list[dict]:
+    """The JSON-object lines of `raw` (numbered_records without the numbers)."""
+    return [record for _, record in numbered_records(raw)]
 
 
 def read_ratings(run_dir: str | Path) -> list[dict]:

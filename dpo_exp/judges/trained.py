@@ -124,6 +124,7 @@ class TrainedRewardModel(RewardModelJudge):
                 use_cpu=not cuda,
                 bf16=cuda and torch.cuda.is_bf16_supported(),
                 disable_tqdm=False,  # a progress bar (the judge trains before DPO)
+                activation_checkpointing=True,  # TRL's default, by transformers 5's name (the old one warns)
             )
             trainer = RewardTrainer(
                 model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer

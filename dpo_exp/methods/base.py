@@ -124,7 +124,7 @@ def trl_args(cfg: Any, run_dir: Path, precision: str, device: str) -> Any:
     from omegaconf import OmegaConf
     from transformers import TrainingArguments
 
-    from ..schema import CHECKPOINT_DIR
+    from ..schema import CHECKPOINT_DIR, checkpointing
 
     shared = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -138,6 +138,7 @@ def trl_args(cfg: Any, run_dir: Path, precision: str, device: str) -> Any:
         "seed": int(cfg.seed),
         "data_seed": int(cfg.seed),
         "report_to": "none",
+        "activation_checkpointing": checkpointing(merged),  # the new name: no FutureWarning (schema.checkpointing)
     }
     try:
         return instantiate({**merged, **run}, _convert_="all")
