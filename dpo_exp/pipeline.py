@@ -61,10 +61,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
 
 def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
+    from .training.rerun import check_rerun, record_command, resume_summary
+
     previous = read_json(identity.run_dir / SUMMARY) or {}
-    if cfg.skip_completed and previous.get("status") == "completed":
+    # a folder that holds a run: skip it, resume it, or refuse a command other than the one it recorded
+    rerun = check_rerun(cfg, identity.run_dir, previous, identity.overrides)
+    if rerun.skip:
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
         return objective_value(previous, objective_key(cfg))
+    record_command(cfg, identity.run_dir)
     ctx = RunContext(cfg=cfg, identity=identity)
     ctx.summary = {
         **_identity_fields(identity),
@@ -78,6 +83,8 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         "objective": objective_key(cfg),
         "num_processes": world_size(),
     }
+    if resume_summary(cfg, rerun):
+        ctx.summary["resume"] = resume_summary(cfg, rerun)
     if world_size() > 1:
         log.info("process %d of %d (only process 0 writes the run folder)", rank(), world_size())
     ctx.save_summary()

@@ -117,9 +117,11 @@ def run_trainer(
 
 
 def resume_point(cfg: Any, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (`resume`'s run folder, else this one's), with metrics.jsonl cut back to it; a
-    fresh start removes the rows of an earlier, checkpoint-less attempt."""
-    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(run_dir)
+    """The checkpoint to resume from (`resume=PATH`'s run folder, else this one's), with metrics.jsonl cut back to
+    it; a fresh start removes the rows of an earlier, checkpoint-less attempt."""
+    from .rerun import resume_folder
+
+    resume_from = last_checkpoint(resume_folder(cfg, run_dir))
     metrics_path = run_dir / METRICS_FILE
     if is_main_process():
         if resume_from is None and metrics_path.exists():
