@@ -159,3 +159,10 @@ def test_iterative_dpo_samples_round_two_from_round_one_and_evaluates_both(tmp_p
     assert "round 1 of 2: finished earlier" in proc.stdout + proc.stderr
     assert (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime == mtime
     assert summary(run_dir)["rounds"][1]["sampled_from"] == rounds[1]["sampled_from"]
+    # another command into the same folder (nothing to resume: no checkpoints): every round is keyed on the
+    # settings that made it, so none made under generation.num_samples=4 is reused
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}", "skip_completed=false", "generation.num_samples=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished earlier" not in proc.stdout + proc.stderr
+    assert (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime != mtime
+    assert summary(run_dir)["rounds"][1]["sampled_from"] != rounds[1]["sampled_from"]  # round 1 retrained
