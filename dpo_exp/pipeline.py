@@ -20,7 +20,7 @@ from .config import check_eval, precision_setting, validate
 from .errors import RunInterrupted
 from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
-from .infra.storage import atomic_write_json, read_json, read_jsonl
+from .infra.storage import DiskFull, atomic_write_json, disk_full_error, read_json, read_jsonl, says_disk_full
 from .infra.tracking import Tracker, start_tracker
 from .objective import objective_key, objective_value
 from .tasks import StageEnv, TaskResult, build_task
@@ -101,9 +101,15 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
             exc.forward()  # e.g. submitit's SIGUSR2 handler: requeue the job, which then resumes from the checkpoint
         raise
     except BaseException as exc:
-        fields = {"error": _error_line(exc), **ctx.tracker.rerun_fields()}
-        ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
+        full = None if isinstance(exc, DiskFull) or not says_disk_full(exc) else disk_full_error(ctx.run_dir)
+        fields = {"error": _error_line(full or exc), **ctx.tracker.rerun_fields()}
+        try:
+            ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
+        except OSError as write_error:  # e.g. the disk is still full: the error line below still says why
+            log.error("could not record the failure in %s: %s", ctx.run_dir / SUMMARY, write_error)
         ctx.tracker.finish(exit_code=1)
+        if full is not None:
+            raise full from None
         raise
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2), **ctx.tracker.rerun_fields())
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
