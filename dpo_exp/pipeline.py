@@ -24,6 +24,7 @@ from .infra.storage import DiskFull, atomic_write_json, disk_full_error, read_js
 from .infra.tracking import Tracker, start_tracker
 from .objective import objective_key, objective_value
 from .tasks import StageEnv, TaskResult, build_task
+from .training.rerun import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
 
 def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
-    from .training.rerun import check_rerun, record_command, resume_summary
-
     previous = read_json(identity.run_dir / SUMMARY) or {}
-    # a folder that holds a run: skip it, resume it, or refuse a command other than the one it recorded
-    rerun = check_rerun(cfg, identity.run_dir, previous, identity.overrides)
+    rerun = claim_folder(cfg, identity.run_dir, previous, identity.overrides)  # skip, resume, or refuse a new command
     if rerun.skip:
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
         return objective_value(previous, objective_key(cfg))
-    record_command(cfg, identity.run_dir)
     ctx = RunContext(cfg=cfg, identity=identity)
     ctx.summary = {
         **_identity_fields(identity),
@@ -82,9 +79,8 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         "wandb_step": previous.get("wandb_step"),
         "objective": objective_key(cfg),
         "num_processes": world_size(),
+        **rerun.summary,
     }
-    if resume_summary(cfg, rerun):
-        ctx.summary["resume"] = resume_summary(cfg, rerun)
     if world_size() > 1:
         log.info("process %d of %d (only process 0 writes the run folder)", rank(), world_size())
     ctx.save_summary()
@@ -101,15 +97,12 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
             exc.forward()  # e.g. submitit's SIGUSR2 handler: requeue the job, which then resumes from the checkpoint
         raise
     except BaseException as exc:
-        full = None if isinstance(exc, DiskFull) or not says_disk_full(exc) else disk_full_error(ctx.run_dir)
-        fields = {"error": _error_line(full or exc), **ctx.tracker.rerun_fields()}
-        try:
-            ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
-        except OSError as write_error:  # e.g. the disk is still full: the error line below still says why
-            log.error("could not record the failure in %s: %s", ctx.run_dir / SUMMARY, write_error)
+        reason = disk_full_error(ctx.run_dir) if says_disk_full(exc) and not isinstance(exc, DiskFull) else exc
+        fields = {"error": _error_line(reason), **ctx.tracker.rerun_fields()}
+        ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
         ctx.tracker.finish(exit_code=1)
-        if full is not None:
-            raise full from None
+        if reason is not exc:  # a full disk anywhere: one line naming the folder
+            raise reason from None
         raise
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2), **ctx.tracker.rerun_fields())
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})

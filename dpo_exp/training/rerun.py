@@ -39,6 +39,7 @@ class Rerun:
 
     skip: bool = False
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # what summary.json records of it (`resume`)
 
 
 def resume_folder(cfg: Any, run_dir: Path) -> Path:
@@ -134,16 +135,13 @@ def read_json_dict(path: Path) -> dict[str, Any]:
     return read_json(path) or {}
 
 
-def record_command(cfg: DictConfig, run_dir: Path) -> None:
-    """The run folder's record of this command (main process), once the command is accepted."""
-    if is_main_process():
+def claim_folder(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overrides: dict[str, str]) -> Rerun:
+    """`check_rerun`; once the command is accepted (not skipped), the folder records it (main process)."""
+    rerun = check_rerun(cfg, run_dir, previous, overrides)
+    if not rerun.skip and is_main_process():
         write_record(run_dir, settings_of(cfg), hydra_output_dir())
-
-
-def resume_summary(cfg: DictConfig, rerun: Rerun) -> dict[str, Any] | None:
-    """summary.json `resume`: the setting and the differences a resume accepted (None: a plain run or resume)."""
     setting = cfg.get("resume")
-    if not setting and not rerun.changed:
-        return None
-    changed = {key: {"recorded": old, "now": new} for key, (old, new) in rerun.changed.items()}
-    return {"setting": str(setting) if setting else None, "changed": changed}
+    if setting or rerun.changed:  # summary.json `resume`: the setting and the differences a resume accepted
+        changed = {key: {"recorded": old, "now": new} for key, (old, new) in rerun.changed.items()}
+        rerun.summary = {"resume": {"setting": str(setting) if setting else None, "changed": changed}}
+    return rerun
