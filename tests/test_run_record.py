@@ -170,3 +170,29 @@ def test_a_full_disk_is_one_line_a_failed_status_and_no_torn_checkpoint(small_di
     done = summary(run_dir)
     assert done["status"] == "completed" and done["resumed_from"].endswith("checkpoint-2") and "error" not in done
     assert (folder / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+def test_a_run_from_before_the_record_is_compared_on_its_overrides_and_its_hydra_files_kept(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dpo_exp.infra.hydra_callbacks import KeepRunRecord
+    from dpo_exp.infra.runrecord import RunRecordMismatch, restore_hydra_files
+    from dpo_exp.training.rerun import check_rerun
+
+    hydra_dir = tmp_path / ".hydra"
+    hydra_dir.mkdir()
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        (hydra_dir / name).write_text(f"{name}: as the run wrote it\n")
+    # `python -m dpo_exp hydra.run.dir=RUN ...`: before Hydra rewrites RUN/.hydra, the callback keeps a copy
+    KeepRunRecord().on_run_start(
+        OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path)}, "output_subdir": ".hydra"}})
+    )
+    (hydra_dir / "config.yaml").write_text("rewritten for another command\n")
+    assert restore_hydra_files(tmp_path, hydra_dir)
+    assert (hydra_dir / "config.yaml").read_text() == "config.yaml: as the run wrote it\n"
+
+    previous = {"status": "completed", "overrides": {"beta": "0.1", "logger": "wandb"}}
+    cfg = compose(["beta=0.5", "logger=none"])
+    with pytest.raises(RunRecordMismatch, match=r"beta: '0.1' -> '0.5'"):
+        check_rerun(cfg, tmp_path, previous, {"beta": "0.5", "logger": "none"})
+    assert check_rerun(cfg, tmp_path, previous, {"beta": "0.1", "logger": "none"}).skip

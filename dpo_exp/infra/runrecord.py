@@ -37,8 +37,8 @@ def comparable(resolved: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and value:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
-            flat[prefix] = value
+        else:  # YAML-safe leaves (the record is YAML); anything else compared as its text
+            flat[prefix] = value if isinstance(value, (str, int, float, bool, list, type(None))) else str(value)
 
     walk("", {k: v for k, v in resolved.items() if k not in NOT_COMPARED})
     return flat

@@ -58,14 +58,31 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
     return comparable(OmegaConf.to_container(cfg, resolve=True))
 
 
-def hydra_output_dir() -> Path | None:
-    """Where Hydra wrote this job's .hydra files (None outside Hydra, or with hydra.output_subdir=null)."""
+def derived_keys(node: Any, prefix: str = "") -> set[str]:
+    """Dotted keys whose value is an interpolation (`trainer.beta: ${beta}`): left out of a refusal's key list when
+    what they follow is in it."""
+    keys: set[str] = set()
+    for key in node:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if OmegaConf.is_interpolation(node, key):
+            keys.add(path)
+        elif OmegaConf.is_dict(node.get(key)):
+            keys |= derived_keys(node.get(key), path)
+    return keys
+
+
+def hydra_output_dir(run_dir: Path) -> Path | None:
+    """Where Hydra wrote this job's .hydra files, when that is in `run_dir` (None outside Hydra, with
+    hydra.output_subdir=null, or for a run folder other than Hydra's output folder)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
     hc = HydraConfig.get()
-    return Path(str(hc.runtime.output_dir)) / str(hc.output_subdir) if hc.get("output_subdir") else None
+    output_dir, subdir = OmegaConf.select(hc, "runtime.output_dir"), hc.get("output_subdir")
+    if not output_dir or not subdir or Path(str(output_dir)).resolve() != Path(run_dir).resolve():
+        return None
+    return Path(run_dir) / str(subdir)
 
 
 def free_sibling(folder: Path) -> Path:
@@ -93,10 +110,15 @@ def check_rerun(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overri
     from hydra.core.hydra_config import HydraConfig
 
     settings = settings_of(cfg)
+    derived = derived_keys(cfg)
+
+    def describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+        return describe({k: v for k, v in diff.items() if k not in derived} or diff)
+
     multirun = HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
     folder = Path(str(HydraConfig.get().sweep.dir)) if multirun else Path(run_dir)
     where = f"{'hydra.sweep.dir' if multirun else 'hydra.run.dir'}={free_sibling(folder)}"
-    hydra_dir = hydra_output_dir()
+    hydra_dir = hydra_output_dir(run_dir)
     if previous.get("status") == "completed" and cfg.skip_completed:
         recorded = read_record(run_dir)
         diff = differences(recorded, settings) if recorded is not None else _legacy_differences(previous, overrides)
@@ -104,7 +126,7 @@ def check_rerun(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overri
             restore_hydra_files(run_dir, hydra_dir)  # a finished run's record never changes
         if diff:
             raise RunRecordMismatch(
-                f"{run_dir} holds a completed run of another command ({describe(diff)}); it is kept as it was. "
+                f"{run_dir} holds a completed run of another command ({describe_diff(diff)}); it is kept as it was. "
                 f"Put this run in another folder: {where}"
             )
         return Rerun(skip=True)
@@ -122,7 +144,7 @@ def check_rerun(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overri
         if is_main_process():
             restore_hydra_files(run_dir, hydra_dir)
         raise RunRecordMismatch(
-            f"{run_dir} holds {state} run of another command ({describe(diff)}): resuming it would train under "
+            f"{run_dir} holds {state} run of another command ({describe_diff(diff)}): resuming it would train under "
             f"mixed settings. Run its own command again to resume it, put this run in another folder ({where}), "
             "or add resume=force to resume it under the new settings (recorded in summary.json)"
         )
@@ -139,7 +161,7 @@ def claim_folder(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overr
     """`check_rerun`; once the command is accepted (not skipped), the folder records it (main process)."""
     rerun = check_rerun(cfg, run_dir, previous, overrides)
     if not rerun.skip and is_main_process():
-        write_record(run_dir, settings_of(cfg), hydra_output_dir())
+        write_record(run_dir, settings_of(cfg), hydra_output_dir(run_dir))
     setting = cfg.get("resume")
     if setting or rerun.changed:  # summary.json `resume`: the setting and the differences a resume accepted
         changed = {key: {"recorded": old, "now": new} for key, (old, new) in rerun.changed.items()}
