@@ -29,6 +29,7 @@ from ..infra.runrecord import (
     restore_hydra_files,
     write_record,
 )
+from ..infra.storage import read_json
 
 FORCE = "force"  # resume=force: resume this folder's checkpoint under a command that differs from its record
 
@@ -137,7 +138,7 @@ def check_rerun(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overri
     if recorded is not None:
         diff = differences(recorded, settings)
     else:
-        diff = _legacy_differences(read_json_dict(source / "summary.json"), overrides) or {}
+        diff = _legacy_differences(read_json(source / "summary.json") or {}, overrides) or {}
     resume = str(cfg.get("resume") or "")
     if diff and not resume:
         state = "a completed" if previous.get("status") == "completed" else "an unfinished"
@@ -149,12 +150,6 @@ def check_rerun(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overri
             "or add resume=force to resume it under the new settings (recorded in summary.json)"
         )
     return Rerun(changed=diff)
-
-
-def read_json_dict(path: Path) -> dict[str, Any]:
-    from ..infra.storage import read_json
-
-    return read_json(path) or {}
 
 
 def claim_folder(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overrides: dict[str, str]) -> Rerun:
