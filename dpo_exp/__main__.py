@@ -45,6 +45,7 @@ def main(cfg: DictConfig) -> float | None:
     from .infra.distributed import join_submitit_job
     from .infra.quiet import quiet_library_notices
     from .infra.runlock import RunFolderBusy
+    from .infra.runrecord import RunRecordMismatch
     from .pipeline import RunInterrupted, run
 
     join_submitit_job()  # a submitit job of several tasks: one data-parallel process per task
@@ -54,8 +55,8 @@ def main(cfg: DictConfig) -> float | None:
     except (UserError, RunFailure) as exc:  # one clear line: bad input (exit 2) or a run that cannot go on (1)
         if _is_multirun():  # one bad job must not stop the sweep; it is marked failed in its summary
             log.error("job failed: %s", exc)
-            # a folder in use belongs to another live process: leave it alone
-            _job_failed(cfg, exc, record=not isinstance(exc, RunFolderBusy))
+            # a folder in use by another live process, or holding another command's run: leave it alone
+            _job_failed(cfg, exc, record=not isinstance(exc, (RunFolderBusy, RunRecordMismatch)))
             return None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UserError) else 1)

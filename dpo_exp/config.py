@@ -267,8 +267,8 @@ def validate(cfg: DictConfig) -> None:
             f"cache_dir={cfg.cache_dir} cannot hold the caches: {problem} (set cache_dir= or DPO_EXP_CACHE)"
         )
     resume = cfg.get("resume")
-    if resume and not Path(str(resume)).is_dir():
-        raise UserError(f"resume={resume} is not a run directory")
+    if resume and str(resume) != "force" and not Path(str(resume)).is_dir():
+        raise UserError(f"resume={resume} is not a run directory (nor `force`)")
     _validate_task(cfg)
 
     # Last, as they import torch / TRL: LoRA targets must exist in the architecture (checked on a meta-device

@@ -20,11 +20,13 @@ from .config import check_eval, precision_setting, validate
 from .errors import RunInterrupted
 from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
-from .infra.storage import atomic_write_json, read_json, read_jsonl
+from .infra.runrecord import heldout_split_config
+from .infra.storage import DiskFull, atomic_write_json, disk_full_error, read_json, read_jsonl, says_disk_full
 from .infra.tracking import Tracker, start_tracker
 from .objective import objective_key, objective_value
 from .tasks import StageEnv, TaskResult, build_task
 from .training.model_card import write_model_cards
+from .training.rerun import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float | None:
 
 def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
     previous = read_json(identity.run_dir / SUMMARY) or {}
-    if cfg.skip_completed and previous.get("status") == "completed":
+    rerun = claim_folder(cfg, identity.run_dir, previous, identity.overrides)  # skip, resume, or refuse a new command
+    if rerun.skip:
         log.info("%s is already completed: skipping (skip_completed=false to redo it)", identity.run_dir)
         return objective_value(previous, objective_key(cfg))
     ctx = RunContext(cfg=cfg, identity=identity)
@@ -78,6 +81,7 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         "wandb_step": previous.get("wandb_step"),
         "objective": objective_key(cfg),
         "num_processes": world_size(),
+        **rerun.summary,
     }
     if world_size() > 1:
         log.info("process %d of %d (only process 0 writes the run folder)", rank(), world_size())
@@ -95,9 +99,12 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
             exc.forward()  # e.g. submitit's SIGUSR2 handler: requeue the job, which then resumes from the checkpoint
         raise
     except BaseException as exc:
-        fields = {"error": _error_line(exc), **ctx.tracker.rerun_fields()}
+        reason = disk_full_error(ctx.run_dir) if says_disk_full(exc) and not isinstance(exc, DiskFull) else exc
+        fields = {"error": _error_line(reason), **ctx.tracker.rerun_fields()}
         ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
         ctx.tracker.finish(exit_code=1)
+        if reason is not exc:  # a full disk anywhere: one line naming the folder
+            raise reason from None
         raise
     ctx.save_summary(status="completed", wall_time_s=round(time.time() - start, 2), **ctx.tracker.rerun_fields())
     ctx.tracker.summary({"status": "completed", "wall_time_s": ctx.summary["wall_time_s"]})
@@ -284,15 +291,3 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     atomic_write_json(run_dir / SUMMARY, summary)
     write_model_cards(run_dir, cfg)  # the model card's evaluation follows the new one
     return results
-
-
-def heldout_split_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
-    """`cfg` with the run's own eval.num_prompts: the held-out pool is sized to what the run evaluated, so asking a
-    re-evaluation for more prompts never moves training prompts into it."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    original = OmegaConf.select(OmegaConf.load(saved), "eval.num_prompts") if saved.is_file() else None
-    if original is None:
-        return cfg
-    split_cfg = cfg.copy()
-    OmegaConf.update(split_cfg, "eval.num_prompts", original, merge=False)
-    return split_cfg

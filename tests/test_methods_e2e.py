@@ -119,10 +119,12 @@ def test_rloo_resumes_from_its_checkpoint_like_a_dpo_run(tmp_path, imdb_dir):
     args = [*ONLINE, f"dataset.path={imdb_dir}", "logger=none", "method=rloo", f"hydra.run.dir={run_dir}"]
     args += ["trainer.save_strategy=steps", "trainer.save_steps=1", "eval.enabled=false"]
     assert run_cli(args, tmp_path).returncode == 0
-    proc = run_cli([*args, "skip_completed=false", "trainer.max_steps=3"], tmp_path)
+    # a longer schedule is another command: resumed only when asked (resume=force), and recorded
+    proc = run_cli([*args, "skip_completed=false", "trainer.max_steps=3", "resume=force"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = summary(run_dir)
     assert s["attempts"] == 2 and s["resumed_from"].endswith("checkpoint-2")
+    assert s["resume"]["changed"] == {"trainer.max_steps": {"recorded": 2, "now": 3}}
     steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [step for step in steps if step is not None]
     assert sorted(set(train_steps)) == [1, 2, 3]
@@ -160,3 +162,10 @@ def test_iterative_dpo_samples_round_two_from_round_one_and_evaluates_both(tmp_p
     assert "round 1 of 2: finished earlier" in proc.stdout + proc.stderr
     assert (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime == mtime
     assert summary(run_dir)["rounds"][1]["sampled_from"] == rounds[1]["sampled_from"]
+    # another command into the same folder (nothing to resume: no checkpoints): every round is keyed on the
+    # settings that made it, so none made under generation.num_samples=4 is reused
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}", "skip_completed=false", "generation.num_samples=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished earlier" not in proc.stdout + proc.stderr
+    assert (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime != mtime
+    assert summary(run_dir)["rounds"][1]["sampled_from"] != rounds[1]["sampled_from"]  # round 1 retrained

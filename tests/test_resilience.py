@@ -15,6 +15,7 @@ import pytest
 from dpo_exp.infra.storage import read_jsonl
 
 from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
+from .test_bad_input import assert_clean_error
 from .wandb_records import history, offline_runs, run_record
 
 # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs = 8 steps; a checkpoint every 2 steps.
@@ -107,6 +108,13 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
     stopped_at = max(checkpoints)
     assert 3 <= stopped_at < 8  # saved right after the step in flight, not at the last interval
+
+    # another command would resume it under mixed settings: refused, the folder left as it was (resume=force allows it)
+    saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    changed = run_cli([*args, "beta=0.5", "epochs=3"], tmp_path)
+    assert_clean_error(changed, ["beta: 0.1 -> 0.5", "epochs: 2 -> 3", "resume=force"])
+    assert summary(run_dir)["status"] == "interrupted" and summary(run_dir)["attempts"] == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == saved
 
     result = run_cli(args, tmp_path)  # the same command again
     assert result.returncode == 0, result.stderr[-3000:]

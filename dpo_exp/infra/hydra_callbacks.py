@@ -1,4 +1,4 @@
-"""Hydra callbacks (conf/config.yaml `hydra.callbacks`): checks that must run before Hydra itself touches the disk."""
+"""Hydra callbacks (conf/config.yaml `hydra.callbacks`): what must happen before Hydra itself touches the disk."""
 
 from __future__ import annotations
 
@@ -37,3 +37,17 @@ class OutputDirCheck(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self._check("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
+class KeepRunRecord(Callback):
+    """A single run into a folder whose run predates its own record (RUN/.dpo_exp): copy Hydra's files there before
+    Hydra rewrites them, so that a skipped or refused command can put them back (dpo_exp.infra.runrecord). Runs
+    recorded since keep their copy themselves, sweep jobs included."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from .runrecord import backup_legacy_hydra_files
+
+        try:
+            backup_legacy_hydra_files(Path(str(config.hydra.run.dir)), config.hydra.output_subdir)
+        except OSError as exc:  # the run itself reports an unusable folder
+            print(f"warning: could not keep a copy of {config.hydra.run.dir}'s .hydra files: {exc}", file=sys.stderr)

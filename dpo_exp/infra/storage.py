@@ -1,14 +1,18 @@
-"""Crash-safe file helpers: atomic writes (write, fsync, rename) and tolerant JSON Lines reading."""
+"""Crash-safe file helpers: atomic writes (write, fsync, rename), tolerant JSON Lines reading, a full disk named."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ..errors import RunFailure
 
 
 def _json_default(value: Any) -> Any:
@@ -134,3 +138,48 @@ def update_json(path: str | Path, updates: dict[str, Any], drop_prefix: str | No
         current.update(updates)
         atomic_write_json(path, current)
     return current
+
+
+# ---------------------------------------------------------------- a full disk
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how the writers that do not raise OSError word it (safetensors' Rust I/O error, a C library's strerror)
+NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded", "StorageFull")
+
+
+class DiskFull(RunFailure):
+    """A write failed for want of space: one line naming the folder and the space needed."""
+
+
+def megabytes(size: float) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def free_space(path: str | Path) -> int:
+    """Bytes free for this user on the filesystem of `path` (its deepest existing ancestor)."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def says_disk_full(exc: BaseException) -> bool:
+    """The exception, or one it was raised from or during, reports a full disk or quota."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(text in str(exc) for text in NO_SPACE_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(folder: str | Path, needed: int | None = None, what: str = "") -> DiskFull:
+    """`no space left in FOLDER to write WHAT: it needs about N MB, M MB are free; ...`."""
+    free = free_space(folder)
+    need = f"it needs about {megabytes(needed)}, {megabytes(free)} free" if needed else f"{megabytes(free)} free"
+    return DiskFull(
+        f"no space left in {Path(folder).absolute()}{' to write ' + what if what else ''} ({need}): free space there "
+        "or choose another folder (hydra.run.dir); the same command then resumes from the last whole checkpoint"
+    )

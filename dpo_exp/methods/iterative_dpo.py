@@ -5,13 +5,18 @@ Layout: round r < K trains in RUN/rounds/<r>/ (checkpoints, metrics.jsonl, model
 the last round trains in RUN itself, so the run's model/, metrics and evaluation are its last policy. The pairs of
 round r >= 2 are RUN/rounds/<r>/pairs.jsonl. summary.json["rounds"] lists every round: the hash of the model its
 pairs were sampled from (`sampled_from`), its pair count, and (rounds < K) its eval/ keys; the last round's are the
-run's own eval/ keys. A resumed run skips the rounds that finished (round.json) and reuses sampled pair sets.
+run's own eval/ keys. Every round is keyed on the settings that made it (RUN/rounds/<r>/settings.json: the run's
+resolved settings but `method.rounds`, and the hash of the model it starts from): a resumed run skips the rounds that
+finished (round.json) and reuses sampled pair sets under the same key only; a round made under other settings is
+redone from scratch (the last round: its checkpoints in RUN too).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ROUNDS_DIR = "rounds"
 ROUND_FILE = "round.json"
+KEY_FILE = "settings.json"
 PAIRS_FILE = "pairs.jsonl"
 ROUND_SEED_OFFSET = 200_003  # round r samples its pairs with seed + r x this (its own stream)
 REFERENCES = ("sft", "previous")
@@ -39,6 +45,33 @@ def weights_hash(model) -> str:
         h.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         h.update(tensor.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def round_key(cfg: Any, r: int, sampled_from: str) -> str:
+    """sha256 (16 hex) of what makes round r: the run's resolved settings (but `method.rounds`: round r is the same
+    in a longer run) and the hash of the policy it starts from (its pairs are sampled from it)."""
+    from ..training.rerun import settings_of
+
+    settings = {k: v for k, v in settings_of(cfg).items() if k != "method.rounds"}
+    text = json.dumps({"round": r, "sampled_from": sampled_from, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def claim_round(run_dir: Path, r: int, key: str, last: bool) -> None:
+    """Keep round r's files (RUN/rounds/<r>: pairs, round.json, checkpoints) only if they were made under `key`;
+    else remove them (and, for the last round, its checkpoints in RUN), then record `key` for the round."""
+    from ..schema import CHECKPOINT_DIR
+
+    folder = run_dir / ROUNDS_DIR / str(r)
+    made = (read_json(folder / KEY_FILE) or {}).get("key")
+    if made == key:
+        return
+    stale = [folder] + ([run_dir / CHECKPOINT_DIR] if last else [])
+    if made is not None or any(path.exists() for path in stale):
+        log.info("round %d: its earlier files were made under other settings: redoing it", r)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    atomic_write_json(folder / KEY_FILE, {"round": r, "key": key})
 
 
 def sample_round_pairs(policy, tokenizer, prompts: list[str], cfg: Any, seed: int, scorer) -> list[dict]:
@@ -94,6 +127,8 @@ class IterativeDPO(Method):
         for r in range(1, self.rounds + 1):
             last = r == self.rounds
             folder = run_dir if last else run_dir / ROUNDS_DIR / str(r)
+            if self.rounds > 1:  # never reuse a round (its pairs, its training) made under other settings
+                claim_round(run_dir, r, round_key(cfg, r, records[-1]["sampled_from"]), last)
             if r > 1:
                 round_data = self._round_pairs(policy, data, settings, r)
                 records[-1]["pairs"] = len(round_data.train)

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from ..data.schema import PreferenceData
 from ..errors import RunInterrupted
 from ..infra.distributed import is_main_process
-from ..infra.storage import read_jsonl, write_jsonl
+from ..infra.storage import disk_full_error, read_jsonl, says_disk_full, write_jsonl
 from ..infra.tracking import Tracker
 from ..schema import CHECKPOINT_DIR
 from .callbacks import GracefulStop
@@ -85,6 +85,7 @@ def run_trainer(
 ) -> TrainResult:
     """Any TRL trainer, built with `stopper` among its callbacks: train (resuming from the run's last checkpoint),
     stop gracefully on a signal (RunInterrupted), record the final metrics and save the policy into run_dir/model."""
+    from .checkpoints import save_checkpoints_whole
     from .export import save_run_model
     from .model_card import write_model_cards
     from .schedule import check_schedule, total_steps
@@ -94,6 +95,7 @@ def run_trainer(
         if hasattr(callback, "bind"):
             callback.bind(trainer)
     check_schedule(trainer.args, total_steps(trainer))  # a schedule under which no step trains: refused
+    save_checkpoints_whole(trainer)  # checkpoint-N appears whole or not at all (a full disk, a kill)
     result = TrainResult(trainer, ref_logps=ref_logps or {"cache": "disabled"})
     resume_from = resume_point(cfg, run_dir)
     result.resumed_from = str(resume_from) if resume_from else None
@@ -112,7 +114,13 @@ def run_trainer(
         result.final["train_loss"] = loss
         if is_main_process():
             _patch_final_row(metrics_path, train_loss=loss)
-    result.saved_model = save_run_model(trainer, tokenizer, run_dir / "model", cfg.model, reference_path)
+    try:
+        result.saved_model = save_run_model(trainer, tokenizer, run_dir / "model", cfg.model, reference_path)
+    except Exception as exc:
+        if says_disk_full(exc):
+            size = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+            raise disk_full_error(run_dir, size, "the trained model") from None
+        raise
     if result.saved_model:  # the process that saved the model writes its card beside it (RUN/model/README.md)
         write_model_cards(run_dir, cfg)
     result.skipped_steps = int(getattr(trainer, "skipped_steps", 0))
@@ -120,9 +128,11 @@ def run_trainer(
 
 
 def resume_point(cfg: Any, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (`resume`'s run folder, else this one's), with metrics.jsonl cut back to it; a
-    fresh start removes the rows of an earlier, checkpoint-less attempt."""
-    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else last_checkpoint(run_dir)
+    """The checkpoint to resume from (`resume=PATH`'s run folder, else this one's), with metrics.jsonl cut back to
+    it; a fresh start removes the rows of an earlier, checkpoint-less attempt."""
+    from .rerun import resume_folder
+
+    resume_from = last_checkpoint(resume_folder(cfg, run_dir))
     metrics_path = run_dir / METRICS_FILE
     if is_main_process():
         if resume_from is None and metrics_path.exists():
