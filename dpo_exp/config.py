@@ -7,16 +7,15 @@ checked by building TRL's own config; what is left here are ranges and settings 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .infra.storage import folder_problem
 from .schema import check_blocks, check_eval_reward, check_trainer, ignored_shorthand_problem
+from .shorthands import command_line
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -242,24 +241,13 @@ def validate(cfg: DictConfig) -> None:
         _at_least(cfg.data_size, "data_size", MIN_DATA_SIZE, few)
     if cfg.dataset.get("data_size") is not None:
         _at_least(cfg.dataset.data_size, "dataset.data_size", MIN_DATA_SIZE, few)
-    t = cfg.trainer
     _validate_trainer(cfg)
     _choice(cfg.on_nonfinite, "on_nonfinite", ("stop", "skip"))
     _validate_dataset(cfg.dataset)
     _validate_model(cfg.model)
     _validate_lora(cfg.lora)
 
-    path = cfg.dataset.get("path")
-    if path is not None and not Path(str(path)).exists():
-        raise UserError(f"dataset.path={path} does not exist")
-    model_path = cfg.model.get("path")
-    if model_path:
-        _check_model_folder(Path(str(model_path)))
-    if cfg.model.get("tiny") and t.max_length and int(t.max_length) > int(cfg.model.tiny.n_positions):
-        raise UserError(
-            f"trainer.max_length={t.max_length} exceeds the tiny model's context (model.tiny.n_positions="
-            f"{cfg.model.tiny.n_positions})"
-        )
+    _validate_sources(cfg)
     precision, device = _validate_precision(cfg)
     problem = folder_problem(str(cfg.cache_dir))
     if problem:
@@ -280,9 +268,25 @@ def validate(cfg: DictConfig) -> None:
     from .methods import build_method
 
     build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
-    ignored = ignored_shorthand_problem(cfg.get("method"), _command_line())  # e.g. beta for method=preferred_ft
+    ignored = ignored_shorthand_problem(cfg.get("method"), command_line())  # e.g. beta for method=preferred_ft
     if ignored:
         raise UserError(ignored)
+
+
+def _validate_sources(cfg: DictConfig) -> None:
+    """The data file and model folder exist; the tiny model holds trainer.max_length tokens."""
+    path = cfg.dataset.get("path")
+    if path is not None and not Path(str(path)).exists():
+        raise UserError(f"dataset.path={path} does not exist")
+    model_path = cfg.model.get("path")
+    if model_path:
+        _check_model_folder(Path(str(model_path)))
+    max_length = cfg.trainer.max_length
+    if cfg.model.get("tiny") and max_length and int(max_length) > int(cfg.model.tiny.n_positions):
+        raise UserError(
+            f"trainer.max_length={max_length} exceeds the tiny model's context (model.tiny.n_positions="
+            f"{cfg.model.tiny.n_positions})"
+        )
 
 
 def _validate_generation(cfg: DictConfig) -> None:
@@ -292,57 +296,3 @@ def _validate_generation(cfg: DictConfig) -> None:
         if gen[key] is not None and gen[key] <= 0:
             raise UserError(f"generation.{key} must be > 0, got {gen[key]}")
     check_sampling(gen.temperature, gen.top_k, gen.top_p)
-
-
-# ---------------------------------------------------------------- shorthands a method ignores (conf/method `shorthands`)
-
-
-def _command_line() -> dict[str, str]:
-    """The job's command-line overrides (key -> value); empty outside a Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from .infra.runinfo import parse_overrides
-
-    return parse_overrides([str(o) for o in HydraConfig.get().overrides.task]) if HydraConfig.initialized() else {}
-
-
-def sweep_shorthand_problem(config: DictConfig) -> str | None:
-    """A multirun's refusal (None: none) of a shorthand that a method of the sweep ignores, set or swept on the command
-    line or in `hydra.sweeper.params` (a preset's or Optuna's sweep): `-m method=preferred_ft beta=0.1,0.5` would run
-    identical jobs. `config` is the sweep's config with its `hydra` node (Hydra's on_multirun_start)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from .schema import SHORTHANDS, method_option
-
-    parser = OverridesParser.create()
-    params = {str(k).lstrip("+~"): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
-    given = {**params}  # the command line wins over the sweeper's params, as in Hydra's sweepers
-    for override in parser.parse_overrides([str(o) for o in config.hydra.overrides.task]):
-        if not override.is_delete():
-            given[override.key_or_group] = override.input_line.partition("=")[2]
-    names = [str(config.method.get("name"))] if config.get("method") is not None else []
-    if "method" in given:
-        chosen = parser.parse_overrides([f"method={given['method']}"])[0]
-        try:
-            names = list(chosen.sweep_string_iterator()) if chosen.is_sweep_override() else [given["method"]]
-        except Exception:  # noqa: BLE001 - e.g. glob(*), which only the sweeper expands: each job checks itself
-            return None
-    shorthands = {k: v for k, v in given.items() if k in SHORTHANDS}
-    for name in names:
-        composed = config.get("method")
-        node = composed if composed is not None and composed.get("name") == name else method_option(name)
-        problem = ignored_shorthand_problem(node, shorthands, multirun=True) if node is not None else None
-        if problem:
-            return problem
-    return None
-
-
-class SweepShorthandCheck(Callback):
-    """conf/config.yaml `hydra.callbacks`: a multirun that sets or sweeps a shorthand one of its methods ignores
-    stops with one `error:` line (exit code 2) before any job runs; a single run is refused by `validate`."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        problem = sweep_shorthand_problem(config)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)

@@ -328,7 +328,7 @@ def test_a_sweep_over_a_shorthand_a_method_ignores_stops_before_any_job(tmp_path
 
     from omegaconf import open_dict
 
-    from dpo_exp.config import sweep_shorthand_problem
+    from dpo_exp.shorthands import sweep_shorthand_problem
 
     def sweep(*overrides: str):
         from hydra import compose as hydra_compose

@@ -13,7 +13,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+
+if TYPE_CHECKING:  # files imports nothing from here, but the type is only needed for hints
+    from .files import RawSplit
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -188,3 +193,27 @@ def encode_prompts(tokenizer, prompts: list[Any], **kwargs: Any):
     conversational = any(is_conversation(p) for p in prompts)
     texts = [render_prompt(tokenizer, p) for p in prompts]
     return tokenizer(texts, add_special_tokens=not conversational, **kwargs)
+
+
+def check_last_turns(raw: RawSplit, ds_cfg: Any) -> None:
+    """Plain text keeps only a message list's last answer: refuse (with the count) rows whose chosen and rejected
+    conversations differ before that, which only a chat template can train turn by turn."""
+    chosen, rejected = ds_cfg.columns.chosen, ds_cfg.columns.rejected
+    rows = [i for i, row in enumerate(raw.rows) if differs_before_last_turn(row.get(chosen), row.get(rejected))]
+    if rows:
+        first = raw.locate(rows[0]).removeprefix(raw.origin).strip()
+        raise UserError(
+            f"{raw.origin}: {len(rows)} of {len(raw.rows)} rows (the first: {first}) have chosen and rejected "
+            "conversations that differ before their last turn; as plain text only their last answers would be "
+            "trained: use a chat model or dataset.chat_template=chatml, which trains every turn after the shared prompt"
+        )
+
+
+def refuse_conversations(row: dict) -> None:
+    """UserError for chat messages in a row meant for a model without a chat template (it cannot render them)."""
+    for key in ("prompt", "chosen", "rejected"):
+        if is_conversation(row.get(key)):
+            raise UserError(
+                f"column '{key}' holds chat messages, but the model's tokenizer has no chat template to render them: "
+                "add dataset.chat_template=chatml (or give plain-text columns, or use a chat model)"
+            )

@@ -11,11 +11,11 @@ from typing import Any
 
 from ..errors import UserError
 from .conversation import (
+    check_last_turns,
     conversational_row,
-    differs_before_last_turn,
     encode_prompts,
-    is_conversation,
     prompt_key,
+    refuse_conversations,
     uses_chat,
 )
 from .files import RawSplit, check_columns, load_located_splits
@@ -132,30 +132,6 @@ def required_columns(ds_cfg: Any) -> list[str]:
     if ds_cfg.loader in ("hh_rlhf", "ultrafeedback"):
         return [ds_cfg.columns.chosen, ds_cfg.columns.rejected]
     return [ds_cfg.columns.prompt, ds_cfg.columns.chosen, ds_cfg.columns.rejected]
-
-
-def check_last_turns(raw: RawSplit, ds_cfg: Any) -> None:
-    """Plain text keeps only a message list's last answer: refuse (with the count) rows whose chosen and rejected
-    conversations differ before that, which only a chat template can train turn by turn."""
-    chosen, rejected = ds_cfg.columns.chosen, ds_cfg.columns.rejected
-    rows = [i for i, row in enumerate(raw.rows) if differs_before_last_turn(row.get(chosen), row.get(rejected))]
-    if rows:
-        first = raw.locate(rows[0]).removeprefix(raw.origin).strip()
-        raise UserError(
-            f"{raw.origin}: {len(rows)} of {len(raw.rows)} rows (the first: {first}) have chosen and rejected "
-            "conversations that differ before their last turn; as plain text only their last answers would be "
-            "trained: use a chat model or dataset.chat_template=chatml, which trains every turn after the shared prompt"
-        )
-
-
-def refuse_conversations(row: dict) -> None:
-    """UserError for chat messages in a row meant for a model without a chat template (it cannot render them)."""
-    for key in ("prompt", "chosen", "rejected"):
-        if is_conversation(row.get(key)):
-            raise UserError(
-                f"column '{key}' holds chat messages, but the model's tokenizer has no chat template to render them: "
-                "add dataset.chat_template=chatml (or give plain-text columns, or use a chat model)"
-            )
 
 
 def normalize_split(raw: RawSplit, ds_cfg: Any, conversational: bool = False) -> list[dict]:

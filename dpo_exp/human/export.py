@@ -69,9 +69,9 @@ def check_records(run_dirs: list[Path]) -> None:
 def out_problem(out: Path) -> str | None:
     """Why `out` cannot be written (None when it can), checked before anything is read or written."""
     if out.is_dir():
-        return "is a folder (give a file name)"
+        return f"--out {out} is a folder (give a file name)"
     problem = folder_problem(out.parent)
-    return f"cannot be written: {problem}" if problem else None
+    return f"--out {out} cannot be written: {problem}" if problem else None
 
 
 def write_rows(rows: list[dict], out: Path) -> None:
@@ -134,7 +134,7 @@ def export(paths: list[Path], out: Path) -> Exported:
         raise UserError(f"--out {out}: use one of {', '.join(SUFFIXES)}")
     problem = out_problem(out)
     if problem:
-        raise UserError(f"--out {out} {problem}")
+        raise UserError(problem)
     run_dirs = rating_dirs(paths)
     check_records(run_dirs)
     rows, counts = preference_rows(read_many(run_dirs))
