@@ -80,14 +80,17 @@ class TokenBudgetBatchSampler(BatchRebalanceSampler):
             yield list(self.batches[j])
 
 
-def padding_share(batches: list[list[int]], row_lengths: list[tuple[int, int]], multiple: int | None = None) -> float:
+def padding_share(
+    batches: list[list[int]], row_lengths: list[tuple[int, int]], multiple: int | None = None, max_groups: int = 1
+) -> float:
     """Share of the token slots that are padding when each batch is collated as TRL does ([chosen; rejected] rows
-    right-padded to the longest row, rounded up to `multiple`); `row_lengths[i]` = (prompt+chosen, prompt+rejected)."""
+    right-padded to the longest row, rounded up to `multiple`) and run in up to `max_groups` forwards (`row_groups`);
+    `row_lengths[i]` = (prompt+chosen, prompt+rejected) tokens of pair i."""
     slots = real = 0
     for batch in batches:
-        width = bucket(max(max(row_lengths[i]) for i in batch), multiple)
-        slots += 2 * len(batch) * width
-        real += sum(sum(row_lengths[i]) for i in batch)
+        rows = [n for i in batch for n in row_lengths[i]]
+        slots += sum(len(indices) * width for indices, width in row_groups(rows, multiple, max_groups))
+        real += sum(rows)
     return 1 - real / slots if slots else 0.0
 
 
