@@ -89,6 +89,7 @@ class TrainSchema:
     row_groups: int = MISSING
     auto_batch: bool = MISSING
     compile: bool = MISSING
+    fused_gelu: Any = MISSING
 
 
 SCHEMAS: dict[str, type] = {"eval": EvalSchema, "generation": GenerationSchema, "sft": SFTSchema, "train": TrainSchema}
@@ -145,6 +146,7 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         # The DPO trainer never hands a non-finite loss on (`stop` raises, `skip` stands in a finite one), so the
         # Trainer's own NaN/inf filter would only add two host syncs per micro-batch
         logging_nan_inf_filter=False,
+        torch_compile=bool(cfg.get("train", {}).get("compile", False)) or bool(cfg.trainer.get("torch_compile")),
         _convert_="all",  # plain lists and dicts (loss_type may be a list), not OmegaConf containers
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Sampler
+from transformers import TrainerCallback
 
 # Above this many logits (rows x vocabulary; 2**28 fp32 = 1 GiB per copy) the full-logits CPU path would use too
 # much memory, and TRL's chunked kernel is used instead.
@@ -180,13 +181,16 @@ class FullLogitsLogProb(torch.autograd.Function):
 
 class _CpuLogProb:
     """Stands in for TRL's `_ChunkedLogProbFunction` inside `compact_lm_head()`: the full-logits path on CPU when
-    the logits fit `MAX_FULL_LOGITS`, TRL's kernel otherwise."""
+    the logits fit `MAX_FULL_LOGITS` (and the model runs eagerly), TRL's kernel otherwise."""
 
     def __init__(self, kernel):
         self.kernel = kernel
 
     def apply(self, hidden, weight, bias, targets, *args):
-        if hidden.device.type == "cpu" and hidden.shape[0] * weight.shape[0] <= MAX_FULL_LOGITS:
+        # Under torch.compile the graph's backward is traced for every output (the logged-only statistics too, which
+        # this path refuses to differentiate): TRL's kernel there
+        eager = not torch.compiler.is_compiling()
+        if eager and hidden.device.type == "cpu" and hidden.shape[0] * weight.shape[0] <= MAX_FULL_LOGITS:
             return full_logits_log_probs(hidden, weight, bias, targets, *args)
         return self.kernel.apply(hidden, weight, bias, targets, *args)
 
@@ -333,3 +337,35 @@ class HostSyncCounter(TorchDispatchMode):
             torch.Tensor.tolist = self._tolist
             self._tolist = None
         return super().__exit__(*exc)
+
+
+def swap_tanh_gelu(model: Any, fused: bool = True) -> int:
+    """Replace each of the model's eager tanh-GELU modules (transformers' `NewGELUActivation`, GPT-2's `gelu_new`:
+    ~8 element-wise ops, each saving its output for backward) by the one-kernel `GELUTanh` (torch's
+    `gelu(approximate="tanh")`: the same function, equal up to float rounding), or back with `fused=False`. The
+    model's config is left alone, so what is saved and reloaded still names its own activation. Returns how many
+    modules were swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    source, target = (NewGELUActivation, GELUTanh) if fused else (GELUTanh, NewGELUActivation)
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is source:
+                setattr(module, name, target())
+                swapped += 1
+    return swapped
+
+
+class FusedTanhGelu(TrainerCallback):
+    """The fused tanh GELU (`swap_tanh_gelu`) while the Trainer trains, the model's own activation again when it
+    ends (evaluation, generation and the saved model then compute exactly what a reloaded model computes)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        swap_tanh_gelu(self.model, fused=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        swap_tanh_gelu(self.model, fused=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -249,3 +250,93 @@ def test_token_budget_sampler_is_seeded_split_across_processes_and_drives_the_tr
     assert sum(len(b["input_ids"]) // 2 for b in batches) == 16
     assert len({len(b["input_ids"]) for b in batches}) > 1
     assert all(b["input_ids"].numel() <= 160 or len(b["input_ids"]) == 2 for b in batches)
+
+
+def test_fused_tanh_gelu_gives_the_same_log_probs_and_gradients_and_is_undone():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from dpo_exp.throughput import swap_tanh_gelu
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            vocab_size=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
+    ids = torch.randint(0, 128, (3, 24))
+
+    def logps_and_grads():
+        model.zero_grad()
+        logps = torch.log_softmax(model(input_ids=ids).logits, -1)
+        logps.gather(-1, ids[..., None]).sum().backward()
+        return logps.detach(), [p.grad.clone() for p in model.parameters()]
+
+    eager, eager_grads = logps_and_grads()
+    assert swap_tanh_gelu(model) == 2
+    assert sum(isinstance(m, GELUTanh) for m in model.modules()) == 2
+    fused, fused_grads = logps_and_grads()
+    assert not torch.equal(fused, eager)  # another kernel really ran
+    torch.testing.assert_close(fused, eager, rtol=1e-6, atol=1e-6)
+    for a, b in zip(fused_grads, eager_grads):  # float rounding: 1e-6 of each gradient's norm
+        assert (a - b).norm() <= 1e-6 * b.norm()
+    assert swap_tanh_gelu(model, fused=False) == 2
+    assert sum(isinstance(m, NewGELUActivation) for m in model.modules()) == 2
+    assert model.config.activation_function == "gelu_new"
+
+
+def _two_step_losses(tmp_path, **kwargs) -> tuple[list[float], object]:
+    trainer = tiny_trainer(tmp_path, max_steps=2, logging_steps=1, **kwargs)
+    trainer.train()
+    return [r["loss"] for r in trainer.state.log_history if "loss" in r and "train_runtime" not in r], trainer
+
+
+@pytest.mark.slow  # compiling takes a minute or more on 2 CPU cores
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_train_compile_compiles_the_policy_and_changes_no_value(tmp_path, backend):
+    """train.compile=true: the Trainer trains a torch.compile'd policy and logs the same losses as eager (aot_eager:
+    dynamo capture and AOT autograd; inductor: generated C++ kernels, skipped without a C compiler)."""
+    import shutil
+
+    if backend == "inductor" and not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("inductor needs a C compiler on CPU")
+    eager, _ = _two_step_losses(tmp_path / "eager")
+    compiled, trainer = _two_step_losses(tmp_path / "compiled", train={"compile": True}, torch_compile_backend=backend)
+    assert trainer.args.torch_compile
+    assert hasattr(trainer.model_wrapped, "_orig_mod") or hasattr(trainer.model, "_orig_mod")
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # three contender processes: about a minute on 2 CPU cores
+def test_gpu_profile_smoke_writes_each_contenders_measurements(tmp_path):
+    """`python benchmarks/gpu_profile.py --smoke --out DIR` on CPU: DIR/gpu_profile.json holds, for trl, floor and
+    dpo_exp, measured tokens_per_s, mfu, peak_memory_bytes and syncs_per_step; dpo_exp's step makes few syncs."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_profile.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_profile.json").read_text())
+    assert set(report["contenders"]) == {"trl", "floor", "dpo_exp"}
+    for name, entry in report["contenders"].items():
+        assert "error" not in entry, (name, entry)
+        assert entry["tokens_per_s"] > 0 and 0 < entry["mfu"] < 1, name
+        assert entry["peak_memory_bytes"] > 2**20 and entry["top_kernels"], name
+        assert entry["syncs_per_step"] >= 0, name
+    assert report["contenders"]["dpo_exp"]["syncs_per_step"] <= 10
+    assert report["contenders"]["trl"]["syncs_per_step"] > report["contenders"]["dpo_exp"]["syncs_per_step"]

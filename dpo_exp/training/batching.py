@@ -114,6 +114,8 @@ class RowLengthsCollator:
         return batch
 
     def __getattr__(self, name: str) -> Any:  # pad_token_id, pad_to_multiple_of, ... of the wrapped collator
+        if name == "collator":  # not set yet (unpickling in a DataLoader worker)
+            raise AttributeError(name)
         return getattr(self.collator, name)
 
 

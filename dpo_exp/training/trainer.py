@@ -15,7 +15,13 @@ from transformers import TrainerCallback
 from ..infra.tracking import Tracker
 from ..lora import lora_config
 from ..schema import dpo_config
-from ..throughput import LengthGroupedPairSampler, causal_without_mask, compact_lm_head, pair_lengths
+from ..throughput import (
+    FusedTanhGelu,
+    LengthGroupedPairSampler,
+    causal_without_mask,
+    compact_lm_head,
+    pair_lengths,
+)
 from ..trl_compat import CompatDPOTrainer
 from .batching import ROW_LENGTHS, RowLengthsCollator, TokenBudgetBatchSampler, row_groups
 from .callbacks import MetricsRecorder
@@ -263,6 +269,9 @@ def build_trainer(
         ref_model = frozen_reference(model, precision)
     guard = GradientGuard(str(cfg.on_nonfinite))
     callbacks = [MetricsRecorder(run_dir / "metrics.jsonl", tracker), guard, *(extra_callbacks or [])]
+    fused_gelu = cfg.train.get("fused_gelu", "auto")
+    if fused_gelu is True or (fused_gelu == "auto" and str(device).startswith("cuda")):
+        callbacks.append(FusedTanhGelu(model))
     trainer = ExperimentDPOTrainer(
         model=model,
         ref_model=ref_model,
