@@ -86,7 +86,7 @@ class TrainSchema:
     min_prompt_tokens: int = MISSING
     group_by_length: bool = MISSING
     max_tokens_per_batch: int | None = MISSING
-    row_groups: int = MISSING
+    row_groups: int | None = MISSING
     auto_batch: bool = MISSING
     compile: bool = MISSING
     fused_gelu: Any = MISSING

@@ -284,7 +284,7 @@ def build_trainer(
         on_nonfinite=str(cfg.on_nonfinite),
         group_by_length=bool(cfg.train.group_by_length),
         max_tokens_per_batch=cfg.train.get("max_tokens_per_batch"),
-        row_groups=int(cfg.train.get("row_groups", 1)),
+        row_groups=int(cfg.train.get("row_groups") or (3 if str(device).startswith("cuda") else 1)),
     )
     guard.trainer = trainer
     return trainer
