@@ -103,22 +103,22 @@ def test_sharding_divides_what_it_shards_and_lora_trains_few_parameters():
 def test_a_run_that_cannot_fit_is_refused_before_loading_naming_what_would_fit(monkeypatch):
     """A budget whose activations exceed the (here: 64 GiB) GPU is one error line naming a token budget that fits
     and the other ways out; auto_batch picks that budget instead; on CPU the same run only warns."""
-    from dpo_exp import config as config_module
+    from dpo_exp import memory_check
     from dpo_exp.errors import UserError
 
     from .conftest import FAST_MODEL, compose
 
-    monkeypatch.setattr(config_module, "device_memory_bytes", lambda device: 64 * 2**30)
+    monkeypatch.setattr(memory_check, "device_memory_bytes", lambda device: 64 * 2**30)
     cfg = compose([*FAST_MODEL, "train.max_tokens_per_batch=100000000", "logger=none"])
     with pytest.raises(UserError) as refused:
-        config_module.check_memory(cfg, "bf16", "cuda:0")
+        memory_check.check_memory(cfg, "bf16", "cuda:0")
     message = str(refused.value)
     assert "\n" not in message and "exceeds" in message and "train.max_tokens_per_batch=" in message
-    assert config_module.check_memory(cfg, "fp32", "cpu").total > 64 * 2**30  # CPU: estimated, not refused
+    assert memory_check.check_memory(cfg, "fp32", "cpu").total > 64 * 2**30  # CPU: estimated, not refused
     fitting = int(message.split("train.max_tokens_per_batch=")[1].split()[0].rstrip(",;"))
     cfg.train.max_tokens_per_batch = fitting
-    assert config_module.check_memory(cfg, "bf16", "cuda:0").total <= 64 * 2**30
+    assert memory_check.check_memory(cfg, "bf16", "cuda:0").total <= 64 * 2**30
     cfg.train.max_tokens_per_batch = None
     cfg.train.auto_batch = True
-    chosen = config_module.check_memory(cfg, "bf16", "cuda:0")
+    chosen = memory_check.check_memory(cfg, "bf16", "cuda:0")
     assert cfg.train.max_tokens_per_batch == fitting and chosen.token_slots == fitting

@@ -51,20 +51,20 @@ def test_compact_lm_head_scores_fewer_positions(monkeypatch):
     """Inside the block the LM head projects only the labelled positions; outside, TRL's kernel scores all."""
     import trl.trainer.utils as trl_utils
 
-    from dpo_exp import throughput
+    from dpo_exp.throughput import lm_head
 
     model = _fused_model()
     ids = torch.randint(0, 50257, (2, 10))
     labels = ids.clone()
     labels[:, :7] = -100
     rows = []
-    original = throughput.full_logits_log_probs
+    original = lm_head.full_logits_log_probs
 
     def spy(hidden, *args):
         rows.append(hidden.shape[0])
         return original(hidden, *args)
 
-    monkeypatch.setattr(throughput, "full_logits_log_probs", spy)
+    monkeypatch.setattr(lm_head, "full_logits_log_probs", spy)
     kernel = trl_utils._ChunkedLogProbFunction
     model(input_ids=ids, labels=labels, fused_lm_head=True)
     assert rows == []  # outside the block: TRL's own kernel
@@ -76,13 +76,13 @@ def test_compact_lm_head_scores_fewer_positions(monkeypatch):
 
 
 def test_large_batches_fall_back_to_trl_kernel(monkeypatch):
-    from dpo_exp import throughput
+    from dpo_exp.throughput import lm_head
 
     model = _fused_model()
     ids = torch.randint(0, 50257, (2, 10))
-    monkeypatch.setattr(throughput, "MAX_FULL_LOGITS", 10)
+    monkeypatch.setattr(lm_head, "MAX_FULL_LOGITS", 10)
     calls = []
-    monkeypatch.setattr(throughput, "full_logits_log_probs", lambda *a: calls.append(1))
+    monkeypatch.setattr(lm_head, "full_logits_log_probs", lambda *a: calls.append(1))
     with compact_lm_head():
         out = model(input_ids=ids, labels=ids, fused_lm_head=True)
     assert calls == [] and out.log_probs.shape == (2, 9)

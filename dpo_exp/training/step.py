@@ -90,7 +90,6 @@ def dpo_loss(
     device (`METRIC_NAMES`) and the batch's `num_tokens` summed over processes (TRL's `num_tokens` count), gathered
     as TRL gathers them; nothing is read back to the host. `groups` (right-padded batches only, whose inputs then
     carry no attention mask): run the policy once per row group (`policy_forward`)."""
-    accelerator = trainer.accelerator
     model_kwargs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
     model_kwargs["use_cache"] = False
     completion_mask = inputs["completion_mask"]
@@ -99,62 +98,76 @@ def dpo_loss(
     outputs = policy_forward(model, model_kwargs, labels, groups)
     seq_len = shift_mask.size(1)
     chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
-    if trainer.precompute_ref_logps:
-        ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-    else:  # TRL's reference pass (a frozen copy, or the policy with its adapter disabled)
-        reference = trainer.ref_model if trainer.ref_model is not None else trainer.model
-        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(reference, inputs)
+    ref_chosen, ref_rejected = _reference_logps(trainer, inputs)
     chosen_ratio = chosen_logps - ref_chosen
     rejected_ratio = rejected_logps - ref_rejected
     loss = 0.0 + (-F.logsigmoid(trainer.beta * (chosen_ratio - rejected_ratio))).mean() * trainer.loss_weights[0]
-
     with torch.no_grad():
-        chosen_mask, rejected_mask = shift_mask.chunk(2, dim=0)
-        entropy = outputs.entropy[:, -seq_len:]
-        mean_logits = outputs.mean_logits[:, -seq_len:]
-        chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)
-        chosen_logits, rejected_logits = mean_logits.chunk(2, dim=0)
-        sums = torch.stack(
-            [
-                (entropy * shift_mask).sum(),
-                shift_mask.sum(),
-                chosen_logits[chosen_mask.bool()].sum(),
-                chosen_mask.sum(),
-                rejected_logits[rejected_mask.bool()].sum(),
-                rejected_mask.sum(),
-                (chosen_top1 & chosen_mask.bool()).sum(),
-            ]
-        ).float()
-        sums = accelerator.gather_for_metrics(sums.unsqueeze(0)).sum(0)
-        chosen_rewards = trainer.beta * chosen_ratio.detach()
-        rejected_rewards = trainer.beta * rejected_ratio.detach()
-        per_pair = torch.stack(
-            [
-                chosen_rewards,
-                rejected_rewards,
-                (chosen_rewards > rejected_rewards).float(),
-                chosen_rewards - rejected_rewards,
-                chosen_logps.detach(),
-                rejected_logps.detach(),
-            ],
-            dim=1,
-        )
-        means = accelerator.gather(per_pair).mean(dim=0)
-        stats = torch.cat(
-            [
-                torch.stack(
-                    [
-                        _ratio(sums[0], sums[1]),
-                        _ratio(sums[2], sums[3]),
-                        _ratio(sums[4], sums[5]),
-                        _ratio(sums[6], sums[3]),
-                    ]
-                ),
-                means.float(),
-            ]
-        )
-        tokens = accelerator.gather_for_metrics(num_tokens.reshape(1)).sum() // trainer.tp_size
+        token_stats = _token_stats(trainer.accelerator, outputs, shift_mask)
+        pair_means = _pair_means(trainer, chosen_ratio, rejected_ratio, chosen_logps, rejected_logps)
+        stats = torch.cat([token_stats, pair_means.float()])
+        tokens = trainer.accelerator.gather_for_metrics(num_tokens.reshape(1)).sum() // trainer.tp_size
     return loss, stats, tokens
+
+
+def _reference_logps(trainer: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's (chosen, rejected) sequence log-probs: precomputed in the batch, or TRL's reference pass (a
+    frozen copy, or the policy with its adapter disabled)."""
+    if trainer.precompute_ref_logps:
+        return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+    reference = trainer.ref_model if trainer.ref_model is not None else trainer.model
+    return trainer.compute_ref_log_probs(reference, inputs)
+
+
+def _token_stats(accelerator: Any, outputs: Any, shift_mask: torch.Tensor) -> torch.Tensor:
+    """The per-token metrics (entropy, chosen and rejected mean logits, mean token accuracy) as TRL computes them:
+    sums and counts over the completion tokens of every process, then their ratios."""
+    seq_len = shift_mask.size(1)
+    chosen_mask, rejected_mask = shift_mask.chunk(2, dim=0)
+    entropy = outputs.entropy[:, -seq_len:]
+    mean_logits = outputs.mean_logits[:, -seq_len:]
+    chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)
+    chosen_logits, rejected_logits = mean_logits.chunk(2, dim=0)
+    sums = torch.stack(
+        [
+            (entropy * shift_mask).sum(),
+            shift_mask.sum(),
+            chosen_logits[chosen_mask.bool()].sum(),
+            chosen_mask.sum(),
+            rejected_logits[rejected_mask.bool()].sum(),
+            rejected_mask.sum(),
+            (chosen_top1 & chosen_mask.bool()).sum(),
+        ]
+    ).float()
+    sums = accelerator.gather_for_metrics(sums.unsqueeze(0)).sum(0)
+    return torch.stack(
+        [_ratio(sums[0], sums[1]), _ratio(sums[2], sums[3]), _ratio(sums[4], sums[5]), _ratio(sums[6], sums[3])]
+    )
+
+
+def _pair_means(
+    trainer: Any,
+    chosen_ratio: torch.Tensor,
+    rejected_ratio: torch.Tensor,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+) -> torch.Tensor:
+    """The per-pair metrics (rewards, reward accuracy and margin, log-probs), averaged over the pairs of every
+    process."""
+    chosen_rewards = trainer.beta * chosen_ratio.detach()
+    rejected_rewards = trainer.beta * rejected_ratio.detach()
+    per_pair = torch.stack(
+        [
+            chosen_rewards,
+            rejected_rewards,
+            (chosen_rewards > rejected_rewards).float(),
+            chosen_rewards - rejected_rewards,
+            chosen_logps.detach(),
+            rejected_logps.detach(),
+        ],
+        dim=1,
+    )
+    return trainer.accelerator.gather(per_pair).mean(dim=0)
 
 
 class DeviceMetrics:
