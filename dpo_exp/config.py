@@ -265,8 +265,12 @@ def validate(cfg: DictConfig) -> None:
 
     check_lora_targets(cfg.lora, cfg.model)
     check_trainer(cfg, precision, device)
+    from .infra.distributed import world_size
+    from .infra.sharding import check_strategy
     from .methods import build_method
 
+    method = str(cfg.method.name) if cfg.get("method") is not None else "dpo"
+    check_strategy(cfg, world_size(), method)  # the `distributed` group: this launch, method and settings can use it
     build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
     ignored = ignored_shorthand_problem(cfg.get("method"), command_line())  # e.g. beta for method=preferred_ft
     if ignored:

@@ -125,8 +125,11 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
     project's tracker reports). TRL's own validation errors come out as they are."""
     from hydra.utils import instantiate
 
+    from .infra.sharding import strategy
+
     return instantiate(
         cfg.trainer,
+        **strategy(cfg).training_arguments(),  # fsdp / deepspeed settings for accelerate (none for ddp)
         output_dir=str(Path(run_dir) / CHECKPOINT_DIR),
         bf16=precision == "bf16",
         fp16=precision == "fp16",

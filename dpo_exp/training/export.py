@@ -41,7 +41,17 @@ def save_run_model(
     trainer, tokenizer, model_dir: Path, model_cfg: Any, reference_path: Path | str | None = None
 ) -> dict[str, str]:
     """Save the trained policy into `model_dir` (layout above); returns what was saved, for summary.json.
-    `reference_path`: the warm-started reference's folder, when the run has one."""
+    `reference_path`: the warm-started reference's folder, when the run has one. A sharded model is gathered
+    (every process takes part) into one consolidated folder."""
+    from ..infra.sharding import consolidated_save
+
+    with consolidated_save(trainer):
+        return _save_run_model(trainer, tokenizer, model_dir, model_cfg, reference_path)
+
+
+def _save_run_model(
+    trainer, tokenizer, model_dir: Path, model_cfg: Any, reference_path: Path | str | None = None
+) -> dict[str, str]:
     from ..models import is_peft
 
     model_dir = Path(model_dir)

@@ -3,10 +3,10 @@ optimizer state or LR schedule (`skip`)."""
 
 from __future__ import annotations
 
-import torch
 from transformers import TrainerCallback
 
 from ..errors import RunFailure
+from ..infra.sharding import nonfinite_anywhere
 
 
 class NonFiniteError(RunFailure):
@@ -50,8 +50,8 @@ def make_skippable(optimizer):
 
 
 def nonfinite_gradients(model) -> bool:
-    """Whether any parameter's gradient holds a NaN or an inf."""
-    return any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters())
+    """Whether any parameter's gradient holds a NaN or an inf, on any process (sharded gradients included)."""
+    return nonfinite_anywhere(model)
 
 
 class GradientGuard(TrainerCallback):
