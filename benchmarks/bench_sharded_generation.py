@@ -27,7 +27,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 def build(args: argparse.Namespace) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        n_layer=args.layers, n_embd=args.width, n_head=4, vocab_size=args.vocab, n_positions=args.prompt + args.new
+        n_layer=args.layers,
+        n_embd=args.width,
+        n_head=4,
+        vocab_size=args.vocab,
+        n_positions=args.prompt + args.new,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return GPT2LMHeadModel(config).eval()
 
