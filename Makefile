@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500   # two workers; module fixtures shared per file
 
-.PHONY: install demo app lint test test-slow test-all docs docs-config bench bench-effect bench-judge gpu-check clean
+.PHONY: install demo app lint test test-slow test-all docs docs-config bench bench-effect bench-judge gpu-check gpu-profile clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,13 @@ bench-effect: install   # the effect figures of README.md and docs/results.md (i
 
 gpu-check: install   # the GPU path in one table (< 8 min on one GPU, no hub); without a GPU it says so and exits 0
 	$(PY) benchmarks/gpu_check.py
+
+gpu-profile: install   # trl vs a hand-written floor vs dpo_exp on the same UltraFeedback batches (< 8 min on one GPU): benchmarks/results/gpu_profile.json; without a GPU, --smoke on CPU
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		$(PY) benchmarks/gpu_profile.py; \
+	else \
+		$(PY) benchmarks/gpu_profile.py --smoke; \
+	fi
 
 bench-judge: install   # the trained-judge table of docs/results.md and frontiers on the preference samples: ~11 min on 2 cores
 	$(PY) benchmarks/bench_preference_judge.py

@@ -85,6 +85,11 @@ class TrainSchema:
     precision: str = MISSING
     min_prompt_tokens: int = MISSING
     group_by_length: bool = MISSING
+    max_tokens_per_batch: int | None = MISSING
+    row_groups: int = MISSING
+    auto_batch: bool = MISSING
+    compile: bool = MISSING
+    fused_gelu: Any = MISSING
 
 
 SCHEMAS: dict[str, type] = {"eval": EvalSchema, "generation": GenerationSchema, "sft": SFTSchema, "train": TrainSchema}
@@ -127,8 +132,12 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
 
     from .infra.sharding import strategy
 
+    fused = {}
+    if device.startswith("cuda") and cfg.trainer.get("optim") == "adamw_torch":
+        fused["optim"] = "adamw_torch_fused"  # the same AdamW in one kernel per step on CUDA (no per-tensor launches)
     return instantiate(
         cfg.trainer,
+        **fused,
         **strategy(cfg).training_arguments(),  # fsdp / deepspeed settings for accelerate (none for ddp)
         output_dir=str(Path(run_dir) / CHECKPOINT_DIR),
         bf16=precision == "bf16",
@@ -138,6 +147,10 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
         data_seed=int(cfg.seed),
         report_to="none",
         activation_checkpointing=checkpointing(cfg.trainer),
+        # The DPO trainer never hands a non-finite loss on (`stop` raises, `skip` stands in a finite one), so the
+        # Trainer's own NaN/inf filter would only add two host syncs per micro-batch
+        logging_nan_inf_filter=False,
+        torch_compile=bool(cfg.get("train", {}).get("compile", False)) or bool(cfg.trainer.get("torch_compile")),
         _convert_="all",  # plain lists and dicts (loss_type may be a list), not OmegaConf containers
     )
 

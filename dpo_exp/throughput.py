@@ -1,4 +1,4 @@
-"""CPU throughput hooks for TRL's DPOTrainer: compact fused LM head and length-grouped batches.
+"""Throughput hooks for TRL's DPOTrainer: compact fused LM head, length-grouped batches, a host-sync counter.
 
 Two places where TRL 1.x does avoidable work on a CPU (measured in benchmarks/bench_dpo_step.py):
 
@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Sampler
+from transformers import TrainerCallback
 
 # Above this many logits (rows x vocabulary; 2**28 fp32 = 1 GiB per copy) the full-logits CPU path would use too
 # much memory, and TRL's chunked kernel is used instead.
@@ -179,13 +181,16 @@ class FullLogitsLogProb(torch.autograd.Function):
 
 class _CpuLogProb:
     """Stands in for TRL's `_ChunkedLogProbFunction` inside `compact_lm_head()`: the full-logits path on CPU when
-    the logits fit `MAX_FULL_LOGITS`, TRL's kernel otherwise."""
+    the logits fit `MAX_FULL_LOGITS` (and the model runs eagerly), TRL's kernel otherwise."""
 
     def __init__(self, kernel):
         self.kernel = kernel
 
     def apply(self, hidden, weight, bias, targets, *args):
-        if hidden.device.type == "cpu" and hidden.shape[0] * weight.shape[0] <= MAX_FULL_LOGITS:
+        # Under torch.compile the graph's backward is traced for every output (the logged-only statistics too, which
+        # this path refuses to differentiate): TRL's kernel there
+        eager = not torch.compiler.is_compiling()
+        if eager and hidden.device.type == "cpu" and hidden.shape[0] * weight.shape[0] <= MAX_FULL_LOGITS:
             return full_logits_log_probs(hidden, weight, bias, targets, *args)
         return self.kernel.apply(hidden, weight, bias, targets, *args)
 
@@ -211,6 +216,31 @@ def compact_lm_head() -> Iterator[None]:
         yield
     finally:
         set_fused_lm_head_kernel(use_triton, kernel)
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def causal_without_mask() -> Iterator[None]:
+    """Within the block, models on PyTorch's SDPA attention get no attention mask, so SDPA runs its causal kernel
+    (`is_causal`) and transformers reads nothing back from the device to decide that (its mask builder checks the
+    padding on the host: two syncs per forward). Only for right-padded batches: a causal model's outputs at a row's
+    real tokens never see the padding after them, so their values are the same (tests/test_step_speed.py). The
+    mask is still passed to the model (no padding warning, no packed-sequence check, positions unchanged); other
+    attention implementations (eager, flash, flex) are left alone."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    previous = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+    ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] = _no_mask
+    try:
+        yield
+    finally:
+        if previous is AttentionMaskInterface._global_mapping["sdpa"]:
+            del ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+        else:
+            ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] = previous
 
 
 def pair_lengths(dataset: Any) -> list[int]:
@@ -260,3 +290,82 @@ class LengthGroupedPairSampler(Sampler[int]):
             yield from full[j]
         for b in rest:
             yield from b
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts the host's reads of tensor values (`item()`, `bool()`/`if t`, `float()`, `tolist()`, `.cpu()`): on a
+    GPU each is a point where the host waits for the device to catch up (a host sync).
+
+    On a GPU, reads of device tensors and device-to-host copies are counted. With `cpu=True` (a CPU-only run, where
+    nothing waits) every read of a CPU tensor is counted instead, so a CPU test pins how many syncs the same code
+    makes on a GPU (an upper bound: values that live on the host there too, such as a non-fused optimiser's step
+    counters, count as well). Use as a context manager around the steps; `count` is the total."""
+
+    def __init__(self, cpu: bool = False):
+        super().__init__()
+        self.cpu = cpu
+        self.count = 0
+        self._tolist = None
+
+    def _counts(self, tensor: Any) -> bool:
+        return isinstance(tensor, torch.Tensor) and (tensor.device.type == "cpu") == self.cpu
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += self._counts(args[0])
+        elif not self.cpu and func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            target = args[0].device if func is torch.ops.aten.copy_.default else kwargs.get("device")
+            if isinstance(source, torch.Tensor) and source.device.type != "cpu" and target is not None:
+                self.count += torch.device(target).type == "cpu"
+        return func(*args, **kwargs)
+
+    def __enter__(self):
+        if self.cpu:  # a CPU tensor's tolist() reads memory directly, below the dispatcher
+            original = self._tolist = torch.Tensor.tolist
+
+            def counted_tolist(tensor):
+                self.count += 1
+                return original(tensor)
+
+            torch.Tensor.tolist = counted_tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self._tolist is not None:
+            torch.Tensor.tolist = self._tolist
+            self._tolist = None
+        return super().__exit__(*exc)
+
+
+def swap_tanh_gelu(model: Any, fused: bool = True) -> int:
+    """Replace each of the model's eager tanh-GELU modules (transformers' `NewGELUActivation`, GPT-2's `gelu_new`:
+    ~8 element-wise ops, each saving its output for backward) by the one-kernel `GELUTanh` (torch's
+    `gelu(approximate="tanh")`: the same function, equal up to float rounding), or back with `fused=False`. The
+    model's config is left alone, so what is saved and reloaded still names its own activation. Returns how many
+    modules were swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    source, target = (NewGELUActivation, GELUTanh) if fused else (GELUTanh, NewGELUActivation)
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is source:
+                setattr(module, name, target())
+                swapped += 1
+    return swapped
+
+
+class FusedTanhGelu(TrainerCallback):
+    """The fused tanh GELU (`swap_tanh_gelu`) while the Trainer trains, the model's own activation again when it
+    ends (evaluation, generation and the saved model then compute exactly what a reloaded model computes)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        swap_tanh_gelu(self.model, fused=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        swap_tanh_gelu(self.model, fused=False)

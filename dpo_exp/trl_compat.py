@@ -10,6 +10,9 @@ one fails there, naming it, instead of deep inside a run. What is used, and by w
   TRL's text tokenisation (dpo_exp.training.trainer), through `CompatDPOTrainer.prepare_pairs`.
 - `DPOTrainer._metrics["train"]` and `Trainer._total_train_tokens`: a dropped non-finite micro-batch's metrics are
   rolled back (dpo_exp.training.trainer), through `CompatDPOTrainer.train_metrics` / `total_train_tokens`.
+- `DPOTrainer._tp_size` and `_is_vision_dataset`, and transformers' `Trainer._get_grad_norm(model, grad_norm)`: the
+  sync-free DPO step (dpo_exp.training.step) and its one non-finite check per step on the clipped gradient norm
+  (dpo_exp.training.nonfinite), through `tp_size` / `is_vision_dataset` / `step_grad_norm`.
 - `trl.trainer.utils._use_triton` and `_ChunkedLogProbFunction`: the fused LM head's kernel choice, swapped on CPU
   (dpo_exp.throughput), through `fused_lm_head_kernel` / `set_fused_lm_head_kernel`.
 - TRL's tokenisation of a text pair (`_prepare_dataset`'s tokenize step), re-done for the implicit reward of
@@ -34,6 +37,7 @@ PAIR_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # = dpo_exp.data
 PRIVATE_METHODS = (
     ("trl.DPOTrainer", "_precompute_ref_logps", ("self", "dataset", "name", "batch_size")),
     ("trl.DPOTrainer", "_prepare_dataset", ("self", "dataset", "processing_class", "args", "dataset_name")),
+    ("trl.DPOTrainer", "_get_grad_norm", ("self", "model", "grad_norm")),
 )
 PRIVATE_MODULE_NAMES = (
     ("trl.trainer.utils", "_use_triton"),
@@ -67,6 +71,20 @@ class CompatDPOTrainer(DPOTrainer):
     def train_metrics(self) -> dict[str, list]:
         """TRL's per-micro-batch training metrics, averaged at each logging step."""
         return self._metrics["train"]
+
+    @property
+    def tp_size(self) -> int:
+        """Tensor-parallel degree TRL divides its token count by."""
+        return int(getattr(self, "_tp_size", 1))
+
+    @property
+    def is_vision_dataset(self) -> bool:
+        return bool(getattr(self, "_is_vision_dataset", False))
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.step_grad_norm = grad_norm  # the step's (pre-clip) gradient norm, a device tensor: no host read here
+        return grad_norm
 
     @property
     def total_train_tokens(self) -> Any:

@@ -74,12 +74,26 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, text)
 
 
-def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one row and flush it to disk (a crash can at worst leave a partial last line, which readers skip)."""
+def append_jsonl(path: str | Path, row: dict, fsync: bool = True) -> None:
+    """Append one row and flush it to disk (a crash can at worst leave a partial last line, which readers skip).
+    `fsync=False` hands it to the OS only (it survives the process being killed, not the machine going down)."""
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(clean_floats(row), default=_json_default) + "\n")
         handle.flush()
-        os.fsync(handle.fileno())
+        if fsync:
+            os.fsync(handle.fileno())
+
+
+def fsync_file(path: str | Path) -> None:
+    """Force what was written to `path` onto the disk (no-op when it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -10,14 +10,17 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..infra.storage import append_jsonl
+from ..infra.storage import append_jsonl, fsync_file
 from ..infra.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
 class MetricsRecorder(TrainerCallback):
-    """Every Trainer log row -> metrics.jsonl (split, step, epoch, TRL's metric names) and the tracker."""
+    """Every Trainer log row -> metrics.jsonl (split, step, epoch, TRL's metric names) and the tracker.
+
+    Each row is handed to the OS as it is logged (a killed process loses none); the file is fsynced when a checkpoint
+    is saved and when training ends, not every step (an fsync per step stalls the training loop on the disk)."""
 
     def __init__(self, path: Path, tracker: Tracker):
         self.path = path
@@ -37,12 +40,20 @@ class MetricsRecorder(TrainerCallback):
             split = "train"
             metrics = logs
         row = {"split": split, "step": state.global_step, "epoch": state.epoch, **metrics}
-        append_jsonl(self.path, row)
+        append_jsonl(self.path, row, fsync=split != "train")
         prefix = {"train": "train/", "eval": "eval/", "final": "train/"}[split]
         self.tracker.log(
             {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             | {"train/global_step": state.global_step}
         )
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            fsync_file(self.path)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            fsync_file(self.path)
 
 
 class GracefulStop(TrainerCallback):

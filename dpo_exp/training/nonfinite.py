@@ -3,6 +3,9 @@ optimizer state or LR schedule (`skip`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from transformers import TrainerCallback
 
 from ..errors import RunFailure
@@ -54,8 +57,26 @@ def nonfinite_gradients(model) -> bool:
     return nonfinite_anywhere(model)
 
 
+def nonfinite_step(loss_finite: torch.Tensor | None, grad_norm: Any, model: Any, check_gradients: bool) -> str | None:
+    """What is non-finite in the step, read back to the host in ONE transfer: "loss" (a micro-batch's loss, recorded
+    on the device as `loss_finite`), "gradients", or None. The gradient norm that clipping computed is non-finite
+    exactly when some gradient is, so one scalar stands for every parameter; without a tensor norm (e.g. DeepSpeed's
+    float) each gradient is checked (`nonfinite_gradients`)."""
+    flags = [] if loss_finite is None else [loss_finite.reshape(())]
+    norm_flag = check_gradients and isinstance(grad_norm, torch.Tensor)
+    if norm_flag:
+        flags.append(torch.isfinite(grad_norm).reshape(()).to(flags[0].device if flags else grad_norm.device))
+    values = torch.stack(flags).tolist() if flags else []
+    if loss_finite is not None and not values.pop(0):
+        return "loss"
+    if norm_flag:
+        return None if values[0] else "gradients"
+    return "gradients" if check_gradients and nonfinite_gradients(model) else None
+
+
 class GradientGuard(TrainerCallback):
-    """Checks the gradients before each optimiser step (after clipping): `stop` raises, `skip` skips the step.
+    """Checks the step before each optimiser step (after clipping), with one host read: `stop` raises naming the
+    step, `skip` skips it.
 
     With fp16's grad scaler, non-finite gradients are the scaler's business (it skips the step and lowers its scale).
     """
@@ -68,13 +89,17 @@ class GradientGuard(TrainerCallback):
         trainer = self.trainer
         if trainer is None:
             return
-        if not trainer.skip_pending and trainer.accelerator.scaler is None:
-            if nonfinite_gradients(trainer.model):
+        loss_finite, trainer.loss_finite = trainer.loss_finite, None
+        grad_norm, trainer.step_grad_norm = getattr(trainer, "step_grad_norm", None), None
+        if not trainer.skip_pending:
+            scaled = trainer.accelerator.scaler is not None
+            problem = nonfinite_step(loss_finite, grad_norm, trainer.model, check_gradients=not scaled)
+            if problem is not None:
                 if self.policy != "skip":
                     raise NonFiniteError(
-                        f"non-finite gradients at step {state.global_step + 1}; the last good checkpoint is kept"
+                        f"non-finite {problem} at step {state.global_step + 1}; the last good checkpoint is kept"
                     )
-                trainer.skip_optimizer_step("non-finite gradients")
+                trainer.skip_optimizer_step(f"non-finite {problem}")
         if trainer.skip_pending:  # after clipping, just before optimizer.step()
             trainer.skip_pending = False
             make_skippable(trainer.optimizer).skip()

@@ -3,9 +3,9 @@ trainer subclass that keeps sampled token ids and refuses (or skips) non-finite 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,19 @@ from ..infra.sharding import enable_cpu_fsdp, strategy
 from ..infra.tracking import Tracker
 from ..lora import lora_config
 from ..schema import dpo_config
-from ..throughput import LengthGroupedPairSampler, compact_lm_head, pair_lengths
+from ..throughput import (
+    FusedTanhGelu,
+    LengthGroupedPairSampler,
+    causal_without_mask,
+    compact_lm_head,
+    pair_lengths,
+)
 from ..trl_compat import CompatDPOTrainer
+from .batching import ROW_LENGTHS, RowLengthsCollator, TokenBudgetBatchSampler, row_groups
 from .callbacks import MetricsRecorder
-from .nonfinite import GradientGuard, NonFiniteError, SkippableStep
+from .nonfinite import GradientGuard, SkippableStep
 from .ref_logps import SharedRefLogpsMixin
+from .step import DeviceMetrics, dpo_loss, sync_free_loss_applies
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +50,30 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
     logged loss repeats the last logged one.
     """
 
-    def __init__(self, *args, on_nonfinite: str = "stop", group_by_length: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        on_nonfinite: str = "stop",
+        group_by_length: bool = False,
+        max_tokens_per_batch: int | None = None,
+        row_groups: int = 1,
+        **kwargs,
+    ):
         self.group_by_length = group_by_length
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.max_row_groups = max(1, int(row_groups))
         super().__init__(*args, **kwargs)
+        self.data_collator = RowLengthsCollator(self.data_collator)  # each row's length, known on the host
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self._micro_batches = 0  # in the current optimizer step
         self._bad_micro_batches = 0
         self._good_loss = None  # sum of the finite micro-batch losses of the current step
         self.skip_pending = False  # the coming optimizer step is to be skipped (GradientGuard applies it)
+        self.sync_free = sync_free_loss_applies(self)  # dpo_exp.training.step: TRL's loss, metrics kept on device
+        self.device_metrics = DeviceMetrics()
+        self.loss_finite: torch.Tensor | None = None  # `stop`: the step's losses all finite, read by GradientGuard
+        self.step_grad_norm = None  # the step's gradient norm (set by the Trainer's clipping, read by GradientGuard)
 
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
@@ -62,21 +85,52 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
         with compact_lm_head():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def _train_loss(self, model, inputs, return_outputs, num_items_in_batch, row_lengths=None):
+        """The training loss: without host syncs (dpo_exp.training.step) where it reproduces TRL's, else TRL's.
+
+        A right-padded batch (its `row_lengths` known on the host) runs without an attention mask (SDPA's causal
+        kernel, no mask checks on the host: dpo_exp.throughput.causal_without_mask) and, in a single process, in up to `row_groups` forward passes of rows
+        of similar length (less padding; several forwards before one backward would trip DDP's reducer)."""
+        if not self.sync_free or return_outputs:
+            return self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
+        groups = None
+        mask = contextlib.nullcontext()
+        if row_lengths is not None:  # right-padded (dpo_exp.training.batching.RowLengthsCollator)
+            mask = causal_without_mask()
+            num_tokens = torch.tensor(sum(row_lengths), device=inputs["input_ids"].device)
+            if self.max_row_groups > 1 and self.accelerator.num_processes == 1:
+                groups = row_groups(row_lengths, self.args.pad_to_multiple_of, self.max_row_groups)
+        else:
+            num_tokens = inputs["attention_mask"].sum()
+        with compact_lm_head(), mask:
+            loss, stats, tokens = dpo_loss(self, model, inputs, num_tokens, groups)
+        self.device_metrics.rows.append(stats)
+        self.device_metrics.tokens.append(tokens)
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        row_lengths = inputs.pop(ROW_LENGTHS, None)
         if not model.training:
             return self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
         metrics = self.train_metrics
         logged = {key: list(values) for key, values in metrics.items()}  # a few floats per logging window
         tokens = self.total_train_tokens
-        result = self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
+        mark = self.device_metrics.mark()
+        result = self._train_loss(model, inputs, return_outputs, num_items_in_batch, row_lengths)
         loss = result[0] if return_outputs else result
-        if torch.isfinite(loss).all():
+        if self.on_nonfinite != "skip":
+            # `stop`: recorded on the device and read once per step with the gradient norm (GradientGuard), which
+            # stops the run before this step's optimizer step
+            finite = torch.isfinite(loss.detach()).all()
+            self.loss_finite = finite if self.loss_finite is None else self.loss_finite & finite
+            return result
+        if torch.isfinite(loss).all():  # `skip` must know before the backward pass: one host read per micro-batch
             return result
         step = self.state.global_step + 1
-        if self.on_nonfinite != "skip":
-            raise NonFiniteError(f"non-finite loss at step {step}; the last good checkpoint is kept")
         metrics.clear()  # forget what TRL recorded for this micro-batch
         metrics.update(logged)
+        self.device_metrics.rollback(mark)
         if tokens is not None:
             self.total_train_tokens = tokens
         self._bad_micro_batches += 1
@@ -85,6 +139,17 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
         zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
         zero = torch.nan_to_num(zero, nan=0.0, posinf=0.0, neginf=0.0)
         return (zero, result[1]) if return_outputs else zero
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, after reading the device-side metrics of the logging window back in one transfer."""
+        if self.model.training:
+            values, tokens = self.device_metrics.flush()
+            for name, per_micro_batch in values.items():
+                self.train_metrics[name].extend(per_micro_batch)
+            if values or tokens:
+                self.total_train_tokens = (self.total_train_tokens or 0) + tokens
+                self.train_metrics["num_tokens"] = [self.total_train_tokens]
+        super().log(logs, start_time)
 
     def prepare_pairs(self, dataset, processing_class, args, dataset_name):
         """Pairs that already carry `prompt_ids`/`chosen_ids`/`rejected_ids` (sampled pairs: the exact tokens the
@@ -105,14 +170,25 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.max_tokens_per_batch and dataset is not None and "prompt_ids" in dataset.column_names:
+            cap = self.args.max_length or 10**9  # TRL truncates prompt + completion to max_length
+            return TokenBudgetBatchSampler(
+                [min(n, cap) for n in pair_lengths(dataset)],
+                self.max_tokens_per_batch,
+                self.args.pad_to_multiple_of,
+                seed=self.args.data_seed or self.args.seed,
+                world_size=self.args.world_size,
+                rank=self.args.process_index,
+            )
         if not self.group_by_length or dataset is None or "prompt_ids" not in getattr(dataset, "column_names", ()):
             return super()._get_train_sampler(train_dataset)
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedPairSampler(pair_lengths(dataset), batch, seed=self.args.data_seed or self.args.seed)
 
-    def compute_ref_log_probs(self, *args, **kwargs):
+    def compute_ref_log_probs(self, model, inputs):
+        inputs = {k: v for k, v in inputs.items() if k != ROW_LENGTHS}
         with compact_lm_head():
-            return super().compute_ref_log_probs(*args, **kwargs)
+            return super().compute_ref_log_probs(model, inputs)
 
     def training_step(self, model, inputs, *args, **kwargs):
         if self._micro_batches == 0 and isinstance(self.optimizer, SkippableStep):
@@ -130,18 +206,22 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
 
     def _end_of_step(self, model, loss: torch.Tensor) -> torch.Tensor:
         """After the step's last backward pass: rescale to the finite micro-batches, or skip a step without any."""
-        counts = torch.tensor([self._micro_batches, self._bad_micro_batches], device=loss.device)
         good_loss = self._good_loss
+        seen, bad = self._micro_batches, self._bad_micro_batches
         self._micro_batches = self._bad_micro_batches = 0
         self._good_loss = None
-        seen, bad = (int(x) for x in self.accelerator.reduce(counts, "sum").tolist())
+        if self.on_nonfinite == "skip" and self.accelerator.num_processes > 1:  # every process must agree: one read
+            counts = torch.tensor([seen, bad], device=loss.device)
+            seen, bad = (int(x) for x in self.accelerator.reduce(counts, "sum").tolist())
         if bad == 0:
             return loss
         if bad == seen:
             self.skip_optimizer_step("non-finite loss in every micro-batch")
-            # The Trainer logs a loss for every step: a skipped one stands in with the last logged loss (NaN if none
-            # yet, which the Trainer's logging_nan_inf_filter replaces)
-            previous = next((row["loss"] for row in reversed(self.state.log_history) if "loss" in row), math.nan)
+            # The Trainer logs a loss for every step: a skipped one stands in with the last logged loss
+            previous = next((row["loss"] for row in reversed(self.state.log_history) if "loss" in row), None)
+            if previous is None:  # none logged yet: the window's mean so far, as transformers' NaN filter stands in
+                steps = 1 + self.state.global_step - getattr(self, "_globalstep_last_logged", 0)
+                return getattr(self, "_tr_loss", torch.zeros_like(loss)).detach() / steps
             return torch.full_like(loss, float(previous))
         scale = seen / (seen - bad)
         for param in model.parameters():
@@ -199,6 +279,9 @@ def build_trainer(
         ref_model = frozen_reference(model, "fp32" if sharded else precision)
     guard = GradientGuard(str(cfg.on_nonfinite))
     callbacks = [MetricsRecorder(run_dir / "metrics.jsonl", tracker), guard, *(extra_callbacks or [])]
+    fused_gelu = cfg.train.get("fused_gelu", "auto")
+    if fused_gelu is True or (fused_gelu == "auto" and str(device).startswith("cuda")):
+        callbacks.append(FusedTanhGelu(model))
     trainer = ExperimentDPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -210,6 +293,8 @@ def build_trainer(
         callbacks=callbacks,
         on_nonfinite=str(cfg.on_nonfinite),
         group_by_length=bool(cfg.train.group_by_length),
+        max_tokens_per_batch=cfg.train.get("max_tokens_per_batch"),
+        row_groups=int(cfg.train.get("row_groups", 1)),
     )
     guard.trainer = trainer
     if sharded and args.precompute_ref_log_probs and reference_model is None:
