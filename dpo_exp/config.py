@@ -265,13 +265,13 @@ def validate(cfg: DictConfig) -> None:
 
     check_lora_targets(cfg.lora, cfg.model)
     check_trainer(cfg, precision, device)
-    check_memory(cfg, precision, device)
     from .infra.distributed import world_size
     from .infra.sharding import check_strategy
     from .methods import build_method
 
     method = str(cfg.method.name) if cfg.get("method") is not None else "dpo"
     check_strategy(cfg, world_size(), method)  # the `distributed` group: this launch, method and settings can use it
+    check_memory(cfg, precision, device)  # after the strategy: the estimate is per device under it
     build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
     ignored = ignored_shorthand_problem(cfg.get("method"), command_line())  # e.g. beta for method=preferred_ft
     if ignored:
@@ -319,10 +319,9 @@ def check_memory(cfg: DictConfig, precision: str, device: str):
     refuse a GPU run that cannot fit with one line naming what would (on CPU a warning); `train.auto_batch=true` sets
     `train.max_tokens_per_batch` to the largest budget that fits instead. None when the config cannot be read."""
     import logging
-    import os
 
     from .lora import model_config
-    from .memory import Batch, estimate, fits, largest_budget, what_would_fit
+    from .memory import STRATEGIES, Batch, estimate, fits, largest_budget, what_would_fit
 
     config = model_config(cfg.model)
     if config is None:
@@ -341,9 +340,11 @@ def check_memory(cfg: DictConfig, precision: str, device: str):
         gradient_checkpointing=bool(t.get("gradient_checkpointing")),
         fused_gelu=train.get("fused_gelu") is True or (train.get("fused_gelu") == "auto" and device != "cpu"),
     )
-    distributed = cfg.get("distributed")
-    strategy = str(distributed.get("name", "ddp")) if isinstance(distributed, DictConfig) else "ddp"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from .infra.distributed import world_size
+    from .infra.sharding import strategy as run_strategy
+
+    strategy, world = run_strategy(cfg).name, world_size()  # the `distributed` group and this launch
+    strategy = strategy if strategy in STRATEGIES else "ddp"
     memory = estimate(config, strategy, world, batch)
     available = device_memory_bytes(device)
     if train.get("auto_batch"):

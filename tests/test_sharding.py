@@ -243,3 +243,32 @@ def test_fsdp_evaluation_matches_a_single_process_evaluation_of_the_saved_model(
     assert "eval/kl" in keys and "eval/reward_delta" in keys
     for key in keys:
         assert after[key] == pytest.approx(during[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_memory_estimate_matches_the_parameters_each_process_held(fsdp_and_ddp):
+    """dpo_exp.memory's parameter term against what the 2-process runs held (summary.json `distributed`): the whole
+    model under ddp, half of it under fsdp (plus, in the estimate, the two gathered blocks in flight)."""
+    from dpo_exp.lora import model_config
+    from dpo_exp.memory import Batch, count_parameters, estimate
+
+    ddp, fsdp = fsdp_and_ddp
+    config = model_config(compose([*FAST_MODEL, "model.tiny.n_layer=2"]).model)
+    batch = Batch(token_slots=1, device="cpu")
+    held = {run.name: json.loads((run / "summary.json").read_text())["distributed"] for run in (ddp, fsdp)}
+    assert estimate(config, "ddp", PROCESSES, batch).params == held["ddp"]["param_bytes_per_process"]
+    block = count_parameters(config)[2]
+    sharded = estimate(config, "fsdp", PROCESSES, batch).params - 2 * block * 4  # the shards alone
+    assert sharded == pytest.approx(held["fsdp"]["param_bytes_per_process"], rel=0.01)  # shards padded to equal rows
+
+
+def test_docs_memory_table_is_the_estimators_output():
+    """docs/clusters.md's memory table is what scripts/memory_table.py computes now (`make docs-memory`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import memory_table
+    finally:
+        sys.path.pop(0)
+    page = memory_table.PAGE.read_text(encoding="utf-8")
+    assert memory_table.BEGIN in page and memory_table.render(page) == page, "run make docs-memory"
+    assert "| 7 B (Qwen2.5-7B) | 7.62 B | fsdp |" in page
