@@ -272,3 +272,36 @@ def test_docs_memory_table_is_the_estimators_output():
     page = memory_table.PAGE.read_text(encoding="utf-8")
     assert memory_table.BEGIN in page and memory_table.render(page) == page, "run make docs-memory"
     assert "| 7 B (Qwen2.5-7B) | 7.62 B | fsdp |" in page
+
+
+@pytest.mark.slow
+def test_submitit_two_tasks_train_one_fsdp_run(tmp_path, ultrafeedback_file):
+    """The same strategy launched as a submitit job of 2 tasks (what Slurm runs): one sharded run of 2 processes."""
+    from transformers import AutoModelForCausalLM
+
+    args = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        *FAST_MODEL,
+        "lora=none",
+        *FAST_TRAINER,
+        f"trainer.per_device_train_batch_size={PER_DEVICE}",
+        "dataset=preference_files",
+        f"dataset.path={ultrafeedback_file}",
+        "data_size=8",
+        "epochs=1",
+        "eval.enabled=false",
+        "logger=none",
+        "distributed=fsdp",
+        "hydra.sweep.dir=multirun/fsdp",
+    ]
+    proc = run_cli(args, tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "multirun" / "fsdp" / "0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["distributed"]["strategy"] == "fsdp" and summary["distributed"]["world_size"] == 2
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    whole = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert summary["distributed"]["param_bytes_per_process"] == pytest.approx(whole / 2, rel=0.01)
