@@ -270,7 +270,9 @@ def validate(cfg: DictConfig) -> None:
     from .methods import build_method
 
     method = str(cfg.method.name) if cfg.get("method") is not None else "dpo"
-    check_strategy(cfg, world_size(), method)  # the `distributed` group: this launch, method and settings can use it
+    check_strategy(
+        cfg, world_size(), method, device
+    )  # the `distributed` group: this launch, method and settings can use it
     check_memory(cfg, precision, device)  # after the strategy: the estimate is per device under it
     build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
     ignored = ignored_shorthand_problem(cfg.get("method"), command_line())  # e.g. beta for method=preferred_ft

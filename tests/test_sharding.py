@@ -70,7 +70,7 @@ def test_zero3_without_deepspeed_names_the_extra():
     if importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("DeepSpeed is installed")
     with pytest.raises(UserError, match="needs DeepSpeed") as exc:
-        check_strategy(compose(["distributed=zero3"]), 2, "dpo")
+        check_strategy(compose(["distributed=zero3"]), 2, "dpo", "cuda")
     assert DEEPSPEED_EXTRA in str(exc.value)
 
 
@@ -81,12 +81,13 @@ def test_zero3_without_deepspeed_names_the_extra():
         (["distributed=fsdp", "method=rloo"], 2, "method=rloo cannot run with distributed=fsdp"),
         (["distributed=fsdp", "lora=gpt2_attn"], 2, "lora cannot run with distributed=fsdp"),
         (["distributed=fsdp", "on_nonfinite=skip"], 2, "on_nonfinite=skip cannot run with"),
+        (["distributed=fsdp_offload"], 2, "distributed=fsdp_offload needs a GPU, but this run's device is cpu"),
     ],
 )
 def test_what_a_strategy_cannot_run_is_refused(overrides, world, message):
     cfg = compose([*FAST_MODEL, "lora=none", *overrides])
     with pytest.raises(UserError, match=message):
-        check_strategy(cfg, world, str(cfg.method.name))
+        check_strategy(cfg, world, str(cfg.method.name), "cpu")
 
 
 def test_fsdp_with_one_process_is_one_error_line_before_any_model_loads(tmp_path):

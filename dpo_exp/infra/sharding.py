@@ -107,8 +107,9 @@ def deepspeed_config(chosen: Strategy) -> dict[str, Any]:
     return config
 
 
-def check_strategy(cfg: Any, world_size: int, method: str) -> Strategy:
-    """The run's strategy, refused (one line, before any model loads) where this run cannot use it."""
+def check_strategy(cfg: Any, world_size: int, method: str, device: str) -> Strategy:
+    """The run's strategy, refused (one line, before any model loads) where this run (`world_size` processes,
+    `method`, on `device`) cannot use it."""
     chosen = strategy(cfg)
     if not chosen.sharded:
         return chosen
@@ -117,6 +118,9 @@ def check_strategy(cfg: Any, world_size: int, method: str) -> Strategy:
         deepspeed_config(chosen)
         if importlib.util.find_spec("deepspeed") is None:
             raise UserError(f"{name} needs DeepSpeed, which is not installed: {DEEPSPEED_EXTRA} (on a GPU machine)")
+    if device == "cpu" and (chosen.cpu_offload or chosen.backend == "deepspeed"):
+        # torch's CPU offload moves shards between an accelerator and the host; DeepSpeed's engine needs GPUs
+        raise UserError(f"{name} needs a GPU, but this run's device is cpu; on CPU use distributed=fsdp")
     if world_size < 2:
         # accelerate turns FSDP on only inside a launched process group; one process would hold the whole model anyway
         raise UserError(
