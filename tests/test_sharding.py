@@ -306,3 +306,35 @@ def test_submitit_two_tasks_train_one_fsdp_run(tmp_path, ultrafeedback_file):
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     whole = sum(p.numel() * p.element_size() for p in model.parameters())
     assert summary["distributed"]["param_bytes_per_process"] == pytest.approx(whole / 2, rel=0.01)
+
+
+def _guard_on_two_processes(rank: int, port: int, out: str) -> None:
+    """One of 2 gloo processes: only process 1 sees a non-finite loss, only process 0 a non-finite gradient shard."""
+    import torch
+    import torch.distributed as dist
+
+    from dpo_exp.training.nonfinite import nonfinite_gradients, nonfinite_step
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.full((2, 2), float("nan") if rank == 0 else 1.0)
+    model.bias.grad = torch.ones(2)
+    loss_finite = torch.tensor(rank == 0)
+    decided = [nonfinite_step(loss_finite, None, model, check_gradients=False), nonfinite_gradients(model)]
+    Path(out, f"rank{rank}.json").write_text(json.dumps(decided))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~30 s on 2 busy cores: two spawned processes import torch and the test module
+def test_the_nonfinite_guard_decides_alike_on_every_process(tmp_path):
+    """A NaN seen by one process stops every process (not one alone, which would leave the other hanging)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_guard_on_two_processes, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == ["loss", True]

@@ -218,3 +218,17 @@ def enable_cpu_fsdp(accelerator: Any, fsdp_plugin_args: dict[str, Any] | None) -
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     return True
+
+
+def on_every_process(flags: Any) -> Any:
+    """`flags` (a bool tensor) AND-ed across the processes of a multi-process run, so that every process decides
+    alike (one stops, all stop; a process that raised alone would leave the others waiting in a collective). One
+    all-reduce of a few elements; the flags themselves in a single-process run."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flags
+    agreed = flags.to(torch.int32)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return agreed.bool()
