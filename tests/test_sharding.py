@@ -79,7 +79,6 @@ def test_zero3_without_deepspeed_names_the_extra():
     [
         (["distributed=fsdp"], 1, "shards the model across processes, but this run has one"),
         (["distributed=fsdp", "method=rloo"], 2, "method=rloo cannot run with distributed=fsdp"),
-        (["distributed=fsdp", "lora=gpt2_attn"], 2, "lora cannot run with distributed=fsdp"),
         (["distributed=fsdp", "on_nonfinite=skip"], 2, "on_nonfinite=skip cannot run with"),
         (["distributed=fsdp_offload"], 2, "distributed=fsdp_offload needs a GPU, but this run's device is cpu"),
     ],
@@ -338,3 +337,37 @@ def test_the_nonfinite_guard_decides_alike_on_every_process(tmp_path):
     mp.spawn(_guard_on_two_processes, args=(port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == ["loss", True]
+
+
+@pytest.mark.slow
+def test_lora_with_fsdp_matches_ddp_and_saves_the_usual_folders(tmp_path, ultrafeedback_file):
+    """LoRA under FSDP (the frozen base sharded too): the same losses and merged model as under DDP, and RUN/model
+    laid out as in an unsharded LoRA run (merged policy, adapter/, base/)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def lora_run(distributed: str) -> Path:
+        run_dir = tmp_path / distributed
+        args = _args(ultrafeedback_file, run_dir, distributed)
+        args = [a for a in args if not a.startswith(("model.tiny.n_layer=2", "trainer.save_"))]
+        args += ["lora=gpt2_attn", "lr=1e-3", "data_size=8", "eval.enabled=false", "trainer.save_strategy=no"]
+        done = _launch(tmp_path, ["-m", "dpo_exp"], args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return run_dir
+
+    ddp, fsdp = lora_run("ddp"), lora_run("fsdp")
+    summary = json.loads((fsdp / "summary.json").read_text())
+    assert summary["saved_model"]["kind"] == "lora-merged" and summary["distributed"]["sharded"] is True
+    ddp_losses, fsdp_losses = _train_losses(ddp), _train_losses(fsdp)
+    assert sorted(fsdp_losses) == sorted(ddp_losses) and len(ddp_losses) == 2
+    for step, loss in ddp_losses.items():
+        assert abs(fsdp_losses[step] - loss) <= TOLERANCE, (step, fsdp_losses[step], loss)
+    merged = AutoModelForCausalLM.from_pretrained(fsdp / "model")
+    plain = AutoModelForCausalLM.from_pretrained(ddp / "model")
+    rebuilt = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(fsdp / "model" / "base"), fsdp / "model" / "adapter"
+    ).merge_and_unload()
+    for (name, a), b, c in zip(merged.state_dict().items(), plain.state_dict().values(), rebuilt.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=TOLERANCE, rtol=0, msg=name)
+        torch.testing.assert_close(a, c, atol=TOLERANCE, rtol=0, msg=name)

@@ -132,7 +132,6 @@ def check_strategy(cfg: Any, world_size: int, method: str, device: str) -> Strat
             f"method={method} cannot run with {name} (only method=dpo trains a sharded model); use distributed=ddp"
         )
     refusals = (
-        (cfg.lora.enabled, "lora", "LoRA keeps the trainable weights small: use lora=none to shard a full fine-tuning"),
         (cfg.sft.enabled, "sft.enabled=true", "the warm start trains unsharded: warm-start with distributed=ddp first"),
         (cfg.on_nonfinite == "skip", "on_nonfinite=skip", "use on_nonfinite=stop"),
         (
@@ -232,3 +231,10 @@ def on_every_process(flags: Any) -> Any:
     agreed = flags.to(torch.int32)
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     return agreed.bool()
+
+
+def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """The whole model's state dict on the main process (None on the others), gathered from the shards; every
+    process must call it (the gather is collective)."""
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    return state if trainer.args.should_save else None
