@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500   # two workers; module fixtures shared per file
 
-.PHONY: install demo app lint test test-slow test-all docs docs-config bench bench-effect bench-judge gpu-check gpu-profile clean
+.PHONY: install demo app lint test test-slow test-all docs docs-config docs-memory bench bench-effect bench-judge gpu-check gpu-profile clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,9 @@ docs: install   # the documentation site into site/ (git-ignored); strict: a bro
 
 docs-config: install   # regenerate docs/reference/configuration.md from conf/ (tests/test_docs.py fails while it is stale)
 	$(PY) scripts/config_reference.py
+
+docs-memory: install   # regenerate the memory table of docs/clusters.md from dpo_exp/memory.py (tests/test_sharding.py checks it)
+	$(PY) scripts/memory_table.py
 
 bench: install   # 14.5 min on 2 cores (bench_methods --quick 6.3 of them): quick sizes, scaling at the issue sizes; each script without --quick runs the full size
 	$(PY) benchmarks/bench_dpo_step.py --quick

@@ -1,8 +1,6 @@
-"""Validation of a composed config: every user mistake becomes one clear line, before any model loads.
-
-Types and unknown keys of the project's own blocks are the schemas' job (dpo_exp.schema), TRL's settings are
-checked by building TRL's own config; what is left here are ranges and settings that depend on each other.
-"""
+"""Validation of a composed config: every user mistake becomes one clear line, before any model loads. Types and
+unknown keys of the project's own blocks are the schemas' job (dpo_exp.schema), TRL's settings are checked by
+building TRL's own config; what is left here are ranges and settings that depend on each other."""
 
 from __future__ import annotations
 
@@ -13,6 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
+from .infra.distributed import world_size
+from .infra.sharding import check_strategy
 from .infra.storage import folder_problem
 from .schema import check_blocks, check_eval_reward, check_trainer, ignored_shorthand_problem
 from .shorthands import command_line
@@ -257,16 +257,17 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"resume={resume} is not a run directory (nor `force`)")
     _validate_task(cfg)
 
-    # Last, as they import torch / TRL: LoRA targets must exist in the architecture (checked on a meta-device
-    # build), and TRL's own DPOConfig must accept the `trainer` group (its validation, its loss types).
+    # Last, as they import torch / TRL: LoRA targets exist in the architecture (on a meta-device build), TRL's
+    # DPOConfig accepts the `trainer` group, the strategy suits the launch, the estimate fits, the method can run.
     from .lora import check_lora_targets
     from .memory_check import check_memory
+    from .methods import build_method
 
     check_lora_targets(cfg.lora, cfg.model)
     check_trainer(cfg, precision, device)
-    check_memory(cfg, precision, device)  # the memory estimate: logged; a GPU run that cannot fit is refused
-    from .methods import build_method
-
+    method = str(cfg.method.name) if cfg.get("method") is not None else "dpo"
+    check_strategy(cfg, world_size(), method, device)  # the `distributed` group: can this launch and method use it
+    check_memory(cfg, precision, device)  # after the strategy: the estimate is per device under it
     build_method(cfg).check(cfg)  # the `method` group: its class, its needs, its TRL config (conf/method/*.yaml)
     ignored = ignored_shorthand_problem(cfg.get("method"), command_line())  # e.g. beta for method=preferred_ft
     if ignored:

@@ -5,13 +5,14 @@ token budget chosen."""
 from __future__ import annotations
 
 import logging
-import os
 
 from omegaconf import DictConfig
 
 from .errors import UserError
+from .infra.distributed import world_size
+from .infra.sharding import strategy as run_strategy
 from .lora import model_config
-from .memory import Batch, device_memory_bytes, estimate, fits, largest_budget, what_would_fit
+from .memory import STRATEGIES, Batch, device_memory_bytes, estimate, fits, largest_budget, what_would_fit
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,8 @@ def check_memory(cfg: DictConfig, precision: str, device: str):
         gradient_checkpointing=bool(t.get("gradient_checkpointing")),
         fused_gelu=train.get("fused_gelu") is True or (train.get("fused_gelu") == "auto" and device != "cpu"),
     )
-    distributed = cfg.get("distributed")
-    strategy = str(distributed.get("name", "ddp")) if isinstance(distributed, DictConfig) else "ddp"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    strategy, world = run_strategy(cfg).name, world_size()  # the `distributed` group and this launch
+    strategy = strategy if strategy in STRATEGIES else "ddp"
     memory = estimate(config, strategy, world, batch)
     available = device_memory_bytes(device)
     if train.get("auto_batch"):

@@ -21,6 +21,7 @@ from .errors import RunInterrupted
 from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
 from .infra.runrecord import heldout_split_config
+from .infra.sharding import local_param_bytes, strategy
 from .infra.storage import DiskFull, atomic_write_json, disk_full_error, read_json, read_jsonl, says_disk_full
 from .infra.tracking import Tracker, start_tracker
 from .objective import objective_key, objective_value
@@ -81,6 +82,7 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         "wandb_step": previous.get("wandb_step"),
         "objective": objective_key(cfg),
         "num_processes": world_size(),
+        "distributed": strategy(cfg).record(world_size()),  # the strategy and the world size this run used
         **rerun.summary,
     }
     if world_size() > 1:
@@ -152,6 +154,8 @@ def _run_stages(ctx: RunContext) -> None:
     settings = MethodSettings(cfg, tokenizer, ctx.run_dir, ctx.tracker, ctx.env, tracers, evaluate)
     trained = build_method(cfg).run(prepared.model, reference_path, data, settings)
     ctx.summary.update(ref_logps=trained.ref_logps, saved_model=trained.saved_model, **trained.summary)
+    if getattr(trained.trainer, "model", None) is not None:  # what this process held: its shards, or the whole model
+        ctx.summary["distributed"]["param_bytes_per_process"] = local_param_bytes(trained.trainer.model)
     if trained.resumed_from:
         ctx.summary["resumed_from"] = trained.resumed_from
     ctx.save_summary(**trained.final, skipped_steps=trained.skipped_steps)

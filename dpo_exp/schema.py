@@ -130,12 +130,15 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
     project's tracker reports). TRL's own validation errors come out as they are."""
     from hydra.utils import instantiate
 
+    from .infra.sharding import strategy
+
     fused = {}
     if device.startswith("cuda") and cfg.trainer.get("optim") == "adamw_torch":
         fused["optim"] = "adamw_torch_fused"  # the same AdamW in one kernel per step on CUDA (no per-tensor launches)
     return instantiate(
         cfg.trainer,
         **fused,
+        **strategy(cfg).training_arguments(),  # fsdp / deepspeed settings for accelerate (none for ddp)
         output_dir=str(Path(run_dir) / CHECKPOINT_DIR),
         bf16=precision == "bf16",
         fp16=precision == "fp16",

@@ -104,8 +104,11 @@ def test_the_old_per_parameter_check_counted_by_the_same_counter(tmp_path):
 
     model = torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(5)])
     model(torch.ones(2, 3)).sum().backward()
-    with HostSyncCounter(cpu=True) as old:
+    with HostSyncCounter(cpu=True) as old:  # the old check, one bool per parameter
+        assert not any(not torch.isfinite(p.grad).all() for p in model.parameters())
+    with HostSyncCounter(cpu=True) as fallback:  # the fallback without a norm: one read for every parameter
         assert not nonfinite_gradients(model)
+    assert fallback.count == 1
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     with HostSyncCounter(cpu=True) as new:
         assert nonfinite_step(torch.tensor(True), norm, model, check_gradients=True) is None

@@ -190,12 +190,18 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """The pipeline's evaluation stage: the trainer's policy against the reference it trained against (rebuilt
     from `reference_path`, a warm start's folder, when the trainer keeps none). Returns the eval/ summary keys."""
-    from .policy_ref import from_trainer
+    from ..infra.sharding import is_sharded
+    from .policy_ref import from_run_dir, from_trainer
 
     inputs = EvalInputs.from_data(data)
     inputs.save(run_dir / INPUTS_FILE)
     scorer, name, skip = build_eval_scorer(cfg)
-    pair = from_trainer(trainer, cfg, reference_path)
+    if is_sharded(trainer.model):  # sampling from shards would gather every block for every token: use the
+        # consolidated model the run saved (RUN/model), on this process alone (docs/clusters.md: measured faster)
+        device = str(trainer.accelerator.device)
+        pair = from_run_dir(run_dir, cfg, reference_path, device)
+    else:
+        pair = from_trainer(trainer, cfg, reference_path)
     evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=True)
     return publish(run_dir, evaluation, tracker, "run", cfg)
 

@@ -30,6 +30,19 @@ def hub_base(model_cfg: Any, reference_path: Path | str | None) -> str | None:
     return str(model_cfg.hub_id) if model_cfg.get("hub_id") else None
 
 
+def _unsharded_peft(trainer, state: dict) -> Any:
+    """A plain (unsharded) copy of a sharded PEFT policy, from its gathered state dict: FSDP modules cannot be
+    deep-copied, and merging or unloading the adapter needs whole weights."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    sharded = trainer.accelerator.unwrap_model(trainer.model)
+    base = AutoModelForCausalLM.from_config(sharded.get_base_model().config)
+    plain = get_peft_model(base, sharded.peft_config["default"])
+    plain.load_state_dict(state)
+    return plain.eval()
+
+
 def _point_adapter_at(adapter_dir: Path, base: str) -> None:
     config_path = adapter_dir / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -41,14 +54,32 @@ def save_run_model(
     trainer, tokenizer, model_dir: Path, model_cfg: Any, reference_path: Path | str | None = None
 ) -> dict[str, str]:
     """Save the trained policy into `model_dir` (layout above); returns what was saved, for summary.json.
-    `reference_path`: the warm-started reference's folder, when the run has one."""
+    `reference_path`: the warm-started reference's folder, when the run has one. A sharded model is gathered
+    (every process takes part) into one consolidated folder."""
+    from ..infra.sharding import consolidated_save
+
+    with consolidated_save(trainer):
+        return _save_run_model(trainer, tokenizer, model_dir, model_cfg, reference_path)
+
+
+def _save_run_model(
+    trainer, tokenizer, model_dir: Path, model_cfg: Any, reference_path: Path | str | None = None
+) -> dict[str, str]:
+    from ..infra.sharding import gathered_state_dict, is_sharded
     from ..models import is_peft
 
     model_dir = Path(model_dir)
     model = trainer.model
     hub_id = hub_base(model_cfg, reference_path)
+    sharded_peft = is_peft(model) and is_sharded(model)
+    if sharded_peft:  # every process: the adapter gathered and saved, then the whole policy gathered to the main one
+        trainer.save_model(str(model_dir / ADAPTER_DIR))
+        state = gathered_state_dict(trainer)
+        if trainer.args.should_save:
+            model = _unsharded_peft(trainer, state)
     if not trainer.args.should_save:  # another process of a multi-process run: the main one writes the folder
-        trainer.save_model(str(model_dir / ADAPTER_DIR if is_peft(model) else model_dir))  # collective-safe
+        if not sharded_peft:
+            trainer.save_model(str(model_dir / ADAPTER_DIR if is_peft(model) else model_dir))  # collective-safe
         return {}
     if not is_peft(model):
         trainer.save_model(str(model_dir))
@@ -64,7 +95,8 @@ def save_run_model(
         return info
 
     adapter_dir = model_dir / ADAPTER_DIR
-    trainer.save_model(str(adapter_dir))
+    if not sharded_peft:
+        trainer.save_model(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     merged = copy.deepcopy(model).merge_and_unload()  # a copy: the run goes on evaluating the PEFT model
     merged.save_pretrained(str(model_dir))

@@ -9,6 +9,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..errors import RunFailure
+from ..infra.sharding import nonfinite_anywhere, on_every_process
 
 
 class NonFiniteError(RunFailure):
@@ -52,8 +53,8 @@ def make_skippable(optimizer):
 
 
 def nonfinite_gradients(model) -> bool:
-    """Whether any parameter's gradient holds a NaN or an inf."""
-    return any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters())
+    """Whether any parameter's gradient holds a NaN or an inf, on any process (sharded gradients included)."""
+    return nonfinite_anywhere(model)
 
 
 def nonfinite_step(loss_finite: torch.Tensor | None, grad_norm: Any, model: Any, check_gradients: bool) -> str | None:
@@ -65,7 +66,7 @@ def nonfinite_step(loss_finite: torch.Tensor | None, grad_norm: Any, model: Any,
     norm_flag = check_gradients and isinstance(grad_norm, torch.Tensor)
     if norm_flag:
         flags.append(torch.isfinite(grad_norm).reshape(()).to(flags[0].device if flags else grad_norm.device))
-    values = torch.stack(flags).tolist() if flags else []
+    values = on_every_process(torch.stack(flags)).tolist() if flags else []  # every process decides alike
     if loss_finite is not None and not values.pop(0):
         return "loss"
     if norm_flag:

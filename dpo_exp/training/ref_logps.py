@@ -223,7 +223,11 @@ class SharedRefLogpsMixin:
         from ..trl_compat import set_fingerprint
 
         if not getattr(self, "_reference_hash_set", False):
+            from ..infra.sharding import is_sharded
+
             model = self.accelerator.unwrap_model(self.ref_model or self.model)
+            if is_sharded(model):  # a sharded fp32 copy of the (not yet sharded) policy: hash the policy, as
+                model = self.model  # an unsharded run does, so both share one cache entry
             self.set_reference_hash(reference_hash(model, self.args.bf16, self.args.fp16))
             self._reference_hash_set = True
         order = canonical_order(dataset)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..infra.sharding import enable_cpu_fsdp, strategy
 from ..infra.tracking import Tracker
 from ..lora import lora_config
 from ..schema import dpo_config
@@ -73,6 +74,11 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
         self.device_metrics = DeviceMetrics()
         self.loss_finite: torch.Tensor | None = None  # `stop`: the step's losses all finite, read by GradientGuard
         self.step_grad_norm = None  # the step's gradient norm (set by the Trainer's clipping, read by GradientGuard)
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        if enable_cpu_fsdp(self.accelerator, self.args.fsdp_plugin_args):  # distributed=fsdp on CPU processes
+            self.is_fsdp_enabled = True
 
     def _trl_loss(self, model, inputs, return_outputs, num_items_in_batch):
         """TRL's loss and metrics; on CPU its fused LM head scores only completion tokens (dpo_exp.throughput)."""
@@ -265,8 +271,12 @@ def build_trainer(
     args = dpo_config(cfg, run_dir, precision, device)
     peft_config = lora_config(cfg.lora, model) if cfg.lora.enabled else None
     ref_model = reference_model
-    if ref_model is None and peft_config is None and not args.precompute_ref_log_probs:
-        ref_model = frozen_reference(model, precision)
+    sharded = strategy(cfg).sharded
+    # sharded full fine-tuning: TRL precomputes the reference log-probs with a sharded reference model, which it
+    # would otherwise load from the model's hub id (a tiny or warm-started model has none)
+    if ref_model is None and peft_config is None and (sharded or not args.precompute_ref_log_probs):
+        # sharded: an fp32 copy, so its log-probs are the ones an unsharded run computes with the policy itself
+        ref_model = frozen_reference(model, "fp32" if sharded else precision)
     guard = GradientGuard(str(cfg.on_nonfinite))
     callbacks = [MetricsRecorder(run_dir / "metrics.jsonl", tracker), guard, *(extra_callbacks or [])]
     fused_gelu = cfg.train.get("fused_gelu", "auto")
@@ -287,4 +297,6 @@ def build_trainer(
         row_groups=int(cfg.train.get("row_groups") or (3 if str(device).startswith("cuda") else 1)),
     )
     guard.trainer = trainer
+    if sharded and args.precompute_ref_log_probs and reference_model is None:
+        trainer.ref_model = None  # the log-probs are in the datasets: free the sharded reference for training
     return trainer
