@@ -116,7 +116,7 @@ class IterativeDPO(Method):
             raise UserError(f"method={self.name} trains full fine-tuning: choose lora=none")
 
     def train(self, policy, reference: Path | None, data: PreferenceData, settings: MethodSettings) -> TrainResult:
-        from ..training.trainer import frozen_reference
+        from ..training.ref_logps import frozen_reference
 
         cfg, run_dir = settings.cfg, settings.run_dir
         keep_start = self.rounds > 1 and self.settings["reference"] == "sft"

@@ -16,7 +16,7 @@ def online_dpo_trainer(policy, data: PreferenceData, settings: MethodSettings, a
     starting weights in the run's compute dtype (as for DPO)."""
     from datasets import Dataset
 
-    from ..training.trainer import frozen_reference
+    from ..training.ref_logps import frozen_reference
     from ..trl_compat import OnlineDPOTrainer
 
     cfg = settings.cfg

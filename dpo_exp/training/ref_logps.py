@@ -15,6 +15,7 @@ themselves (token ids + the collator's truncation settings) instead; TRL still a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -242,3 +243,14 @@ class SharedRefLogpsMixin:
         ref = computed.select_columns(list(REF_COLUMNS)).with_format("numpy")
         values = {column: ref[column][back] for column in REF_COLUMNS}
         return concatenate_datasets([dataset, Dataset.from_dict(values)], axis=1)
+
+
+def frozen_reference(model, precision: str):
+    """A frozen copy of the starting policy for full fine-tuning (TRL cannot reload an in-memory model by id), in
+    the run's compute dtype: it is never updated, so half precision loses nothing under autocast."""
+    from ..models import torch_dtype
+
+    dtype = torch_dtype(precision if precision in ("bf16", "fp16") else "fp32")
+    reference = copy.deepcopy(model).to(dtype).eval()
+    reference.requires_grad_(False)
+    return reference

@@ -4,7 +4,6 @@ trainer subclass that keeps sampled token ids and refuses (or skips) non-finite 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ..trl_compat import CompatDPOTrainer
 from .batching import ROW_LENGTHS, RowLengthsCollator, TokenBudgetBatchSampler, row_groups
 from .callbacks import MetricsRecorder
 from .nonfinite import GradientGuard, SkippableStep
-from .ref_logps import SharedRefLogpsMixin
+from .ref_logps import SharedRefLogpsMixin, frozen_reference
 from .step import DeviceMetrics, dpo_loss, sync_free_loss_applies
 
 log = logging.getLogger(__name__)
@@ -240,17 +239,6 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
             self.state.global_step + 1,
             self.skipped_steps,
         )
-
-
-def frozen_reference(model, precision: str):
-    """A frozen copy of the starting policy for full fine-tuning (TRL cannot reload an in-memory model by id), in
-    the run's compute dtype: it is never updated, so half precision loses nothing under autocast."""
-    from ..models import torch_dtype
-
-    dtype = torch_dtype(precision if precision in ("bf16", "fp16") else "fp32")
-    reference = copy.deepcopy(model).to(dtype).eval()
-    reference.requires_grad_(False)
-    return reference
 
 
 def build_trainer(
