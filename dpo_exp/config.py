@@ -192,6 +192,9 @@ def check_eval(cfg: DictConfig) -> None:
     for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
         if ev[key] < 0:
             raise UserError(f"eval.{key} must be >= 0, got {ev[key]}")
+    from .judges.llm import check_llm_judge_settings
+
+    check_llm_judge_settings(ev.get("llm_judge"))
 
 
 def _validate_lora(lora: Any) -> None:

@@ -128,6 +128,7 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_stages(ctx: RunContext) -> None:
+    from .judges.llm import check_llm_judge
     from .judges.sources import check_judge_sources
     from .models import build_policy, load_tokenizer
 
@@ -135,6 +136,8 @@ def _run_stages(ctx: RunContext) -> None:
     task = build_task(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     check_judge_sources(cfg)  # hub judges fail here, like the policy, not after training
+    if cfg.eval.enabled:
+        check_llm_judge(cfg.eval.get("llm_judge"))  # its chat template, its endpoint answering: before training
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
     from .methods import MethodSettings, build_method
@@ -268,11 +271,13 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, eval_pairs
     from .evaluation.orchestrator import evaluate_models, publish
     from .evaluation.policy_ref import from_run_dir
+    from .judges.llm import check_llm_judge
     from .models import load_tokenizer
 
     run_dir = Path(run_dir)
     summary = read_json(run_dir / SUMMARY) or {}
     check_eval(cfg)
+    check_llm_judge(cfg.eval.get("llm_judge"))
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     inputs = EvalInputs.load(run_dir / INPUTS_FILE)
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data.conversation import prompt_key
 from ..data.schema import PreferenceData
-from ..infra.storage import atomic_write_json, read_jsonl
+from ..infra.storage import atomic_write_json, read_jsonl, write_jsonl
 from .inputs import (
     INPUTS_FILE,
     PLOT_FILE,
@@ -30,6 +30,7 @@ from .inputs import (
     eval_seed,
     sample_settings,
 )
+from .llm_judge import RECORDS_FILE as LLM_JUDGE_FILE
 
 if TYPE_CHECKING:
     from .metrics import SampleEval
@@ -49,6 +50,7 @@ class Evaluation:
     margins: list[float] = field(default_factory=list)
     scorer: str | None = None
     notes: list[str] = field(default_factory=list)
+    judged_pairs: list[dict[str, Any]] = field(default_factory=list)  # the LLM judge's pairs (llm_judge.jsonl)
 
 
 def evaluate_models(
@@ -83,6 +85,9 @@ def evaluate_models(
         out.samples = result
         out.side_by_side = side_by_side_rows(result, int(ev.num_side_by_side))
         metrics.update(_judged(scorer, result, inputs, settings, int(ev.bootstrap)))
+        if (ev.get("llm_judge") or {}).get("enabled"):
+            found, out.judged_pairs = _llm_judged(cfg, pair, result, inputs, settings)
+            metrics.update(found)
         ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
         if scorer is not None and ns and n_bon > 0:
             from .best_of_n import evaluate_best_of_n
@@ -124,6 +129,26 @@ def _judged(scorer, result, inputs: EvalInputs, settings, resamples: int) -> dic
     return {**judge_metrics(scorer), **chosen}
 
 
+def _llm_judged(cfg: DictConfig, pair, result, inputs: EvalInputs, settings) -> tuple[dict[str, Any], list[dict]]:
+    """The pairwise LLM judge on the evaluation's samples: llm_judge/* metrics and the judged pairs."""
+    from ..judges.llm import build_llm_judge
+    from .llm_judge import llm_judge_metrics
+
+    block = cfg.eval.llm_judge
+    judge = build_llm_judge(block, cfg.get("cache_dir"), str(pair.policy.device))
+    references = {prompt_key(p): inputs.reference_for(p) for p in result.policy.prompts}
+    return llm_judge_metrics(
+        judge,
+        result,
+        references,
+        int(block.max_pairs),
+        bool(block.vs_chosen),
+        int(cfg.eval.bootstrap),
+        settings.seed,
+        settings.progress,
+    )
+
+
 def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settings, metrics: dict) -> list[float]:
     """DPO's implicit reward on held-out pairs (the trainer's tokens and truncation) into `metrics`; the margins."""
     from .metrics import implicit_reward_metrics, implicit_rewards
@@ -156,6 +181,8 @@ def publish(run_dir: Path, evaluation: Evaluation, tracker, source: str, cfg: Di
     trace = read_jsonl(trace_path) if trace_path.exists() else []
     plot = plot_reward_kl(run_dir / PLOT_FILE, trace, metrics)
     results = {f"{PREFIX}{k}": v for k, v in metrics.items()}
+    if evaluation.judged_pairs:
+        write_jsonl(run_dir / LLM_JUDGE_FILE, evaluation.judged_pairs)
     if evaluation.notes:
         results[f"{PREFIX}notes"] = evaluation.notes
     atomic_write_json(
