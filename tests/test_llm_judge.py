@@ -311,3 +311,28 @@ def test_a_silent_endpoint_is_one_error_line_after_the_stated_wait(tmp_path):
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "gave no answer within 1 s" in errors[0] and url in errors[0]
     assert time.time() - started < 60
+
+
+def test_compare_shows_the_judge_columns_and_the_app_shows_the_judges_reasoning(evaluation, tmp_path):
+    from dpo_exp.app.report import judge_sections, metrics_rows
+    from dpo_exp.app.runs import RunInfo
+    from dpo_exp.compare.table import compare
+
+    results = {k: v for k, v in evaluation["results"].items() if isinstance(v, (int, float, str))}
+    run = RunInfo(evaluation["run_dir"], "run", evaluation["cfg"], {"status": "completed", **results})
+    sections = judge_sections(run)
+    assert len(sections) == 9 and sections[0][0] == "1. policy vs reference: tie (1/2)"
+    body = sections[0][1]
+    assert "**Judge, policy shown first** (verdict: the other)" in body
+    assert "**Judge, policy shown second** (verdict: the policy)" in body and "```\nB\n```" in body
+    keys = [row[0] for row in metrics_rows(run)]
+    assert keys.index("eval/llm_judge/win_rate") < keys.index("eval/kl")  # in the headline block
+    for i in range(2):
+        folder = tmp_path / str(i)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- beta={i + 1}\n")
+        (folder / "summary.json").write_text(json.dumps({"status": "completed", **results}))
+    table = compare([tmp_path], console=False, plots=False)
+    assert table["eval/llm_judge/win_rate"].tolist() == [0.5, 0.5]
+    header = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if "eval/llm_judge" in line)
+    assert "eval/llm_judge/win_rate_lc" in header and "eval/llm_judge/position_consistency" in header
