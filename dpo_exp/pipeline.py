@@ -128,6 +128,7 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_stages(ctx: RunContext) -> None:
+    from .evaluation.harness import check_harness
     from .judges.llm import check_llm_judge
     from .judges.sources import check_judge_sources
     from .models import build_policy, load_tokenizer
@@ -138,6 +139,7 @@ def _run_stages(ctx: RunContext) -> None:
     check_judge_sources(cfg)  # hub judges fail here, like the policy, not after training
     if cfg.eval.enabled:
         check_llm_judge(cfg.eval.get("llm_judge"))  # its chat template, its endpoint answering: before training
+        check_harness(cfg.eval.get("harness"))  # lm-eval installed, every task known: before training
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
     from .methods import MethodSettings, build_method
@@ -268,6 +270,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
 def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
     """Re-evaluate a finished run with its (overridden) config: evaluation.json, samples.md, the plot, and the
     eval/ keys of its summary.json. Returns those keys."""
+    from .evaluation.harness import check_harness
     from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, eval_pairs
     from .evaluation.orchestrator import evaluate_models, publish
     from .evaluation.policy_ref import from_run_dir
@@ -278,6 +281,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     summary = read_json(run_dir / SUMMARY) or {}
     check_eval(cfg)
     check_llm_judge(cfg.eval.get("llm_judge"))
+    check_harness(cfg.eval.get("harness"))
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     inputs = EvalInputs.load(run_dir / INPUTS_FILE)
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):
@@ -291,7 +295,9 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     pair = from_run_dir(run_dir, cfg, summary.get("reference_path"))
     evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=progress)
     results = publish(run_dir, evaluation, tracker or Tracker(), "evaluate", cfg)
-    summary = {k: v for k, v in summary.items() if not k.startswith(PREFIX)}  # TRL's eval metrics are eval_*
+    summary = {
+        k: v for k, v in summary.items() if not k.startswith((PREFIX, "harness/"))
+    }  # TRL's eval metrics are eval_*
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
     write_model_cards(run_dir, cfg)  # the model card's evaluation follows the new one

@@ -55,6 +55,19 @@ class LLMJudgeSchema:
 
 
 @dataclass
+class HarnessSchema:
+    """`eval.harness`: lm-evaluation-harness tasks on reference and policy (documented in conf/eval/default.yaml)."""
+
+    enabled: bool = MISSING
+    tasks: list[str] = MISSING
+    include_path: str | None = MISSING
+    data_dir: str | None = MISSING
+    limit: int | None = MISSING
+    batch_size: int | None = MISSING
+    bootstrap_iters: int = MISSING
+
+
+@dataclass
 class EvalSchema:
     """`eval`: evaluation of the trained policy against its reference (documented in conf/eval/default.yaml)."""
 
@@ -74,6 +87,7 @@ class EvalSchema:
     every_n_steps: int = MISSING
     trace_prompts: int = MISSING
     llm_judge: LLMJudgeSchema = MISSING
+    harness: HarnessSchema = MISSING
 
 
 @dataclass

@@ -142,7 +142,8 @@ def test_length_controlled_win_rate_removes_a_planted_length_bias():
 @pytest.fixture(scope="module")
 def evaluation(judges, tmp_path_factory):
     """The evaluation of a tiny GPT-2 against itself on 3 held-out HH prompts x 2 samples, judged by the
-    position-biased tiny chat judge, run twice on one cache (the second must make no call)."""
+    position-biased tiny chat judge, run twice on one cache (the second must make no call), with eval.harness off
+    and lm_eval made unimportable."""
     from dpo_exp.evaluation.inputs import EvalInputs
     from dpo_exp.evaluation.orchestrator import evaluate_models, publish
     from dpo_exp.evaluation.policy_ref import PolicyReference
@@ -175,8 +176,16 @@ def evaluation(judges, tmp_path_factory):
     inputs = EvalInputs.from_data(build_task(cfg).load(cfg, tokenizer))
     model = build_model(cfg.model, 0)
     pair = PolicyReference(model, model)
-    first = evaluate_models(cfg, pair, tokenizer, inputs)
-    second = evaluate_models(cfg, pair, tokenizer, inputs)
+    blocked = sys.modules.get("lm_eval", False)
+    sys.modules["lm_eval"] = None  # eval.harness is off: importing lm_eval now would raise
+    try:
+        first = evaluate_models(cfg, pair, tokenizer, inputs)
+        second = evaluate_models(cfg, pair, tokenizer, inputs)
+    finally:
+        if blocked is False:
+            del sys.modules["lm_eval"]
+        else:
+            sys.modules["lm_eval"] = blocked
     run_dir = tmp_path_factory.mktemp("run")
     results = publish(run_dir, second, Tracker(), "run", cfg)
     return {"cfg": cfg, "first": first, "second": second, "results": results, "run_dir": run_dir, "inputs": inputs}
@@ -285,6 +294,18 @@ def test_bad_judge_settings_are_one_line_each(judges, tmp_path):
     check_llm_judge_settings(bad)  # a complete user template passes
 
 
+def test_a_silent_endpoint_stops_the_check_after_the_stated_wait():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        started = time.time()
+        with pytest.raises(UserError, match=r"/models gave no answer within 1 s"):
+            check_llm_judge(_block(base_url=url, timeout_s=1))
+        assert time.time() - started < 10
+
+
+@pytest.mark.slow  # ~15 s: a whole `python -m dpo_exp` start
 def test_a_silent_endpoint_is_one_error_line_after_the_stated_wait(tmp_path):
     """A server that accepts connections and never answers: the run stops before any model loads with one
     `error:` line naming the wait (eval.llm_judge.model.timeout_s=1)."""

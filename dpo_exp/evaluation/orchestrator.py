@@ -32,6 +32,8 @@ from .inputs import (
 )
 from .llm_judge import RECORDS_FILE as LLM_JUDGE_FILE
 
+HARNESS_PREFIX = "harness/"  # lm-evaluation-harness keys stand beside eval/* in summary.json, not under it
+
 if TYPE_CHECKING:
     from .metrics import SampleEval
     from .policy_ref import PolicyReference
@@ -107,6 +109,12 @@ def evaluate_models(
             )
     else:
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
+    if (ev.get("harness") or {}).get("enabled"):
+        from .harness import harness_metrics  # lm-eval is imported only when the harness is on
+
+        metrics.update(
+            harness_metrics(pair, tokenizer, ev.harness, int(ev.harness.batch_size or settings.logprob_batch_size))
+        )
     if pairs:
         out.margins = _implicit_reward(cfg, pair, tokenizer, pairs, settings, metrics)
     else:
@@ -180,7 +188,7 @@ def publish(run_dir: Path, evaluation: Evaluation, tracker, source: str, cfg: Di
     trace_path = run_dir / TRACE_FILE
     trace = read_jsonl(trace_path) if trace_path.exists() else []
     plot = plot_reward_kl(run_dir / PLOT_FILE, trace, metrics)
-    results = {f"{PREFIX}{k}": v for k, v in metrics.items()}
+    results = {k if k.startswith(HARNESS_PREFIX) else f"{PREFIX}{k}": v for k, v in metrics.items()}
     if evaluation.judged_pairs:
         write_jsonl(run_dir / LLM_JUDGE_FILE, evaluation.judged_pairs)
     if evaluation.notes:
