@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .infra.storage import folder_problem
+from .judges.llm import check_llm_judge_settings
 from .schema import check_blocks, check_eval_reward, check_trainer, ignored_shorthand_problem
 from .shorthands import command_line
 
@@ -192,8 +193,6 @@ def check_eval(cfg: DictConfig) -> None:
     for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
         if ev[key] < 0:
             raise UserError(f"eval.{key} must be >= 0, got {ev[key]}")
-    from .judges.llm import check_llm_judge_settings
-
     check_llm_judge_settings(ev.get("llm_judge"))
 
 

@@ -128,8 +128,7 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_stages(ctx: RunContext) -> None:
-    from .evaluation.harness import check_harness
-    from .judges.llm import check_llm_judge
+    from .evaluation.inputs import check_eval_sources
     from .judges.sources import check_judge_sources
     from .models import build_policy, load_tokenizer
 
@@ -137,9 +136,7 @@ def _run_stages(ctx: RunContext) -> None:
     task = build_task(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     check_judge_sources(cfg)  # hub judges fail here, like the policy, not after training
-    if cfg.eval.enabled:
-        check_llm_judge(cfg.eval.get("llm_judge"))  # its chat template, its endpoint answering: before training
-        check_harness(cfg.eval.get("harness"))  # lm-eval installed, every task known: before training
+    check_eval_sources(cfg)  # the LLM judge and the harness tasks, like the hub judges: before training
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
     from .methods import MethodSettings, build_method
@@ -270,18 +267,15 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
 def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
     """Re-evaluate a finished run with its (overridden) config: evaluation.json, samples.md, the plot, and the
     eval/ keys of its summary.json. Returns those keys."""
-    from .evaluation.harness import check_harness
-    from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, eval_pairs
+    from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, check_eval_sources, eval_pairs
     from .evaluation.orchestrator import evaluate_models, publish
     from .evaluation.policy_ref import from_run_dir
-    from .judges.llm import check_llm_judge
     from .models import load_tokenizer
 
     run_dir = Path(run_dir)
     summary = read_json(run_dir / SUMMARY) or {}
     check_eval(cfg)
-    check_llm_judge(cfg.eval.get("llm_judge"))
-    check_harness(cfg.eval.get("harness"))
+    check_eval_sources(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     inputs = EvalInputs.load(run_dir / INPUTS_FILE)
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):

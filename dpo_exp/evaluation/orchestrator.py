@@ -90,31 +90,14 @@ def evaluate_models(
         if (ev.get("llm_judge") or {}).get("enabled"):
             found, out.judged_pairs = _llm_judged(cfg, pair, result, inputs, settings)
             metrics.update(found)
-        ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
-        if scorer is not None and ns and n_bon > 0:
-            from .best_of_n import evaluate_best_of_n
-
-            metrics.update(
-                evaluate_best_of_n(
-                    pair,
-                    tokenizer,
-                    prompts[:n_bon],
-                    settings,
-                    scorer,
-                    ns,
-                    int(ev.bootstrap),
-                    reuse=result.reference,
-                    reuse_scores=result.rewards_reference,
-                )
-            )
+        metrics.update(_best_of_n(pair, tokenizer, prompts, settings, scorer, ev, result))
     else:
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
     if (ev.get("harness") or {}).get("enabled"):
         from .harness import harness_metrics  # lm-eval is imported only when the harness is on
 
-        metrics.update(
-            harness_metrics(pair, tokenizer, ev.harness, int(ev.harness.batch_size or settings.logprob_batch_size))
-        )
+        batch = int(ev.harness.batch_size or settings.logprob_batch_size)
+        metrics.update(harness_metrics(pair, tokenizer, ev.harness, batch))
     if pairs:
         out.margins = _implicit_reward(cfg, pair, tokenizer, pairs, settings, metrics)
     else:
@@ -124,6 +107,26 @@ def evaluate_models(
     for note in out.notes:
         log.warning(note)
     return out
+
+
+def _best_of_n(pair, tokenizer, prompts: list, settings, scorer, ev, result) -> dict[str, Any]:
+    """The best-of-N baseline on the first eval.best_of_n_prompts prompts (reusing the reference's samples)."""
+    ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
+    if scorer is None or not ns or n_bon <= 0:
+        return {}
+    from .best_of_n import evaluate_best_of_n
+
+    return evaluate_best_of_n(
+        pair,
+        tokenizer,
+        prompts[:n_bon],
+        settings,
+        scorer,
+        ns,
+        int(ev.bootstrap),
+        reuse=result.reference,
+        reuse_scores=result.rewards_reference,
+    )
 
 
 def _judged(scorer, result, inputs: EvalInputs, settings, resamples: int) -> dict[str, Any]:
