@@ -69,6 +69,9 @@ def test_the_keys_reach_the_summary_beside_eval_and_the_comparison(scored, tmp_p
     results = publish(tmp_path / "run", Evaluation(metrics={"num_prompts": 0, **scored}), Tracker(), "run", cfg)
     assert results["harness/imdb_sentiment_mc/acc_policy"] == scored["harness/imdb_sentiment_mc/acc_policy"]
     assert not any(k.startswith("eval/harness") for k in results) and "eval/num_prompts" in results
+    from dpo_exp.evaluation.report import headline
+
+    assert any(line.startswith("harness/imdb_sentiment_mc/acc: ") for line in headline(results))
     run = tmp_path / "runs" / "0"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- beta=0.1\n")

@@ -218,6 +218,10 @@ def test_results_reach_the_summary_keys_and_the_records_file(evaluation):
         assert isinstance(results[f"eval/llm_judge/{key}"], float), key
     assert results["eval/llm_judge/pairs"] == 6 and results["eval/llm_judge/tie_rate"] == 1.0
     assert "eval/llm_judge/parse_failure_rate" in results and "eval/llm_judge/vs_chosen/win_rate" in results
+    from dpo_exp.evaluation.report import headline
+
+    lines = [line for line in headline(results) if line.startswith("LLM judge: ")]
+    assert lines[0].startswith("LLM judge: policy vs reference 0.500 [95% CI 0.500, 0.500]") and len(lines) == 2
     rows = [json.loads(line) for line in (evaluation["run_dir"] / RECORDS_FILE).read_text().splitlines()]
     assert [r["comparison"] for r in rows] == ["reference"] * 6 + ["chosen"] * 3
     assert all(r["policy"] is not None and r["other"] is not None and r["prompt"] for r in rows)

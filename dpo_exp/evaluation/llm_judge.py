@@ -62,7 +62,9 @@ def length_controlled(scores: np.ndarray, length_diff: np.ndarray) -> float:
     if len(scores) < 2 or np.all(scores == scores[0]):
         return float(scores.mean()) if len(scores) else float("nan")
     std = length_diff.std()
-    x = np.tanh(length_diff / std) if std > 0 else np.zeros_like(length_diff)
+    if std == 0:  # no length difference to control for: the fit's intercept is the logit of the raw rate
+        return float(scores.mean())
+    x = np.tanh(length_diff / std)
     features = np.concatenate([x, x])[:, None]
     labels = np.concatenate([np.ones_like(scores), np.zeros_like(scores)])
     weights = np.concatenate([scores, 1.0 - scores])
