@@ -275,6 +275,18 @@ def test_the_judge_through_transformers_serve_on_localhost(judges, tmp_path):
         again = build_llm_judge(block, tmp_path)
         again.compare(["Q1", "Q2"], ["a1", "a2"], ["b1", "b2"])
         assert again.calls == 0 and again.cached == 4
+        blocked = sys.modules.get("openai", False)
+        sys.modules["openai"] = None  # without the openai client: the same requests over plain HTTP
+        try:
+            plain = build_llm_judge(block, tmp_path / "plain")
+            assert [v.verdict_ba for v in plain.compare(["Q3"], ["a3"], ["b3"])] == ["a"] and plain.calls == 2
+        finally:
+            if blocked is False:
+                del sys.modules["openai"]
+            else:
+                sys.modules["openai"] = blocked
+        with pytest.raises(UserError, match="answered HTTP 404"):
+            check_llm_judge(_block(base_url=f"http://127.0.0.1:{port}/no/such/path"))
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -117,6 +117,8 @@ def _http_json(url: str, timeout_s: float, body: dict | None = None, key: str = 
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the configured endpoint
             return json.loads(response.read().decode())
+    except urllib.error.HTTPError as exc:  # it answered, with an error (a bad key, model or path)
+        raise UserError(f"eval.llm_judge.model.base_url: {url} answered HTTP {exc.code} ({exc.reason})") from None
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(
