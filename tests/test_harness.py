@@ -52,8 +52,19 @@ def test_reference_and_policy_are_both_scored_with_standard_errors(scored):
         assert found[f"{base}_{side}"] * 12 == pytest.approx(round(found[f"{base}_{side}"] * 12))  # 12 reviews
         assert 0.0 < found[f"{base}_{side}_stderr"] < 0.5
     assert found[f"{base}_delta"] == pytest.approx(found[f"{base}_policy"] - found[f"{base}_reference"])
-    assert found[f"{base}_delta_stderr"] >= max(found[f"{base}_policy_stderr"], found[f"{base}_reference_stderr"])
+    assert found[f"{base}_delta_stderr_paired"] is True  # acc is a mean over documents: the paired error
+    assert 0.0 <= found[f"{base}_delta_stderr"] < 1.0
     assert not any("sample_len" in key for key in found)
+
+
+def test_the_paired_standard_error_is_that_of_the_per_document_differences():
+    from dpo_exp.evaluation.harness import paired_stderr
+
+    policy = {0: 1.0, 1: 1.0, 2: 0.0, 3: 1.0}
+    reference = {0: 1.0, 1: 0.0, 2: 0.0, 3: 0.0, 9: 1.0}  # document 9 has no policy value: left out
+    assert paired_stderr(policy, reference) == pytest.approx(0.5773502691896258 / 2)  # std(0,1,0,1; ddof 1)/sqrt(4)
+    assert paired_stderr(policy, dict(policy)) == 0.0  # the same answers: no uncertainty in the difference
+    assert paired_stderr({0: 1.0}, {0: 0.0}) is None
 
 
 def test_the_keys_reach_the_summary_beside_eval_and_the_comparison(scored, tmp_path):

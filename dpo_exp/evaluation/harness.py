@@ -1,9 +1,9 @@
 """The capability tax: lm-evaluation-harness (`lm_eval`) tasks scored on the reference and the policy.
 
 Imported only when `eval.harness.enabled` (lm-eval is an optional extra: `pip install dpo_exp[harness]`).
-`run(model, tokenizer, tasks) -> {task: {metric: (value, stderr)}}`; `harness_metrics` scores both models of a
-`PolicyReference` and returns `harness/<task>/<metric>_{policy,reference,delta}` with the harness's standard
-errors. Tasks are named as the harness names them (its built-in tasks, a folder of your own YAMLs in
+`run(model, tokenizer, tasks) -> ({task: {metric: (value, stderr)}}, per-document values)`; `harness_metrics`
+scores both models of a `PolicyReference` and returns `harness/<task>/<metric>_{policy,reference,delta}` with the
+harness's standard errors (the delta's paired over the shared documents). Tasks are named as the harness names them (its built-in tasks, a folder of your own YAMLs in
 `eval.harness.include_path`) or shipped here (`harness_tasks/`, e.g. `imdb_sentiment_mc`), whose relative
 `data_files` are read under `eval.harness.data_dir`.
 """
@@ -85,8 +85,13 @@ def check_harness(block: Any) -> None:
         task_manager(block, Path(scratch))
 
 
-def run(model, tokenizer, block: Any, batch_size: int) -> dict[str, dict[str, tuple[float, float | None]]]:
-    """{task: {metric: (value, stderr)}} of one model on `block.tasks` (at most `block.limit` documents each)."""
+Scores = dict[str, dict[str, tuple[float, float | None]]]  # {task: {metric: (value, stderr)}}
+PerDoc = dict[str, dict[str, dict[Any, float]]]  # {task: {metric: {doc_id: value}}}
+
+
+def run(model, tokenizer, block: Any, batch_size: int) -> tuple[Scores, PerDoc]:
+    """{task: {metric: (value, stderr)}} of one model on `block.tasks` (at most `block.limit` documents each), and
+    each document's value of each metric (for the paired standard error of a difference)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -104,9 +109,9 @@ def run(model, tokenizer, block: Any, batch_size: int) -> dict[str, dict[str, tu
             numpy_random_seed=0,
             torch_random_seed=0,
             fewshot_random_seed=0,
-            log_samples=False,
+            log_samples=True,
         )
-    out: dict[str, dict[str, tuple[float, float | None]]] = {}
+    out: Scores = {}
     for task, metrics in (results or {}).get("results", {}).items():
         found: dict[str, tuple[float, float | None]] = {}
         for key, value in metrics.items():
@@ -117,15 +122,35 @@ def run(model, tokenizer, block: Any, batch_size: int) -> dict[str, dict[str, tu
             stderr = metrics.get(f"{metric}_stderr,{_filter}")
             found[metric] = (float(value), float(stderr) if isinstance(stderr, (int, float)) else None)
         out[str(task)] = found
-    return out
+    per_doc: PerDoc = {}
+    for task, samples in (results or {}).get("samples", {}).items():
+        for sample in samples:
+            for metric in out.get(str(task), {}):
+                value = sample.get(metric)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    per_doc.setdefault(str(task), {}).setdefault(metric, {})[sample["doc_id"]] = float(value)
+    return out, per_doc
+
+
+def paired_stderr(policy: dict[Any, float], reference: dict[Any, float]) -> float | None:
+    """The standard error of the mean per-document difference (both models read the same documents), for a metric
+    the harness averages over documents; None when fewer than two documents pair up."""
+    import numpy as np
+
+    docs = sorted(set(policy) & set(reference), key=str)
+    if len(docs) < 2:
+        return None
+    diff = np.asarray([policy[d] - reference[d] for d in docs])
+    return float(diff.std(ddof=1) / math.sqrt(len(docs)))
 
 
 def harness_metrics(pair: Any, tokenizer, block: Any, batch_size: int) -> dict[str, Any]:
-    """`harness/<task>/<metric>_policy`, `_reference`, `_delta` and their `_stderr` (the delta's from the two
-    independent-sample standard errors, sqrt(se_p^2 + se_r^2): an upper bound, the documents being shared)."""
-    policy = run(pair.policy, tokenizer, block, batch_size)
+    """`harness/<task>/<metric>_policy`, `_reference`, `_delta` and their `_stderr`. The delta's standard error is
+    paired (the per-document differences, when the metric's value is the mean over documents and every document
+    has one), else sqrt(se_policy^2 + se_reference^2), an upper bound for documents shared by both."""
+    policy, policy_docs = run(pair.policy, tokenizer, block, batch_size)
     with pair.reference() as reference:
-        ref = run(reference, tokenizer, block, batch_size)
+        ref, ref_docs = run(reference, tokenizer, block, batch_size)
     out: dict[str, Any] = {}
     for task, metrics in policy.items():
         for metric, (value, stderr) in metrics.items():
@@ -133,7 +158,15 @@ def harness_metrics(pair: Any, tokenizer, block: Any, batch_size: int) -> dict[s
             base = f"harness/{task}/{metric}"
             out[f"{base}_policy"], out[f"{base}_reference"] = value, ref_value
             out[f"{base}_delta"] = value - ref_value
-            if stderr is not None and ref_stderr is not None:
-                out[f"{base}_policy_stderr"], out[f"{base}_reference_stderr"] = stderr, ref_stderr
-                out[f"{base}_delta_stderr"] = math.sqrt(stderr**2 + ref_stderr**2)
+            if stderr is None or ref_stderr is None:
+                continue
+            out[f"{base}_policy_stderr"], out[f"{base}_reference_stderr"] = stderr, ref_stderr
+            docs_p, docs_r = policy_docs.get(task, {}).get(metric, {}), ref_docs.get(task, {}).get(metric, {})
+            mean_p = sum(docs_p.values()) / len(docs_p) if docs_p else math.nan
+            mean_r = sum(docs_r.values()) / len(docs_r) if docs_r else math.nan
+            paired = None
+            if math.isclose(mean_p, value, abs_tol=1e-9) and math.isclose(mean_r, ref_value, abs_tol=1e-9):
+                paired = paired_stderr(docs_p, docs_r)
+            out[f"{base}_delta_stderr"] = paired if paired is not None else math.sqrt(stderr**2 + ref_stderr**2)
+            out[f"{base}_delta_stderr_paired"] = paired is not None
     return out
