@@ -28,14 +28,14 @@ from dpo_exp.judges.pairwise import PairVerdict, load_template, parse_verdict, r
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
 
 
-def _judge_folder(path: Path, answer: str | None, chat: bool = True) -> Path:
+def _judge_folder(path: Path, answer: str | None, chat: bool = True, positions: int = 4096) -> Path:
     """A tiny GPT-2 chat model saved to `path` that greedily answers `answer` at every step (None: untouched)."""
     import torch
 
     from dpo_exp.models.tiny import build_tiny, tiny_tokenizer
 
     tiny = OmegaConf.create(
-        {"architecture": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 4096}
+        {"architecture": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": positions}
         | ({"chat_template": "chatml"} if chat else {})
     )
     model, tokenizer = build_tiny(tiny, 0), tiny_tokenizer(tiny)
@@ -235,6 +235,15 @@ def test_unparseable_answers_are_counted_as_failures_and_ties(judges, tmp_path):
     assert found["parse_failures"] == 6 and found["parse_failure_rate"] == 1.0
     assert found["win_rate"] == 0.5 and found["tie_rate"] == 1.0 and found["position_consistency"] == 0.0
     assert judge.calls == 6
+
+
+def test_a_question_longer_than_the_judges_context_keeps_its_end(tmp_path, caplog):
+    """A judge with 128 positions and a 2,000-word prompt: the question's start is cut (with a warning), the
+    verdict instructions at its end are kept, and the judge still answers."""
+    judge = build_llm_judge(_block(path=str(_judge_folder(tmp_path / "short", "B", positions=128))), None)
+    with caplog.at_level("WARNING"):
+        verdicts = judge.compare(["word " * 2000], ["a"], ["b"])
+    assert verdicts[0].raw_ab == "B" and "their start is cut" in caplog.text
 
 
 # ---------------------------------------------------------------- a real OpenAI-compatible server

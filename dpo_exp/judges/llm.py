@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..models import context_length
 from .pairwise import LLMJudge, load_template
+
+log = logging.getLogger(__name__)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -56,7 +60,19 @@ class LocalChat:
             )
             for q in questions
         ]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # a question longer than the judge's context keeps its end (the verdict instructions), with a warning
+        budget = max(1, context_length(self.model) - self.max_new_tokens)
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        if max(lengths) > budget:
+            log.warning(
+                "%d judge question(s) longer than the judge's %d tokens: their start is cut",
+                sum(n > budget for n in lengths),
+                budget,
+            )
+        self.tokenizer.truncation_side = "left"
+        batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=budget
+        )
         batch = batch.to(self.model.device)
         with torch.no_grad():
             out = self.model.generate(
