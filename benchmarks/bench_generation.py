@@ -170,7 +170,7 @@ def main() -> None:
         "seconds_per_repeat": runs,
     }
 
-    from dpo_exp.rewards import Sst2Scorer, TfidfLogRegScorer
+    from dpo_exp.judges.sentiment import Sst2Scorer, TfidfLogRegScorer
 
     texts = [p + t for p, row in zip(batched.prompts, batched.texts) for t in row]
     scoring = {"texts_batched": len(texts), "texts_one_at_a_time": min(len(texts), args.single_texts)}

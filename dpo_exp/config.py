@@ -14,6 +14,7 @@ from .errors import UserError
 from .infra.distributed import world_size
 from .infra.sharding import check_strategy
 from .infra.storage import folder_problem
+from .judges.llm import check_llm_judge_settings
 from .schema import check_blocks, check_eval_reward, check_trainer, ignored_shorthand_problem
 from .shorthands import command_line
 
@@ -190,6 +191,7 @@ def check_eval(cfg: DictConfig) -> None:
     for key in ("num_pairs", "num_side_by_side", "every_n_steps", "trace_prompts", "best_of_n_prompts"):
         if ev[key] < 0:
             raise UserError(f"eval.{key} must be >= 0, got {ev[key]}")
+    check_llm_judge_settings(ev.get("llm_judge"))
 
 
 def _validate_lora(lora: Any) -> None:

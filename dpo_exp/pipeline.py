@@ -130,6 +130,7 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _run_stages(ctx: RunContext) -> None:
+    from .evaluation.inputs import check_eval_sources
     from .judges.sources import check_judge_sources
     from .models import build_policy, load_tokenizer
 
@@ -137,6 +138,7 @@ def _run_stages(ctx: RunContext) -> None:
     task = build_task(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     check_judge_sources(cfg)  # hub judges fail here, like the policy, not after training
+    check_eval_sources(cfg)  # the LLM judge and the harness tasks, like the hub judges: before training
     loaded = task.load(cfg, tokenizer)  # the data is read and checked before any model (or TRL) loads
     from .evaluation.orchestrator import evaluate_policy, trace_callbacks
     from .methods import MethodSettings, build_method
@@ -269,7 +271,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
 def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
     """Re-evaluate a finished run with its (overridden) config: evaluation.json, samples.md, the plot, and the
     eval/ keys of its summary.json. Returns those keys."""
-    from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, eval_pairs
+    from .evaluation.inputs import INPUTS_FILE, PREFIX, EvalInputs, build_eval_scorer, check_eval_sources, eval_pairs
     from .evaluation.orchestrator import evaluate_models, publish
     from .evaluation.policy_ref import from_run_dir
     from .models import load_tokenizer
@@ -277,6 +279,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     run_dir = Path(run_dir)
     summary = read_json(run_dir / SUMMARY) or {}
     check_eval(cfg)
+    check_eval_sources(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.dataset.get("chat_template"))
     inputs = EvalInputs.load(run_dir / INPUTS_FILE)
     if inputs is None or len(inputs.prompts) < int(cfg.eval.num_prompts):
@@ -290,7 +293,9 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     pair = from_run_dir(run_dir, cfg, summary.get("reference_path"))
     evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=progress)
     results = publish(run_dir, evaluation, tracker or Tracker(), "evaluate", cfg)
-    summary = {k: v for k, v in summary.items() if not k.startswith(PREFIX)}  # TRL's eval metrics are eval_*
+    summary = {
+        k: v for k, v in summary.items() if not k.startswith((PREFIX, "harness/"))
+    }  # TRL's eval metrics are eval_*
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
     write_model_cards(run_dir, cfg)  # the model card's evaluation follows the new one

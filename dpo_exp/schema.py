@@ -31,6 +31,43 @@ if TYPE_CHECKING:  # trl (and transformers' TrainingArguments) load only when a 
 
 
 @dataclass
+class LLMJudgeModelSchema:
+    """`eval.llm_judge.model`: a local chat model or an OpenAI-compatible endpoint."""
+
+    path: str | None = MISSING
+    base_url: str | None = MISSING
+    name: str | None = MISSING
+    api_key_env: str | None = MISSING
+    timeout_s: float = MISSING
+
+
+@dataclass
+class LLMJudgeSchema:
+    """`eval.llm_judge`: the pairwise LLM judge (documented in conf/eval/default.yaml)."""
+
+    enabled: bool = MISSING
+    model: LLMJudgeModelSchema = MISSING
+    template: str = MISSING
+    max_pairs: int = MISSING
+    batch_size: int = MISSING
+    max_new_tokens: int = MISSING
+    vs_chosen: bool = MISSING
+
+
+@dataclass
+class HarnessSchema:
+    """`eval.harness`: lm-evaluation-harness tasks on reference and policy (documented in conf/eval/default.yaml)."""
+
+    enabled: bool = MISSING
+    tasks: list[str] = MISSING
+    include_path: str | None = MISSING
+    data_dir: str | None = MISSING
+    limit: int | None = MISSING
+    batch_size: int | None = MISSING
+    bootstrap_iters: int = MISSING
+
+
+@dataclass
 class EvalSchema:
     """`eval`: evaluation of the trained policy against its reference (documented in conf/eval/default.yaml)."""
 
@@ -49,6 +86,8 @@ class EvalSchema:
     batch_size: int | None = MISSING
     every_n_steps: int = MISSING
     trace_prompts: int = MISSING
+    llm_judge: LLMJudgeSchema = MISSING
+    harness: HarnessSchema = MISSING
 
 
 @dataclass

@@ -190,7 +190,7 @@ def test_eval_reward_is_a_config_group():
     """eval/reward=vader puts conf/reward/vader.yaml's content under eval.reward, and the evaluation scores with
     it; unset, eval.reward is null and the run's own `reward` scores."""
     from dpo_exp.evaluation.inputs import build_eval_scorer
-    from dpo_exp.rewards import SCORERS
+    from dpo_exp.judges import SCORERS
 
     cfg = compose(["eval/reward=vader"])
     assert OmegaConf.to_container(cfg.eval.reward) == OmegaConf.to_container(

@@ -50,7 +50,7 @@ def judge_for(option, folder: Path, **settings):
     """The judge the option builds with its hub id pointed at `folder` (build_scorer, as evaluation calls it)."""
     from omegaconf import OmegaConf
 
-    from dpo_exp.rewards import build_scorer
+    from dpo_exp.judges import build_scorer
 
     return build_scorer(OmegaConf.merge(option, {"hub_id": str(folder), **settings}))
 
@@ -153,8 +153,8 @@ TRAINED = [
 
 def test_trained_judge_learns_on_its_own_share_and_is_cached_by_content(tmp_path):
     from dpo_exp.data.preference import load_run_preferences
+    from dpo_exp.judges import build_scorer
     from dpo_exp.models import offline_gpt2_tokenizer
-    from dpo_exp.rewards import build_scorer
 
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, separable_pairs(80))
@@ -221,7 +221,7 @@ def test_tfidf_judge_does_not_follow_the_run_seed(imdb_dir, tmp_path):
     """One review file: the held-out split is the data's (dataset.split_seed), so a seed sweep is judged by one
     scorer."""
     from dpo_exp.infra.storage import read_jsonl
-    from dpo_exp.rewards import build_scorer
+    from dpo_exp.judges import build_scorer
 
     reviews = tmp_path / "reviews.jsonl"
     write_jsonl(reviews, read_jsonl(imdb_dir / "train.jsonl")[:400])
@@ -245,8 +245,8 @@ def test_the_tfidf_judge_never_trains_on_the_runs_heldout_reviews(tmp_path):
     reward.train_path, and summary.json's reward block says so (heldout_overlap)."""
     from dpo_exp.data.imdb import judge_splits, load_prompt_sets
     from dpo_exp.infra.storage import read_jsonl
+    from dpo_exp.judges import build_scorer
     from dpo_exp.models import load_tokenizer
-    from dpo_exp.rewards import build_scorer
 
     from .conftest import shared_file
 
@@ -277,7 +277,7 @@ def test_a_trained_judge_needs_preference_pairs(imdb_dir):
 
 def test_a_damaged_trained_judge_is_rebuilt(tmp_path):
     """Every cache kind heals (issue 23): cut the trained judge's weights and the next run trains it again."""
-    from dpo_exp.rewards import build_scorer
+    from dpo_exp.judges import build_scorer
 
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, separable_pairs(40))
@@ -358,7 +358,7 @@ def test_text_classifiers_read_a_conversation_as_prose_and_the_chosen_reply_as_m
     dataset's chosen response (assistant messages) is judged against the same dialogue."""
     from dpo_exp.evaluation.judge import win_rate_vs_chosen
     from dpo_exp.evaluation.metrics import SampleEval, score_samples
-    from dpo_exp.rewards import Scorer
+    from dpo_exp.judges import Scorer
 
     class Seen(Scorer):  # a real scorer (text length) that keeps what it read
         name = "seen"
@@ -401,7 +401,7 @@ def chat_pairs(n: int) -> list[dict]:
 def test_trained_judge_learns_from_a_chat_models_conversations(tmp_path):
     """reward=trained_rm with a chat-template model (tiny_qwen2): the pairs stay messages; the judge trains and
     scores on their HH dialogue text (it crashed with `list + str` before)."""
-    from dpo_exp.rewards import build_scorer
+    from dpo_exp.judges import build_scorer
 
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, chat_pairs(60))

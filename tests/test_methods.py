@@ -108,7 +108,7 @@ def test_iterative_dpo_rejects_bad_settings(imdb_dir, override, message):
 
 def test_the_scorer_is_the_reward_function_on_prompt_plus_completion(imdb_dir):
     """What RLOO and Online DPO train on is what the evaluation scores (eval.score_with_prompt: the whole review)."""
-    from dpo_exp.rewards import build_scorer
+    from dpo_exp.judges import build_scorer
 
     cfg = imdb(imdb_dir)
     reward = scorer_reward(cfg)

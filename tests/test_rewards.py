@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from dpo_exp.errors import UserError
-from dpo_exp.rewards import Sst2Scorer, build_scorer
+from dpo_exp.judges import build_scorer
+from dpo_exp.judges.sentiment import Sst2Scorer
 
 from .conftest import compose
 

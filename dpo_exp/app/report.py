@@ -8,9 +8,12 @@ import re
 from pathlib import Path
 
 from ..evaluation.inputs import PLOT_FILE, SAMPLES_FILE
+from ..evaluation.llm_judge import RECORDS_FILE as JUDGE_FILE
 from ..human.bradley_terry import leaderboard
 from ..human.store import read_many, read_ratings
 from ..human.summary import human_metrics
+from ..infra.storage import read_jsonl
+from ..models.chat import prompt_text
 from .runs import RunInfo
 
 FRONTIER = "plots/reward_kl_frontier.png"  # written into a sweep folder by `python -m dpo_exp.compare`
@@ -21,6 +24,8 @@ FRONTIER = "plots/reward_kl_frontier.png"  # written into a sweep folder by `pyt
 HEADLINE = (
     "eval/reward_delta",
     "eval/win_rate",
+    "eval/llm_judge/win_rate",
+    "eval/llm_judge/win_rate_lc",
     "eval/kl_rb",
     "eval/kl",
     "eval/reward_scorer",
@@ -71,6 +76,32 @@ def sample_sections(run: RunInfo) -> list[tuple[str, str]]:
     for part in parts[1:]:
         title, _, body = part.partition("\n")
         sections.append((title.strip(), body))
+    return sections
+
+
+def _verdict(verdict: str | None) -> str:
+    return {"a": "the policy", "b": "the other"}.get(verdict or "", "no verdict (could not be parsed)")
+
+
+def judge_sections(run: RunInfo) -> list[tuple[str, str]]:
+    """(title, markdown) per pair the LLM judge compared (llm_judge.jsonl): the prompt, both completions, and the
+    judge's two answers (its reasoning) with their parsed verdicts. [] when the run has no judged pairs."""
+    path = run.path / JUDGE_FILE
+    if not path.is_file():
+        return []
+    sections = []
+    for i, row in enumerate(read_jsonl(path)):
+        score = {1.0: "policy wins", 0.0: "policy loses"}.get(row.get("score"), "tie (1/2)")
+        title = f"{i + 1}. policy vs {row.get('comparison')}: {score}"
+        body = (
+            f"**Prompt**\n\n{prompt_text(row.get('prompt'))}\n\n**Policy**\n\n{row.get('policy')}\n\n"
+            f"**{str(row.get('comparison')).capitalize()}**\n\n{row.get('other')}\n\n"
+            f"**Judge, policy shown first** (verdict: {_verdict(row.get('verdict_ab'))})\n\n"
+            f"```\n{row.get('raw_ab')}\n```\n\n"
+            f"**Judge, policy shown second** (verdict: {_verdict(row.get('verdict_ba'))})\n\n"
+            f"```\n{row.get('raw_ba')}\n```\n"
+        )
+        sections.append((title, body))
     return sections
 
 

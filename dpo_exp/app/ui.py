@@ -141,6 +141,7 @@ def evaluation_views(run: RunInfo, runs: list[RunInfo]) -> list[Any]:
     sample section."""
     sections = report.sample_sections(run)
     titles = [title for title, _ in sections]
+    judged = report.judge_sections(run)
     return [
         report.metrics_rows(run),
         report.human_rows(run),
@@ -149,6 +150,8 @@ def evaluation_views(run: RunInfo, runs: list[RunInfo]) -> list[Any]:
         report.curve_plots(run),
         gr.Dropdown(choices=titles, value=titles[0]),
         sections[0][1],
+        gr.Dropdown(choices=[t for t, _ in judged], value=judged[0][0] if judged else None, visible=bool(judged)),
+        judged[0][1] if judged else "",
     ]
 
 
@@ -173,7 +176,9 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
     curves = gr.Gallery(label="training curves (plots/)", columns=3, height="auto", object_fit="contain")
     section = gr.Dropdown(label="samples.md: reference vs policy, by prompt")
     sample = gr.Markdown()
-    outputs = [metrics, human, board, reward_kl, curves, section, sample]
+    judged = gr.Dropdown(label="LLM judge: a judged pair and the judge's reasoning (llm_judge.jsonl)", visible=False)
+    judgement = gr.Markdown(elem_id="llm-judge-pair")
+    outputs = [metrics, human, board, reward_kl, curves, section, sample, judged, judgement]
 
     def show_run(label: str) -> list[Any]:
         return [shown_path(by_label[label]), *evaluation_views(by_label[label], runs)]
@@ -181,8 +186,12 @@ def evaluation_tab(runs: list[RunInfo]) -> tuple:
     def show_section(label: str, title: str) -> str:
         return dict(report.sample_sections(by_label[label])).get(title, "")
 
+    def show_judged(label: str, title: str) -> str:
+        return dict(report.judge_sections(by_label[label])).get(title, "")
+
     run_pick.change(show_run, run_pick, [path, *outputs], api_name=False)
     section.change(show_section, [run_pick, section], sample, api_name=False)
+    judged.change(show_judged, [run_pick, judged], judgement, api_name=False)
     return run_pick, path, outputs, show_run
 
 

@@ -35,6 +35,13 @@ EVAL_SHOWN = [
     "eval/kl_rb",  # the headline KL (never negative, lower variance)
     "eval/kl",  # the Monte-Carlo estimate, a diagnostic (can come out negative)
 ]
+# The pairwise LLM judge (summary.json eval/llm_judge/* keys): shown when any run has them.
+LLM_JUDGE_SHOWN = [
+    "eval/llm_judge/win_rate",  # both orders agree = win, disagreement = 1/2; its CI is in the csv
+    "eval/llm_judge/win_rate_lc",  # length-controlled (AlpacaEval 2)
+    "eval/llm_judge/position_consistency",
+    "eval/llm_judge/vs_chosen/win_rate",
+]
 # People's votes (the app's Rate tab, summary.json human/* keys): shown when any run has them.
 HUMAN_SHOWN = ["human/win_rate", "human/votes", "human/judge_agreement", "human/judge_kappa", "human/bt_strength"]
 TRAIN_SUFFIX = " (last-epoch mean)"  # train/* columns: mean over the last epoch's logged steps, not the last step

@@ -32,6 +32,7 @@ from .runs import (
     EVAL_SHOWN,
     FINAL_METRICS,
     HUMAN_SHOWN,
+    LLM_JUDGE_SHOWN,
     TRAIN_SUFFIX,
     Run,
     find_run_dirs,
@@ -80,7 +81,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
                 row[column + TRAIN_SUFFIX] = train.get(key)
             else:
                 row[column] = s.get(key) if is_finite(s.get(key)) else None
-        for key in sorted(k for k, v in s.items() if k.startswith(("eval/", "human/")) and is_finite(v)):
+        for key in sorted(k for k, v in s.items() if k.startswith(("eval/", "human/", "harness/")) and is_finite(v)):
             row[key] = s[key]
         row.update(evaluated_on(s))
         row["wall_time_s"] = s.get("wall_time_s")
@@ -145,9 +146,12 @@ def _is_false(value: Any) -> bool:
 def shown_columns(df: pd.DataFrame, params: list[str]) -> list[str]:
     """The columns of the markdown/console table (the csv has them all). The accuracy shown is the exact per-pair
     eval/implicit_accuracy when runs have it (TRL's eval/rewards/accuracies is a per-batch mean)."""
-    metric_cols = metric_columns() + EVAL_SHOWN + HUMAN_SHOWN + ["heldout", "judge", "judge_beats_chance"]
+    metric_cols = (
+        metric_columns() + EVAL_SHOWN + LLM_JUDGE_SHOWN + HUMAN_SHOWN + ["heldout", "judge", "judge_beats_chance"]
+    )
     if "eval/implicit_accuracy" in df.columns and df["eval/implicit_accuracy"].notna().any():
         metric_cols = [c for c in metric_cols if c != "eval/rewards/accuracies"]
+    metric_cols += [c for c in df.columns if c.startswith("harness/") and c.endswith("_delta")]  # capability tax
     present = [c for c in metric_cols if c in df.columns and df[c].notna().any()]
     return ["run", *params, "status", *present]
 

@@ -47,11 +47,22 @@ def sample_settings(cfg: DictConfig, progress: bool = False) -> SampleSettings:
 _SCORERS: dict[str, Any] = {}  # scorers built in this process (the trace and the final evaluation share one)
 
 
+def check_eval_sources(cfg: DictConfig) -> None:
+    """Before any model loads: the LLM judge (its chat template, or its endpoint answering within the stated wait)
+    and the harness's tasks (lm-eval installed, every task known, its data present)."""
+    from ..judges.llm import check_llm_judge
+    from .harness import check_harness
+
+    if cfg.eval.enabled:
+        check_llm_judge(cfg.eval.get("llm_judge"))
+        check_harness(cfg.eval.get("harness"))
+
+
 def build_eval_scorer(cfg: DictConfig) -> tuple[Any, str | None, str | None]:
     """(scorer, its name, why reward metrics are skipped). `eval.reward` (eval/reward=NAME) wins over the run's
     `reward`."""
+    from ..judges import build_scorer
     from ..judges.sources import check_judge_sources
-    from ..rewards import build_scorer
 
     check_eval_reward(cfg)
     check_judge_sources(cfg, ["eval.reward" if cfg.eval.get("reward") is not None else "reward"])  # its own key

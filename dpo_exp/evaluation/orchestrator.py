@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data.conversation import prompt_key
 from ..data.schema import PreferenceData
-from ..infra.storage import atomic_write_json, read_jsonl
+from ..infra.storage import atomic_write_json, read_jsonl, write_jsonl
 from .inputs import (
     INPUTS_FILE,
     PLOT_FILE,
@@ -30,6 +30,9 @@ from .inputs import (
     eval_seed,
     sample_settings,
 )
+from .llm_judge import RECORDS_FILE as LLM_JUDGE_FILE
+
+HARNESS_PREFIX = "harness/"  # lm-evaluation-harness keys stand beside eval/* in summary.json, not under it
 
 if TYPE_CHECKING:
     from .metrics import SampleEval
@@ -49,6 +52,7 @@ class Evaluation:
     margins: list[float] = field(default_factory=list)
     scorer: str | None = None
     notes: list[str] = field(default_factory=list)
+    judged_pairs: list[dict[str, Any]] = field(default_factory=list)  # the LLM judge's pairs (llm_judge.jsonl)
 
 
 def evaluate_models(
@@ -83,25 +87,17 @@ def evaluate_models(
         out.samples = result
         out.side_by_side = side_by_side_rows(result, int(ev.num_side_by_side))
         metrics.update(_judged(scorer, result, inputs, settings, int(ev.bootstrap)))
-        ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
-        if scorer is not None and ns and n_bon > 0:
-            from .best_of_n import evaluate_best_of_n
-
-            metrics.update(
-                evaluate_best_of_n(
-                    pair,
-                    tokenizer,
-                    prompts[:n_bon],
-                    settings,
-                    scorer,
-                    ns,
-                    int(ev.bootstrap),
-                    reuse=result.reference,
-                    reuse_scores=result.rewards_reference,
-                )
-            )
+        if (ev.get("llm_judge") or {}).get("enabled"):
+            found, out.judged_pairs = _llm_judged(cfg, pair, result, inputs, settings)
+            metrics.update(found)
+        metrics.update(_best_of_n(pair, tokenizer, prompts, settings, scorer, ev, result))
     else:
         out.notes.append("reward/KL metrics skipped: no held-out prompts")
+    if (ev.get("harness") or {}).get("enabled"):
+        from .harness import harness_metrics  # lm-eval is imported only when the harness is on
+
+        batch = int(ev.harness.batch_size or settings.logprob_batch_size)
+        metrics.update(harness_metrics(pair, tokenizer, ev.harness, batch))
     if pairs:
         out.margins = _implicit_reward(cfg, pair, tokenizer, pairs, settings, metrics)
     else:
@@ -113,6 +109,26 @@ def evaluate_models(
     return out
 
 
+def _best_of_n(pair, tokenizer, prompts: list, settings, scorer, ev, result) -> dict[str, Any]:
+    """The best-of-N baseline on the first eval.best_of_n_prompts prompts (reusing the reference's samples)."""
+    ns, n_bon = list(ev.get("best_of_n") or []), int(ev.get("best_of_n_prompts") or 0)
+    if scorer is None or not ns or n_bon <= 0:
+        return {}
+    from .best_of_n import evaluate_best_of_n
+
+    return evaluate_best_of_n(
+        pair,
+        tokenizer,
+        prompts[:n_bon],
+        settings,
+        scorer,
+        ns,
+        int(ev.bootstrap),
+        reuse=result.reference,
+        reuse_scores=result.rewards_reference,
+    )
+
+
 def _judged(scorer, result, inputs: EvalInputs, settings, resamples: int) -> dict[str, Any]:
     """The judge's identity and held-out accuracy; the policy against the dataset's chosen responses (none: {})."""
     from .judge import judge_metrics, win_rate_vs_chosen
@@ -122,6 +138,26 @@ def _judged(scorer, result, inputs: EvalInputs, settings, resamples: int) -> dic
     references = {prompt_key(p): inputs.reference_for(p) for p in result.policy.prompts}
     chosen = win_rate_vs_chosen(scorer, result, references, settings.score_with_prompt, resamples, settings.seed)
     return {**judge_metrics(scorer), **chosen}
+
+
+def _llm_judged(cfg: DictConfig, pair, result, inputs: EvalInputs, settings) -> tuple[dict[str, Any], list[dict]]:
+    """The pairwise LLM judge on the evaluation's samples: llm_judge/* metrics and the judged pairs."""
+    from ..judges.llm import build_llm_judge
+    from .llm_judge import llm_judge_metrics
+
+    block = cfg.eval.llm_judge
+    judge = build_llm_judge(block, cfg.get("cache_dir"), str(pair.policy.device))
+    references = {prompt_key(p): inputs.reference_for(p) for p in result.policy.prompts}
+    return llm_judge_metrics(
+        judge,
+        result,
+        references,
+        int(block.max_pairs),
+        bool(block.vs_chosen),
+        int(cfg.eval.bootstrap),
+        settings.seed,
+        settings.progress,
+    )
 
 
 def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settings, metrics: dict) -> list[float]:
@@ -155,7 +191,9 @@ def publish(run_dir: Path, evaluation: Evaluation, tracker, source: str, cfg: Di
     trace_path = run_dir / TRACE_FILE
     trace = read_jsonl(trace_path) if trace_path.exists() else []
     plot = plot_reward_kl(run_dir / PLOT_FILE, trace, metrics)
-    results = {f"{PREFIX}{k}": v for k, v in metrics.items()}
+    results = {k if k.startswith(HARNESS_PREFIX) else f"{PREFIX}{k}": v for k, v in metrics.items()}
+    if evaluation.judged_pairs:
+        write_jsonl(run_dir / LLM_JUDGE_FILE, evaluation.judged_pairs)
     if evaluation.notes:
         results[f"{PREFIX}notes"] = evaluation.notes
     atomic_write_json(

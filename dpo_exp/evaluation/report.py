@@ -218,7 +218,7 @@ def headline(summary: dict[str, Any]) -> list[str]:
             "best-of-N from the reference (delta @ KL): "
             + ", ".join(f"N={n} {s[f'eval/bon_delta_{n}']:+.4f} @ {s[f'eval/bon_kl_{n}']:.2f}" for n in bon)
         )
-    lines += judge_lines(s)
+    lines += judge_lines(s) + llm_judge_lines(s) + harness_lines(s)
     stages = [(k[len("timing/") : -2], v) for k, v in s.items() if k.startswith("timing/")]
     if stages:
         lines.append("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages))
@@ -259,3 +259,28 @@ def judge_lines(s: dict[str, Any]) -> list[str]:
             f"{s.get('eval/win_rate_vs_chosen_prompts')} held-out prompts (under the judge; ties 1/2)"
         )
     return lines
+
+
+def llm_judge_lines(s: dict[str, Any]) -> list[str]:
+    """The pairwise LLM judge's win rates (vs the reference, vs the chosen response) with CI, LC and diagnostics."""
+    lines = []
+    for part, against in (("", "reference"), ("vs_chosen/", "dataset's chosen response")):
+        key = f"eval/llm_judge/{part}"
+        if isinstance(s.get(f"{key}win_rate"), (int, float)):
+            lines.append(
+                f"LLM judge: policy vs {against} {s[f'{key}win_rate']:.3f} [95% CI {s[f'{key}win_rate_ci_low']:.3f}, "
+                f"{s[f'{key}win_rate_ci_high']:.3f}], length-controlled {s[f'{key}win_rate_lc']:.3f}; "
+                f"{s[f'{key}pairs']} pairs in both orders: consistent {s[f'{key}position_consistency']:.2f}, "
+                f"ties {s[f'{key}tie_rate']:.2f}, unparsed answers {s[f'{key}parse_failure_rate']:.2f}"
+            )
+    return lines
+
+
+def harness_lines(s: dict[str, Any]) -> list[str]:
+    """The capability tax: each harness metric, reference -> policy, with the delta's standard error."""
+    deltas = sorted(k[: -len("_delta")] for k in s if k.startswith("harness/") and k.endswith("_delta"))
+    return [
+        f"{key}: {s[f'{key}_reference']:.4f} -> {s[f'{key}_policy']:.4f} (delta {s[f'{key}_delta']:+.4f}"
+        + (f" +- {s[f'{key}_delta_stderr']:.4f})" if is_finite(s.get(f"{key}_delta_stderr")) else ")")
+        for key in deltas
+    ]

@@ -1,11 +1,29 @@
-"""Judges of (prompt, completion): reward models from the hub or a local folder, and a reward model trained here.
+"""Every judge of the run's completions, in one home, under two protocols.
 
-Contract (`base.Judge`): `score(prompts, completions) -> list[float]` (higher = better) and `identity()`, a string
-that changes whenever the scores could (it enters every cache key a judge touches). A judge is one module plus
-one YAML in conf/reward/ whose `_target_` names its class; `build_judge` instantiates it. The sentiment scorers of
-`dpo_exp.rewards` score whole texts; `score_completions` calls either kind.
+Pointwise (a score for one (prompt, completion), higher = better): `base.Judge` (`score(prompts, completions)`,
+`identity()`), the reward models from the hub or a local folder (`reward_model.py`) and the one trained here
+(`trained.py`); and the sentiment scorers of `sentiment.py`, which score whole texts (`score(texts)`).
+`score_completions` calls either kind; `build_scorer` builds the one a `reward` option names (`kind`, or a judge
+class's `_target_`). A judge is one module plus one YAML in conf/reward/.
+
+Pairwise (which of two completions is better): `pairwise.PairwiseJudge` (`compare(prompts, a, b)`, each pair
+asked in both orders, raw answers and verdicts kept; `identity()`), the LLM judge (`pairwise.LLMJudge` over a
+local chat model or an OpenAI-compatible endpoint, `llm.py`), built from `eval.llm_judge` by `build_llm_judge`.
 """
 
 from .base import Judge, build_judge, is_judge_config, score_completions
+from .pairwise import LLMJudge, PairVerdict, PairwiseJudge
+from .sentiment import SCORERS, Scorer, build_scorer
 
-__all__ = ["Judge", "build_judge", "is_judge_config", "score_completions"]
+__all__ = [
+    "SCORERS",
+    "Judge",
+    "LLMJudge",
+    "PairVerdict",
+    "PairwiseJudge",
+    "Scorer",
+    "build_judge",
+    "build_scorer",
+    "is_judge_config",
+    "score_completions",
+]

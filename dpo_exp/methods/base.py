@@ -151,8 +151,7 @@ def trl_args(cfg: Any, run_dir: Path, precision: str, device: str) -> Any:
 def scorer_reward(cfg: Any) -> Callable[..., list[float]]:
     """The run's `reward` scorer as a TRL reward function `(prompts, completions, **columns) -> rewards`: it scores
     prompt + completion when the evaluation does (eval.score_with_prompt), so training and evaluation agree."""
-    from ..judges import score_completions
-    from ..rewards import build_scorer
+    from ..judges import build_scorer, score_completions
 
     scorer = build_scorer(cfg.reward, cfg)
     with_prompt = bool(cfg.eval.get("score_with_prompt"))

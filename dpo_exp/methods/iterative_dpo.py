@@ -160,7 +160,7 @@ class IterativeDPO(Method):
     def _round_pairs(self, policy, data: PreferenceData, settings: MethodSettings, r: int) -> PreferenceData:
         """Round r's training pairs: sampled from the current policy (or read back when a resumed run has them)."""
         from ..data.pairs import read_pairs, write_pairs
-        from ..rewards import build_scorer
+        from ..judges import build_scorer
 
         cfg = settings.cfg
         path = settings.run_dir / ROUNDS_DIR / str(r) / PAIRS_FILE

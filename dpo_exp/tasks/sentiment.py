@@ -126,7 +126,7 @@ class SentimentTask(Task):
 
     def prepare(self, cfg: Any, env: StageEnv, model, tokenizer, loaded: PromptSets) -> TaskResult:
         """Warm start (optional) -> sampled, scored pairs (cached) -> training and held-out pairs."""
-        from ..rewards import build_scorer
+        from ..judges import build_scorer
 
         scorer = build_scorer(cfg.reward, cfg)
         started = time.time()

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class HFClassifierScorer(Scorer):
         device = str(_get(cfg, "device", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        from .infra.hub import hub_access
+        from ..infra.hub import hub_access
 
         self.dtype = "fp16" if device.startswith("cuda") else "fp32"  # frozen: half precision is fine on a GPU
         self.revision = _get(cfg, "revision", None)
@@ -121,8 +121,8 @@ class HFClassifierScorer(Scorer):
 
         source = f"{self.hub_id}@{self.revision or 'main'}"
         if Path(self.hub_id).is_dir():
-            from .infra.cache import folder_digest
-            from .models import MODEL_FILE_PATTERNS
+            from ..infra.cache import folder_digest
+            from ..models import MODEL_FILE_PATTERNS
 
             source = f"files:{folder_digest(Path(self.hub_id), MODEL_FILE_PATTERNS)}"
         return f"{self.name}:{source}:{self.positive_label}:{self.output}:{self.dtype}"
@@ -165,8 +165,8 @@ class TfidfLogRegScorer(Scorer):
         super().__init__()
         import joblib
 
-        from .data.imdb import judge_splits
-        from .infra.cache import cached, content_key
+        from ..data.imdb import judge_splits
+        from ..infra.cache import cached, content_key
 
         self.params, self.output = self._settings(cfg)
         if context is None or not hasattr(context, "dataset"):
@@ -272,7 +272,7 @@ def build_scorer(reward_cfg: Any, context: Any = None) -> Any:
     kind = reward_cfg.get("kind", "none") if reward_cfg is not None else "none"
     if kind == "none":
         return None
-    from .judges import build_judge, is_judge_config
+    from .base import build_judge, is_judge_config
 
     if is_judge_config(reward_cfg):  # a judge of (prompt, completion): its class is named by `_target_`
         return build_judge(reward_cfg, context)
