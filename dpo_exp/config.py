@@ -15,8 +15,8 @@ from .infra.distributed import world_size
 from .infra.sharding import check_strategy
 from .infra.storage import folder_problem
 from .judges.llm import check_llm_judge_settings
-from .schema import check_blocks, check_eval_reward, check_trainer, ignored_shorthand_problem
-from .shorthands import command_line
+from .schema import check_blocks, check_eval_reward, check_trainer
+from .shorthands import command_line, ignored_shorthand_problem
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MIN_DATA_SIZE = 2  # fewer training pairs (or prompts) cannot train anything worth comparing; see conf/config.yaml
@@ -259,8 +259,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"resume={resume} is not a run directory (nor `force`)")
     _validate_task(cfg)
 
-    # Last, as they import torch / TRL: LoRA targets exist in the architecture (on a meta-device build), TRL's
-    # DPOConfig accepts the `trainer` group, the strategy suits the launch, the estimate fits, the method can run.
+    # Last, as they import torch / TRL: LoRA targets (meta-device), TRL's DPOConfig, strategy, memory, the method.
     from .lora import check_lora_targets
     from .memory_check import check_memory
     from .methods import build_method

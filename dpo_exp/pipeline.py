@@ -293,9 +293,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, tracker: Tracker | None = None,
     pair = from_run_dir(run_dir, cfg, summary.get("reference_path"))
     evaluation = evaluate_models(cfg, pair, tokenizer, inputs, scorer, name, skip, progress=progress)
     results = publish(run_dir, evaluation, tracker or Tracker(), "evaluate", cfg)
-    summary = {
-        k: v for k, v in summary.items() if not k.startswith((PREFIX, "harness/"))
-    }  # TRL's eval metrics are eval_*
+    summary = {k: v for k, v in summary.items() if not k.startswith((PREFIX, "harness/"))}  # (TRL's are eval_*)
     summary.update(results, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / SUMMARY, summary)
     write_model_cards(run_dir, cfg)  # the model card's evaluation follows the new one

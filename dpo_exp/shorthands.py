@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .schema import ignored_shorthand_problem
+from . import CONF_DIR
 
 
 def command_line() -> dict[str, str]:
@@ -26,8 +26,6 @@ def sweep_shorthand_problem(config: DictConfig) -> str | None:
     line or in `hydra.sweeper.params` (a preset's or Optuna's sweep): `-m method=preferred_ft beta=0.1,0.5` would run
     identical jobs. `config` is the sweep's config with its `hydra` node (Hydra's on_multirun_start)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from .schema import SHORTHANDS, method_option
 
     parser = OverridesParser.create()
     params = {str(k).lstrip("+~"): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
@@ -61,3 +59,41 @@ class SweepShorthandCheck(Callback):
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
+
+
+# ---------------------------------------------------------------- the shorthands each method reads
+
+SHORTHANDS = ("beta", "lr", "epochs", "batch_size", "data_size", "seed")  # conf/config.yaml's top-level shorthands
+
+
+def method_shorthands(method: Any) -> tuple[str, ...]:
+    """The shorthands a `method` node reads (its YAML's `shorthands`); every one for a method that declares none (a
+    config saved before the declarations: DPO, which reads them all)."""
+    declared = (method or {}).get("shorthands")
+    return tuple(str(k) for k in declared) if declared is not None else SHORTHANDS
+
+
+def method_option(name: str) -> Any:
+    """conf/method/NAME.yaml as saved in this checkout (None when there is no such option)."""
+    path = CONF_DIR / "method" / f"{name}.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def ignored_shorthand_problem(method: Any, given: dict[str, Any], multirun: bool = False) -> str | None:
+    """The one-line refusal of shorthands in `given` (key -> value set or swept) that `method` does not read: such a
+    value changes nothing that is trained (`-m method=preferred_ft beta=0.1,0.5` = two identical jobs). None when the
+    method reads them all."""
+    used = method_shorthands(method)
+    ignored = {k: v for k, v in given.items() if k in SHORTHANDS and k not in used}
+    if not ignored:
+        return None
+    name = (method or {}).get("name", "?")
+    keys = ", ".join(f"{k}={v}" for k, v in ignored.items())
+    reads = f"it reads {', '.join(used) or 'no shorthand'}: `shorthands` in conf/method/{name}.yaml"
+    if multirun:
+        return (
+            f"method={name} ignores {keys} in this multirun ({reads}), so its jobs would not differ: remove "
+            f"{'it' if len(ignored) == 1 else 'them'} (a preset's sweep: ~hydra.sweeper.params.{next(iter(ignored))}) "
+            f"or sweep method={name} on its own"
+        )
+    return f"method={name} ignores {keys} ({reads}): remove it; the method's own settings are method.*"

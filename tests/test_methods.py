@@ -290,7 +290,7 @@ def test_each_method_declares_exactly_the_shorthands_that_change_its_training(im
     """A shorthand is declared (conf/method `shorthands`) if and only if changing it changes the TRL config or the
     data the method trains with: beta does not reach Preferred-FT, epochs neither RLOO nor Online DPO (their
     args.num_train_epochs)."""
-    from dpo_exp.schema import SHORTHANDS, method_shorthands
+    from dpo_exp.shorthands import SHORTHANDS, method_shorthands
 
     cfg = imdb(imdb_dir, f"method={name}", "data_size=16")
     cfg.trainer.per_device_train_batch_size = "${batch_size}"  # as conf/trainer/dpo.yaml has it (FAST_TRAINER sets 4)

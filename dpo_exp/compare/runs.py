@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import UserError
 from ..infra.runinfo import parse_overrides
 from ..infra.storage import read_json, read_jsonl
-from ..schema import SHORTHANDS, method_option, method_shorthands
+from ..shorthands import SHORTHANDS, method_option, method_shorthands
 
 # (column as W&B shows it, summary.json key as TRL names it)
 FINAL_METRICS = [
