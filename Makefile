@@ -43,7 +43,7 @@ docs: install   # the documentation site into site/ (git-ignored); strict: a bro
 docs-config: install   # regenerate docs/reference/configuration.md from conf/ (tests/test_docs.py fails while it is stale)
 	$(PY) scripts/config_reference.py
 
-docs-memory: install   # regenerate the memory table of docs/clusters.md from dpo_exp/memory.py (tests/test_sharding.py checks it)
+docs-memory: install   # regenerate the memory tables of docs/clusters.md and README.md from dpo_exp/memory (tests/test_sharding.py checks it)
 	$(PY) scripts/memory_table.py
 
 bench: install   # 14.5 min on 2 cores (bench_methods --quick 6.3 of them): quick sizes, scaling at the issue sizes; each script without --quick runs the full size

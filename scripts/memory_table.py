@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "docs" / "clusters.md"
+PAGES = (ROOT / "docs" / "clusters.md", ROOT / "README.md")  # both carry the table between the markers
 BEGIN, END = "<!-- memory-table: begin (make docs-memory) -->", "<!-- memory-table: end -->"
 STRATEGIES = ("ddp", "fsdp", "fsdp_offload", "zero3")
 DEVICES = (1, 2, 8, 16)
@@ -65,8 +65,9 @@ def render(page: str) -> str:
 
 
 if __name__ == "__main__":
-    text = PAGE.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        sys.exit(f"error: {PAGE} has no {BEGIN} marker")
-    PAGE.write_text(render(text), encoding="utf-8")
-    print(f"wrote the memory table of {PAGE.relative_to(ROOT)}")
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        if BEGIN not in text:
+            sys.exit(f"error: {page} has no {BEGIN} marker")
+        page.write_text(render(text), encoding="utf-8")
+        print(f"wrote the memory table of {page.relative_to(ROOT)}")

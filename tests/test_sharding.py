@@ -263,15 +263,17 @@ def test_memory_estimate_matches_the_parameters_each_process_held(fsdp_and_ddp):
 
 
 def test_docs_memory_table_is_the_estimators_output():
-    """docs/clusters.md's memory table is what scripts/memory_table.py computes now (`make docs-memory`)."""
+    """The memory tables of docs/clusters.md and README.md are what scripts/memory_table.py computes now
+    (`make docs-memory`)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     try:
         import memory_table
     finally:
         sys.path.pop(0)
-    page = memory_table.PAGE.read_text(encoding="utf-8")
-    assert memory_table.BEGIN in page and memory_table.render(page) == page, "run make docs-memory"
-    assert "| 7 B (Qwen2.5-7B) | 7.62 B | fsdp |" in page
+    for path in memory_table.PAGES:
+        page = path.read_text(encoding="utf-8")
+        assert memory_table.BEGIN in page and memory_table.render(page) == page, f"run make docs-memory ({path})"
+        assert "| 7 B (Qwen2.5-7B) | 7.62 B | fsdp |" in page
 
 
 @pytest.mark.slow
