@@ -150,3 +150,117 @@ def test_the_rate_tabs_votes_export_as_kto_feedback_and_train_kto(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1
     assert any(not v.equal(before[k]) for k, v in policy.state_dict().items())
+
+
+# ---------------------------------------------------------------- mixtures
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory) -> tuple[Path, Path]:
+    """A: 600 UltraFeedback rows as they are; B: the other 400 under other column names."""
+    from .conftest import shared_file
+
+    rows = [json.loads(line) for line in shared_file("ultrafeedback/sample.jsonl").read_text().splitlines()]
+    folder = tmp_path_factory.mktemp("mixture")
+    a = write_jsonl(folder / "A.jsonl", rows[:600])
+    b = write_jsonl(
+        folder / "B.jsonl", [{"q": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in rows[600:]]
+    )
+    return a, b
+
+
+def mixture(a: Path, b: Path, *extra: str):
+    sources = (
+        f"[{{path: {a}, weight: 3}}, {{path: {b}, weight: 1, columns: {{prompt: q, chosen: good, rejected: bad}}}}]"
+    )
+    return compose(["dataset=mixture", f"dataset.sources={sources}", *extra])
+
+
+def test_a_3_to_1_mixture_draws_its_rows_by_weight_and_holds_out_each_source_by_prompt(two_sources):
+    a, b = two_sources
+    cfg = mixture(a, b, "data_size=400")
+    data = load_preference_data(cfg.dataset, 0)
+    assert len(data.train) == 400
+    assert [(c["source"], c["weight"], c["train_pairs"]) for c in data.composition] == [
+        ("A", 3.0, 300),
+        ("B", 1.0, 100),
+    ]
+    a_prompts = {r["prompt"] for r in map(json.loads, a.read_text().splitlines())}
+    from_a = sum(r["prompt"] in a_prompts for r in data.train)
+    assert from_a == 300 and data.counts["A/train_pairs"] == 300 and data.counts["B/train_pairs"] == 100
+    # each source held out on its own: prompts of both, none of them trained on; the pool interleaves them
+    train = {r["prompt"] for r in data.train}
+    held = {source: [p for p, s in data.eval_sources.items() if s == source] for source in ("A", "B")}
+    assert all(held.values()) and not train & set(data.eval_sources)
+    assert {data.eval_sources[p] for p in data.eval_prompts[:2]} == {"A", "B"}
+    assert all(c["eval_pairs"] > 0 for c in data.composition)
+    # the composition is part of the dataset config, hence of every key made from it
+    other = load_preference_data(mixture(a, b, "data_size=400", "dataset.sources.1.weight=3").dataset, 0)
+    assert [c["train_pairs"] for c in other.composition] == [200, 200]
+
+
+def test_a_mixture_without_data_size_takes_what_the_weights_allow_and_rows_counts_are_exact(two_sources):
+    a, b = two_sources
+    data = load_preference_data(mixture(a, b).dataset, 0)
+    drawn = {s: data.counts[f"{s}/train_pairs"] for s in ("A", "B")}
+    assert data.counts["A/train_unused_pairs"] <= 3 < data.counts["B/train_unused_pairs"]  # A (weight 3) runs out
+    assert abs(drawn["A"] - 3 * drawn["B"]) <= 3 and len(data.train) == sum(drawn.values())
+    sources = f"[{{path: {a}, rows: 50}}, {{path: {b}, rows: 20, columns: {{prompt: q, chosen: good, rejected: bad}}}}]"
+    rows = load_preference_data(compose(["dataset=mixture", f"dataset.sources={sources}"]).dataset, 0)
+    assert [c["train_pairs"] for c in rows.composition] == [50, 20] and len(rows.train) == 70
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (None, "dataset=mixture needs dataset.sources"),
+        ("[{path: A.jsonl}]", r"dataset.sources\[0\] needs a weight or a rows count"),
+        ("[{path: A.jsonl, weight: 1}, {path: B.jsonl, rows: 5}]", "every source a weight, or every source a rows"),
+        ("[{path: A.jsonl, name: hh_rlhf, weight: 1}]", "needs exactly one of path / name / hub_id"),
+        ("[{path: A.jsonl, weight: -1}]", r"dataset.sources\[0\].weight=-1 must be a number > 0"),
+        ("[{path: A.jsonl, weight: 1, colums: {}}]", r"unknown key\(s\) \['colums'\]"),
+        ("[{path: x/A.jsonl, weight: 1}, {path: y/A.jsonl, weight: 1}]", "two sources share a name"),
+    ],
+)
+def test_a_malformed_mixture_is_one_error_line_before_anything_loads(sources, message):
+    from dpo_exp.config import validate
+
+    from .conftest import FAST_MODEL, FAST_TRAINER
+
+    extra = [] if sources is None else [f"dataset.sources={sources}"]
+    with pytest.raises(UserError, match=message):
+        validate(compose(["dataset=mixture", *FAST_MODEL, *FAST_TRAINER, *extra]))
+
+
+def test_a_mixture_source_missing_a_column_names_its_file_and_the_columns_there_are(two_sources):
+    a, b = two_sources
+    sources = f"[{{path: {a}, weight: 1}}, {{path: {b}, weight: 1}}]"  # B's columns are q / good / bad
+    with pytest.raises(
+        UserError,
+        match=r"B.jsonl \[train\]: missing column\(s\) \['prompt', 'chosen', 'rejected'\]; found \['bad', 'good', 'q'\]",
+    ):
+        load_preference_data(compose(["dataset=mixture", f"dataset.sources={sources}"]).dataset, 0)
+
+
+@pytest.mark.slow
+def test_a_mixture_run_reports_each_source_and_the_pool(tmp_path, two_sources):
+    """The command line of the issue: per-source eval/<source>/... beside the pooled keys, the composition in
+    summary.json."""
+    from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
+
+    a, b = two_sources
+    sources = (
+        f"[{{path: {a}, weight: 3}}, {{path: {b}, weight: 1, columns: {{prompt: q, chosen: good, rejected: bad}}}}]"
+    )
+    run_dir = tmp_path / "run"
+    args = [*FAST_MODEL, *FAST_TRAINER, "dataset=mixture", f"dataset.sources={sources}", "data_size=16"]
+    args += ["epochs=1", "trainer.max_steps=2", "dataset.eval_size=6", "eval.num_prompts=6", "eval.num_samples=2"]
+    args += ["eval.max_new_tokens=8", "eval.num_pairs=12", "eval.bootstrap=20", "eval.every_n_steps=0", "logger=none"]
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert [(c["source"], c["train_pairs"]) for c in s["data"]["composition"]] == [("A", 12), ("B", 4)]
+    for source in ("A", "B"):
+        assert 0 <= s[f"eval/{source}/implicit_accuracy"] <= 1 and s[f"eval/{source}/implicit_pairs"] == 6
+        assert f"eval/{source}/kl" in s
+    assert s["eval/implicit_pairs"] == 12 and "eval/kl" in s  # pooled
