@@ -264,3 +264,34 @@ def test_a_mixture_run_reports_each_source_and_the_pool(tmp_path, two_sources):
         assert 0 <= s[f"eval/{source}/implicit_accuracy"] <= 1 and s[f"eval/{source}/implicit_pairs"] == 6
         assert f"eval/{source}/kl" in s
     assert s["eval/implicit_pairs"] == 12 and "eval/kl" in s  # pooled
+
+
+def test_per_source_metrics_are_the_pooled_metrics_of_each_sources_prompts_and_pairs():
+    """eval/<source>/...: each source's held-out prompts (sampled) and pairs, measured as the pool is."""
+    import numpy as np
+
+    from dpo_exp.evaluation.metrics import SampleEval
+    from dpo_exp.evaluation.sources import pair_metrics_by_source, sample_metrics_by_source
+    from dpo_exp.generation import Samples
+
+    prompts = ["a1", "b1", "a2", "b2", "a3"]
+    sources = {p: p[0].upper() for p in prompts}
+    kl = np.array([[1.0, 1.0], [5.0, 5.0], [2.0, 2.0], [7.0, 7.0], [3.0, 3.0]])
+    rewards = np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    result = SampleEval(
+        policy=Samples(prompts, [["x", "y"]] * 5, [[[1], [2]]] * 5),
+        reference=None,
+        rewards_policy=rewards,
+        rewards_reference=np.full((5, 2), 0.5),
+        kl=kl,
+        rewards_reference_independent=np.full((5, 2), 0.5),
+    )
+    out = sample_metrics_by_source(result, sources, 20, 0)
+    assert out["A/kl"] == pytest.approx(2.0) and out["B/kl"] == pytest.approx(6.0)
+    assert out["A/win_rate"] == 1.0 and out["B/win_rate"] == 0.0
+    assert (out["A/num_prompts"], out["B/num_prompts"]) == (3, 2)
+    pairs = [{"prompt": p} for p in prompts]
+    chosen, rejected = np.array([1.0, 0.0, 1.0, 0.0, -1.0]), np.zeros(5)
+    by_pair = pair_metrics_by_source(pairs, chosen, rejected, sources)
+    assert by_pair["A/implicit_accuracy"] == pytest.approx(2 / 3) and by_pair["B/implicit_accuracy"] == 0.0
+    assert (by_pair["A/implicit_pairs"], by_pair["B/implicit_pairs"]) == (3, 2)
