@@ -194,6 +194,11 @@ def test_a_3_to_1_mixture_draws_its_rows_by_weight_and_holds_out_each_source_by_
     assert all(held.values()) and not train & set(data.eval_sources)
     assert {data.eval_sources[p] for p in data.eval_prompts[:2]} == {"A", "B"}
     assert all(c["eval_pairs"] > 0 for c in data.composition)
+    # a trained judge learns from its share of every source, disjoint from training and held-out prompts
+    judged = load_preference_data(cfg.dataset, 0, judge_share=0.2, judge_seed=1)
+    judge_prompts = {r["prompt"] for r in judged.judge}
+    assert judge_prompts & a_prompts and judge_prompts - a_prompts
+    assert not judge_prompts & {r["prompt"] for r in judged.train} and not judge_prompts & set(judged.eval_sources)
     # the composition is part of the dataset config, hence of every key made from it
     other = load_preference_data(mixture(a, b, "data_size=400", "dataset.sources.1.weight=3").dataset, 0)
     assert [c["train_pairs"] for c in other.composition] == [200, 200]

@@ -171,6 +171,7 @@ def load_mixture_data(
         source="mixture:" + ",".join(f"{c['source']}={c['train_pairs']}" for c in composition),
         eval_prompts=interleave([part.eval_prompts for part in parts]),
         eval_references=references,
+        judge=[row for part in parts for row in part.judge],  # a trained judge's share of each source
         eval_sources=eval_sources,
         composition=composition,
     )

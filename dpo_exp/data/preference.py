@@ -228,7 +228,14 @@ def load_preference_data(
 
         def load_source(source_cfg: Any) -> PreferenceData:
             return load_preference_data(
-                source_cfg, seed, prompt_fits, max_length, conversational, heldout_prompts=heldout_prompts
+                source_cfg,
+                seed,
+                prompt_fits,
+                max_length,
+                conversational,
+                judge_share=judge_share,  # a trained judge learns from its share of every source
+                judge_seed=judge_seed,
+                heldout_prompts=heldout_prompts,
             )
 
         size = ds_cfg.get("data_size")
