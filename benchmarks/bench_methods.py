@@ -40,6 +40,14 @@ SWEEPS = {
     "rloo_tuned": ("rloo", ["beta=0.01,0.02,0.05"], ["lr=5e-4", "method.args.num_train_epochs=4"]),
     "online_dpo": ("online_dpo", ["beta=0.05,0.1,0.5"], []),
     "iterative_dpo": ("iterative_dpo", ["method.rounds=3"], ["beta=0.1"]),
+    # issue 32: the methods current papers compare DPO with. KTO on each pair split into a desirable and an
+    # undesirable row (beta its KL knob); ORPO's beta is its lambda (odds-ratio weight, paper 0.1-0.25) and SimPO's its
+    # reward scale (paper 2-2.5): reference-free, they move the policy as the knob grows, and are measured against the
+    # same warm-start reference; GRPO's beta is the KL coefficient, as RLOO's.
+    "kto": ("kto", ["beta=0.05,0.1,0.5"], []),
+    "orpo": ("orpo", ["beta=0.1,0.25,0.5"], []),
+    "simpo": ("simpo", ["beta=1.0,2.0,2.5"], []),
+    "grpo": ("grpo", ["beta=0.01,0.05,0.2"], []),
 }
 QUICK = ["data_size=32", "trainer.max_steps=4", "sft.max_steps=20", "eval.num_prompts=16", "eval.best_of_n_prompts=8"]
 KEYS = [  # eval/<key> of summary.json; win_rate: P(policy sample beats reference sample), independent draws, ties 1/2

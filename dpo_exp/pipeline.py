@@ -214,6 +214,8 @@ def record_task(ctx: RunContext, result: TaskResult) -> None:
         ctx.summary[f"timing/{stage}_s"] = round(max(0.0, seconds), 2)
     data = result.data
     ctx.summary["data"] = {"source": data.source, **data.counts}
+    if data.composition:  # a mixture's sources (dataset=mixture)
+        ctx.summary["data"]["composition"] = data.composition
     ctx.summary["heldout"] = data.heldout_hashes()
     ctx.summary.setdefault("dataset", {})["source"] = data.source
     ctx.save_summary()

@@ -20,6 +20,8 @@ one fails there, naming it, instead of deep inside a run. What is used, and by w
   chat template as TRL applies it).
 - `trl.experimental.online_dpo` (`OnlineDPOConfig`, `OnlineDPOTrainer`): experimental in TRL 1.x, imported here
   only (conf/method/online_dpo.yaml names `dpo_exp.trl_compat.OnlineDPOConfig`), so a move is fixed in one place.
+- `trl.experimental.orpo` (`ORPOConfig`, `ORPOTrainer`) and `trl.experimental.cpo` (`CPOConfig`, `CPOTrainer`:
+  SimPO is its `loss_type="simpo"`), likewise (conf/method/orpo.yaml, conf/method/simpo.yaml).
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from typing import Any
 
 from trl import DPOTrainer
 
-ONLINE_DPO = ("OnlineDPOConfig", "OnlineDPOTrainer")  # from trl.experimental.online_dpo, imported on first use
+# every experimental TRL class used, by the trl.experimental module it lives in (imported on first use)
+EXPERIMENTAL = {
+    "OnlineDPOConfig": "online_dpo",
+    "OnlineDPOTrainer": "online_dpo",
+    "ORPOConfig": "orpo",
+    "ORPOTrainer": "orpo",
+    "CPOConfig": "cpo",
+    "CPOTrainer": "cpo",
+}
 
 SUPPORTED_TRL = ">=1.16,<2"  # = pyproject.toml's requirement
 PAIR_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # = dpo_exp.data.schema.PAIR_ID_COLUMNS
@@ -155,11 +165,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def __getattr__(name: str) -> Any:
-    """`OnlineDPOConfig` / `OnlineDPOTrainer` from `trl.experimental.online_dpo`, imported when first asked for (not
-    by every run), without TRL's experimental-API warning: the import is pinned here on purpose."""
-    if name not in ONLINE_DPO:
+    """The classes of EXPERIMENTAL (e.g. `OnlineDPOTrainer` from `trl.experimental.online_dpo`), imported when first
+    asked for (not by every run), without TRL's experimental-API warning: the import is pinned here on purpose."""
+    if name not in EXPERIMENTAL:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import trl.experimental.online_dpo as online_dpo
+    import importlib
 
-    return getattr(online_dpo, name)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    return getattr(importlib.import_module(f"trl.experimental.{EXPERIMENTAL[name]}"), name)

@@ -25,7 +25,9 @@ def imdb(imdb_dir: Path, *extra: str):
 
 
 def test_the_method_group_offers_the_papers_comparison():
-    assert {"dpo", "preferred_ft", "rloo", "online_dpo", "iterative_dpo"} <= set(METHODS)
+    assert {"dpo", "preferred_ft", "rloo", "online_dpo", "iterative_dpo", "kto", "orpo", "simpo", "grpo"} <= set(
+        METHODS
+    )
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -304,7 +306,8 @@ def test_each_method_declares_exactly_the_shorthands_that_change_its_training(im
         if trained_with(changed, tmp_path) != base:
             reads.add(key)
     assert set(method_shorthands(cfg.method)) == reads
-    assert ("beta" in reads) == (name != "preferred_ft") and ("epochs" in reads) == (name not in ("rloo", "online_dpo"))
+    assert ("beta" in reads) == (name != "preferred_ft")
+    assert ("epochs" in reads) == (name not in ("rloo", "online_dpo", "grpo"))
 
 
 @pytest.mark.parametrize(("name", "override"), [("preferred_ft", "beta=0.5"), ("rloo", "epochs=2")])
@@ -362,3 +365,83 @@ def test_compare_notes_a_shorthand_the_runs_method_ignores(tmp_path):
     notes = (tmp_path / "comparison.md").read_text()
     assert "WARNING: method=preferred_ft ignores `beta` (2 run(s): 0, 1)" in notes
     assert "method=dpo ignores" not in notes
+
+
+# ---------------------------------------------------------------- KTO, ORPO, SimPO, GRPO
+
+
+def test_the_reference_free_and_online_methods_take_their_paper_settings(imdb_dir, tmp_path):
+    """SimPO is CPO's simpo loss without the BC term; ORPO's beta is its lambda; GRPO's beta its KL coefficient; KTO's
+    desirable/undesirable weights reach trl.KTOConfig."""
+    from trl import GRPOConfig, KTOConfig
+
+    from dpo_exp import trl_compat
+
+    simpo = trl_args(imdb(imdb_dir, "method=simpo", "beta=2.0"), tmp_path, "fp32", "cpu")
+    assert isinstance(simpo, trl_compat.CPOConfig)
+    assert (simpo.loss_type, simpo.beta, simpo.simpo_gamma, simpo.cpo_alpha) == ("simpo", 2.0, 0.5, 0.0)
+    orpo = trl_args(imdb(imdb_dir, "method=orpo", "beta=0.25"), tmp_path, "fp32", "cpu")
+    assert isinstance(orpo, trl_compat.ORPOConfig) and orpo.beta == 0.25
+    grpo = trl_args(
+        imdb(imdb_dir, "method=grpo", "beta=0.04", "method.args.num_generations=2"), tmp_path, "fp32", "cpu"
+    )
+    assert isinstance(grpo, GRPOConfig) and (grpo.beta, grpo.num_generations) == (0.04, 2)
+    kto_cfg = imdb(imdb_dir, "method=kto", "beta=0.3", "method.args.desirable_weight=1.33")
+    kto = trl_args(kto_cfg, tmp_path, "fp32", "cpu")
+    assert isinstance(kto, KTOConfig) and (kto.beta, kto.desirable_weight, kto.undesirable_weight) == (0.3, 1.33, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "message"),
+    [
+        ("simpo", "method.args.loss_type=sigmoid", "method=simpo trains CPO's loss_type=simpo"),
+        ("kto", "+method.args.no_such_field=1", r"method.args \(trl.KTOConfig\).*no_such_field"),
+        ("grpo", "+method.args.no_such_field=1", r"method.args \(trl.GRPOConfig\).*no_such_field"),
+    ],
+)
+def test_the_new_methods_refuse_bad_settings_in_one_line(imdb_dir, name, override, message):
+    with pytest.raises(UserError, match=message):
+        validate(imdb(imdb_dir, f"method={name}", override))
+
+
+def test_grpo_needs_a_task_with_a_scorer(ultrafeedback_file):
+    cfg = compose(
+        ["dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}", *FAST_MODEL, *FAST_TRAINER, "method=grpo"]
+    )
+    with pytest.raises(UserError, match="method=grpo trains on a scorer's rewards"):
+        validate(cfg)
+    simpo = ["dataset=ultrafeedback", f"dataset.path={ultrafeedback_file}", *FAST_MODEL, *FAST_TRAINER, "method=simpo"]
+    validate(compose(simpo))  # reference-free SimPO needs no scorer
+
+
+def test_kto_splits_each_pair_into_a_desirable_and_an_undesirable_row(imdb_dir, tiny_policy, tmp_path):
+    """From pairs: chosen = desirable, rejected = undesirable (as TRL's unpaired format); feedback rows as given;
+    the reference is a frozen copy of the starting weights (no reload by id)."""
+    from dpo_exp.data.schema import PreferenceData
+    from dpo_exp.methods.kto import kto_trainer, unpaired_rows
+
+    pairs = [{"prompt": "This film was", "chosen": " great", "rejected": " dull"}]
+    feedback = [{"prompt": "I watched", "completion": " it twice", "label": True}]
+    assert unpaired_rows(pairs + feedback) == [
+        {"prompt": "This film was", "completion": " great", "label": True},
+        {"prompt": "This film was", "completion": " dull", "label": False},
+        {"prompt": "I watched", "completion": " it twice", "label": True},
+    ]
+    policy, tokenizer = tiny_policy
+    cfg = imdb(imdb_dir, "method=kto")
+    args = trl_args(cfg, tmp_path, "fp32", "cpu")
+    trainer = kto_trainer(
+        policy, PreferenceData(train=pairs * 4, eval=[]), method_settings(cfg, tokenizer, tmp_path), args, []
+    )
+    assert sorted(trainer.train_dataset["label"]) == [False] * 4 + [True] * 4
+    assert trainer.ref_model is not None and trainer.ref_model is not policy
+
+
+def test_a_pair_method_refuses_binary_feedback_before_anything_loads(tmp_path):
+    rows = tmp_path / "feedback.jsonl"
+    rows.write_text('{"prompt": "p", "completion": "c", "label": true}\n')
+    base = ["dataset=feedback", f"dataset.path={rows}", *FAST_MODEL, *FAST_TRAINER]
+    validate(compose([*base, "method=kto"]))
+    for name in ("dpo", "simpo"):
+        with pytest.raises(UserError, match=f"dataset=feedback holds unpaired .* method={name} trains on pairs"):
+            validate(compose([*base, f"method={name}"]))

@@ -169,3 +169,53 @@ def test_iterative_dpo_samples_round_two_from_round_one_and_evaluates_both(tmp_p
     assert "finished earlier" not in proc.stdout + proc.stderr
     assert (run_dir / "rounds" / "2" / "pairs.jsonl").stat().st_mtime != mtime
     assert summary(run_dir)["rounds"][1]["sampled_from"] != rounds[1]["sampled_from"]  # round 1 retrained
+
+
+NEW_METHODS = ["kto", "orpo", "simpo", "grpo"]
+
+
+@pytest.fixture(scope="module")
+def new_methods_sweep(tmp_path_factory) -> Path:
+    """`-m method=dpo,kto,orpo,simpo,grpo`: the methods people compare DPO with, beside it in one sweep."""
+    shared_file("imdb/train.jsonl")
+    imdb_dir = shared_file("imdb/test.jsonl").parent
+    cwd = tmp_path_factory.mktemp("new_methods")
+    args = ["-m", *ONLINE, f"dataset.path={imdb_dir}", "logger=none", "hydra.sweep.dir=multirun/m"]
+    proc = run_cli([*args, f"method=dpo,{','.join(NEW_METHODS)}"], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "multirun" / "m"
+
+
+def test_kto_orpo_simpo_grpo_run_beside_dpo_with_its_evaluation_on_one_frontier(new_methods_sweep: Path):
+    """Each completes with DPO's eval keys, trains (the weights move), reuses the task's pairs, and compare draws one
+    frontier line per method; reference-free ORPO / SimPO are measured against the run's starting model too."""
+    dirs = find_run_dirs([new_methods_sweep])
+    summaries = [summary(d) for d in dirs]
+    assert [s["method"]["name"] for s in summaries] == ["dpo", *NEW_METHODS]
+    assert all(s["status"] == "completed" for s in summaries)
+    assert [s["pairs"]["cache"] for s in summaries] == ["built"] + ["reused"] * len(NEW_METHODS)
+    dpo_keys = eval_keys(dirs[0])
+    assert "eval/kl_rb" in dpo_keys and "eval/win_rate" in " ".join(dpo_keys)
+    for run_dir in dirs[1:]:
+        assert eval_keys(run_dir) == dpo_keys, run_dir
+        assert weights_moved(run_dir), run_dir
+    s = dict(zip(NEW_METHODS, summaries[1:]))
+    assert s["simpo"]["method"]["name"] == "simpo" and s["grpo"]["reward"]["kind"] == "tfidf_logreg"
+    rows = [json.loads(line) for line in (dirs[4] / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/tfidf_logreg/mean" in row for row in rows)  # GRPO trained on the run's scorer
+    df = compare([new_methods_sweep], console=False)
+    along, lines = frontier_lines(df, ["method"], frontier_x(df))
+    assert sorted(label for label, _ in lines) == sorted(f"method={m}" for m in ("dpo", *NEW_METHODS))
+
+
+def test_kto_resumes_from_its_checkpoint_like_a_dpo_run(tmp_path, imdb_dir):
+    run_dir = tmp_path / "kto"
+    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", "method=kto", f"hydra.run.dir={run_dir}"]
+    args += ["trainer.save_strategy=steps", "trainer.save_steps=1", "eval.enabled=false"]
+    assert run_cli(args, tmp_path).returncode == 0
+    proc = run_cli([*args, "skip_completed=false", "trainer.max_steps=3", "resume=force"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["attempts"] == 2 and s["resumed_from"].endswith("checkpoint-2")
+    steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({step for step in steps if step is not None}) == [1, 2, 3]

@@ -54,3 +54,13 @@ def test_reference_logprob_cache_key_covers_every_field_trl_reads():
     init = inspect.getsource(DPOTrainer.__init__)
     collator = re.search(r"DataCollatorForPreference\((.*?)\)", init, re.S).group(1)
     assert set(re.findall(r"args\.(\w+)", collator)) <= set(REF_LOGPS_ARGS)
+
+
+def test_every_experimental_trl_class_used_is_importable_where_trl_compat_pins_it():
+    """Online DPO, ORPO and CPO (SimPO) live in trl.experimental: a move in a TRL release fails here, naming it."""
+    import importlib
+
+    from dpo_exp import trl_compat
+
+    for name, module in trl_compat.EXPERIMENTAL.items():
+        assert getattr(trl_compat, name) is getattr(importlib.import_module(f"trl.experimental.{module}"), name)

@@ -223,6 +223,27 @@ def load_preference_data(
     a test split no more prompts than that (or `eval_size`) are held out. Every pair is counted: `counts` says
     where each went (dropped_*, judge, train, unused by data_size, eval pairs, eval prompts only, unused).
     """
+    if ds_cfg.loader == "mixture":  # several sources, each loaded and held out by this function
+        from .mixture import load_mixture_data
+
+        def load_source(source_cfg: Any) -> PreferenceData:
+            return load_preference_data(
+                source_cfg,
+                seed,
+                prompt_fits,
+                max_length,
+                conversational,
+                judge_share=judge_share,  # a trained judge learns from its share of every source
+                judge_seed=judge_seed,
+                heldout_prompts=heldout_prompts,
+            )
+
+        size = ds_cfg.get("data_size")
+        return load_mixture_data(ds_cfg, seed, load_source, None if size is None else int(size))
+    if ds_cfg.loader == "feedback":  # unpaired rows (method=kto)
+        from .feedback import load_feedback_data
+
+        return load_feedback_data(ds_cfg, seed, prompt_fits, max_length, heldout_prompts)
     if ds_cfg.loader not in NORMALIZERS:
         raise UserError(f"dataset.loader={ds_cfg.loader!r} is not one of {sorted(NORMALIZERS)}")
     splits, source = load_located_splits(ds_cfg)

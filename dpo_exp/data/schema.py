@@ -22,6 +22,8 @@ class PreferenceData:
     eval_prompts: list[str] = field(default_factory=list)  # held-out prompts for sampling-based evaluation
     judge: list[dict] = field(default_factory=list)  # pairs a trained judge learns from (disjoint from both above)
     eval_references: dict[str, Any] = field(default_factory=dict)  # prompt_key(held-out prompt) -> its chosen response
+    eval_sources: dict[str, str] = field(default_factory=dict)  # prompt_key(held-out prompt) -> its source (mixtures)
+    composition: list[dict] = field(default_factory=list)  # a mixture's sources: where from, weight/rows, pairs drawn
 
     def __post_init__(self) -> None:
         if not self.eval_prompts:

@@ -98,6 +98,7 @@ class EvalInputs:
     pairs: list[dict]
     dropped_seen_in_training: int = 0
     references: dict[str, Any] = field(default_factory=dict)  # prompt_key(prompt) -> the dataset's chosen response
+    sources: dict[str, str] = field(default_factory=dict)  # prompt_key(prompt) -> its source (a mixture; else empty)
 
     def reference_for(self, prompt: Any) -> Any:
         """The dataset's chosen response to a held-out prompt (from `references`, else its first held-out pair)."""
@@ -114,7 +115,7 @@ class EvalInputs:
         kept = [p for p in prompts if prompt_key(p) not in train_prompts]
         held = {prompt_key(p) for p in kept}
         references = {k: v for k, v in data.eval_references.items() if k in held}
-        return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept), references)
+        return cls(kept, eval_pairs(data.eval), len(prompts) - len(kept), references, dict(data.eval_sources))
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))

@@ -84,6 +84,10 @@ def evaluate_models(
     if prompts:
         result = sample_and_score(pair, tokenizer, prompts, settings, scorer)
         metrics.update(reward_kl_metrics(result, int(ev.bootstrap), settings.seed))
+        if inputs.sources:  # a mixture: each source's prompts too (eval/<source>/...)
+            from .sources import sample_metrics_by_source
+
+            metrics.update(sample_metrics_by_source(result, inputs.sources, int(ev.bootstrap), settings.seed))
         out.samples = result
         out.side_by_side = side_by_side_rows(result, int(ev.num_side_by_side))
         metrics.update(_judged(scorer, result, inputs, settings, int(ev.bootstrap)))
@@ -99,7 +103,7 @@ def evaluate_models(
         batch = int(ev.harness.batch_size or settings.logprob_batch_size)
         metrics.update(harness_metrics(pair, tokenizer, ev.harness, batch))
     if pairs:
-        out.margins = _implicit_reward(cfg, pair, tokenizer, pairs, settings, metrics)
+        out.margins = _implicit_reward(cfg, pair, tokenizer, pairs, settings, metrics, inputs.sources)
     else:
         out.notes.append("implicit-reward metrics skipped: no held-out pairs")
     if scorer_name:
@@ -160,8 +164,11 @@ def _llm_judged(cfg: DictConfig, pair, result, inputs: EvalInputs, settings) -> 
     )
 
 
-def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settings, metrics: dict) -> list[float]:
-    """DPO's implicit reward on held-out pairs (the trainer's tokens and truncation) into `metrics`; the margins."""
+def _implicit_reward(
+    cfg: DictConfig, pair, tokenizer, pairs: list[dict], settings, metrics: dict, sources: dict[str, str]
+) -> list[float]:
+    """DPO's implicit reward on held-out pairs (the trainer's tokens and truncation) into `metrics` (per source too,
+    for a mixture); the margins."""
     from .metrics import implicit_reward_metrics, implicit_rewards
 
     chosen, rejected = implicit_rewards(
@@ -176,6 +183,10 @@ def _implicit_reward(cfg: DictConfig, pair, tokenizer, pairs: list[dict], settin
         ld_alpha=cfg.trainer.get("ld_alpha"),  # TRL's LD-DPO weighting, as the trainer's rewards/* use it
     )
     metrics.update(implicit_reward_metrics(chosen, rejected))
+    if sources:
+        from .sources import pair_metrics_by_source
+
+        metrics.update(pair_metrics_by_source(pairs, chosen, rejected, sources))
     return (chosen - rejected).tolist()
 
 

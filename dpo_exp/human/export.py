@@ -1,5 +1,6 @@
-"""Decided votes as DPO training rows: prompt / chosen / rejected (ties and skips dropped), for
-`dataset=preference_files dataset.path=FILE`."""
+"""Decided votes as training rows (ties and skips dropped): prompt / chosen / rejected pairs for
+`dataset=preference_files dataset.path=FILE` (format `pairs`), or binary feedback, prompt / completion / label (the
+winner desirable, the loser undesirable), for `method=kto dataset=feedback dataset.path=FILE` (format `kto`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..infra.storage import atomic_write_text, folder_problem, write_jsonl
 from .store import RATINGS_FILE, numbered_records, ratings_path, read_many
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
+FORMATS = ("pairs", "kto")  # --format: preference pairs | binary feedback
 
 
 @dataclass
@@ -127,8 +129,30 @@ def preference_rows(records: list[dict]) -> tuple[list[dict], Exported]:
     return rows, counts
 
 
-def export(paths: list[Path], out: Path) -> Exported:
-    """Write the decided votes of the runs under `paths` to `out` (.jsonl, .csv or .parquet)."""
+def feedback_rows(pairs: list[dict]) -> list[dict]:
+    """Binary feedback (TRL's unpaired format) of exported pairs: each winner a desirable row (label true), each
+    loser an undesirable one (label false), with the model that wrote it."""
+    rows = []
+    for pair in pairs:
+        for side, label in (("chosen", True), ("rejected", False)):
+            rows.append(
+                {
+                    "prompt": pair["prompt"],
+                    "completion": pair[side],
+                    "label": label,
+                    "model": pair[f"{side}_model"],
+                    "rater": pair["rater"],
+                    "vote_id": pair["vote_id"],
+                }
+            )
+    return rows
+
+
+def export(paths: list[Path], out: Path, fmt: str = "pairs") -> Exported:
+    """Write the decided votes of the runs under `paths` to `out` (.jsonl, .csv or .parquet) as preference pairs
+    (`fmt="pairs"`) or binary feedback (`fmt="kto"`; Exported.rows counts the rows written)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     out = Path(out)
     if out.suffix not in SUFFIXES:
         raise UserError(f"--out {out}: use one of {', '.join(SUFFIXES)}")
@@ -143,6 +167,9 @@ def export(paths: list[Path], out: Path) -> Exported:
             f"no decided votes to export ({counts.votes} ratings: {counts.ties} ties, {counts.skips} skips)"
         )
     try:
+        if fmt == "kto":
+            rows = feedback_rows(rows)
+            counts.rows = len(rows)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_rows(rows, out)
     except OSError as exc:  # e.g. a full disk: nothing half-written is left (write_rows)

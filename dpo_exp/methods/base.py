@@ -60,6 +60,7 @@ class Method:
 
     uses_reward: bool = False  # trains on the run's `reward` scorer (online methods): the task must have one
     skips_nonfinite: bool = False  # supports on_nonfinite=skip (dpo_exp's DPO trainer); the others stop on NaN/inf
+    unpaired: bool = False  # trains on binary feedback (dataset=feedback: prompt, completion, label), not only pairs
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings  # the method YAML's keys (also readable as cfg.method.*)
@@ -72,12 +73,21 @@ class Method:
                 f"method={self.name} trains on a scorer's rewards: it needs a task with one "
                 "(dataset=imdb_sentiment with reward=tfidf_logreg|sst2|...)"
             )
+        self.refuse_unpaired(cfg)
         if str(cfg.get("on_nonfinite", "stop")) == "skip" and not self.skips_nonfinite:
             raise UserError(
                 f"on_nonfinite=skip needs a DPO-based method; method={self.name} stops on non-finite values"
             )
         if self.settings.get("args") is not None:
             trl_args(cfg, Path("."), "fp32", "cpu")  # TRL's own validation of the method's config, as one line
+
+    def refuse_unpaired(self, cfg: Any) -> None:
+        """Binary feedback (dataset=feedback) is refused by the methods that train on pairs."""
+        if str((cfg.get("dataset") or {}).get("loader")) == "feedback" and not self.unpaired:
+            raise UserError(
+                f"dataset=feedback holds unpaired (prompt, completion, label) rows: method={self.name} trains on "
+                "pairs; use method=kto"
+            )
 
     def run(self, policy, reference: Path | None, data: PreferenceData, settings: MethodSettings) -> TrainResult:
         """`train`, with the method's name and scalar settings recorded (summary.json "method")."""

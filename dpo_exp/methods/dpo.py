@@ -17,6 +17,7 @@ class DPO(Method):
 
     def check(self, cfg) -> None:
         """The trainer group is checked as trl.DPOConfig by dpo_exp.config."""
+        self.refuse_unpaired(cfg)
 
     def train(self, policy, reference: Path | None, data: PreferenceData, settings: MethodSettings) -> TrainResult:
         s = settings

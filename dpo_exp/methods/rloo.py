@@ -48,9 +48,10 @@ class _DropMessage(logging.Filter):
 
 
 @contextmanager
-def _without_misleading_warning():
-    """TRL's claim that `model_init_kwargs` are ignored is untrue for the reference it builds: not shown."""
-    logger = logging.getLogger("trl.trainer.rloo_trainer")
+def without_misleading_warning(logger_name: str = "trl.trainer.rloo_trainer"):
+    """TRL's claim that `model_init_kwargs` are ignored is untrue for the reference it builds (RLOO, GRPO): not
+    shown."""
+    logger = logging.getLogger(logger_name)
     drop = _DropMessage(MISLEADING_WARNING)
     logger.addFilter(drop)
     try:
@@ -71,7 +72,7 @@ def rloo_trainer(policy, reference: Path | None, data: PreferenceData, settings:
         init_kwargs = point_at_starting_weights(policy, reference, cfg.model, settings.run_dir)
         if init_kwargs:
             args.model_init_kwargs = {**(args.model_init_kwargs or {}), **init_kwargs}
-    with _without_misleading_warning():
+    with without_misleading_warning():
         return RLOOTrainer(
             model=policy,
             reward_funcs=scorer_reward(cfg),

@@ -13,6 +13,13 @@ from .base import HeldOut, StageEnv, Task, TaskResult
 class PreferenceTask(Task):
     """Load, normalise, filter and split the configured pairs; the model is used as it is."""
 
+    def check(self, cfg: Any) -> None:
+        """A mixture's sources are well formed (each one origin, a weight or a row count), before anything loads."""
+        if cfg.dataset.get("loader") == "mixture":
+            from ..data.mixture import check_sources
+
+            check_sources(cfg.dataset)
+
     def load(self, cfg: Any, tokenizer) -> PreferenceData:
         """The pairs whose prompt leaves `train.min_prompt_tokens` of room within `trainer.max_length`, less a
         trained judge's share; as many held-out prompts as evaluation samples."""
