@@ -1,4 +1,4 @@
-"""The one exception type for bad user input: reported as a single line, never as a traceback."""
+"""The exception types a run reports as a single line, never as a traceback, and that line."""
 
 
 class UserError(Exception):
@@ -15,3 +15,9 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, forward=None):
         super().__init__(message)
         self.forward = forward
+
+
+def error_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, as summary.json records a failure."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {message}"

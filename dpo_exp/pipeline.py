@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import check_eval, precision_setting, validate
-from .errors import RunInterrupted
+from .errors import RunInterrupted, error_line
 from .infra.distributed import barrier, is_main_process, rank, run_folder_lock, shared_run_dir, world_size
 from .infra.runinfo import RunIdentity, environment, run_identity
 from .infra.runrecord import heldout_split_config
@@ -102,7 +102,7 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
         raise
     except BaseException as exc:
         reason = disk_full_error(ctx.run_dir) if says_disk_full(exc) and not isinstance(exc, DiskFull) else exc
-        fields = {"error": _error_line(reason), **ctx.tracker.rerun_fields()}
+        fields = {"error": error_line(reason), **ctx.tracker.rerun_fields()}
         ctx.save_summary(status="failed", wall_time_s=round(time.time() - start, 2), **fields)
         ctx.tracker.finish(exit_code=1)
         if reason is not exc:  # a full disk anywhere: one line naming the folder
@@ -122,11 +122,6 @@ def _run_job(cfg: DictConfig, identity: RunIdentity) -> float | None:
 
 def _identity_fields(identity: RunIdentity) -> dict[str, Any]:
     return {"name": identity.name, "group": identity.group, "overrides": identity.overrides, "sweep": identity.swept}
-
-
-def _error_line(exc: BaseException) -> str:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{type(exc).__name__}: {message}"
 
 
 def _run_stages(ctx: RunContext) -> None:
@@ -252,7 +247,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
         summary = read_json(identity.run_dir / SUMMARY) or {}
         if summary.get("status") == "failed":
             return  # the pipeline recorded it (and finished its W&B run as failed)
-        summary.update(status="failed", error=_error_line(exc), **_identity_fields(identity))
+        summary.update(status="failed", error=error_line(exc), **_identity_fields(identity))
         if not summary.get("wandb_id"):
             tracker = start_tracker(
                 cfg.logger,

@@ -14,22 +14,12 @@ from .conversation import (
     check_last_turns,
     conversational_row,
     encode_prompts,
-    prompt_key,
     refuse_conversations,
     uses_chat,
 )
 from .files import RawSplit, check_columns, load_located_splits
 from .schema import PreferenceData
-from .splits import (
-    carve_judge_share,
-    drop_long_prompts,
-    filter_pairs,
-    heldout_counts,
-    heldout_prompt_list,
-    judge_settings,
-    seeded_subset,
-    split_by_prompt,
-)
+from .splits import divide_pairs, drop_long_prompts, filter_pairs, judge_settings, seeded_subset, split_by_prompt
 
 __all__ = ["filter_pairs", "load_preference_data", "load_run_preferences", "seeded_subset", "split_by_prompt"]
 
@@ -247,6 +237,14 @@ def load_preference_data(
     if ds_cfg.loader not in NORMALIZERS:
         raise UserError(f"dataset.loader={ds_cfg.loader!r} is not one of {sorted(NORMALIZERS)}")
     splits, source = load_located_splits(ds_cfg)
+    cleaned, templated, counts = _clean_splits(splits, ds_cfg, conversational, prompt_fits, max_length)
+    return divide_pairs(ds_cfg, cleaned, templated, counts, source, seed, judge_share, judge_seed, heldout_prompts)
+
+
+def _clean_splits(
+    splits: dict[str, RawSplit], ds_cfg: Any, conversational: bool, prompt_fits: Any, max_length: Any
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict[str, int]]:
+    """Each split checked, normalised, filtered, templated and cut to prompts that fit: (cleaned, templated, counts)."""
     counts: dict[str, int] = {}
     cleaned: dict[str, list[dict]] = {}
     templated: dict[str, list[dict]] = {}
@@ -263,58 +261,4 @@ def load_preference_data(
         kept = templated[split] = kept if conversational else apply_template(kept, ds_cfg)
         kept, counts[f"{split}_dropped_too_long"] = drop_long_prompts(kept, prompt_fits, where, max_length)
         cleaned[split] = kept
-
-    return divide_pairs(ds_cfg, cleaned, templated, counts, source, seed, judge_share, judge_seed, heldout_prompts)
-
-
-def divide_pairs(
-    ds_cfg: Any,
-    cleaned: dict[str, list[dict]],
-    templated: dict[str, list[dict]],
-    counts: dict[str, int],
-    source: str,
-    seed: int,
-    judge_share: float,
-    judge_seed: int,
-    heldout_prompts: int | None,
-) -> PreferenceData:
-    """The filtered splits divided into the judge's share, training pairs and held-out pairs and prompts."""
-    judge: list[dict] = []
-    train_rows = cleaned["train"]
-    if judge_share > 0:
-        judge, train_rows = carve_judge_share(templated["train"], train_rows, judge_share, judge_seed, source)
-        counts["judge_pairs"] = len(judge)
-        counts["train_judge_pairs"] = len(cleaned["train"]) - len(train_rows)  # of the rows DPO could have used
-    pool = seeded_subset(train_rows, None, seed)
-    eval_size = int(ds_cfg.eval_size) if ds_cfg.get("eval_size") else None
-    if "test" in cleaned:  # a held-out pair whose prompt is also a training prompt measures memory, not preference
-        seen = {prompt_key(r["prompt"]) for r in cleaned["train"]}
-        eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if prompt_key(r["prompt"]) not in seen]
-        counts["eval_dropped_prompt_overlap"] = len(cleaned["test"]) - len(eval_pool)
-        if not eval_pool:
-            raise UserError(f"{source}: every held-out pair's prompt is also a training prompt; nothing to evaluate on")
-    else:  # hold out a share of the distinct PROMPTS (no more than evaluation uses), before the training subset
-        cap = max(int(heldout_prompts), eval_size or 0) if heldout_prompts else None
-        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source, cap)
-        counts["eval_dropped_prompt_overlap"] = 0
-    eval_pairs = eval_pool[:eval_size] if eval_size else eval_pool
-    eval_prompts = heldout_prompt_list(eval_pairs, eval_pool, heldout_prompts)
-
-    size = ds_cfg.get("data_size")
-    if size is not None and int(size) > len(pool):
-        raise UserError(
-            f"data_size={size} but only {len(pool)} training pairs are available after filtering "
-            f"(from {counts['train_raw']} rows)"
-        )
-    train = pool[: int(size)] if size is not None else pool
-    counts.update({"train_pairs": len(train), "train_unused_pairs": len(pool) - len(train)})  # beyond data_size
-    references = heldout_counts(eval_pool, eval_pairs, eval_prompts, counts)
-    return PreferenceData(
-        train=train,
-        eval=eval_pairs,
-        counts=counts,
-        source=source,
-        eval_prompts=eval_prompts,
-        judge=judge,
-        eval_references=references,
-    )
+    return cleaned, templated, counts

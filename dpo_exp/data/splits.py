@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 from .conversation import conversation_problem, is_conversation, message_text, prompt_key, unique_prompts
+from .schema import PreferenceData
 
 TEXT_KEYS = ("prompt", "chosen", "rejected")
 
@@ -149,3 +150,56 @@ def heldout_counts(
         if prompt_key(row["prompt"]) in sampled:
             references.setdefault(prompt_key(row["prompt"]), row["chosen"])
     return references
+
+
+def divide_pairs(
+    ds_cfg: Any,
+    cleaned: dict[str, list[dict]],
+    templated: dict[str, list[dict]],
+    counts: dict[str, int],
+    source: str,
+    seed: int,
+    judge_share: float,
+    judge_seed: int,
+    heldout_prompts: int | None,
+) -> PreferenceData:
+    """The filtered splits divided into the judge's share, training pairs and held-out pairs and prompts."""
+    judge: list[dict] = []
+    train_rows = cleaned["train"]
+    if judge_share > 0:
+        judge, train_rows = carve_judge_share(templated["train"], train_rows, judge_share, judge_seed, source)
+        counts["judge_pairs"] = len(judge)
+        counts["train_judge_pairs"] = len(cleaned["train"]) - len(train_rows)  # of the rows DPO could have used
+    pool = seeded_subset(train_rows, None, seed)
+    eval_size = int(ds_cfg.eval_size) if ds_cfg.get("eval_size") else None
+    if "test" in cleaned:  # a held-out pair whose prompt is also a training prompt measures memory, not preference
+        seen = {prompt_key(r["prompt"]) for r in cleaned["train"]}
+        eval_pool = [r for r in seeded_subset(cleaned["test"], None, seed) if prompt_key(r["prompt"]) not in seen]
+        counts["eval_dropped_prompt_overlap"] = len(cleaned["test"]) - len(eval_pool)
+        if not eval_pool:
+            raise UserError(f"{source}: every held-out pair's prompt is also a training prompt; nothing to evaluate on")
+    else:  # hold out a share of the distinct PROMPTS (no more than evaluation uses), before the training subset
+        cap = max(int(heldout_prompts), eval_size or 0) if heldout_prompts else None
+        eval_pool, pool = split_by_prompt(pool, float(ds_cfg.eval_fraction), source, cap)
+        counts["eval_dropped_prompt_overlap"] = 0
+    eval_pairs = eval_pool[:eval_size] if eval_size else eval_pool
+    eval_prompts = heldout_prompt_list(eval_pairs, eval_pool, heldout_prompts)
+
+    size = ds_cfg.get("data_size")
+    if size is not None and int(size) > len(pool):
+        raise UserError(
+            f"data_size={size} but only {len(pool)} training pairs are available after filtering "
+            f"(from {counts['train_raw']} rows)"
+        )
+    train = pool[: int(size)] if size is not None else pool
+    counts.update({"train_pairs": len(train), "train_unused_pairs": len(pool) - len(train)})  # beyond data_size
+    references = heldout_counts(eval_pool, eval_pairs, eval_prompts, counts)
+    return PreferenceData(
+        train=train,
+        eval=eval_pairs,
+        counts=counts,
+        source=source,
+        eval_prompts=eval_prompts,
+        judge=judge,
+        eval_references=references,
+    )
