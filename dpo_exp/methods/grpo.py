@@ -8,32 +8,15 @@ from pathlib import Path
 
 from ..data.schema import PreferenceData
 from ..training.stage import TrainResult
-from .base import Method, MethodSettings, peft_config, prompt_rows, scorer_reward, train_trl
-from .rloo import point_at_starting_weights, without_misleading_warning
+from .base import Method, MethodSettings, prompt_rows, train_trl
+from .rloo import scored_prompt_trainer
 
 
 def grpo_trainer(policy, reference: Path | None, data: PreferenceData, settings: MethodSettings, args, callbacks):
-    """TRL's GRPOTrainer on the training prompts, its KL reference the run's starting weights (full fine-tuning;
-    with LoRA the adapter is switched off instead)."""
-    from datasets import Dataset
+    """TRL's GRPOTrainer on the training prompts (`scored_prompt_trainer`, as RLOO)."""
     from trl import GRPOTrainer
 
-    cfg = settings.cfg
-    lora = peft_config(cfg, policy)
-    if lora is None and args.beta != 0.0:  # TRL builds a reference only for a KL term
-        init_kwargs = point_at_starting_weights(policy, reference, cfg.model, settings.run_dir)
-        if init_kwargs:
-            args.model_init_kwargs = {**(args.model_init_kwargs or {}), **init_kwargs}
-    with without_misleading_warning("trl.trainer.grpo_trainer"):
-        return GRPOTrainer(
-            model=policy,
-            reward_funcs=scorer_reward(cfg),
-            args=args,
-            train_dataset=Dataset.from_list(prompt_rows(data)),
-            processing_class=settings.tokenizer,
-            peft_config=lora,
-            callbacks=callbacks,
-        )
+    return scored_prompt_trainer(GRPOTrainer, policy, reference, settings, args, callbacks, prompt_rows(data))
 
 
 class GRPO(Method):

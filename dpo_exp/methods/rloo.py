@@ -60,28 +60,37 @@ def without_misleading_warning(logger_name: str = "trl.trainer.rloo_trainer"):
         logger.removeFilter(drop)
 
 
-def rloo_trainer(policy, reference: Path | None, data: PreferenceData, settings: MethodSettings, args, callbacks):
-    """TRL's RLOOTrainer on the training prompts, its KL reference the run's starting weights (full fine-tuning;
-    with LoRA the adapter is switched off instead)."""
+def scored_prompt_trainer(
+    trainer_class: Any, policy, reference: Path | None, settings: MethodSettings, args, callbacks, rows: list[dict]
+):
+    """One of TRL's online trainers that score fresh samples of the training prompts with the run's scorer (RLOO,
+    GRPO), its KL reference the run's starting weights (full fine-tuning with a KL term; with LoRA the adapter is
+    switched off instead)."""
     from datasets import Dataset
-    from trl import RLOOTrainer
 
     cfg = settings.cfg
     lora = peft_config(cfg, policy)
-    if lora is None:
+    if lora is None and args.beta != 0.0:  # TRL builds a reference only for a KL term
         init_kwargs = point_at_starting_weights(policy, reference, cfg.model, settings.run_dir)
         if init_kwargs:
             args.model_init_kwargs = {**(args.model_init_kwargs or {}), **init_kwargs}
-    with without_misleading_warning():
-        return RLOOTrainer(
+    with without_misleading_warning(trainer_class.__module__):
+        return trainer_class(
             model=policy,
             reward_funcs=scorer_reward(cfg),
             args=args,
-            train_dataset=Dataset.from_list(prompt_rows(data)),
+            train_dataset=Dataset.from_list(rows),
             processing_class=settings.tokenizer,
             peft_config=lora,
             callbacks=callbacks,
         )
+
+
+def rloo_trainer(policy, reference: Path | None, data: PreferenceData, settings: MethodSettings, args, callbacks):
+    """TRL's RLOOTrainer on the training prompts (`scored_prompt_trainer`)."""
+    from trl import RLOOTrainer
+
+    return scored_prompt_trainer(RLOOTrainer, policy, reference, settings, args, callbacks, prompt_rows(data))
 
 
 class RLOO(Method):
