@@ -40,6 +40,15 @@ def _job_failed(cfg: DictConfig, exc: BaseException, record: bool) -> None:
     note_failure(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def _note_refusal(cfg: DictConfig, exc: BaseException) -> None:
+    from .infra.distributed import is_main_process
+    from .infra.runinfo import run_identity
+    from .infra.runrecord import note_refusal
+
+    if is_main_process():
+        note_refusal(run_identity(cfg).run_dir, str(exc))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .infra.distributed import join_submitit_job
@@ -57,6 +66,8 @@ def main(cfg: DictConfig) -> float | None:
             log.error("job failed: %s", exc)
             # a folder in use by another live process, or holding another command's run: leave it alone
             _job_failed(cfg, exc, record=not isinstance(exc, (RunFolderBusy, RunRecordMismatch)))
+            if isinstance(exc, RunRecordMismatch):  # noted beside the record, for the sweep's failed-jobs table
+                _note_refusal(cfg, exc)
             return None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UserError) else 1)

@@ -70,6 +70,21 @@ def test_a_changed_command_on_a_completed_run_is_refused_and_its_record_kept(fin
     assert record_files(run_dir) == before
 
 
+def test_a_sweep_job_refused_for_another_command_fails_the_sweep_and_keeps_its_record(finished, tmp_path):
+    """In a multirun the refused job keeps its `completed` record, yet the sweep ends with exit 1 and lists it as
+    refused (with the differing keys), so a changed sweep aimed at an old folder cannot pass for a finished one."""
+    source, args = finished
+    sweep = tmp_path / "sweep"
+    shutil.copytree(source, sweep / "0")
+    before = record_files(sweep / "0")
+    proc = run_cli(["-m", *args, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=0", "beta=0.5"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 1 jobs failed" in proc.stderr and "refused" in proc.stderr and "beta: 0.1 -> 0.5" in proc.stderr
+    assert record_files(sweep / "0") == before
+    again = run_cli(["-m", *args, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=0"], tmp_path)  # its own command
+    assert again.returncode == 0, again.stderr[-3000:]  # skipped as completed: the earlier refusal is forgotten
+
+
 @pytest.mark.slow  # a second training run; the refusal alone is also tested on an interrupted run (test_resilience)
 def test_resuming_under_a_changed_command_is_refused_unless_forced(finished, tmp_path):
     source, args = finished

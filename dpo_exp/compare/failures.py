@@ -13,6 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from ..errors import UserError
+from ..infra.runrecord import refusal
 from .runs import Run, find_run_dirs, load_run
 
 REASON_BY_STATUS = {
@@ -23,15 +24,22 @@ REASON_BY_STATUS = {
 
 
 def unfinished_jobs(sweep_dir: Path) -> tuple[int, list[Run]]:
-    """(number of jobs, the jobs whose summary is not `completed`) in the sweep folder."""
+    """(number of jobs, the jobs whose summary is not `completed`, or whose command this sweep refused: a finished
+    run of another command keeps its record) in the sweep folder."""
     try:
         runs = [load_run(path) for path in find_run_dirs([sweep_dir])]
     except UserError:  # no sweep folder: no job ran
         return 0, []
-    return len(runs), [run for run in runs if run.status != "completed"]
+    return len(runs), [run for run in runs if run.status != "completed" or refusal(run.path)]
+
+
+def _status(run: Run) -> str:
+    return "refused" if run.status == "completed" and refusal(run.path) else run.status
 
 
 def _reason(run: Run) -> str:
+    if _status(run) == "refused":
+        return str(refusal(run.path))
     error = run.problem or run.summary.get("error")
     return str(error) if error else REASON_BY_STATUS.get(run.status, run.status)
 
@@ -43,7 +51,7 @@ def failure_table(sweep_dir: Path, total: int, failed: list[Run]) -> str:
     for run in failed:
         name = str(run.path.relative_to(root)) if run.path.is_relative_to(root) else str(run.path)
         swept = run.summary.get("sweep") or run.overrides
-        rows.append((name, ",".join(f"{k}={v}" for k, v in swept.items()) or "-", run.status, _reason(run)))
+        rows.append((name, ",".join(f"{k}={v}" for k, v in swept.items()) or "-", _status(run), _reason(run)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3]]).rstrip() for row in rows]
     return "\n".join([f"error: {len(failed)} of {total} jobs failed in {sweep_dir}:", *lines])

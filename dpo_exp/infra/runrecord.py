@@ -21,6 +21,7 @@ RECORD_DIR = ".dpo_exp"
 RECORD_CONFIG = "config.yaml"
 HYDRA_COPY = "hydra"
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+REFUSED = "refused.txt"  # the last command refused on this folder (a sweep's failed-jobs table reads it)
 # Top-level keys that say how a run is launched, named and logged, or what it reports to a sweeper: not what it
 # trains and evaluates. A command that differs only in these is the same run.
 NOT_COMPARED = frozenset({"logger", "resume", "skip_completed", "cache_dir", "name", "objective", "hydra"})
@@ -120,3 +121,20 @@ def heldout_split_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
     split_cfg = cfg.copy()
     OmegaConf.update(split_cfg, "eval.num_prompts", original, merge=False)
     return split_cfg
+
+
+def note_refusal(run_dir: Path, reason: str) -> None:
+    """Record that the latest command aimed at `run_dir` was refused (summary.json, the record of what ran, is left
+    as it was), so the end of a multirun counts the job as failed."""
+    atomic_write_text(Path(run_dir) / RECORD_DIR / REFUSED, reason + "\n")
+
+
+def refusal(run_dir: Path) -> str | None:
+    """Why the latest command aimed at `run_dir` was refused; None when it was accepted (or none was refused)."""
+    path = Path(run_dir) / RECORD_DIR / REFUSED
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def clear_refusal(run_dir: Path) -> None:
+    """A new command is checked against the folder: an earlier refusal no longer describes it."""
+    (Path(run_dir) / RECORD_DIR / REFUSED).unlink(missing_ok=True)

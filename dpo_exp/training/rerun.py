@@ -22,6 +22,7 @@ from ..infra.distributed import is_main_process
 from ..infra.runrecord import (
     NOT_COMPARED,
     RunRecordMismatch,
+    clear_refusal,
     comparable,
     describe,
     differences,
@@ -154,6 +155,8 @@ def check_rerun(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overri
 
 def claim_folder(cfg: DictConfig, run_dir: Path, previous: dict[str, Any], overrides: dict[str, str]) -> Rerun:
     """`check_rerun`; once the command is accepted (not skipped), the folder records it (main process)."""
+    if is_main_process():
+        clear_refusal(run_dir)  # this command is checked afresh; a refusal is noted again by the entry point
     rerun = check_rerun(cfg, run_dir, previous, overrides)
     if not rerun.skip and is_main_process():
         write_record(run_dir, settings_of(cfg), hydra_output_dir(run_dir))
