@@ -11,10 +11,10 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 
-from dpo_exp import CONF_DIR
+from dpo_exp import CONF_DIR, PACKAGE_DIR
 from dpo_exp.config import validate
 
-from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli
+from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
 
 PRESETS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
 GROUPS = ["model", "dataset", "reward", "trainer", "lora", "logger", "eval", "generation", "eval/reward"]
@@ -25,8 +25,16 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def companions(group: str, option: str) -> list[str]:
+def companions(group: str, option: str, tmp_path: Path) -> list[str]:
     """What an option needs beside it to make a valid run."""
+    if (group, option) == ("dataset", "feedback"):  # binary feedback trains KTO only
+        from .test_data_sources import feedback_file
+
+        return ["method=kto", f"dataset.path={feedback_file(tmp_path / 'feedback.jsonl')}"]
+    if (group, option) == ("dataset", "mixture"):
+        demo = PACKAGE_DIR / "demo" / "preferences.jsonl"
+        other = shared_file("ultrafeedback/sample.jsonl")
+        return [f"dataset.sources=[{{path: {demo}, weight: 1}}, {{path: {other}, weight: 1}}]"]
     if (group, option) == ("reward", "trained_rm"):
         return ["dataset=preference_files", DEMO_PAIRS]  # a trained judge learns from a share of preference pairs
     if group == "reward" and option != "none":
@@ -71,8 +79,8 @@ def test_sweep_presets_expand_to_their_grids():
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_group_option_passes_the_runs_validation(group, option):
-    validate(compose([f"{group}={option}", *companions(group, option)]))
+def test_every_group_option_passes_the_runs_validation(group, option, tmp_path):
+    validate(compose([f"{group}={option}", *companions(group, option, tmp_path)]))
 
 
 @pytest.mark.parametrize(
