@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500   # two workers; module fixtures shared per file
+PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500 --durations=25   # two workers; module fixtures shared per file; the 25 slowest listed
 
 .PHONY: install demo app lint test test-slow test-all docs docs-config docs-memory bench bench-effect bench-judge gpu-check gpu-profile clean
 
