@@ -40,7 +40,7 @@ def what_would_fit(
     if batch.lora_r is None:
         lora = Batch(**{**batch.__dict__, "lora_r": 16, "lora_targets": ("all-linear",), "reference": "adapter"})
         if fits(estimate(config, strategy, world_size, lora), device_bytes):
-            out.append("lora=default")
+            out.append("lora=auto")
     for sharded in ("fsdp", "zero3", "fsdp_offload"):
         if strategy != sharded and world_size > 1 and fits(estimate(config, sharded, world_size, batch), device_bytes):
             out.append(f"distributed={sharded}")
