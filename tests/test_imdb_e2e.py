@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FAST_MODEL, FAST_TRAINER, run_cli
+from .conftest import FAST_MODEL, FAST_TRAINER, run_cli, shared_file
 
 FAST_IMDB = [*FAST_MODEL, *FAST_TRAINER, "generation.max_new_tokens=16", "epochs=1", "logger.mode=offline"]
 
@@ -36,8 +36,32 @@ def _run_with_output(tmp_path: Path, imdb_dir: Path, name: str, *extra: str) -> 
     return run_dir, json.loads((run_dir / "summary.json").read_text()), result.stdout
 
 
-def test_imdb_sentiment_cli_run(tmp_path, imdb_dir):
-    run_dir, summary = _run(tmp_path, imdb_dir, "run", "eval.enabled=false")
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory) -> tuple[Path, Path, dict, str]:
+    """One CLI run on the IMDb sample with a short warm start and a small evaluation, shared by the tests below."""
+    shared_file("imdb/train.jsonl")
+    imdb_dir = shared_file("imdb/test.jsonl").parent
+    tmp_path = tmp_path_factory.mktemp("imdb")
+    run_dir, summary, stdout = _run_with_output(
+        tmp_path,
+        imdb_dir,
+        "timed",
+        "sft.enabled=true",
+        "sft.max_steps=2",
+        "sft.num_texts=64",
+        "sft.max_length=32",
+        "eval.num_prompts=6",
+        "eval.num_samples=2",
+        "eval.num_pairs=4",
+        "eval.bootstrap=100",
+        "eval.best_of_n=[1,2,4]",
+        "eval.best_of_n_prompts=3",
+    )
+    return tmp_path, run_dir, summary, stdout
+
+
+def test_imdb_sentiment_cli_run(timed_run):
+    tmp_path, run_dir, summary, _ = timed_run
     assert summary["status"] == "completed"
     # the foundation's run directory ...
     for name in (".hydra/config.yaml", "metrics.jsonl", "model", "plots/loss.png"):
@@ -56,23 +80,9 @@ def test_imdb_sentiment_cli_run(tmp_path, imdb_dir):
     assert (tmp_path / ".cache" / "pairs").is_dir()
 
 
-def test_imdb_run_records_stage_times_and_prints_the_headline(tmp_path, imdb_dir):
+def test_imdb_run_records_stage_times_and_prints_the_headline(timed_run):
     """summary.json has every stage's time; the console's last lines give reward, delta + CI, win rate + CI, KL."""
-    _, summary, stdout = _run_with_output(
-        tmp_path,
-        imdb_dir,
-        "timed",
-        "sft.enabled=true",
-        "sft.max_steps=2",
-        "sft.num_texts=64",
-        "sft.max_length=32",
-        "eval.num_prompts=6",
-        "eval.num_samples=2",
-        "eval.num_pairs=4",
-        "eval.bootstrap=100",
-        "eval.best_of_n=[1,2,4]",
-        "eval.best_of_n_prompts=3",
-    )
+    _, _, summary, stdout = timed_run
     for stage in ("sft", "pairs", "train", "eval"):
         assert isinstance(summary[f"timing/{stage}_s"], float) and summary[f"timing/{stage}_s"] > 0, stage
     assert sum(summary[f"timing/{s}_s"] for s in ("sft", "pairs", "train", "eval")) <= summary["wall_time_s"]
