@@ -32,13 +32,15 @@ if TYPE_CHECKING:  # trl (and transformers' TrainingArguments) load only when a 
 
 @dataclass
 class LLMJudgeModelSchema:
-    """`eval.llm_judge.model`: a local chat model or an OpenAI-compatible endpoint."""
+    """`eval.llm_judge.model`: a local chat model (transformers or vLLM) or an OpenAI-compatible endpoint."""
 
     path: str | None = MISSING
     base_url: str | None = MISSING
     name: str | None = MISSING
     api_key_env: str | None = MISSING
     timeout_s: float = MISSING
+    backend: str = MISSING
+    gpu_memory_utilization: float = MISSING
 
 
 @dataclass

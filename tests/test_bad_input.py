@@ -4,6 +4,7 @@ and GPT-2's modeling code and TRL's trainer must not be among them)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -205,6 +206,23 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ),
     ("bf16_model_dtype_on_cpu", good_jsonl, ["model.dtype=bf16", "model.device=cpu"], ["model.dtype=bf16 needs a GPU"]),
     ("best_of_n_zero", good_jsonl, ["eval.enabled=true", "eval.best_of_n=[0,4]"], ["eval.best_of_n must be a list"]),
+    *(  # the LLM judge on vLLM where vLLM is not installed (checked by name, before any model or vLLM import)
+        [
+            (
+                "llm_judge_vllm_not_installed",
+                good_jsonl,
+                [
+                    "eval.enabled=true",
+                    "eval.llm_judge.enabled=true",
+                    "eval.llm_judge.model.path=/no/such/judge",
+                    "eval.llm_judge.model.backend=vllm",
+                ],
+                ["eval.llm_judge.model.backend=vllm needs vLLM, which is not installed: pip install vllm"],
+            )
+        ]
+        if importlib.util.find_spec("vllm") is None
+        else []
+    ),
     # typed blocks (dpo_exp.schema): a wrong type or an unknown key names the field (issue 10)
     ("eval_wrong_type", good_jsonl, ["eval.num_prompts=many"], ["eval.num_prompts", "'many'", "Integer"]),
     ("eval_unknown_key", good_jsonl, ["+eval.num_promts=8"], ["eval.num_promts", "not in 'EvalSchema'"]),

@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpo_exp.evaluation.llm_judge import estimate
+from dpo_exp.evaluation.stats import bootstrap_indices, mean_ci
 from dpo_exp.human.bradley_terry import leaderboard
 from dpo_exp.human.export import preference_rows
 from dpo_exp.human.stats import judge_agreement, win_rate
 from dpo_exp.human.store import RATINGS_FILE, RatingStore, read_many, read_ratings
 from dpo_exp.human.summary import human_metrics
 from dpo_exp.infra.storage import update_json
+from dpo_exp.judges.human_votes import NO_VOTE, HumanVotes
 
 from .conftest import run_cli
 
@@ -189,6 +192,84 @@ def test_agreement_with_the_judge_in_percent_and_cohens_kappa():
     result = judge_agreement(disagree)
     assert result.percent == 50.0 and result.kappa == pytest.approx(0.0)
     assert judge_agreement([vote("p", "policy", "reference", "left")]) is None  # no judge scores stored
+
+
+# ---------------------------------------------------------------- people through the pairwise-judge interface
+
+
+def test_votes_read_as_a_pairwise_judge_in_both_orders_and_an_unvoted_pair_says_so(tmp_path: Path):
+    store = RatingStore(tmp_path)
+    for left, right, choice in (
+        ("policy", "reference", "left"),  # a (the policy's text) shown left and preferred
+        ("reference", "policy", "tie"),
+        ("reference", "policy", "right"),  # a shown right and preferred
+        ("policy", "reference", "skip"),  # counts nowhere
+    ):
+        assert store.append(vote("p1", left, right, choice, rater=f"{left}-{choice}"))
+    judge = HumanVotes.from_runs([tmp_path])
+    a, b = "policy on p1", "reference on p1"
+    (forward,) = judge.compare(["p1"], [a], [b])
+    assert sorted((v["order"], v["answer"]) for v in forward.votes) == [("ab", "a"), ("ba", "a"), ("ba", "tie")]
+    assert forward.scores == (1.0, 0.5, 1.0) and forward.score == pytest.approx(2.5 / 3)
+    assert (forward.verdict_ab, forward.verdict_ba) == ("a", None)  # "ba" holds a tie and a win: no one verdict
+    assert forward.raw_ab == "policy-left: a" and forward.failures == 0
+    (backward,) = judge.compare(["p1"], [b], [a])  # the same pair asked the other way round: mirrored
+    assert sorted((v["order"], v["answer"]) for v in backward.votes) == [("ab", "b"), ("ab", "tie"), ("ba", "b")]
+    assert backward.score == pytest.approx(1 - forward.score) and (backward.verdict_ab, backward.verdict_ba) == (
+        None,
+        "b",
+    )
+    (nobody,) = judge.compare(["p1"], [a], ["an unrated text"])
+    assert nobody.votes == [] and nobody.raw_ab == nobody.raw_ba == NO_VOTE and nobody.failures == 2
+    found = estimate([forward, nobody], [0, 1], [0.0, 0.0], 50, 0)  # counted, not dropped
+    assert (
+        found["pairs"] == 2 and found["parse_failures"] == 2 and found["win_rate"] == pytest.approx((2.5 / 3 + 0.5) / 2)
+    )
+    before = judge.identity()
+    store.append(vote("p2", "policy", "reference", "left"))
+    assert HumanVotes.from_runs([tmp_path]).identity() != before  # a new vote: a new identity
+
+
+def _old_win_rate(records: list[dict], resamples: int, seed: int) -> tuple[float, float, float, int, int]:
+    """The human win rate as dpo_exp computed it before the judge interface: per prompt, in first-vote order."""
+    by_prompt: dict[str, list[float]] = {}
+    for r in records:
+        models = (r["left"]["model"], r["right"]["model"])
+        if r["choice"] in ("left", "right", "tie") and models.count("reference") == 1:
+            score = {"left": 1.0, "right": 0.0, "tie": 0.5}[r["choice"]]
+            by_prompt.setdefault(r["prompt"], []).append(score if models[1] == "reference" else 1.0 - score)
+    per_prompt = np.array([np.mean(v) for v in by_prompt.values()])
+    rate, low, high = mean_ci(per_prompt, bootstrap_indices(len(per_prompt), resamples, seed))
+    return rate, low, high, sum(map(len, by_prompt.values())), len(per_prompt)
+
+
+def test_the_summary_win_rate_through_the_judge_equals_the_old_estimate(tmp_path: Path):
+    """Votes recorded through the store (repeat votes on a pair, second samples, a vote between two policies, skips,
+    and votes on two identical texts, told apart by the model names): the human summary, now read through
+    HumanVotes and the LLM judge's estimator, reports exactly what the per-vote code did."""
+    rng = np.random.default_rng(3)
+    store = RatingStore(tmp_path)
+    for i in range(240):
+        left, right = rng.choice(["policy", "reference", "other"], size=2, replace=False)
+        record = vote(
+            f"p{rng.integers(20)}", left, right, str(rng.choice(["left", "right", "tie", "skip"])), pair_id=str(i)
+        )
+        sample = f" (sample {rng.integers(2)})"  # several votes on one pair, and a prompt's second pair
+        record["left"]["text"] += sample
+        record["right"]["text"] += sample
+        if i % 40 == 0:
+            record["left"]["text"] = record["right"]["text"] = "the same text"
+        store.append(record)
+    records = read_ratings(tmp_path)
+    metrics = human_metrics(records)
+    rate, low, high, votes, prompts = _old_win_rate(records, 1000, 0)
+    assert (metrics["human/win_rate"], metrics["human/win_rate_ci_low"], metrics["human/win_rate_ci_high"]) == (
+        rate,
+        low,
+        high,
+    )
+    assert (metrics["human/votes"], metrics["human/prompts"]) == (votes, prompts)
+    assert win_rate(records, resamples=300, seed=4).low == _old_win_rate(records, 300, 4)[1]
 
 
 # ---------------------------------------------------------------- export

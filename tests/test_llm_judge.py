@@ -8,6 +8,7 @@ always answers one fixed token: "B" (a judge with a pure position bias: it prefe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 
 from dpo_exp.errors import UserError
 from dpo_exp.evaluation.llm_judge import RECORDS_FILE, estimate, length_controlled
-from dpo_exp.judges.llm import build_llm_judge, check_llm_judge, check_llm_judge_settings
+from dpo_exp.judges.llm import answer_texts, build_llm_judge, chat_prompt_ids, check_llm_judge, check_llm_judge_settings
 from dpo_exp.judges.pairwise import PairVerdict, load_template, parse_verdict, render
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
@@ -244,6 +245,42 @@ def test_a_question_longer_than_the_judges_context_keeps_its_end(tmp_path, caplo
     with caplog.at_level("WARNING"):
         verdicts = judge.compare(["word " * 2000], ["a"], ["b"])
     assert verdicts[0].raw_ab == "B" and "their start is cut" in caplog.text
+
+
+# ---------------------------------------------------------------- the vLLM backend's adapter (vLLM is not installed here)
+
+
+def test_both_local_backends_prompt_with_the_chat_templates_own_token_ids_cut_from_the_left(judges, caplog):
+    """`chat_prompt_ids` (what LocalChat and VLLMChat generate from): each question as the tokenizer's own
+    chat-templated ids, ready for the answer (the ids vLLM's `LLM.chat` would build), cut from the left past the
+    budget with a warning; `answer_texts` keeps what the parser reads."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(judges["second"])
+    questions = ["Which is better? A or B", "Q " * 50 + "More helpful:"]
+    ids = chat_prompt_ids(tokenizer, questions, budget=1000)
+    for question, got in zip(questions, ids):
+        messages = [{"role": "user", "content": question}]
+        assert got == list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+    assert tokenizer.decode(ids[0]).endswith("<|im_start|>assistant\n")  # the answer comes next
+    with caplog.at_level("WARNING"):
+        cut = chat_prompt_ids(tokenizer, questions, budget=20)
+    assert cut[0] == ids[0] and cut[1] == ids[1][-20:] and "1 judge question(s) longer" in caplog.text
+    assert answer_texts([" More helpful: A\n", "B"]) == ["More helpful: A", "B"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed: the refusal is moot")
+def test_the_vllm_backend_without_vllm_is_one_line_naming_pip_install_before_any_model(judges, tmp_path):
+    block = _block(path=str(judges["second"]), backend="vllm", gpu_memory_utilization=0.5)
+    with pytest.raises(UserError, match=r"backend=vllm needs vLLM, which is not installed: pip install vllm"):
+        check_llm_judge_settings(block)
+    with pytest.raises(UserError, match=r"backend=vllm needs vLLM"):
+        build_llm_judge(block, tmp_path)  # the builder checks first: no model loads
+    with pytest.raises(UserError, match=r"is not one of \['transformers', 'vllm'\]"):
+        check_llm_judge_settings(_block(path=str(judges["second"]), backend="tgi"))
+    with pytest.raises(UserError, match=r"backend=vllm runs model.path in this process"):
+        check_llm_judge_settings(_block(base_url="http://127.0.0.1:1/v1", backend="vllm", gpu_memory_utilization=0.5))
+    assert "vllm" not in sys.modules
 
 
 # ---------------------------------------------------------------- a real OpenAI-compatible server

@@ -8,6 +8,8 @@ Estimands (pairs asked in both orders, `judges.pairwise.PairVerdict`):
   tanh(length difference / its std), read at zero length difference (sigmoid of the intercept).
 - position_consistency: share of pairs whose two answers parsed and agreed; tie_rate: share scored 1/2;
   parse_failure_rate: share of answers (two a pair) without a verdict.
+The same estimator reads people's votes (`judges.human_votes`, `human.stats.win_rate`): the pairwise verdicts of any
+`PairwiseJudge` go through `pairwise_win_rate`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,21 @@ def length_controlled(scores: np.ndarray, length_diff: np.ndarray) -> float:
     return float(1.0 / (1.0 + np.exp(-model.intercept_[0])))
 
 
+def pairwise_win_rate(
+    verdicts: Sequence[Any], prompt_ids: Sequence[int], resamples: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float, int]:
+    """(win rate, CI low, CI high, prompts) of a's side over `PairVerdict`s: each prompt's mean of its verdicts'
+    outcomes (`scores`: one a pair for the LLM judge, one a vote for people), averaged over prompts (in the order
+    of their ids); percentile bootstrap over prompts. The LLM judge and the human summary both estimate with it."""
+    outcomes: dict[int, list[float]] = {}
+    for verdict, prompt in zip(verdicts, prompt_ids):
+        outcomes.setdefault(int(prompt), []).extend(verdict.scores)
+    groups = sorted(outcomes)
+    per_prompt = np.asarray([np.mean(outcomes[g]) for g in groups])
+    rate, low, high = mean_ci(per_prompt, bootstrap_indices(len(groups), resamples, seed), level)
+    return rate, low, high, len(groups)
+
+
 def estimate(
     verdicts: Sequence[Any], prompt_ids: Sequence[int], length_diff: Sequence[float], resamples: int, seed: int
 ) -> dict[str, Any]:
@@ -82,14 +99,10 @@ def estimate(
     if not verdicts:
         return {"pairs": 0}
     scores = np.asarray([v.score for v in verdicts], dtype=np.float64)
-    ids = np.asarray(prompt_ids)
-    groups = sorted(set(ids.tolist()))
-    per_prompt = np.asarray([scores[ids == g].mean() for g in groups])
-    failures = sum((v.verdict_ab is None) + (v.verdict_ba is None) for v in verdicts)
-    out: dict[str, Any] = {"pairs": len(verdicts), "prompts": len(groups)}
-    out["win_rate"], out["win_rate_ci_low"], out["win_rate_ci_high"] = mean_ci(
-        per_prompt, bootstrap_indices(len(groups), resamples, seed)
-    )
+    failures = sum(v.failures for v in verdicts)
+    rate, low, high, prompts = pairwise_win_rate(verdicts, prompt_ids, resamples, seed)
+    out: dict[str, Any] = {"pairs": len(verdicts), "prompts": prompts}
+    out["win_rate"], out["win_rate_ci_low"], out["win_rate_ci_high"] = rate, low, high
     out["win_rate_lc"] = length_controlled(scores, np.asarray(length_diff, dtype=np.float64))
     out["position_consistency"] = float(np.mean([v.consistent for v in verdicts]))
     out["tie_rate"] = float(np.mean(scores == 0.5))

@@ -3,20 +3,22 @@ the automatic judge (percent and Cohen's kappa) and a Bradley–Terry leaderboar
 
 A vote between model a (left) and model b (right) scores 1 for the left one when it was preferred, 0 when the right
 one was, 1/2 on a tie; skips count nowhere. Intervals resample PROMPTS (all votes on a prompt together), as the
-automatic evaluation's do (`evaluation.stats`).
+automatic evaluation's do. The win rate reads the votes through the pairwise-judge interface
+(`judges.human_votes.HumanVotes`) and estimates it with the LLM judge's estimator: sample -> judge -> estimate.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..evaluation.stats import bootstrap_indices, mean_ci
-from .store import REFERENCE
+from ..data.conversation import prompt_key
+from ..evaluation.llm_judge import pairwise_win_rate
+from ..judges.human_votes import REFERENCE, HumanVotes
 
 SCORE = {"left": 1.0, "right": 0.0, "tie": 0.5}  # the left model's score per decided choice
 RESAMPLES = 1000  # bootstrap resamples of the win-rate intervals
@@ -45,28 +47,36 @@ class WinRate:
     prompts: int
 
 
-def policy_scores(records: list[dict]) -> list[tuple[str, float]]:
-    """(prompt, the policy's score) for every decided vote of a policy against the reference."""
+def against_reference(records: list[dict]) -> list[dict]:
+    """Decided votes between a policy and the reference (two policies, or the reference against itself, are not)."""
     out = []
     for record in decided(records):
         left, right = models_of(record)
-        if (left == REFERENCE) == (right == REFERENCE):
-            continue  # two policies (or the reference against itself): not a vote against the reference
-        score = SCORE[record["choice"]]
-        out.append((str(record["prompt"]), score if right == REFERENCE else 1.0 - score))
+        if (left == REFERENCE) != (right == REFERENCE):
+            out.append(record)
     return out
 
 
 def win_rate(records: list[dict], resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95) -> WinRate | None:
-    """The policy's win rate against the reference over `records`; None without a decided vote between them."""
-    by_prompt: dict[str, list[float]] = defaultdict(list)
-    for prompt, score in policy_scores(records):
-        by_prompt[prompt].append(score)
-    if not by_prompt:
+    """The policy's win rate against the reference over `records`; None without a decided vote between them.
+
+    Read the way every pairwise judge is: the votes as a judge (`judges.human_votes.HumanVotes`) asked about each
+    (prompt, policy text, reference text) they were cast on, its verdicts estimated by the LLM judge's estimator
+    (`evaluation.llm_judge.pairwise_win_rate`: each prompt's mean over its votes, then over prompts)."""
+    votes = against_reference(records)
+    if not votes:
         return None
-    per_prompt = np.array([np.mean(v) for v in by_prompt.values()])
-    rate, low, high = mean_ci(per_prompt, bootstrap_indices(len(per_prompt), resamples, seed), level)
-    return WinRate(rate, low, high, sum(map(len, by_prompt.values())), len(per_prompt))
+    pairs: dict[tuple[str, Any, Any], Any] = {}  # (prompt key, policy text, reference text) -> prompt
+    for record in votes:
+        policy, reference = ("left", "right") if record["right"]["model"] == REFERENCE else ("right", "left")
+        pairs.setdefault(
+            (prompt_key(record["prompt"]), record[policy].get("text"), record[reference].get("text")), record["prompt"]
+        )
+    keys, policy_texts, reference_texts = (list(column) for column in zip(*pairs))
+    verdicts = HumanVotes(votes, b_model=REFERENCE).compare(list(pairs.values()), policy_texts, reference_texts)
+    ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # prompts in first-voted order
+    rate, low, high, n = pairwise_win_rate(verdicts, [ids[k] for k in keys], resamples, seed, level)
+    return WinRate(rate, low, high, sum(len(v.votes) for v in verdicts), n)
 
 
 def per_rater(records: list[dict], resamples: int = RESAMPLES, seed: int = 0) -> dict[str, WinRate]:

@@ -4,76 +4,42 @@ Appends hold a `filelock.FileLock` (one writer at a time, across threads, app ta
 line with one `os.write` on an O_APPEND descriptor, then fsync: a second writer never interleaves, and a crash can
 at worst leave a torn last line. Under the same lock the store skips a record whose `pair_id` is already in the file
 (a double click or a resent request records one vote), and ends a torn last line before appending, so the next
-record starts on a fresh line. Readers skip lines that are not JSON objects (only a crash leaves them).
+record starts on a fresh line. The file is read by `judges.human_votes` (the one reader, re-exported here), which
+skips lines that are not JSON objects (only a crash leaves them) and reads the votes as a pairwise judge.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from ..infra.storage import clean_floats
+from ..judges.human_votes import (
+    CHOICES,
+    RATINGS_FILE,
+    REFERENCE,
+    numbered_records,
+    parse_lines,
+    ratings_path,
+    read_many,
+    read_ratings,
+)
 
-log = logging.getLogger(__name__)
-
-RATINGS_FILE = "human/ratings.jsonl"
-REFERENCE = "reference"
-CHOICES = ("left", "right", "tie", "skip")
-
-
-def ratings_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / RATINGS_FILE
-
-
-def numbered_records(raw: bytes) -> list[tuple[int, dict]]:
-    """(line number, record) of the JSON-object lines of `raw`; torn or garbled lines (a crash mid-write) are
-    skipped with a warning."""
-    records, bad = [], 0
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            bad += 1
-            continue
-        if isinstance(record, dict):
-            records.append((number, record))
-        else:
-            bad += 1
-    if bad:
-        log.warning("skipped %d unreadable line(s) of ratings (a write interrupted by a crash)", bad)
-    return records
-
-
-def parse_lines(raw: bytes) -> list[dict]:
-    """The JSON-object lines of `raw` (numbered_records without the numbers)."""
-    return [record for _, record in numbered_records(raw)]
-
-
-def read_ratings(run_dir: str | Path) -> list[dict]:
-    """Every readable vote record of the run (an empty list when nobody has rated it yet)."""
-    path = ratings_path(run_dir)
-    return parse_lines(path.read_bytes()) if path.is_file() else []
-
-
-def read_many(paths: Iterable[str | Path]) -> list[dict]:
-    """The records of several runs, each vote once (a vote between two policies is in both runs' files)."""
-    seen: set[str] = set()
-    out = []
-    for run_dir in paths:
-        for record in read_ratings(run_dir):
-            key = str(record.get("vote_id") or record.get("pair_id"))
-            if key not in seen:
-                seen.add(key)
-                out.append(record)
-    return out
+__all__ = [  # the vote file's one reader lives with the human judge (judges/human_votes.py); re-exported here
+    "CHOICES",
+    "RATINGS_FILE",
+    "REFERENCE",
+    "RatingStore",
+    "numbered_records",
+    "parse_lines",
+    "ratings_path",
+    "read_many",
+    "read_ratings",
+]
 
 
 class RatingStore:

@@ -8,16 +8,21 @@ class's `_target_`). A judge is one module plus one YAML in conf/reward/.
 
 Pairwise (which of two completions is better): `pairwise.PairwiseJudge` (`compare(prompts, a, b)`, each pair
 asked in both orders, raw answers and verdicts kept; `identity()`), the LLM judge (`pairwise.LLMJudge` over a
-local chat model or an OpenAI-compatible endpoint, `llm.py`), built from `eval.llm_judge` by `build_llm_judge`.
+local chat model (transformers or vLLM) or an OpenAI-compatible endpoint, `llm.py`), built from `eval.llm_judge` by
+`build_llm_judge`; and people, the Rate tab's votes read through the same interface (`human_votes.HumanVotes`, which
+also holds the vote file's one reader).
 """
 
 from .base import Judge, build_judge, is_judge_config, score_completions
+from .human_votes import HumanVerdict, HumanVotes
 from .pairwise import LLMJudge, PairVerdict, PairwiseJudge
 from .sentiment import SCORERS, Scorer, build_scorer
 
 __all__ = [
     "SCORERS",
     "Judge",
+    "HumanVerdict",
+    "HumanVotes",
     "LLMJudge",
     "PairVerdict",
     "PairwiseJudge",

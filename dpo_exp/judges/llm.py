@@ -1,13 +1,15 @@
-"""The chat models an `LLMJudge` asks: a local causal LM with a chat template (transformers), or an
-OpenAI-compatible endpoint (`openai` when installed, else plain HTTP). `check_llm_judge` validates an
-`eval.llm_judge` block before any model loads; `build_llm_judge` builds the judge it describes.
+"""The chat models an `LLMJudge` asks: a local causal LM with a chat template (run by transformers, or by vLLM
+when `model.backend=vllm` and it is installed), or an OpenAI-compatible endpoint (`openai` when installed, else
+plain HTTP). `check_llm_judge` validates an `eval.llm_judge` block before any model loads; `build_llm_judge`
+builds the judge it describes.
 
-Both answer greedily (temperature 0), so one question has one answer and caching it is exact.
+All answer greedily (temperature 0), so one question has one answer and caching it is exact.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -21,11 +23,42 @@ from ..models import context_length
 from .pairwise import LLMJudge, load_template
 
 log = logging.getLogger(__name__)
+BACKENDS = ("transformers", "vllm")  # how a local judge (model.path) runs
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def chat_prompt_ids(tokenizer: Any, questions: list[str], budget: int) -> list[list[int]]:
+    """Each question as one user message in the judge's chat template, ready for its answer, as token ids; one
+    longer than `budget` tokens keeps its end (the verdict instructions), with a warning. Both local backends
+    (transformers, vLLM) generate from exactly these ids."""
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template holds the special tokens
+    cut = sum(len(x) > budget for x in ids)
+    if cut:
+        log.warning("%d judge question(s) longer than the judge's %d tokens: their start is cut", cut, budget)
+    return [list(x[-budget:]) for x in ids]
+
+
+def answer_texts(texts: Any) -> list[str]:
+    """The judge's answers as kept and parsed: generated text without surrounding whitespace."""
+    return [str(t).strip() for t in texts]
+
+
+def _files_stamp(path: str) -> str:
+    """A digest of a local model folder's config and weight files' names, sizes and times ("" hashed for a hub id)."""
+    folder = Path(path)
+    stamp = ""
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".bin", ".jinja"})
+        stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 
 class LocalChat:
@@ -40,40 +73,17 @@ class LocalChat:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.path).to(device).eval()
+        self.budget = max(1, context_length(self.model) - self.max_new_tokens)
 
     def identity(self) -> str:
         """The folder (or hub id) and a digest of its config and weight files' names, sizes and times."""
-        folder = Path(self.path)
-        stamp = ""
-        if folder.is_dir():
-            files = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".bin", ".jinja"})
-            stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-        digest = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-        return f"local:{self.path}:{digest}:greedy:{self.max_new_tokens}"
+        return f"local:{self.path}:{_files_stamp(self.path)}:greedy:{self.max_new_tokens}"
 
     def answer(self, questions: list[str]) -> list[str]:
         import torch
 
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
-            )
-            for q in questions
-        ]
-        # a question longer than the judge's context keeps its end (the verdict instructions), with a warning
-        budget = max(1, context_length(self.model) - self.max_new_tokens)
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        if max(lengths) > budget:
-            log.warning(
-                "%d judge question(s) longer than the judge's %d tokens: their start is cut",
-                sum(n > budget for n in lengths),
-                budget,
-            )
-        self.tokenizer.truncation_side = "left"
-        batch = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=budget
-        )
-        batch = batch.to(self.model.device)
+        ids = chat_prompt_ids(self.tokenizer, questions, self.budget)
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.model.device)
         with torch.no_grad():
             out = self.model.generate(
                 **batch,
@@ -82,7 +92,35 @@ class LocalChat:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new = out[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return answer_texts(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+
+
+class VLLMChat:
+    """A local chat model run by vLLM's offline engine, greedy. Written to vLLM's documented offline API and not
+    run in this project's tests (vLLM needs a CUDA GPU and is not installed here): `vllm.LLM(model=path, ...)`,
+    `SamplingParams(temperature=0, max_tokens=...)`, `LLM.generate` on token-id prompts (`{"prompt_token_ids":
+    ...}`, built by `chat_prompt_ids`, the transformers backend's very prompts: `LLM.chat` would refuse a question
+    longer than the context rather than cut it), each answer `outputs[i].outputs[0].text`."""
+
+    def __init__(self, path: str, max_new_tokens: int, gpu_memory_utilization: float) -> None:
+        require_vllm()  # checked before any model loads too (check_backend)
+        from transformers import AutoConfig
+        from vllm import LLM, SamplingParams
+
+        self.path, self.max_new_tokens = str(path), int(max_new_tokens)
+        self.tokenizer = chat_tokenizer(self.path)
+        self.budget = max(1, context_length(AutoConfig.from_pretrained(self.path)) - self.max_new_tokens)
+        self.llm = LLM(model=self.path, gpu_memory_utilization=float(gpu_memory_utilization))
+        self.params = SamplingParams(temperature=0, max_tokens=self.max_new_tokens)
+
+    def identity(self) -> str:
+        """As `LocalChat`'s, under another name: another engine's numerics may answer differently."""
+        return f"vllm:{self.path}:{_files_stamp(self.path)}:greedy:{self.max_new_tokens}"
+
+    def answer(self, questions: list[str]) -> list[str]:
+        prompts = [{"prompt_token_ids": ids} for ids in chat_prompt_ids(self.tokenizer, questions, self.budget)]
+        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)  # LLMJudge shows the progress
+        return answer_texts(output.outputs[0].text for output in outputs)
 
 
 class Endpoint:
@@ -157,6 +195,34 @@ def chat_tokenizer(path: str):
     return tokenizer
 
 
+def require_vllm() -> None:
+    """One UserError when vLLM is not installed (looked up by name: nothing is imported)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "eval.llm_judge.model.backend=vllm needs vLLM, which is not installed: pip install vllm (a CUDA GPU), "
+            "or eval.llm_judge.model.backend=transformers"
+        )
+
+
+def check_backend(model: Any) -> None:
+    """`model.backend` names a local engine that can run here: vLLM must be installed (looked up, not imported)
+    and is for a local model.path only; its GPU memory share is in (0, 1]."""
+    backend = str(model.get("backend") or "transformers")
+    if backend not in BACKENDS:
+        raise UserError(f"eval.llm_judge.model.backend={backend} is not one of {list(BACKENDS)}")
+    if backend != "vllm":
+        return
+    if model.get("base_url"):
+        raise UserError(
+            "eval.llm_judge.model.backend=vllm runs model.path in this process; an endpoint (model.base_url, "
+            "e.g. `vllm serve`) is asked over HTTP: leave backend=transformers"
+        )
+    require_vllm()
+    share = float(model.get("gpu_memory_utilization") or 0)
+    if not 0 < share <= 1:
+        raise UserError(f"eval.llm_judge.model.gpu_memory_utilization must be in (0, 1], got {share}")
+
+
 def check_llm_judge_settings(block: Any) -> None:
     """The cheap checks of an enabled `eval.llm_judge` block (no model, no network): exactly one of model.path and
     model.base_url, the template and its placeholders, positive sizes."""
@@ -165,6 +231,7 @@ def check_llm_judge_settings(block: Any) -> None:
     load_template(str(block.template))
     if bool(block.model.get("path")) == bool(block.model.get("base_url")):
         raise UserError("eval.llm_judge.model: set exactly one of model.path (a local chat model) and model.base_url")
+    check_backend(block.model)
     for key in ("max_pairs", "batch_size", "max_new_tokens"):
         if int(block[key]) <= 0:
             raise UserError(f"eval.llm_judge.{key} must be > 0, got {block[key]}")
@@ -199,8 +266,10 @@ def build_llm_judge(block: Any, cache_dir: str | Path | None, device: str = "cpu
     """The judge an enabled `eval.llm_judge` block describes (checked first by `check_llm_judge`)."""
     name = check_llm_judge(block)
     model, tokens = block.model, int(block.max_new_tokens)
-    if model.get("path"):
-        backend: Any = LocalChat(str(model.path), tokens, device)
+    if model.get("path") and model.get("backend") == "vllm":
+        backend: Any = VLLMChat(str(model.path), tokens, float(model.gpu_memory_utilization))
+    elif model.get("path"):
+        backend = LocalChat(str(model.path), tokens, device)
     else:
         backend = Endpoint(str(model.base_url), str(name), model.get("api_key_env"), float(model.timeout_s), tokens)
     return LLMJudge(backend, load_template(str(block.template)), cache_dir, int(block.batch_size))

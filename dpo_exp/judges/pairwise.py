@@ -2,9 +2,10 @@
 
 Contract (`PairwiseJudge`): `compare(prompts, a, b) -> list[PairVerdict]`, each pair asked twice (a shown first,
 then b shown first), both raw answers and parsed verdicts kept; `identity()` changes whenever a verdict could.
-`LLMJudge` asks a chat model (`llm.py`: a local transformers model or an OpenAI-compatible endpoint) through a
-prompt template, and caches every answer under `cache_dir/llm_judge/` keyed by (judge identity, template, the
-rendered question), so a rerun on the same samples makes no new calls.
+`LLMJudge` asks a chat model (`llm.py`: a local model through transformers or vLLM, or an OpenAI-compatible
+endpoint) through a prompt template, and caches every answer under `cache_dir/llm_judge/` keyed by (judge
+identity, template, the rendered question), so a rerun on the same samples makes no new calls. People answer
+through the same contract: `human_votes.HumanVotes` reads the Rate tab's votes (one or more a pair, either order).
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ class PairVerdict:
     def consistent(self) -> bool:
         """Both orders parsed and picked the same completion."""
         return self.verdict_ab is not None and self.verdict_ab == self.verdict_ba
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        """The outcomes a win rate averages: one (`score`) for a judge asked once in each order; a judge with
+        several answers a pair (people's votes, `human_votes.HumanVerdict`) gives one each."""
+        return (self.score,)
+
+    @property
+    def failures(self) -> int:
+        """Answers without a verdict (0, 1 or 2): counted, never dropped."""
+        return (self.verdict_ab is None) + (self.verdict_ba is None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

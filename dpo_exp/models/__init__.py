@@ -37,8 +37,8 @@ def resolve_precision(spec: str, device: str) -> str:
 
 
 def context_length(model) -> int:
-    """How many tokens the model can attend to (GPT-2: n_positions)."""
-    config = model.config
+    """How many tokens the model (or a model config) can attend to (GPT-2: n_positions)."""
+    config = getattr(model, "config", model)
     return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
 
 
