@@ -48,6 +48,9 @@ SWEEPS = {
     "orpo": ("orpo", ["beta=0.1,0.25,0.5"], []),
     "simpo": ("simpo", ["beta=1.0,2.0,2.5"], []),
     "grpo": ("grpo", ["beta=0.01,0.05,0.2"], []),
+    # issue 32's done-when command as it stands: `-m experiment=imdb_tiny method=dpo,kto,orpo,simpo,grpo`, every
+    # method at the preset's own beta sweep (0.05, 0.1, 0.5, 1) with one judge; its rows are named by method.
+    "five": ("dpo,kto,orpo,simpo,grpo", [], []),
 }
 QUICK = ["data_size=32", "trainer.max_steps=4", "sft.max_steps=20", "eval.num_prompts=16", "eval.best_of_n_prompts=8"]
 KEYS = [  # eval/<key> of summary.json; win_rate: P(policy sample beats reference sample), independent draws, ties 1/2
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SWEEPS), help="comma-separated subset of " + ",".join(SWEEPS))
     parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="labelled reviews {text, label}")
     parser.add_argument("--work", default=None, help="work folder (default: a fresh temporary one)")
+    parser.add_argument("--out", default=None, help="results file stem (default: methods, --quick: methods_quick)")
     parser.add_argument(
         "--second-judge",
         default="vader",
@@ -89,7 +93,8 @@ def main() -> None:
         "gain hold under a judge the policy was not trained on?",
     )
     args = parser.parse_args()
-    out = RESULTS / ("methods_quick.json" if args.quick else "methods.json")  # a smoke run keeps the README's figures
+    stem = args.out or ("methods_quick" if args.quick else "methods")  # a smoke run keeps the README's figures
+    out = RESULTS / f"{stem}.json"
     work = Path(args.work or f"/tmp/bench_methods_{int(time.time())}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     threads = os.environ.get("OMP_NUM_THREADS", "torch default")
@@ -99,7 +104,7 @@ def main() -> None:
     for name in args.only.split(","):
         method, knob, extra = SWEEPS[name]
         if args.quick:
-            knob = ["method.rounds=2"] if name == "iterative_dpo" else [knob[0].split(",")[0]]
+            knob = ["method.rounds=2"] if name == "iterative_dpo" else [knob[0].split(",")[0]] if knob else ["beta=0.1"]
         sweep_dir = work / "multirun" / name
         sweeps.append(sweep_dir)
         common = ["-m", "experiment=imdb_tiny", f"dataset.path={args.data}", "logger=none", f"method={method}"]
@@ -111,7 +116,7 @@ def main() -> None:
         )
         print(f"{name}: {(time.time() - started) / 60:.1f} min", flush=True)
         results["runs"] += [
-            {"name": name, **entry}
+            {"name": entry["method"] if "," in method else name, **entry}  # a sweep over methods: a line each
             for d in sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
             for entry in figures(d)
         ]
