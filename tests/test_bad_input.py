@@ -130,6 +130,16 @@ def only_validation_folder(tmp: Path) -> Path:
     return folder
 
 
+def hub_repo_two_configs(tmp: Path) -> Path:
+    """A local copy of a hub dataset repository (tmp/hub) declaring configs a and b; dataset.path's file unused."""
+    for name in ("a", "b"):
+        (tmp / "hub" / name).mkdir(parents=True)
+        write_jsonl(tmp / "hub" / name / "train.jsonl", flat(sample_rows()))
+    configs = "".join(f"- config_name: {n}\n  data_files: {n}/train.jsonl\n" for n in ("a", "b"))
+    (tmp / "hub" / "README.md").write_text(f"---\nconfigs:\n{configs}---\n", encoding="utf-8")
+    return good_jsonl(tmp)
+
+
 # (id, file maker, extra overrides, substrings the error must contain)
 CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("beta_zero", good_jsonl, ["beta=0"], ["beta must be > 0"]),
@@ -186,6 +196,12 @@ CASES: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
     ("data_size_not_a_number", good_jsonl, ["data_size=abc"], ["data_size must be a whole number, got 'abc'"]),
     ("data_size_one", good_jsonl, ["data_size=1"], ["data_size must be >= 2", "got 1"]),
     ("folder_without_train_file", only_validation_folder, [], ["no train file", "validation.jsonl"]),
+    (
+        "unknown_hub_config",
+        hub_repo_two_configs,
+        ["dataset.path=null", "dataset.hub_id=hub", "dataset.hub_config=c"],
+        ["dataset.hub_config=c: hub dataset hub has no config 'c' (its configs: a, b)", "dataset.hub_data_dir=c"],
+    ),
     (
         "reward_on_preference_data",
         good_jsonl,

@@ -64,6 +64,116 @@ def test_a_missing_column_is_one_line_listing_the_columns_there_are(tmp_path, ul
     assert "found ['good', 'metadata', 'prompt', 'rejected', 'source_index']" in message
 
 
+# ---------------------------------------------------------------- hub datasets: config (subset), folder and split names
+
+HUB_README = """---
+configs:
+- config_name: first
+  default: true
+  data_files:
+  - {split: train_prefs, path: first/train.jsonl}
+  - {split: test_prefs, path: first/test.jsonl}
+- config_name: second
+  data_files:
+  - {split: train_prefs, path: second/train.jsonl}
+  - {split: test_prefs, path: second/test.jsonl}
+---
+"""
+
+
+@pytest.fixture(scope="module")
+def hub_repo(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
+    """A hub dataset's repository as `datasets` reads it (a local copy: offline): two configs declared in its
+    README, each a folder of 100 UltraFeedback pairs (80 train_prefs, 20 test_prefs). Returns it and the prompts
+    of each config."""
+    from .conftest import shared_file
+
+    rows = [json.loads(line) for line in shared_file("ultrafeedback/sample.jsonl").read_text().splitlines()]
+    repo = tmp_path_factory.mktemp("hub") / "org_prefs"
+    prompts = {}
+    for name, part in (("first", rows[:100]), ("second", rows[100:200])):
+        (repo / name).mkdir(parents=True)
+        write_jsonl(repo / name / "train.jsonl", part[:80])
+        write_jsonl(repo / name / "test.jsonl", part[80:])
+        prompts[name] = {r["prompt"] for r in part}
+    (repo / "README.md").write_text(HUB_README, encoding="utf-8")
+    return repo, prompts
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """`datasets` writes its prepared copies under the test's folder, not the user's cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+
+
+def hub_cfg(repo: Path, *extra: str):
+    return compose(["dataset=preference_files", "dataset.path=null", f"dataset.hub_id={repo}", *extra]).dataset
+
+
+def test_a_hub_datasets_config_is_chosen_by_name_with_its_split_names(hub_repo, datasets_cache):
+    """dataset.hub_config is the config (subset) name (load_dataset's `name`), train_split / eval_split its splits;
+    dataset.hub_data_dir a folder of the repository (load_dataset's `data_dir`)."""
+    repo, prompts = hub_repo
+    splits = ["dataset.train_split=train_prefs", "dataset.eval_split=test_prefs", "dataset.eval_size=null"]
+    second = load_preference_data(hub_cfg(repo, "dataset.hub_config=second", *splits), 0)
+    train, held = {r["prompt"] for r in second.train}, {r["prompt"] for r in second.eval}
+    assert train | held <= prompts["second"] and len(second.train) > 60 and held and not train & held
+    assert second.counts["train_raw"] == 80 and second.counts["test_raw"] == 20  # its own split files
+    default = load_preference_data(hub_cfg(repo, *splits), 0)  # no config named: the repository's default
+    assert {r["prompt"] for r in default.train} <= prompts["first"]
+    folder = load_preference_data(hub_cfg(repo, "dataset.hub_data_dir=second"), 0)  # the folder's train/test files
+    assert {r["prompt"] for r in folder.train} == train and folder.counts["test_raw"] == 20
+    # a mixture source names its config `subset` (and its folder `data_dir`)
+    sources = f"[{{hub_id: {repo}, subset: second, split: train_prefs, weight: 1}}, {{hub_id: {repo}, weight: 1, "
+    sources += "data_dir: first, label: first}]"
+    mixed = load_preference_data(compose(["dataset=mixture", f"dataset.sources={sources}"]).dataset, 0)
+    by_source = {c["source"]: c["train_pairs"] for c in mixed.composition}
+    assert set(by_source) == {"org_prefs", "first"} and all(by_source.values())
+    trained = {r["prompt"] for r in mixed.train}
+    assert trained & prompts["second"] and trained & prompts["first"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["dataset.hub_config=harmless-base"],
+            "dataset.hub_config=harmless-base: hub dataset {repo} has no config 'harmless-base' (its configs: first, "
+            "second); a folder of its repository is dataset.hub_data_dir=harmless-base",
+        ),
+        (
+            ["dataset.hub_config=second", "dataset.train_split=train"],
+            "dataset.train_split=train: hub dataset {repo} (config second) has no split 'train' (its splits: "
+            "train_prefs, test_prefs)",
+        ),
+        (
+            ["dataset.train_split=train_prefs", "dataset.eval_split=validation"],
+            "dataset.eval_split=validation: hub dataset {repo} has no split 'validation' (its splits: train_prefs, "
+            "test_prefs)",
+        ),
+        (
+            ["dataset=mixture", "dataset.sources=[{{hub_id: {repo}, subset: third, weight: 1}}]"],
+            "dataset.sources[0].subset=third: hub dataset {repo} has no config 'third' (its configs: first, "
+            "second); a folder of its repository is dataset.sources[0].data_dir=third",
+        ),
+        (["dataset.hub_data_dir=third"], "dataset.hub_data_dir=third: no data files there in {repo} ("),
+    ],
+    ids=["unknown_config", "unknown_split", "unknown_eval_split", "unknown_mixture_subset", "unknown_folder"],
+)
+def test_an_unknown_hub_config_or_split_is_one_line_listing_the_ones_there_are(
+    hub_repo, datasets_cache, tmp_path, overrides, message
+):
+    repo, _ = hub_repo
+    overrides = [o.format(repo=repo) for o in overrides]
+    cfg = compose(overrides).dataset if overrides[0] == "dataset=mixture" else hub_cfg(repo, *overrides)
+    with pytest.raises(UserError) as caught:
+        load_preference_data(cfg, 0)
+    assert str(caught.value).startswith(message.format(repo=repo)) and "\n" not in str(caught.value)
+    assert not list((tmp_path / "hf_datasets").rglob("*.arrow"))  # refused before anything was prepared
+
+
 # ---------------------------------------------------------------- binary feedback
 
 

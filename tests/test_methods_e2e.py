@@ -208,14 +208,85 @@ def test_kto_orpo_simpo_grpo_run_beside_dpo_with_its_evaluation_on_one_frontier(
     assert sorted(label for label, _ in lines) == sorted(f"method={m}" for m in ("dpo", *NEW_METHODS))
 
 
-def test_kto_resumes_from_its_checkpoint_like_a_dpo_run(tmp_path, imdb_dir):
-    run_dir = tmp_path / "kto"
-    args = [*SMALL, f"dataset.path={imdb_dir}", "logger=none", "method=kto", f"hydra.run.dir={run_dir}"]
-    args += ["trainer.save_strategy=steps", "trainer.save_steps=1", "eval.enabled=false"]
-    assert run_cli(args, tmp_path).returncode == 0
-    proc = run_cli([*args, "skip_completed=false", "trainer.max_steps=3", "resume=force"], tmp_path)
+TIMING_KEYS = {"step_time", "num_tokens"}  # wall time; TRL's running token count restarts at a resume (TRL's own)
+
+
+def as_killed_while_saving(run_dir: Path, step: int) -> None:
+    """Turn a finished run's folder into the one a SIGKILL leaves while it saves checkpoint-`step`: that checkpoint
+    torn in checkpoints/.partial, metrics rows logged up to `step` (no final row), no model, summary.json still
+    `running` and the dead process's lock. (test_resilience kills a DPO run gracefully with SIGTERM; a SIGKILL can
+    land anywhere, and this moment is the one a timed kill can not reliably hit.)"""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from dpo_exp.infra.runlock import LOCK_NAME
+    from dpo_exp.infra.storage import read_jsonl, write_jsonl
+
+    checkpoints = run_dir / "checkpoints"
+    torn = checkpoints / ".partial" / f"checkpoint-{step}"
+    torn.parent.mkdir()
+    (checkpoints / f"checkpoint-{step}").rename(torn)
+    (torn / "trainer_state.json").unlink()
+    (torn / "optimizer.pt").write_bytes(b"\0" * 10)
+    shutil.rmtree(run_dir / "model")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    write_jsonl(run_dir / "metrics.jsonl", [r for r in rows if r["split"] == "train" and r["step"] <= step])
+    (run_dir / "summary.json").write_text(json.dumps({**summary(run_dir), "status": "running"}))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}
+    (run_dir / LOCK_NAME).write_text(json.dumps(holder))
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """One sweep of the four methods (3 steps, a checkpoint every step) kept as it finished; a copy of it killed
+    while saving checkpoint-3 (`as_killed_while_saving`), then the same command again. {method: (resumed, whole)}."""
+    import shutil
+
+    shared_file("imdb/train.jsonl")
+    imdb_dir = shared_file("imdb/test.jsonl").parent
+    cwd = tmp_path_factory.mktemp("resume")
+    args = ["-m", *[o for o in ONLINE if not o.startswith("trainer.max_steps")], "trainer.max_steps=3"]
+    args += [f"dataset.path={imdb_dir}", "logger=none", "eval.enabled=false", "hydra.sweep.dir=multirun/m"]
+    args += ["trainer.save_strategy=steps", "trainer.save_steps=1", f"method={','.join(NEW_METHODS)}"]
+    proc = run_cli(args, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s = summary(run_dir)
-    assert s["attempts"] == 2 and s["resumed_from"].endswith("checkpoint-2")
-    steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sorted({step for step in steps if step is not None}) == [1, 2, 3]
+    shutil.copytree(cwd / "multirun" / "m", cwd / "whole")
+    for run_dir in find_run_dirs([cwd / "multirun" / "m"]):
+        as_killed_while_saving(run_dir, 3)
+    proc = run_cli(args, cwd)  # the same command again
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = find_run_dirs([cwd / "multirun" / "m"])
+    return {summary(d)["method"]["name"]: (d, cwd / "whole" / d.name) for d in runs}
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_killed_run_resumes_from_its_last_whole_checkpoint_to_the_uninterrupted_result(killed_and_resumed, method):
+    """The same command resumes the killed run (no resume=force) from checkpoint-2, past the torn checkpoint-3 and the
+    dead process's lock; step 3 is logged once, with the uninterrupted run's values, and the saved policy is its."""
+    from safetensors.torch import load_file
+    from torch.testing import assert_close
+
+    from dpo_exp.infra.storage import read_jsonl
+
+    resumed, whole = killed_and_resumed[method]
+    s = summary(resumed)
+    assert s["status"] == "completed" and s["attempts"] == 2 and "resume" not in s
+    assert s["resumed_from"] == str(resumed / "checkpoints" / "checkpoint-2")
+    assert not (resumed / "checkpoints" / ".partial").exists()  # the torn save removed, checkpoint-3 saved whole
+    assert (resumed / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    rows = {
+        name: [r for r in read_jsonl(d / "metrics.jsonl") if r["split"] == "train"]
+        for name, d in (("resumed", resumed), ("whole", whole))
+    }
+    assert [r["step"] for r in rows["resumed"]] == [1, 2, 3]  # every step once
+    last, expected = rows["resumed"][-1], rows["whole"][-1]
+    compared = {k for k, v in expected.items() if isinstance(v, float)} - TIMING_KEYS
+    assert "loss" in compared and "grad_norm" in compared
+    for key in compared:  # the optimizer, schedule, data order and RNG (GRPO's sampling) restored
+        assert last[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+    # the mean loss over all 3 steps, as the uninterrupted run reports it
+    assert s["train_loss"] == pytest.approx(summary(whole)["train_loss"], rel=1e-5, abs=1e-9)
+    assert_close(load_file(resumed / "model" / "model.safetensors"), load_file(whole / "model" / "model.safetensors"))

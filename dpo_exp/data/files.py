@@ -1,5 +1,5 @@
 """Where rows come from: local jsonl / json / csv / parquet files (line-precise errors; train/test files in a
-folder) or hub splits."""
+folder) or a hub dataset's splits (of one of its configs, or a folder of its repository)."""
 
 from __future__ import annotations
 
@@ -173,18 +173,82 @@ def check_columns(rows: list[dict], needed: Iterable[str], where: str) -> None:
         raise UserError(f"{where}: missing column(s) {missing}; found {sorted(present)} (set dataset.columns.*)")
 
 
-def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
-    """Train (and eval, when configured) splits of a hub dataset, as dict rows."""
-    from datasets import load_dataset
+def setting(ds_cfg: Any, key: str) -> str:
+    """How the user names a dataset setting in a message: `dataset.KEY`, or a mixture source's own key
+    (`setting_names`, set by dpo_exp.data.mixture)."""
+    return str((ds_cfg.get("setting_names") or {}).get(key) or f"dataset.{key}")
 
-    kwargs = {"data_dir": ds_cfg.hub_config} if ds_cfg.get("hub_config") else {}
-    splits = {"train": ds_cfg.train_split}
-    if ds_cfg.get("eval_split"):
-        splits["test"] = ds_cfg.eval_split
+
+def config_error(ds_cfg: Any, exc: Exception) -> UserError | None:
+    """One line for what `load_dataset_builder` refused (None: not about the config or the folder, e.g. an unreachable
+    hub, left to dpo_exp.infra.hub): an unknown config, a missing one, a folder or dataset without data files."""
+    from datasets import get_dataset_config_names
+
+    from ..infra.hub import is_unreachable
+
+    if is_unreachable(exc):
+        return None
+    hub_id, name, folder = str(ds_cfg.hub_id), ds_cfg.get("hub_config") or None, ds_cfg.get("hub_data_dir")
+    if isinstance(exc, FileNotFoundError):  # datasets' DatasetNotFoundError / EmptyDatasetError (no data files)
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if folder:
+            return UserError(f"{setting(ds_cfg, 'hub_data_dir')}={folder}: no data files there in {hub_id} ({said})")
+        return UserError(f"{setting(ds_cfg, 'hub_id')}={hub_id}: cannot read this hub dataset ({said})")
+    configs = get_dataset_config_names(hub_id)
+    if name is not None and name not in configs:
+        return UserError(
+            f"{setting(ds_cfg, 'hub_config')}={name}: hub dataset {hub_id} has no config {name!r} (its configs: "
+            f"{', '.join(configs)}); a folder of its repository is {setting(ds_cfg, 'hub_data_dir')}={name}"
+        )
+    if name is None and len(configs) > 1:
+        return UserError(
+            f"hub dataset {hub_id} has several configs and no default: choose one with "
+            f"{setting(ds_cfg, 'hub_config')}=NAME ({', '.join(configs)})"
+        )
+    return None
+
+
+def hub_builder(ds_cfg: Any, splits: dict[str, str]) -> Any:
+    """The `datasets` builder of the hub dataset's config (`hub_config`: its name, `load_dataset(name=)`) and folder
+    (`hub_data_dir`: `data_dir=`), with the asked splits checked against the ones it declares, before any download.
+
+    datasets' own errors for an unknown config or split are several lines (and the split one comes only after the
+    whole download); here each is one line listing what there is."""
+    from datasets import load_dataset_builder
+
+    hub_id, name = str(ds_cfg.hub_id), ds_cfg.get("hub_config") or None
+    try:
+        builder = load_dataset_builder(hub_id, name=name, data_dir=ds_cfg.get("hub_data_dir") or None)
+    except (ValueError, FileNotFoundError) as exc:
+        error = config_error(ds_cfg, exc)
+        if error is None:
+            raise
+        raise error from None
+    declared = [str(s) for s in (builder.config.data_files or builder.info.splits or {})]
+    for key, split in splits.items():
+        wanted = [part.split("[")[0].strip() for part in str(split).split("+")]  # "train[:10%]+test": its splits
+        unknown = [s for s in wanted if s not in declared]
+        if declared and unknown:
+            config = f" (config {builder.config.name})" if name else ""
+            raise UserError(
+                f"{setting(ds_cfg, key)}={split}: hub dataset {hub_id}{config} has no split {unknown[0]!r} "
+                f"(its splits: {', '.join(declared)})"
+            )
+    return builder
+
+
+def load_hub_splits(ds_cfg: Any) -> dict[str, list[dict]]:
+    """Train (and eval, when configured) splits of a hub dataset (its config and folder: `hub_builder`), as rows."""
     from ..infra.hub import hub_access
 
+    splits = {"train_split": ds_cfg.train_split}
+    if ds_cfg.get("eval_split"):
+        splits["eval_split"] = ds_cfg.eval_split
     with hub_access("dataset", str(ds_cfg.hub_id), "dataset.path"):
-        return {name: load_dataset(ds_cfg.hub_id, split=split, **kwargs).to_list() for name, split in splits.items()}
+        builder = hub_builder(ds_cfg, splits)
+        builder.download_and_prepare()  # what load_dataset does with the builder (non-streaming)
+        names = {"train_split": "train", "eval_split": "test"}
+        return {names[key]: builder.as_dataset(split=split).to_list() for key, split in splits.items()}
 
 
 def load_located_splits(ds_cfg: Any) -> tuple[dict[str, RawSplit], str]:

@@ -21,7 +21,14 @@ from .schema import PreferenceData
 from .splits import seeded_subset
 
 ORIGINS = ("path", "name", "hub_id")  # where a source's rows come from: one of these per source
-SOURCE_KEYS = {*ORIGINS, "weight", "rows", "columns", "split", "eval_split", "subset", "label"}
+SOURCE_KEYS = {*ORIGINS, "weight", "rows", "columns", "split", "eval_split", "subset", "data_dir", "label"}
+# a source's own keys for the single-dataset settings they set (named so in that source's error messages)
+SOURCE_SETTINGS = {
+    "hub_config": "subset",
+    "hub_data_dir": "data_dir",
+    "train_split": "split",
+    "eval_split": "eval_split",
+}
 
 
 def source_label(spec: Any) -> str:
@@ -68,10 +75,11 @@ def check_sources(ds_cfg: Any) -> list[Any]:
     return list(sources)
 
 
-def source_config(ds_cfg: Any, spec: Any) -> Any:
-    """The single-dataset config one source loads with: a shipped dataset's own (conf/dataset/NAME.yaml) or the
-    mixture's file settings, with the source's path / hub id / columns / split / subset; all its pairs (data_size
-    is applied to the mixture) and the mixture's held-out settings."""
+def source_config(ds_cfg: Any, spec: Any, index: int = 0) -> Any:
+    """The single-dataset config source `index` loads with: a shipped dataset's own (conf/dataset/NAME.yaml) or the
+    mixture's file settings, with the source's path / hub id / columns / split / subset (the hub config name) /
+    data_dir (a folder of the hub repository); all its pairs (data_size is applied to the mixture) and the mixture's
+    held-out settings."""
     from .. import CONF_DIR
 
     if spec.get("name"):
@@ -91,6 +99,8 @@ def source_config(ds_cfg: Any, spec: Any) -> Any:
         base.eval_size = ds_cfg.eval_size
         base.eval_fraction = ds_cfg.eval_fraction
         base.hub_config = spec.get("subset", base.get("hub_config"))
+        base.hub_data_dir = spec.get("data_dir", base.get("hub_data_dir"))
+        base.setting_names = {key: f"dataset.sources[{index}].{own}" for key, own in SOURCE_SETTINGS.items()}
         base.train_split = spec.get("split") or base.get("train_split") or "train"
         if spec.get("eval_split") is not None:
             base.eval_split = spec.eval_split
@@ -131,7 +141,7 @@ def load_mixture_data(
     """Load each source with `load(source_cfg)` (the single-dataset loader), then mix (see the module docstring)."""
     sources = check_sources(ds_cfg)
     labels = [source_label(s) for s in sources]
-    parts = [load(source_config(ds_cfg, spec)) for spec in sources]
+    parts = [load(source_config(ds_cfg, spec, i)) for i, spec in enumerate(sources)]
     heldout = {prompt_key(p) for part in parts for p in part.eval_prompts} | {
         prompt_key(r["prompt"]) for part in parts for r in part.eval
     }
