@@ -208,7 +208,7 @@ def test_kto_orpo_simpo_grpo_run_beside_dpo_with_its_evaluation_on_one_frontier(
     assert sorted(label for label, _ in lines) == sorted(f"method={m}" for m in ("dpo", *NEW_METHODS))
 
 
-TIMING_KEYS = {"step_time", "num_tokens"}  # wall time; TRL's running token count restarts at a resume (TRL's own)
+TIMING_KEYS = {"step_time"}  # wall time
 
 
 def as_killed_while_saving(run_dir: Path, step: int) -> None:

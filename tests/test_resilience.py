@@ -126,6 +126,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_result(ref
     assert sorted(resumed) == list(range(1, 9))  # every step once, none repeated
     for step in range(stopped_at + 1, 9):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-4, abs=1e-6), step
+        assert resumed[step]["num_tokens"] == reference[step]["num_tokens"], step  # the count goes on, not from 0
     assert done["loss"] == pytest.approx(summary(uninterrupted)["loss"], rel=1e-4, abs=1e-6)
     # the mean over ALL 8 steps (transformers alone would average only the resumed ones)
     assert done["train_loss"] == pytest.approx(summary(uninterrupted)["train_loss"], rel=1e-5)

@@ -98,3 +98,18 @@ class GracefulStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class ResumedTokenCount(TrainerCallback):
+    """Carries TRL's running `num_tokens` count across a resume. TRL keeps it in the trainer (`_total_train_tokens`),
+    which a checkpoint does not restore, so a resumed run's count would restart at 0; the Trainer's state, which the
+    checkpoint does restore before `on_train_begin`, holds the last logged count (GRPO and RLOO count in the state
+    itself and need nothing)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        counts = [row["num_tokens"] for row in state.log_history if "num_tokens" in row]
+        if counts and not getattr(self.trainer, "_total_train_tokens", None):
+            self.trainer._total_train_tokens = counts[-1]

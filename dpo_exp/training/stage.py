@@ -16,7 +16,7 @@ from ..infra.distributed import is_main_process
 from ..infra.storage import disk_full_error, read_jsonl, says_disk_full, write_jsonl
 from ..infra.tracking import Tracker
 from ..schema import CHECKPOINT_DIR
-from .callbacks import GracefulStop
+from .callbacks import GracefulStop, ResumedTokenCount
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ def run_trainer(
     result = TrainResult(trainer, ref_logps=ref_logps or {"cache": "disabled"})
     resume_from = resume_point(cfg, run_dir)
     result.resumed_from = str(resume_from) if resume_from else None
+    if resume_from is not None:
+        trainer.add_callback(ResumedTokenCount(trainer))
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
