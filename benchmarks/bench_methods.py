@@ -85,6 +85,17 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SWEEPS), help="comma-separated subset of " + ",".join(SWEEPS))
     parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="labelled reviews {text, label}")
     parser.add_argument("--work", default=None, help="work folder (default: a fresh temporary one)")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: read the finished runs of WORK/multirun/<sweep>/ (and --also), then judge, plot, tabulate",
+    )
+    parser.add_argument(
+        "--also",
+        default="",
+        help="comma list of more folders under WORK/multirun whose runs join the (one) --only sweep: a sweep split "
+        "over two processes by its knob's values (e.g. five_b for `beta=0.5,1` run beside five)",
+    )
     parser.add_argument("--out", default=None, help="results file stem (default: methods, --quick: methods_quick)")
     parser.add_argument(
         "--second-judge",
@@ -109,15 +120,19 @@ def main() -> None:
         sweeps.append(sweep_dir)
         common = ["-m", "experiment=imdb_tiny", f"dataset.path={args.data}", "logger=none", f"method={method}"]
         started = time.time()
-        run(
-            [*common, *knob, *extra, *(QUICK if args.quick else []), f"hydra.sweep.dir={sweep_dir}"],
-            work,
-            work / ".cache",
-        )
-        print(f"{name}: {(time.time() - started) / 60:.1f} min", flush=True)
+        if not args.collect:
+            run(
+                [*common, *knob, *extra, *(QUICK if args.quick else []), f"hydra.sweep.dir={sweep_dir}"],
+                work,
+                work / ".cache",
+            )
+            print(f"{name}: {(time.time() - started) / 60:.1f} min", flush=True)
+        parts = [sweep_dir, *(work / "multirun" / extra_dir for extra_dir in args.also.split(",") if extra_dir)]
+        finished = [p.parent for d in parts for p in d.glob("*/summary.json")]
         results["runs"] += [
             {"name": entry["method"] if "," in method else name, **entry}  # a sweep over methods: a line each
-            for d in sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
+            for d in sorted(finished, key=lambda d: (d.parent.name, int(d.name) if d.name.isdigit() else 0))
+            if json.loads((d / "summary.json").read_text()).get("status") == "completed"
             for entry in figures(d)
         ]
         save(results, out)
