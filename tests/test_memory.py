@@ -122,3 +122,40 @@ def test_a_run_that_cannot_fit_is_refused_before_loading_naming_what_would_fit(m
     cfg.train.auto_batch = True
     chosen = memory_check.check_memory(cfg, "bf16", "cuda:0")
     assert cfg.train.max_tokens_per_batch == fitting and chosen.token_slots == fitting
+
+
+@pytest.mark.slow  # ~45 s on 2 busy cores: two 2-process runs
+def test_whole_estimate_matches_the_measured_peak_of_2_process_ddp_and_fsdp_runs(tmp_path, ultrafeedback_file):
+    """benchmarks/bench_memory_check.py --quick: real `python -m dpo_exp` runs under torchrun (2 processes, gloo),
+    ddp and fsdp; each process's peak tensor memory during `trainer.train()` (torch's MemTracker) against the whole
+    estimate the run printed (params + grads + optimizer + reference + activations): within the stated 20 %."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, SHARED_DATA
+
+    out = tmp_path / "memory_check.json"
+    script = ROOT / "benchmarks" / "bench_memory_check.py"
+    env = {**os.environ, "DPO_EXP_SHARED_DATA": str(SHARED_DATA), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tolerance"] == 0.20
+    rows = {row["strategy"]: row for row in result["rows"]}
+    assert sorted(rows) == ["ddp", "fsdp"]
+    for row in rows.values():
+        assert len(row["measured_peak_per_process"]) == 2 and row["estimate"]["activations"] > 0
+        peak = max(row["measured_peak_per_process"])
+        assert abs(row["estimate"]["total"] - peak) <= 0.20 * peak, row
+    # sharding shows in the measurement too, not only in the estimate
+    assert max(rows["fsdp"]["measured_peak_per_process"]) < max(rows["ddp"]["measured_peak_per_process"])
+    assert rows["fsdp"]["estimate"]["params"] < rows["ddp"]["estimate"]["params"]

@@ -16,8 +16,10 @@ import pytest
 from dpo_exp.errors import UserError
 from dpo_exp.infra.sharding import DEEPSPEED_EXTRA, check_strategy, deepspeed_config, strategy
 from dpo_exp.infra.storage import read_jsonl
+from dpo_exp.infra.tracking import STEP_METRIC
 
 from .conftest import FAST_MODEL, FAST_TRAINER, compose, run_cli, shared_file
+from .wandb_records import history, offline_runs, run_record
 
 # ---------------------------------------------------------------- settings and refusals (no model, no processes)
 
@@ -77,7 +79,7 @@ def test_zero3_without_deepspeed_names_the_extra():
 @pytest.mark.parametrize(
     ("overrides", "world", "message"),
     [
-        (["distributed=fsdp"], 1, "shards the model across processes, but this run has one"),
+        (["distributed=fsdp"], 1, "shards the model across processes, but this run has one and no launcher"),
         (["distributed=fsdp", "method=rloo"], 2, "method=rloo cannot run with distributed=fsdp"),
         (["distributed=fsdp", "on_nonfinite=skip"], 2, "on_nonfinite=skip cannot run with"),
         (["distributed=fsdp_offload"], 2, "distributed=fsdp_offload needs a GPU, but this run's device is cpu"),
@@ -131,7 +133,7 @@ main()
 """
 
 
-def _args(data: Path, run_dir: Path, distributed: str) -> list[str]:
+def _args(data: Path, run_dir: Path, distributed: str, logger: tuple[str, ...] = ("logger=none",)) -> list[str]:
     return [
         *FAST_MODEL,
         "model.tiny.n_layer=2",
@@ -152,10 +154,13 @@ def _args(data: Path, run_dir: Path, distributed: str) -> list[str]:
         "eval.max_new_tokens=4",
         "eval.best_of_n=[1]",
         "eval/reward=vader",
-        "logger=none",
+        *logger,
         f"distributed={distributed}",
         f"hydra.run.dir={run_dir}",
     ]
+
+
+WANDB_OFFLINE = ("logger=wandb", "logger.mode=offline")  # never prompts, never reaches the network
 
 
 def _launch(cwd: Path, target: list[str], args: list[str]) -> subprocess.CompletedProcess:
@@ -166,8 +171,8 @@ def _launch(cwd: Path, target: list[str], args: list[str]) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def fsdp_and_ddp(tmp_path_factory) -> tuple[Path, Path]:
-    """The same 2-process run under DDP and under FSDP; the FSDP one killed (SIGKILL, every process) after step 3,
-    then resumed by the same command from its checkpoint at step 2."""
+    """The same 2-process run under DDP and under FSDP; the FSDP one, logging to W&B offline, killed (SIGKILL, every
+    process) after step 3, then resumed by the same command from its checkpoint at step 2."""
     ultrafeedback_file = shared_file("ultrafeedback/sample.jsonl")
     cwd = tmp_path_factory.mktemp("sharded")
     ddp, fsdp = cwd / "ddp", cwd / "fsdp"
@@ -175,13 +180,19 @@ def fsdp_and_ddp(tmp_path_factory) -> tuple[Path, Path]:
     assert done.returncode == 0, done.stderr[-3000:]
     script = cwd / "killing.py"
     script.write_text(KILLING)
-    killed = _launch(cwd, [str(script)], _args(ultrafeedback_file, fsdp, "fsdp"))
+    fsdp_args = _args(ultrafeedback_file, fsdp, "fsdp", WANDB_OFFLINE)
+    killed = _launch(cwd, [str(script)], fsdp_args)
     assert killed.returncode != 0 and str(signal.SIGKILL.value) in killed.stderr + killed.stdout
     assert json.loads((fsdp / "summary.json").read_text())["status"] == "running"  # died without a word
-    resumed = _launch(cwd, ["-m", "dpo_exp"], _args(ultrafeedback_file, fsdp, "fsdp"))
+    resumed = _launch(cwd, ["-m", "dpo_exp"], fsdp_args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count("[dpo_exp] completed") == 1
     return ddp, fsdp
+
+
+def _wandb_train_steps(offline_run: Path) -> list[int]:
+    """The train/global_step of each train/loss row of a W&B offline run, as W&B's own reader returns them."""
+    return [int(row[STEP_METRIC]) for row in history(offline_run) if "train/loss" in row]
 
 
 def _train_losses(run_dir: Path) -> dict[int, float]:
@@ -207,6 +218,27 @@ def test_fsdp_run_resumes_after_a_kill_and_matches_ddp(fsdp_and_ddp):
         assert abs(fsdp_losses[step] - loss) <= TOLERANCE, (step, fsdp_losses[step], loss)
     ddp_summary = json.loads((ddp / "summary.json").read_text())
     assert abs(summary["eval_loss"] - ddp_summary["eval_loss"]) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_fsdp_kill_and_resume_logs_each_step_to_wandb_once_from_process_0(fsdp_and_ddp):
+    """One W&B run (process 0 only: one offline folder per attempt, both of the run's id); no train/global_step twice
+    across the kill and the resume, and the resumed attempt logs every step after the checkpoint. What a SIGKILLed
+    offline attempt holds is what W&B's local service had written when it died (its buffered records are lost with
+    it; online, the server keeps what it received): whatever it holds, the resume does not log it again."""
+    _, fsdp = fsdp_and_ddp
+    summary = json.loads((fsdp / "summary.json").read_text())
+    attempts = offline_runs(fsdp)
+    assert len(attempts) == 2, attempts  # the killed attempt's and the resumed one's; none from process 1
+    assert all(run.name.endswith(f"-{summary['wandb_id']}") for run in attempts)  # one W&B run, two attempts
+    assert run_record(attempts[-1])["run_id"] == summary["wandb_id"]  # the resumed attempt continues it
+    killed, resumed = (_wandb_train_steps(run) for run in attempts)
+    assert set(killed) <= {1, 2, 3}  # the kill came right after step 3
+    logged = killed + resumed
+    assert len(logged) == len(set(logged)), (killed, resumed)  # each step once across the resume
+    steps = PAIRS // (PROCESSES * PER_DEVICE)
+    assert resumed == [s for s in range(3, steps + 1) if s not in killed]  # step 3 replayed from checkpoint 2
+    assert summary["wandb_step"] == steps  # what the W&B run holds now, for a later rerun
 
 
 @pytest.mark.slow
@@ -277,8 +309,10 @@ def test_docs_memory_table_is_the_estimators_output():
 
 
 @pytest.mark.slow
-def test_submitit_two_tasks_train_one_fsdp_run(tmp_path, ultrafeedback_file):
-    """The same strategy launched as a submitit job of 2 tasks (what Slurm runs): one sharded run of 2 processes."""
+def test_a_sweep_over_distributed_runs_each_strategy_as_a_submitit_job_of_2_tasks(tmp_path, ultrafeedback_file):
+    """`-m distributed=ddp,fsdp` through submitit with 2 tasks per job (what Slurm runs): the sweep composes, each
+    job is one run of 2 processes under its strategy, recorded in its run folder; the fsdp job holds half the
+    parameters per process and saves one consolidated model."""
     from transformers import AutoModelForCausalLM
 
     args = [
@@ -295,18 +329,24 @@ def test_submitit_two_tasks_train_one_fsdp_run(tmp_path, ultrafeedback_file):
         "epochs=1",
         "eval.enabled=false",
         "logger=none",
-        "distributed=fsdp",
-        "hydra.sweep.dir=multirun/fsdp",
+        "distributed=ddp,fsdp",
+        "hydra.sweep.dir=multirun/strategies",
     ]
     proc = run_cli(args, tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "multirun" / "fsdp" / "0"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    assert summary["distributed"]["strategy"] == "fsdp" and summary["distributed"]["world_size"] == 2
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    sweep = tmp_path / "multirun" / "strategies"
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1"]  # one run per strategy
+    held = {}
+    for job, name in (("0", "ddp"), ("1", "fsdp")):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["sweep"] == {"distributed": name}
+        recorded = summary["distributed"]
+        assert (recorded["strategy"], recorded["world_size"], recorded["sharded"]) == (name, 2, name == "fsdp")
+        assert summary["num_processes"] == 2
+        held[name] = recorded["param_bytes_per_process"]
+    model = AutoModelForCausalLM.from_pretrained(sweep / "1" / "model")
     whole = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert summary["distributed"]["param_bytes_per_process"] == pytest.approx(whole / 2, rel=0.01)
+    assert held["ddp"] == whole and held["fsdp"] == pytest.approx(whole / 2, rel=0.01)
 
 
 def _guard_on_two_processes(rank: int, port: int, out: str) -> None:

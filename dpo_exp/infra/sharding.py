@@ -10,6 +10,7 @@ strategy's name.
 from __future__ import annotations
 
 import importlib.util
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,9 +108,10 @@ def deepspeed_config(chosen: Strategy) -> dict[str, Any]:
     return config
 
 
-def check_strategy(cfg: Any, world_size: int, method: str, device: str) -> Strategy:
+def check_strategy(cfg: Any, world_size: int, method: str, device: str, launched: bool | None = None) -> Strategy:
     """The run's strategy, refused (one line, before any model loads) where this run (`world_size` processes,
-    `method`, on `device`) cannot use it."""
+    `method`, on `device`; `launched`: started by torchrun, accelerate launch or submitit tasks, which set
+    LOCAL_RANK) cannot use it."""
     chosen = strategy(cfg)
     if not chosen.sharded:
         return chosen
@@ -121,11 +123,14 @@ def check_strategy(cfg: Any, world_size: int, method: str, device: str) -> Strat
     if device == "cpu" and (chosen.cpu_offload or chosen.backend == "deepspeed"):
         # torch's CPU offload moves shards between an accelerator and the host; DeepSpeed's engine needs GPUs
         raise UserError(f"{name} needs a GPU, but this run's device is cpu; on CPU use distributed=fsdp")
-    if world_size < 2:
-        # accelerate turns FSDP on only inside a launched process group; one process would hold the whole model anyway
+    launched = bool(os.environ.get("LOCAL_RANK")) if launched is None else launched
+    if world_size < 2 and not launched:
+        # accelerate turns FSDP/DeepSpeed on only inside a launched process group (one process is one too: a single
+        # device, e.g. to offload); a plain `python -m dpo_exp` would train unsharded
         raise UserError(
-            f"{name} shards the model across processes, but this run has one: launch it with "
-            f"torchrun --nproc_per_node N (N >= 2), accelerate launch or submitit tasks, or use distributed=ddp"
+            f"{name} shards the model across processes, but this run has one and no launcher: launch it with "
+            f"torchrun --nproc_per_node N (N = 1 on one device), accelerate launch or submitit tasks, "
+            f"or use distributed=ddp"
         )
     if method != "dpo":
         raise UserError(

@@ -22,8 +22,9 @@ that cannot fit is refused before anything loads, and `train.auto_batch` can pic
 
 Modules: estimate (`Batch`, `MemoryEstimate`, `estimate`, activations per token slot), shapes (parameter counts
 from a config's shapes, or a meta-device build), fit (what fits a device: `fits`, `largest_budget`,
-`what_would_fit`, `device_memory_bytes`), measure (`saved_activation_bytes`, the measurement the estimate is
-checked against). The run's own check (log, refuse, `train.auto_batch`) is dpo_exp.memory_check.
+`what_would_fit`, `device_memory_bytes`), measure (what the estimate is checked
+against: `saved_activation_bytes`, the activations; `peak_tensor_bytes`, the peak of whole training steps,
+benchmarks/bench_memory_check.py). The run's own check (log, refuse, `train.auto_batch`) is dpo_exp.memory_check.
 """
 
 from .estimate import (
@@ -38,7 +39,7 @@ from .estimate import (
     estimate,
 )
 from .fit import HEADROOM, device_memory_bytes, fits, largest_budget, what_would_fit
-from .measure import saved_activation_bytes
+from .measure import peak_tensor_bytes, saved_activation_bytes
 from .shapes import count_parameters, linear_layers, mlp_kind
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "largest_budget",
     "linear_layers",
     "mlp_kind",
+    "peak_tensor_bytes",
     "saved_activation_bytes",
     "what_would_fit",
 ]

@@ -23,3 +23,29 @@ def saved_activation_bytes(run: Any, model: Any = None) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         run()
     return sum(sizes.values())
+
+
+def peak_tensor_bytes(run: Any, *external: Any) -> dict[str, int]:
+    """Peak bytes of tensor storage alive while `run()` executes, per device (`{"cpu": ...}`): torch's MemTracker (a
+    TorchDispatchMode that counts every storage an op creates until it is freed, DTensor shards by their local part,
+    FSDP's freed unsharded parameters by their resized storage). `external` (modules, optimizers, tensors made before)
+    are counted from the start. A measurement of whole training steps to check `estimate`'s total against where the
+    device has no allocator statistics (CPU)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class StepsTracker(MemTracker):
+        """MemTracker over several training steps: its per-module statistics (unused here) restart when the root
+        module runs again (MemTracker itself refuses a second iteration); the peak per device is kept."""
+
+        def _pre_fw_hook(self, module: Any, inputs: Any) -> None:
+            name = self._mod_tracker.get_known_fqn(module)
+            again = module in self.memory_tracking and not self._mod_tracker.is_bw
+            if again and set(self._mod_tracker.parents) - {name} == {"Global"}:
+                self.reset_mod_stats()
+            super()._pre_fw_hook(module, inputs)
+
+    tracker = StepsTracker()
+    tracker.track_external(*external)
+    with tracker:
+        run()
+    return {str(device): int(parts["Total"]) for device, parts in tracker.get_tracker_snapshot("peak").items()}
