@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -283,6 +285,36 @@ def run_probed(args: list[str], tmp_path: Path):
     return proc, set(modules_file.read_text(encoding="utf-8").split())
 
 
+@pytest.fixture(scope="module")
+def zygote():
+    """tests/cli_zygote.py: forks a child per CLI check from one process that has imported what every run imports
+    (never a model's code: checked here), so each case costs its validation, not the interpreter's start."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("cli_zygote.py"))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    preloaded = set(json.loads(proc.stdout.readline())["ready"])
+    assert not preloaded & MODEL_MODULES, sorted(preloaded & MODEL_MODULES)
+    yield proc
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def run_forked(zygote, args: list[str], tmp_path: Path):
+    """`python -m dpo_exp args` in `tmp_path`, forked from the zygote: (CompletedProcess, the modules it imported)."""
+    files = {name: str(tmp_path / f"cli.{name}") for name in ("stdout", "stderr", "modules")}
+    env = {"DPO_EXP_CACHE": str(tmp_path / ".cache"), "PYTHONUNBUFFERED": "1"}
+    request = {"module": "dpo_exp", "args": args, "cwd": str(tmp_path), "env": env, **files}
+    zygote.stdin.write(json.dumps(request) + "\n")
+    zygote.stdin.flush()
+    code = json.loads(zygote.stdout.readline())["returncode"]
+    out, err = (Path(files[name]).read_text(encoding="utf-8") for name in ("stdout", "stderr"))
+    proc = subprocess.CompletedProcess(["python", "-m", "dpo_exp", *args], code, out, err)
+    return proc, set(Path(files["modules"]).read_text(encoding="utf-8").split())
+
+
 def assert_clean_error(proc, needles: list[str], imported: set[str] | None = None, allowed: set[str] = frozenset()):
     """Exit 2, exactly one `error:` line (the last one) containing every needle, no traceback, no model imported."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -298,9 +330,9 @@ def assert_clean_error(proc, needles: list[str], imported: set[str] | None = Non
 
 
 @pytest.mark.parametrize("name,make,overrides,needles", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line_before_any_model(tmp_path, name, make, overrides, needles):
+def test_bad_input_is_one_clear_line_before_any_model(zygote, tmp_path, name, make, overrides, needles):
     path = make(tmp_path)
-    proc, imported = run_probed([*base_args(path, tmp_path), *overrides], tmp_path)
+    proc, imported = run_forked(zygote, [*base_args(path, tmp_path), *overrides], tmp_path)
     # Dotted LoRA names are checked on a weightless meta-device GPT-2, which needs GPT-2's modeling code.
     allowed = {"transformers.models.gpt2.modeling_gpt2"} if any("." in o for o in overrides if "lora" in o) else set()
     assert_clean_error(proc, needles, imported, allowed)
