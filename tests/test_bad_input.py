@@ -338,27 +338,29 @@ def test_bad_input_is_one_clear_line_before_any_model(zygote, tmp_path, name, ma
     assert_clean_error(proc, needles, imported, allowed)
 
 
-def test_data_size_error_says_how_many_are_available(tmp_path):
+def test_data_size_error_says_how_many_are_available(zygote, tmp_path):
     """12 rows, 1 tie dropped -> 11 pairs; 10% held out for eval -> 10 available for training."""
     rows = sample_rows()
     ties = sum(r["metadata"]["score_chosen"] == r["metadata"]["score_rejected"] for r in rows)
     path = write_jsonl(tmp_path / "d.jsonl", [{**flat([r])[0], **r["metadata"]} for r in rows])
-    proc, imported = run_probed(
-        [*base_args(path, tmp_path), "data_size=99", "trainer.max_length=1024", "model.tiny.n_positions=1024"], tmp_path
+    proc, imported = run_forked(
+        zygote,
+        [*base_args(path, tmp_path), "data_size=99", "trainer.max_length=1024", "model.tiny.n_positions=1024"],
+        tmp_path,
     )
     pairs = len(rows) - ties
     available = pairs - max(1, round(pairs * 0.1))
     assert_clean_error(proc, [f"only {available} training pairs are available", f"from {len(rows)} rows"], imported)
 
 
-def test_unknown_group_option_uses_hydras_message(tmp_path):
-    proc = run_cli(["dataset=no_such_dataset", "logger=none"], tmp_path, timeout=60)
+def test_unknown_group_option_uses_hydras_message(zygote, tmp_path):
+    proc, _ = run_forked(zygote, ["dataset=no_such_dataset", "logger=none"], tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'dataset/no_such_dataset'" in proc.stderr and "ultrafeedback" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_hh_rlhf_with_non_text_dialogue_names_the_column(tmp_path, hh_file):
+def test_hh_rlhf_with_non_text_dialogue_names_the_column(zygote, tmp_path, hh_file):
     with hh_file.open(encoding="utf-8") as handle:
         rows = [json.loads(next(handle)) for _ in range(6)]
     rows[4]["rejected"] = ["not", "a", "dialogue"]
@@ -371,11 +373,11 @@ def test_hh_rlhf_with_non_text_dialogue_names_the_column(tmp_path, hh_file):
         "logger=none",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    proc, imported = run_probed(args, tmp_path)
+    proc, imported = run_forked(zygote, args, tmp_path)
     assert_clean_error(proc, imported=imported, needles=["hh.jsonl line 5: column 'rejected' must be text, got list"])
 
 
-def test_ultrafeedback_non_numeric_score_names_the_line(tmp_path):
+def test_ultrafeedback_non_numeric_score_names_the_line(zygote, tmp_path):
     rows = sample_rows()
     rows[6]["metadata"]["score_chosen"] = "high"
     path = write_jsonl(tmp_path / "uf.jsonl", rows)
@@ -387,12 +389,12 @@ def test_ultrafeedback_non_numeric_score_names_the_line(tmp_path):
         "logger=none",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    proc, imported = run_probed(args, tmp_path)
+    proc, imported = run_forked(zygote, args, tmp_path)
     needle = "uf.jsonl line 7: column 'score_chosen' must be a number, got 'high'"
     assert_clean_error(proc, imported=imported, needles=[needle])
 
 
-def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
+def test_imdb_labels_outside_0_1_are_rejected(zygote, tmp_path):
     pytest.importorskip("dpo_exp.data.imdb")
     rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
     rows[5]["label"] = 3
@@ -406,11 +408,11 @@ def test_imdb_labels_outside_0_1_are_rejected(tmp_path):
         "reward=vader",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    proc, imported = run_probed(args, tmp_path)
+    proc, imported = run_forked(zygote, args, tmp_path)
     assert_clean_error(proc, ["imdb.jsonl", "'label'", "got 3"], imported)
 
 
-def test_imdb_with_one_sample_per_prompt_is_caught_in_validation(tmp_path):
+def test_imdb_with_one_sample_per_prompt_is_caught_in_validation(zygote, tmp_path):
     rows = [{"text": f"This film was fine number {i}, really.", "label": i % 2} for i in range(20)]
     path = write_jsonl(tmp_path / "imdb.jsonl", rows)
     args = [
@@ -423,17 +425,17 @@ def test_imdb_with_one_sample_per_prompt_is_caught_in_validation(tmp_path):
         "generation.num_samples=1",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    proc, imported = run_probed(args, tmp_path)
+    proc, imported = run_forked(zygote, args, tmp_path)
     assert_clean_error(proc, ["generation.num_samples=1", "needs >= 2 samples per prompt"], imported)
 
 
-def test_unwritable_output_folder_is_one_line(tmp_path):
+def test_unwritable_output_folder_is_one_line(zygote, tmp_path):
     """A run folder under a regular file cannot be created (for root too): Hydra's mkdir never runs."""
     (tmp_path / "a_file").write_text("x", encoding="utf-8")
     args = [*FAST_MODEL, "logger=none", f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"]
-    proc = run_cli(args, tmp_path, timeout=120)
+    proc, _ = run_forked(zygote, args, tmp_path)
     assert_clean_error(proc, ["hydra.run.dir=", "cannot be used as the output folder"])
-    sweep = run_cli(["-m", *args[:-1], f"hydra.sweep.dir={tmp_path / 'a_file' / 'sweep'}"], tmp_path, timeout=120)
+    sweep, _ = run_forked(zygote, ["-m", *args[:-1], f"hydra.sweep.dir={tmp_path / 'a_file' / 'sweep'}"], tmp_path)
     assert_clean_error(sweep, ["hydra.sweep.dir=", "cannot be used as the output folder"])
 
 
@@ -448,10 +450,10 @@ def test_unwritable_output_folder_is_one_line(tmp_path):
     ],
     ids=["dataset", "model"],
 )
-def test_hub_defaults_offline_are_one_line_naming_the_local_alternative(tmp_path, overrides, needles):
+def test_hub_defaults_offline_are_one_line_naming_the_local_alternative(zygote, tmp_path, overrides, needles):
     """The default hub dataset / model with the offline flags (conftest sets them): one line, no traceback."""
     args = [*overrides, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc, imported = run_probed(args, tmp_path)
+    proc, imported = run_forked(zygote, args, tmp_path)
     assert_clean_error(proc, needles, imported)
 
 
