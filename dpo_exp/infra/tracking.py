@@ -125,6 +125,10 @@ class WandbTracker(Tracker):
         if not self.resumed:
             return
         held = int(logged_step or 0)
+        if self.mode == "offline":  # a SIGKILLed attempt recorded no wandb_step: its own folder says what it holds
+            from .wandb_offline import offline_held_step
+
+            held = max(held, offline_held_step(self.run, STEP_METRIC))
         if self.mode == "online":
             try:
                 held = max(held, int(self.run.summary.get(STEP_METRIC) or 0))

@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..infra.storage import append_jsonl, fsync_file
+from ..infra.storage import append_jsonl, fsync_file, read_jsonl
 from ..infra.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,22 @@ class MetricsRecorder(TrainerCallback):
             metrics = logs
         row = {"split": split, "step": state.global_step, "epoch": state.epoch, **metrics}
         append_jsonl(self.path, row, fsync=split != "train")
+        self._track(split, state.global_step, metrics)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run hands the tracker the rows up to its checkpoint again: the tracker drops the steps its W&B
+        run already holds (`Tracker.skip_replayed_steps`) and logs the rest, e.g. the steps of a SIGKILLed offline
+        attempt whose W&B service died with its buffered records (metrics.jsonl kept them)."""
+        if state.global_step == 0 or not state.is_world_process_zero or not self.path.exists():
+            return
+        for row in read_jsonl(self.path):
+            if row.get("split") in ("train", "eval") and int(row.get("step") or 0) <= state.global_step:
+                self._track(row["split"], row["step"], {k: v for k, v in row.items() if k not in ("split", "step")})
+
+    def _track(self, split: str, step: int, metrics: dict[str, Any]) -> None:
         prefix = {"train": "train/", "eval": "eval/", "final": "train/"}[split]
         self.tracker.log(
-            {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            | {"train/global_step": state.global_step}
+            {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"train/global_step": step}
         )
 
     def on_save(self, args, state, control, **kwargs):
