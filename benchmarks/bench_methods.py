@@ -161,7 +161,7 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
-        setting = " ".join(f"{k}={v}" for k, v in (r.get("sweep") or {}).items()) + (
+        setting = " ".join(f"{k}={v}" for k, v in (r.get("sweep") or {}).items() if k != "method") + (
             f" round {r['round']}" if r.get("round") else ""
         )
         lines.append(
