@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadfile --timeout=1500 --durations=25   # two workers; module fixtures shared per file; the 25 slowest listed
 
-.PHONY: install demo app lint test test-slow test-all docs docs-config docs-memory bench bench-effect bench-judge gpu-check gpu-profile clean
+.PHONY: install demo app lint test test-slow test-all docs docs-config docs-memory bench bench-effect bench-judge gpu-check gpu-profile gpu-kit clean
 
 install: $(VENV)/.installed
 
@@ -67,6 +67,9 @@ gpu-profile: install   # trl vs a hand-written floor vs dpo_exp on the same Ultr
 	else \
 		$(PY) benchmarks/gpu_profile.py --smoke; \
 	fi
+
+gpu-kit: install   # for a GPU machine without internet: wheels + data into .gpu_kit/ (~30 MiB); there: python3 benchmarks/gpu_kit.py run --out DIR
+	$(PY) benchmarks/gpu_kit.py pack
 
 bench-judge: install   # the trained-judge table of docs/results.md and frontiers on the preference samples: ~11 min on 2 cores
 	$(PY) benchmarks/bench_preference_judge.py

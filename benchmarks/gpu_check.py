@@ -23,7 +23,7 @@ Rows (each ok / FAIL / skip, seconds, what was seen):
 
 Without a GPU it says so and exits 0. `--smoke` runs the same rows on CPU at tiny scale in fp32: the script's own
 test (tests/test_gpu_check.py), which proves nothing about GPUs. Exit status 1 when a row fails. Results:
-benchmarks/results/gpu_check.json (GPU) or --out.
+benchmarks/results/gpu_check.json (GPU) or --out, rewritten after each row (a timeout keeps what finished).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_check.json"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+OFFLINE["HYDRA_FULL_ERROR"] = "1"  # a failing run's last stderr line (the row's detail) is then its exception
 
 
 @dataclass
@@ -137,9 +139,17 @@ def run_dpo(scale: Scale, run_dir: Path, extra: list[str], launcher: list[str] |
         text=True,
         timeout=scale.timeout_s,
     )
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    expect(proc.returncode == 0, f"exit {proc.returncode}: {lines[-1] if lines else 'no output'}")
+    expect(proc.returncode == 0, f"exit {proc.returncode}: {failure_line(proc.stderr)}")
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def failure_line(stderr: str) -> str:
+    """The exception a failed run ended with: its last `...Error: ...` line, a launched process's own (`[rank0]: ...`)
+    ahead of torchrun's ChildFailedError summary; else its last line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    raised = [line for line in lines if re.search(r"\w(Error|Exception)\b.*:", line)]
+    ranked = [line for line in raised if line.startswith("[rank")]
+    return (ranked or raised or lines or ["no output"])[-1]
 
 
 def saved_dtypes(path: Path) -> set[str]:
@@ -272,8 +282,9 @@ ROWS: list[tuple[str, Callable[[Scale, Path], str]]] = [
 ]
 
 
-def run_rows(scale: Scale, work: Path) -> list[dict]:
-    results = []
+def run_rows(scale: Scale, work: Path, written: Callable[[list[dict]], None]) -> list[dict]:
+    """Every row in turn; `written` gets the rows so far after each one (so a timeout keeps what finished)."""
+    results: list[dict] = []
     for name, check in ROWS:
         start = time.perf_counter()
         try:
@@ -284,6 +295,7 @@ def run_rows(scale: Scale, work: Path) -> list[dict]:
             detail, ok = f"{type(exc).__name__}: {exc}", False
         results.append({"check": name, "ok": ok, "seconds": round(time.perf_counter() - start, 1), "detail": detail})
         print(f"  {shown(ok):4} {name} ({results[-1]['seconds']:.0f} s)", flush=True)
+        written(results)
     return results
 
 
@@ -313,19 +325,23 @@ def main() -> int:
     scale = SMOKE if args.smoke else gpu_scale(resolve_precision("auto", "cuda"))
     gpu = torch.cuda.get_device_name() if scale.device == "cuda" else None
     print(f"GPU check on {gpu or 'CPU (--smoke: tiny model, fp32; says nothing about GPUs)'}:", flush=True)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
-        results = run_rows(scale, Path(tmp))
-    total = time.perf_counter() - start
-    print_table(results)
-    print(f"total {total:.0f} s")
     out = args.out or (None if args.smoke else RESULTS)
-    if out is not None:
-        import platform
+    import platform
 
-        record = {"gpu": gpu, "torch": torch.__version__, "platform": platform.platform(), "scale": asdict(scale)}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**record, "total_s": round(total, 1), "rows": results}, indent=2) + "\n")
+    record = {"gpu": gpu, "torch": torch.__version__, "platform": platform.platform(), "scale": asdict(scale)}
+    start = time.perf_counter()
+
+    def written(rows: list[dict]) -> None:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            total_s = round(time.perf_counter() - start, 1)
+            out.write_text(json.dumps({**record, "total_s": total_s, "rows": rows}, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        results = run_rows(scale, Path(tmp), written)
+    print_table(results)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if out is not None:
         print(f"written to {out}")
     return 0 if all(r["ok"] is not False for r in results) else 1  # a skipped row is not a failure
 

@@ -75,7 +75,9 @@ def test_zero3_row_without_deepspeed_is_skipped_not_failed(tmp_path, monkeypatch
     gpu_check = _gpu_check_module()
     (zero3,) = [row for row in gpu_check.ROWS if row[0].startswith("distributed=zero3")]
     monkeypatch.setattr(gpu_check, "ROWS", [zero3])
-    (result,) = gpu_check.run_rows(gpu_check.gpu_scale("bf16"), tmp_path)
+    seen: list[list[dict]] = []
+    (result,) = gpu_check.run_rows(gpu_check.gpu_scale("bf16"), tmp_path, lambda rows: seen.append(list(rows)))
+    assert seen == [[result]]  # the rows so far are handed on after each row (the JSON is rewritten as it goes)
     assert result["ok"] is None
     assert result["detail"] == "skipped: deepspeed not installed (pip install 'dpo_exp[deepspeed]')"
 
@@ -94,3 +96,19 @@ def test_sharded_rows_launch_one_process_the_way_dpo_exp_accepts():
     assert check_strategy(cfg, 1, "dpo", "cpu", launched=True).name == "fsdp"
     with pytest.raises(UserError, match="has one and no launcher"):
         check_strategy(cfg, 1, "dpo", "cpu", launched=False)
+
+
+def test_a_failed_rows_detail_is_the_exception_the_run_ended_with():
+    """A row's FAIL detail names the run's exception: a launched process's own under torchrun (not torchrun's
+    summary after it), else the last `...Error: ...` line of a plain run's traceback."""
+    gpu_check = _gpu_check_module()
+    torchrun = (
+        "Error executing job with overrides: ['distributed=fsdp']\n[rank0]: Traceback (most recent call last):\n"
+        "[rank0]: ValueError: Kernels are not available.\nTraceback (most recent call last):\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "============================================================\n"
+    )
+    assert gpu_check.failure_line(torchrun) == "[rank0]: ValueError: Kernels are not available."
+    plain = "Traceback (most recent call last):\n  File 'x.py'\nModuleNotFoundError: No module named 'narwhals'\n"
+    assert gpu_check.failure_line(plain) == "ModuleNotFoundError: No module named 'narwhals'"
+    assert gpu_check.failure_line("") == "no output"
