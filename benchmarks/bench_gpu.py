@@ -3,16 +3,18 @@
     python benchmarks/bench_gpu.py [--quick] [--steps 20] [--batch 16] [--max-length 512] [--precompute]
 
 On a GPU: a gpt2-medium-shaped GPT-2 (24 layers, width 1024, 16 heads, 355 M parameters; random weights, since
-the hub is not reachable here; throughput does not depend on the weights), bf16 (the project's `train.precision: auto`
-on a bf16 GPU: bf16 weights and autocast), the project's `build_trainer` on UltraFeedback pairs. Without a GPU the
-same script runs the tiny GPT-2 (2 layers, width 64) on CPU and says so.
+the hub is not reachable here; throughput does not depend on the weights), bf16 autocast over fp32 master weights
+(the project's `train.precision: auto` on a bf16 GPU; before 2026-12-07 this script built bf16 weights), the
+project's `build_trainer` on UltraFeedback pairs. Without a GPU the same script runs the tiny GPT-2 (2 layers,
+width 64) on CPU and says so.
 
 MFU = achieved model FLOP/s / the device's peak dense FLOP/s. Model FLOPs per trained token: 6 N (forward +
 backward of the policy, N = parameters incl. the LM head) + 12 L d T (attention scores, T = mean sequence
-length), plus 2 N + 4 L d T for the reference forward when it is not precomputed. Peak: the datasheet dense bf16
-figure for known GPUs (H100 SXM 989 TFLOP/s, H100 PCIe 756, H200 989, A100 312) or `--peak-tflops`; on CPU the
-fp32 matmul rate measured on the spot (so the CPU "MFU" is relative to what this machine's BLAS reaches).
-Target on an H100 in bf16: MFU >= 40 %. Results: benchmarks/results/gpu.json.
+length), plus 2 N + 4 L d T for the reference forward when it is not precomputed. Tokens per step are the
+dataset's mean (benchmarks/gpu_profile.py, the fuller comparison, counts the timed batches' own). Peak: the
+datasheet dense bf16 figure for known GPUs (H100 SXM 989 TFLOP/s, H100 PCIe 756, H200 989, A100 312) or
+`--peak-tflops`; on CPU the fp32 matmul rate measured on the spot (so the CPU "MFU" is relative to what this
+machine's BLAS reaches). Target on an H100 in bf16: MFU >= 40 %. Results: benchmarks/results/gpu.json.
 """
 
 from __future__ import annotations
@@ -106,9 +108,8 @@ def main() -> None:
     pairs = load_pairs(tokenizer, n_pairs, max_length)
     while len(pairs) < n_pairs:  # few pairs fit: cycle them
         pairs += pairs[: n_pairs - len(pairs)]
-    model = build_model(
-        OmegaConf.create({"tiny": shape}), seed=0, precision="fp32" if not gpu else precision, device=device
-    )
+    # fp32 master weights, as a user's run holds them (`precision` is the trainer's autocast below)
+    model = build_model(OmegaConf.create({"tiny": shape}), seed=0, precision="fp32", device=device)
     n_params = sum(p.numel() for p in model.parameters())  # tied LM head counted once: it is one matmul each way
 
     ns = argparse.Namespace(beta=0.1, lr=1e-5, epochs=1, max_length=max_length, batch=batch, seed=0)

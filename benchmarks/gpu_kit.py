@@ -61,8 +61,11 @@ CARRIED = (
 DEEPSPEED = ("deepspeed==0.19.8", "hjson==3.1.0")
 DEEPSPEED_NEEDS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
 IMPORTS = "import trl, datasets, hydra, peft, dpo_exp.__main__, dpo_exp.training.trainer, dpo_exp.pipeline"  # what the benchmarks load
-STEPS = {  # name -> (script, its arguments given the output folder)
-    "profile": ("gpu_profile.py", lambda out: ["--out", str(out)]),
+FIT = ["--contenders", "dpo_exp", "--batch", "64", "--gradient-checkpointing", "--warmup", "1", "--steps", "3"]
+STEPS = {  # name -> (script, its arguments given the output folder), in their default order
+    "profile": ("gpu_profile.py", lambda out: ["--timeout", "170", "--out", str(out)]),  # 170 s per contender
+    # issue 29's 64 pairs of up to 512 tokens, with the gradient checkpointing the estimate asks for on 80 GB
+    "fit": ("gpu_profile.py", lambda out: [*FIT, "--out", str(out / "fit")]),
     "check": ("gpu_check.py", lambda out: ["--out", str(out / "gpu_check.json")]),
 }
 
@@ -156,16 +159,19 @@ def run(kit: Path, out: Path, only: list[str], budget: float, smoke: bool = Fals
 
     site = Path(tempfile.mkdtemp(prefix="gpu_kit_site_"))
     env = kit_environment(site, kit)
-    record["install"] = timed(install_command(kit, site), env, out / "install.log", 300)
+    record["install"] = timed(install_command(kit, site), env, out / "setup.log", 300)
     probe = (
         f"{IMPORTS}; import torch, transformers; print(torch.__version__, transformers.__version__, trl.__version__,"
     )
     probe += " torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
     record["imports"] = timed([sys.executable, "-c", probe], env, out / "imports.log", 120)
     record["versions"] = (out / "imports.log").read_text().strip().splitlines()[-1:]
+    with (out / "setup.log").open("a") as setup:  # one setup log (install, then imports) beside the steps' logs
+        setup.write((out / "imports.log").read_text())
+    (out / "imports.log").unlink()
     save()
     if record["install"]["exit"] != 0 or record["imports"]["exit"] != 0:
-        print(f"error: the kit does not load here: see {out}/install.log and {out}/imports.log", file=sys.stderr)
+        print(f"error: the kit does not load here: see {out}/setup.log", file=sys.stderr)
         return 1
     for name in only:
         script, arguments = STEPS[name]
@@ -192,7 +198,7 @@ def main() -> int:
         help="pip platform tags of the GPU machine (repeatable; default: manylinux x86-64 tags 2014 to 2_28)",
     )
     running.add_argument("--out", type=Path, required=True, help="where the JSON files and logs go")
-    running.add_argument("--only", default="profile,check", help="steps, in order: profile, check")
+    running.add_argument("--only", default=",".join(STEPS), help=f"steps, in order: {', '.join(STEPS)}")
     running.add_argument("--budget", type=float, default=560, help="seconds for all steps together")
     running.add_argument("--smoke", action="store_true", help="each step at its tiny CPU scale (tests the kit)")
     args = parser.parse_args()

@@ -14,14 +14,18 @@ length-grouped once with dpo_exp's sampler, then fed sequentially to everyone):
   bf16 autocast, sync-free step, fused GELU on CUDA).
 
 Per contender: `tokens_per_s` (real, non-padding tokens of the timed steps / their wall time, the device
-synchronised at both ends only), `mfu` = tokens_per_s x FLOPs per token / peak, with FLOPs per token = 6 N + 12 L d
-T (policy forward + backward: N parameters counted once with the tied LM head, L layers, width d, T the mean
-sequence length of the batches; the reference is precomputed, so it costs nothing per step), peak = datasheet dense
-bf16 (H100/H200 989 TFLOP/s) or, on CPU, the fp32 matmul rate measured on the spot; `peak_memory_bytes`
-(torch.cuda.max_memory_allocated; on CPU the process's peak resident memory); `syncs_per_step` (host reads of device
-values counted below the dispatcher over 2 steps: dpo_exp.throughput.HostSyncCounter); `busy_share` (device
-kernel time / wall time over 2 profiled steps, torch.profiler) and `top_kernels`. The JSON is rewritten after each
-contender, so a timeout keeps what finished. `--smoke`: a 2-layer GPT-2 and 3 steps (on CPU without a GPU).
+synchronised at both ends only), `mfu` = tokens_per_s x FLOPs per token / peak, with FLOPs per token = 6 N + 12 L d T
+(policy forward + backward, recomputation under gradient checkpointing not counted: N parameters counted once with
+the tied LM head, L layers, width d, T the timed rows' length weighted by length, sum T^2 / sum T; the reference is
+precomputed, so it costs nothing per step), peak = datasheet dense bf16 (H100/H200 989 TFLOP/s) or, on CPU, the fp32
+matmul rate measured on the spot; `peak_memory_bytes` (torch.cuda.max_memory_allocated; on CPU the process's peak
+resident memory); `syncs_per_step` over 2 steps (on CUDA the synchronising operations CUDA's sync debug mode reports,
+which include those inside ops such as boolean-mask indexing, with `value_reads_per_step` the host's value reads
+counted below the dispatcher by dpo_exp.throughput.HostSyncCounter, the only count on CPU); `busy_share` (device
+kernel time / wall time over 2 profiled steps, torch.profiler's kernel events only) and `top_kernels`; for dpo_exp,
+`memory_estimate_bytes` (dpo_exp.memory's estimate for the longest batch run) beside the measured peak. The JSON is
+rewritten after each contender, so a timeout keeps what finished. `--smoke`: a 2-layer GPT-2 and 3 steps (on CPU
+without a GPU). `--batch 64 --gradient-checkpointing --contenders dpo_exp`: issue 29's 64 pairs (gpu_kit's fit step).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def settings(args) -> dict:
         "warmup": 1 if smoke else args.warmup,
         "steps": 2 if smoke else args.steps,
         "compile": gpu and not smoke,
+        "gradient_checkpointing": args.gradient_checkpointing,  # dpo_exp's contender only (the 64-pair fit)
     }
 
 
@@ -98,6 +103,17 @@ def build_model(s: dict):
     return build(OmegaConf.create({"tiny": s["shape"]}), seed=0, precision="fp32", device=s["device"])
 
 
+def parameter_count(s: dict) -> int:
+    """The policy's parameters from its config (the tied LM head once: it is one matmul each way); no model built."""
+    from omegaconf import OmegaConf
+
+    from dpo_exp.memory import count_parameters
+    from dpo_exp.models import offline_gpt2_tokenizer
+    from dpo_exp.models.tiny import tiny_config
+
+    return count_parameters(tiny_config(OmegaConf.create(s["shape"]), offline_gpt2_tokenizer()))[0]
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -114,19 +130,27 @@ def profile_window(device: str, run_steps) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    synchronize(device)
-    start = time.perf_counter()
     with profile(activities=activities) as prof:
+        synchronize(device)  # the window opens once the profiler runs (its start-up is not the steps' time)
+        start = time.perf_counter()
         run_steps()
         synchronize(device)
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
+    return profile_summary(prof, wall, device)
+
+
+def profile_summary(prof, wall: float, device: str) -> dict:
+    """busy_share = the device's kernel time / the window's wall time, and the top kernels. Only the device's own
+    kernel events count: a CPU op's event also carries the time of the kernels it launched (counted twice else)."""
     events = prof.key_averages()
     if device == "cuda":
-        kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
-        busy = sum(e.self_device_time_total for e in kernels) / 1e6 / wall
+        from torch.autograd import DeviceType
+
+        kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+        kernels = [e for e in kernels if e.self_device_time_total > 0]
         top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:10]
         return {
-            "busy_share": busy,
+            "busy_share": sum(e.self_device_time_total for e in kernels) / 1e6 / wall,
             "profiled_seconds": wall,
             "top_kernels": [{"name": e.key[:120], "ms": e.self_device_time_total / 1e3, "calls": e.count} for e in top],
         }
@@ -136,6 +160,44 @@ def profile_window(device: str, run_steps) -> dict:
         "profiled_seconds": wall,
         "top_kernels": [{"name": e.key[:120], "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in top],
     }
+
+
+class SyncCount:
+    """Host syncs over the counted steps. dpo_exp's HostSyncCounter sees the host's reads of values (below the
+    dispatcher; on CPU the only count there is). On CUDA, CUDA's own sync debug mode also sees the syncs inside ops
+    (boolean-mask indexing's nonzero, a blocking copy to the device), which a dispatcher count misses: `syncs_per_step`
+    is that count there, `value_reads_per_step` the dispatcher's."""
+
+    def __init__(self, device: str):
+        from dpo_exp.throughput import HostSyncCounter
+
+        self.counter = HostSyncCounter(cpu=device == "cpu")
+        self.cuda = device == "cuda"
+        self.caught: list = []
+
+    def __enter__(self) -> SyncCount:
+        self.counter.__enter__()
+        if self.cuda:
+            import warnings
+
+            self._recording = warnings.catch_warnings(record=True)
+            self.caught = self._recording.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("default")
+            self._recording.__exit__(*exc)
+        self.counter.__exit__(*exc)
+
+    def per_step(self) -> dict:
+        reads = self.counter.count / COUNTED_STEPS
+        if not self.cuda:
+            return {"syncs_per_step": reads}
+        syncs = sum("synchronizing CUDA operation" in str(w.message) for w in self.caught)
+        return {"syncs_per_step": syncs / COUNTED_STEPS, "value_reads_per_step": reads}
 
 
 def peak_memory(device: str) -> int:
@@ -151,13 +213,11 @@ def run_trainer_windows(trainer, s: dict) -> dict:
     """Train warmup + timed + counted + profiled steps; callbacks mark the windows."""
     from transformers import TrainerCallback
 
-    from dpo_exp.throughput import HostSyncCounter
-
     device = s["device"]
     timed_end = s["warmup"] + s["steps"]
     count_end = timed_end + COUNTED_STEPS
     marks: dict[str, float] = {}
-    counter = HostSyncCounter(cpu=device == "cpu")
+    syncs = SyncCount(device)
     profiler_box: dict = {}
 
     class Windows(TrainerCallback):
@@ -169,43 +229,29 @@ def run_trainer_windows(trainer, s: dict) -> dict:
             if step == timed_end:
                 synchronize(device)
                 marks["end"] = time.perf_counter()
-                counter.__enter__()
+                syncs.__enter__()
             if step == count_end:
-                counter.__exit__(None, None, None)
+                syncs.__exit__(None, None, None)
                 from torch.profiler import ProfilerActivity, profile
 
                 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-                synchronize(device)
-                profiler_box["start"] = time.perf_counter()
                 profiler_box["prof"] = profile(activities=activities)
                 profiler_box["prof"].__enter__()
+                synchronize(device)  # the window opens once the profiler runs
+                profiler_box["start"] = time.perf_counter()
 
-        def on_train_end(self, args, state, control, **kwargs):
-            synchronize(device)
-            if "prof" in profiler_box:
-                profiler_box["prof"].__exit__(None, None, None)
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == count_end + PROFILED_STEPS and "prof" in profiler_box:
+                synchronize(device)  # the window closes with the last profiled step, before the Trainer's wrap-up
                 profiler_box["wall"] = time.perf_counter() - profiler_box["start"]
+                profiler_box["prof"].__exit__(None, None, None)
 
     trainer.add_callback(Windows())
     trainer.train()
-    prof = profiler_box["prof"]
-    events = prof.key_averages()
-    wall = profiler_box["wall"]
-    if device == "cuda":
-        kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
-        busy = sum(e.self_device_time_total for e in kernels) / 1e6 / wall
-        top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:10]
-        top_list = [{"name": e.key[:120], "ms": e.self_device_time_total / 1e3, "calls": e.count} for e in top]
-    else:
-        busy = None
-        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]
-        top_list = [{"name": e.key[:120], "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in top]
     return {
         "seconds": marks["end"] - marks["start"],
-        "syncs_per_step": counter.count / COUNTED_STEPS,
-        "busy_share": busy,
-        "profiled_seconds": wall,
-        "top_kernels": top_list,
+        **syncs.per_step(),
+        **profile_summary(profiler_box["prof"], profiler_box["wall"], device),
     }
 
 
@@ -274,6 +320,7 @@ def contender_dpo_exp(s: dict, data: dict, workdir: Path) -> dict:
             "eval_strategy": "no",
             "save_strategy": "no",
             "optim": "adamw_torch_fused",  # what dpo_config picks on CUDA; the same on CPU for a like-for-like count
+            "gradient_checkpointing": s["gradient_checkpointing"],
         }
     )
     train = OmegaConf.load(ROOT / "conf" / "config.yaml").train
@@ -288,9 +335,10 @@ def contender_dpo_exp(s: dict, data: dict, workdir: Path) -> dict:
             "cache_dir": str(workdir / "cache"),
         }
     )
+    model = build_model(s)
     trainer = build_trainer(
         cfg,
-        build_model(s),
+        model,
         offline_gpt2_tokenizer(),
         RefLogpsCache.from_config(cfg).dataset(data["pairs"]),
         None,
@@ -300,7 +348,21 @@ def contender_dpo_exp(s: dict, data: dict, workdir: Path) -> dict:
         s["device"],
     )
     sequential(trainer)
-    return run_trainer_windows(trainer, s)
+    return {**run_trainer_windows(trainer, s), **memory_estimate(s, data["ids"], train, model.config)}
+
+
+def memory_estimate(s: dict, ids: list[dict], train, config) -> dict:
+    """dpo_exp's estimate (dpo_exp.memory, from the model config alone) for the longest batch these steps ran, to set
+    beside the measured peak."""
+    from dpo_exp.memory import Batch, estimate
+
+    size = s["batch"]
+    widths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in ids]
+    widest = max(min(s["max_length"], max(widths[i : i + size])) for i in range(0, len(widths), size))
+    fused = train.fused_gelu is True or (train.fused_gelu == "auto" and s["device"] == "cuda")
+    batch = Batch(2 * size * widest, s["precision"], s["device"], gradient_checkpointing=s["gradient_checkpointing"])
+    memory = estimate(config, "ddp", 1, Batch(**{**batch.__dict__, "fused_gelu": fused}))
+    return {"memory_estimate_bytes": memory.total, "memory_estimate": memory.line()}
 
 
 # ---- the floor: hand-written -------------------------------------------------------------------------------------
@@ -310,7 +372,7 @@ def contender_floor(s: dict, data: dict, workdir: Path) -> dict:
     import torch.nn.functional as F
 
     from dpo_exp.models import offline_gpt2_tokenizer
-    from dpo_exp.throughput import HostSyncCounter, swap_tanh_gelu
+    from dpo_exp.throughput import swap_tanh_gelu
 
     device, batch = s["device"], s["batch"]
     pad = offline_gpt2_tokenizer().eos_token_id
@@ -385,8 +447,7 @@ def contender_floor(s: dict, data: dict, workdir: Path) -> dict:
         k += 1
     synchronize(device)
     seconds = time.perf_counter() - start
-    counter = HostSyncCounter(cpu=device == "cpu")
-    with counter:
+    with SyncCount(device) as syncs:
         for _ in range(COUNTED_STEPS):
             step(k)
             k += 1
@@ -396,7 +457,7 @@ def contender_floor(s: dict, data: dict, workdir: Path) -> dict:
         for j in range(PROFILED_STEPS):
             step(first_profiled + j)
 
-    return {"seconds": seconds, "syncs_per_step": counter.count / COUNTED_STEPS, **profile_window(device, profiled)}
+    return {"seconds": seconds, **syncs.per_step(), **profile_window(device, profiled)}
 
 
 # ---- one contender per process; the parent merges ------------------------------------------------------------------
@@ -408,16 +469,17 @@ def run_one(name: str, s: dict, batches: Path, out: Path) -> None:
     if s["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = {"trl": contender_trl, "floor": contender_floor, "dpo_exp": contender_dpo_exp}[name](s, data, workdir)
+    peak_memory_bytes = peak_memory(s["device"])
     ids = data["ids"]
     first = s["warmup"] * s["batch"]
     timed = ids[first : first + s["steps"] * s["batch"]]
     cut = s["max_length"]
     rows = [min(cut, len(r["prompt_ids"]) + len(r[k])) for r in timed for k in ("chosen_ids", "rejected_ids")]
     tokens = sum(rows)
-    model = build_model(s)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = parameter_count(s)
     layers, width = s["shape"]["n_layer"], s["shape"]["n_embd"]
-    flops_per_token = 6 * n_params + 12 * layers * width * (tokens / len(rows))
+    # attention costs 12 L d T per token of a row of T tokens: per token of the timed rows, T weighted by length
+    flops_per_token = 6 * n_params + 12 * layers * width * sum(r * r for r in rows) / tokens
     peak, source = peak_tflops(s["device"])
     tokens_per_s = tokens / result["seconds"]
     result.update(
@@ -428,7 +490,7 @@ def run_one(name: str, s: dict, batches: Path, out: Path) -> None:
             "mfu": tokens_per_s * flops_per_token / (peak * 1e12),
             "peak_tflops": peak,
             "peak_source": source,
-            "peak_memory_bytes": peak_memory(s["device"]),
+            "peak_memory_bytes": peak_memory_bytes,
         }
     )
     out.write_text(json.dumps(result, indent=2))
@@ -443,6 +505,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (16; --smoke 4)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per row (512; --smoke 128)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="dpo_exp's contender recomputes activations (64 pairs)"
+    )
     parser.add_argument("--timeout", type=int, default=200, help="seconds per contender")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one contender
     parser.add_argument("--batches", type=Path, default=None, help=argparse.SUPPRESS)
@@ -466,7 +531,7 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "settings": {k: v for k, v in s.items()},
-        "flop_formula": "6 N + 12 L d T per real token (policy forward + backward; reference precomputed)",
+        "flop_formula": "6 N + 12 L d T per real token, T = sum T^2 / sum T over the timed rows (policy forward + backward; reference precomputed)",
         "contenders": {},
     }
     if not s["device"] == "cuda":

@@ -97,6 +97,6 @@ def test_bad_input_is_one_error_line(tmp_path):
 
     unknown = cli("run", "--out", str(tmp_path), "--kit", str(tmp_path), "--only", "profile,speed")
     assert unknown.returncode == 2
-    assert unknown.stderr.strip() == "error: unknown step 'speed' in --only (steps: profile, check)"
+    assert unknown.stderr.strip() == "error: unknown step 'speed' in --only (steps: profile, fit, check)"
     missing = cli("run", "--out", str(tmp_path), "--kit", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: no kit at ")

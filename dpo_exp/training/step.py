@@ -50,6 +50,15 @@ def _ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
+def host_to_device(values: Any, device: torch.device) -> torch.Tensor:
+    """Host values (a list or a CPU tensor) as a tensor on `device`. To a GPU through pinned memory without blocking:
+    a copy from pageable memory waits for the device's queue to drain first (a host sync)."""
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def policy_forward(model: Any, model_kwargs: dict[str, Any], labels: torch.Tensor, groups: Any) -> Any:
     """The policy's fused-LM-head outputs for the batch: one forward, or one per row group (`row_groups`: rows of
     similar length, each sliced to its own padded width) reassembled into the batch's rows and width."""
@@ -60,7 +69,7 @@ def policy_forward(model: Any, model_kwargs: dict[str, Any], labels: torch.Tenso
     rows: list[int] = []
     for indices, group_width in groups:
         w = min(width, group_width)
-        index = torch.tensor(indices, device=labels.device)
+        index = host_to_device(indices, labels.device)
         kwargs = {
             k: v[index, :w] if isinstance(v, torch.Tensor) and v.dim() == 2 else v for k, v in model_kwargs.items()
         }
@@ -73,7 +82,7 @@ def policy_forward(model: Any, model_kwargs: dict[str, Any], labels: torch.Tenso
         rows.extend(indices)
     inverse = torch.empty(len(rows), dtype=torch.long)
     inverse[torch.tensor(rows)] = torch.arange(len(rows))
-    inverse = inverse.to(labels.device)
+    inverse = host_to_device(inverse, labels.device)
     return SimpleNamespace(
         **{name: None if values[0] is None else torch.cat(values)[inverse] for name, values in parts.items()}
     )
@@ -132,9 +141,9 @@ def _token_stats(accelerator: Any, outputs: Any, shift_mask: torch.Tensor) -> to
         [
             (entropy * shift_mask).sum(),
             shift_mask.sum(),
-            chosen_logits[chosen_mask.bool()].sum(),
+            torch.where(chosen_mask.bool(), chosen_logits, 0).sum(),  # no boolean indexing: its nonzero syncs
             chosen_mask.sum(),
-            rejected_logits[rejected_mask.bool()].sum(),
+            torch.where(rejected_mask.bool(), rejected_logits, 0).sum(),
             rejected_mask.sum(),
             (chosen_top1 & chosen_mask.bool()).sum(),
         ]

@@ -27,7 +27,7 @@ from .batching import ROW_LENGTHS, RowLengthsCollator, TokenBudgetBatchSampler, 
 from .callbacks import MetricsRecorder
 from .nonfinite import GradientGuard, SkippableStep
 from .ref_logps import SharedRefLogpsMixin, frozen_reference
-from .step import DeviceMetrics, dpo_loss, sync_free_loss_applies
+from .step import DeviceMetrics, dpo_loss, host_to_device, sync_free_loss_applies
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ExperimentDPOTrainer(SharedRefLogpsMixin, CompatDPOTrainer):
         mask = contextlib.nullcontext()
         if row_lengths is not None:  # right-padded (dpo_exp.training.batching.RowLengthsCollator)
             mask = causal_without_mask()
-            num_tokens = torch.tensor(sum(row_lengths), device=inputs["input_ids"].device)
+            num_tokens = host_to_device(sum(row_lengths), inputs["input_ids"].device)
             if self.max_row_groups > 1 and self.accelerator.num_processes == 1:
                 groups = row_groups(row_lengths, self.args.pad_to_multiple_of, self.max_row_groups)
         else:
