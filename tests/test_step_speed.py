@@ -343,3 +343,21 @@ def test_gpu_profile_smoke_writes_each_contenders_measurements(tmp_path):
         assert entry["syncs_per_step"] >= 0, name
     assert report["contenders"]["dpo_exp"]["syncs_per_step"] <= 10
     assert report["contenders"]["trl"]["syncs_per_step"] > report["contenders"]["dpo_exp"]["syncs_per_step"]
+
+
+def test_on_cuda_the_trainer_arguments_ask_for_fused_adamw_and_non_blocking_batches(tmp_path):
+    """dpo_config for a CUDA run: AdamW in one fused kernel, and batches (pinned by the Trainer's loader) copied to
+    the GPU without blocking; a CPU run keeps plain AdamW and blocking copies; a user's own accelerator_config wins."""
+    from dpo_exp.schema import dpo_config
+
+    from .conftest import FAST_MODEL, compose
+
+    cfg = compose([*FAST_MODEL])
+    cuda = dpo_config(cfg, tmp_path, "fp32", "cuda")
+    assert cuda.optim == "adamw_torch_fused" and cuda.dataloader_pin_memory
+    assert cuda.accelerator_config.non_blocking is True
+    cpu = dpo_config(cfg, tmp_path, "fp32", "cpu")
+    assert cpu.optim == "adamw_torch" and cpu.accelerator_config.non_blocking is False
+    own = compose([*FAST_MODEL, "+trainer.accelerator_config={non_blocking: false, split_batches: true}"])
+    mine = dpo_config(own, tmp_path, "fp32", "cuda").accelerator_config
+    assert mine.non_blocking is False and mine.split_batches is True
