@@ -92,6 +92,8 @@ KEYS = [
     "kl_ci_low",
     "kl_ci_high",
     "kl_rb",
+    "kl_rb_ci_low",
+    "kl_rb_ci_high",
     "num_prompts",
     "num_samples",
     "implicit_accuracy",

@@ -199,6 +199,9 @@ def test_kto_orpo_simpo_grpo_run_beside_dpo_with_its_evaluation_on_one_frontier(
     for run_dir in dirs[1:]:
         assert eval_keys(run_dir) == dpo_keys, run_dir
         assert weights_moved(run_dir), run_dir
+    # every method, reference-free ORPO and SimPO included, is judged against the same starting model: the same
+    # reference samples (one seed) and so the same reference reward as DPO's
+    assert len({round(s["eval/reward_reference"], 9) for s in summaries}) == 1
     s = dict(zip(NEW_METHODS, summaries[1:]))
     assert s["simpo"]["method"]["name"] == "simpo" and s["grpo"]["reward"]["kind"] == "tfidf_logreg"
     rows = [json.loads(line) for line in (dirs[4] / "metrics.jsonl").read_text().splitlines()]

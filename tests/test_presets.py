@@ -125,3 +125,16 @@ def test_quickstarts_run_end_to_end(tmp_path, preset, extra):
     for card in ("model/README.md", "model/adapter/README.md"):  # both presets train LoRA: the adapter has its own
         results = {r.metric_type: r.metric_value for r in ModelCard.load(run_dir / card).data.eval_results}
         assert results["reward_delta"] == pytest.approx(summary["eval/reward_delta"], abs=1e-6)
+
+
+def test_imdb_tiny_preset_is_the_readme_headline_command():
+    """README: `experiment=imdb_tiny` is the headline command's configuration (dataset=imdb_sentiment
+    model=tiny_gpt2 reward=tfidf_logreg sft.enabled=true data_size=256): the composed configs differ in the name only."""
+    from omegaconf import OmegaConf
+
+    data = "dataset.path=../shared/data/imdb/test.jsonl"
+    headline = ["dataset=imdb_sentiment", "model=tiny_gpt2", "reward=tfidf_logreg", "sft.enabled=true", "data_size=256"]
+    one = OmegaConf.to_container(compose([*headline, data, "logger=none"]), resolve=True)
+    two = OmegaConf.to_container(compose(["experiment=imdb_tiny", data, "logger=none"]), resolve=True)
+    assert one.pop("name") == "dpo" and two.pop("name") == "imdb_tiny"
+    assert one == two
