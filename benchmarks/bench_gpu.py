@@ -10,8 +10,8 @@ width 64) on CPU and says so.
 
 MFU = achieved model FLOP/s / the device's peak dense FLOP/s. Model FLOPs per trained token: 6 N (forward +
 backward of the policy, N = parameters incl. the LM head) + 12 L d T (attention scores, T = mean sequence
-length), plus 2 N + 4 L d T for the reference forward when it is not precomputed. Tokens per step are the
-dataset's mean (benchmarks/gpu_profile.py, the fuller comparison, counts the timed batches' own). Peak: the
+length weighted by length, sum T^2 / sum T), plus 2 N + 4 L d T for the reference forward when it is not
+precomputed; tokens are the timed batches' own real tokens. Peak: the
 datasheet dense bf16 figure for known GPUs (H100 SXM 989 TFLOP/s, H100 PCIe 756, H200 989, A100 312) or
 `--peak-tflops`; on CPU the fp32 matmul rate measured on the spot (so the CPU "MFU" is relative to what this
 machine's BLAS reaches). Target on an H100 in bf16: MFU >= 40 %. Results: benchmarks/results/gpu.json.
@@ -139,16 +139,21 @@ def main() -> None:
             marks.append(time.perf_counter())
 
     trainer.add_callback(Clock())
+    batch_rows: list[list[int]] = []  # each batch's real row lengths (chosen and rejected), in the loader's order
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch_rows.append([len(f["prompt_ids"]) + len(f[k]) for f in features for k in ("chosen_ids", "rejected_ids")])
+        return collate(features)
+
+    trainer.data_collator = counting
     trainer.train()
-    rows = list(trainer.train_dataset)
-    seq_tokens = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in rows] + [
-        len(r["prompt_ids"]) + len(r["rejected_ids"]) for r in rows
-    ]
-    tokens_per_step = sum(seq_tokens) / len(rows) * batch  # mean real tokens per step (chosen + rejected rows)
-    timed_steps = len(marks) - args.warmup
-    seconds = marks[-1] - marks[args.warmup - 1] if args.warmup > 0 else marks[-1] - marks[0]
-    tokens_per_s = tokens_per_step * timed_steps / seconds
-    mean_len = sum(seq_tokens) / len(seq_tokens)
+    first = args.warmup if args.warmup > 0 else 1  # the first mark ends step 1: without warmup it is the clock's start
+    timed_steps = len(marks) - first
+    seq_tokens = [n for rows in batch_rows[first : len(marks)] for n in rows]  # the timed steps' own rows
+    seconds = marks[-1] - marks[first - 1]
+    tokens_per_s = sum(seq_tokens) / seconds
+    mean_len = sum(n * n for n in seq_tokens) / sum(seq_tokens)  # attention's T, weighted by row length
     layers, width = shape["n_layer"], shape["n_embd"]
     flops_per_token = 6 * n_params + 12 * layers * width * mean_len
     if not args.precompute:
