@@ -141,13 +141,15 @@ def profile_window(device: str, run_steps) -> dict:
 
 def profile_summary(prof, wall: float, device: str) -> dict:
     """busy_share = the device's kernel time / the window's wall time, and the top kernels. Only the device's own
-    kernel events count: a CPU op's event also carries the time of the kernels it launched (counted twice else)."""
+    kernel events count: a CPU op's event, and a user annotation's device span, also carry the time of the kernels
+    inside them (counted twice else)."""
     events = prof.key_averages()
     if device == "cuda":
         from torch.autograd import DeviceType
 
         kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
-        kernels = [e for e in kernels if e.self_device_time_total > 0]
+        # record_function ranges (optimizer.step, compiled regions) appear on the device too, spanning their kernels
+        kernels = [e for e in kernels if e.self_device_time_total > 0 and not getattr(e, "is_user_annotation", False)]
         top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:10]
         return {
             "busy_share": sum(e.self_device_time_total for e in kernels) / 1e6 / wall,
@@ -348,7 +350,9 @@ def contender_dpo_exp(s: dict, data: dict, workdir: Path) -> dict:
         s["device"],
     )
     sequential(trainer)
-    return {**run_trainer_windows(trainer, s), **memory_estimate(s, data["ids"], train, model.config)}
+    windows = run_trainer_windows(trainer, s)
+    checkpointing = {"gradient_checkpointing": bool(trainer.args.gradient_checkpointing)}  # what the run did
+    return {**windows, **checkpointing, **memory_estimate(s, data["ids"], train, model.config)}
 
 
 def memory_estimate(s: dict, ids: list[dict], train, config) -> dict:
@@ -541,6 +545,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--one", name, "--batches", str(batches), "--result", str(result_file)]
         command += ["--smoke"] * args.smoke + ["--steps", str(args.steps), "--warmup", str(args.warmup)]
         command += ["--batch", str(s["batch"]), "--max-length", str(s["max_length"])]
+        command += ["--gradient-checkpointing"] * s["gradient_checkpointing"]
         started = time.perf_counter()
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)

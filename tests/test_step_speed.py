@@ -361,3 +361,21 @@ def test_on_cuda_the_trainer_arguments_ask_for_fused_adamw_and_non_blocking_batc
     own = compose([*FAST_MODEL, "+trainer.accelerator_config={non_blocking: false, split_batches: true}"])
     mine = dpo_config(own, tmp_path, "fp32", "cuda").accelerator_config
     assert mine.non_blocking is False and mine.split_batches is True
+
+
+@pytest.mark.slow  # one contender process: about half a minute on 2 CPU cores
+def test_gpu_profile_fit_run_trains_with_checkpointing_and_reports_the_estimate(tmp_path):
+    """gpu_kit's fit step (`--contenders dpo_exp --gradient-checkpointing`, here at smoke scale): the contender's own
+    process trains with gradient checkpointing, and its row holds the memory estimate beside the measured peak."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, str(root / "benchmarks" / "gpu_profile.py"), "--smoke", "--contenders", "dpo_exp"]
+    command += ["--gradient-checkpointing", "--batch", "8", "--out", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entry = json.loads((tmp_path / "gpu_profile.json").read_text())["contenders"]["dpo_exp"]
+    assert entry["gradient_checkpointing"] is True and entry["peak_memory_bytes"] > 0
+    assert entry["memory_estimate_bytes"] > 0 and entry["memory_estimate"].startswith("memory estimate per device")
