@@ -8,13 +8,13 @@ the hub is not reachable here; throughput does not depend on the weights), bf16 
 project's `build_trainer` on UltraFeedback pairs. Without a GPU the same script runs the tiny GPT-2 (2 layers,
 width 64) on CPU and says so.
 
-MFU = achieved model FLOP/s / the device's peak dense FLOP/s. Model FLOPs per trained token: 6 N (forward +
-backward of the policy, N = parameters incl. the LM head) + 12 L d T (attention scores, T = mean sequence
-length weighted by length, sum T^2 / sum T), plus 2 N + 4 L d T for the reference forward when it is not
-precomputed; tokens are the timed batches' own real tokens. Peak: the
-datasheet dense bf16 figure for known GPUs (H100 SXM 989 TFLOP/s, H100 PCIe 756, H200 989, A100 312) or
-`--peak-tflops`; on CPU the fp32 matmul rate measured on the spot (so the CPU "MFU" is relative to what this
-machine's BLAS reaches). Target on an H100 in bf16: MFU >= 40 %. Results: benchmarks/results/gpu.json.
+MFU = achieved model FLOP/s / the device's peak dense FLOP/s. Model FLOPs per trained token: 6 N (forward + backward
+of the policy, N = parameters incl. the LM head) + 12 L d T (attention scores, T = mean sequence length weighted by
+length, sum T^2 / sum T), plus 2 N + 4 L d T for the reference forward when it is not precomputed; tokens are the
+timed batches' own real tokens. Peak: the datasheet dense bf16 figure for known GPUs (H100 SXM 989 TFLOP/s, H100
+PCIe 756, H200 989, A100 312) or `--peak-tflops`; on CPU the fp32 matmul rate measured on the spot (so the CPU "MFU"
+is relative to what this machine's BLAS reaches). Target on an H100 in bf16: MFU >= 40 %. Results:
+benchmarks/results/gpu.json.
 """
 
 from __future__ import annotations

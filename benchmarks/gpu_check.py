@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -326,8 +327,6 @@ def main() -> int:
     gpu = torch.cuda.get_device_name() if scale.device == "cuda" else None
     print(f"GPU check on {gpu or 'CPU (--smoke: tiny model, fp32; says nothing about GPUs)'}:", flush=True)
     out = args.out or (None if args.smoke else RESULTS)
-    import platform
-
     record = {"gpu": gpu, "torch": torch.__version__, "platform": platform.platform(), "scale": asdict(scale)}
     start = time.perf_counter()
 

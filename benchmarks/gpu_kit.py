@@ -134,10 +134,11 @@ def install_command(kit: Path, site: Path) -> list[str]:
     return [sys.executable, "-m", "pip", "install", "-q", *options, *wheels]
 
 
-def timed(command: list[str], env: dict[str, str], log: Path, seconds: float) -> dict:
-    """Run `command` with its output in `log`, its whole process group killed after `seconds`."""
+def timed(command: list[str], env: dict[str, str], log: Path, seconds: float, append: bool = False) -> dict:
+    """Run `command` with its output in `log` (after what it holds, with `append`), its whole process group killed
+    after `seconds`."""
     started = time.perf_counter()
-    with log.open("w") as sink:
+    with log.open("a" if append else "w") as sink:
         proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code: int | str = proc.wait(timeout=max(seconds, 1))
@@ -165,11 +166,8 @@ def run(kit: Path, out: Path, only: list[str], budget: float, smoke: bool = Fals
         f"{IMPORTS}; import torch, transformers; print(torch.__version__, transformers.__version__, trl.__version__,"
     )
     probe += " torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-    record["imports"] = timed([sys.executable, "-c", probe], env, out / "imports.log", 120)
-    record["versions"] = (out / "imports.log").read_text().strip().splitlines()[-1:]
-    with (out / "setup.log").open("a") as setup:  # one setup log (install, then imports) beside the steps' logs
-        setup.write((out / "imports.log").read_text())
-    (out / "imports.log").unlink()
+    record["imports"] = timed([sys.executable, "-c", probe], env, out / "setup.log", 120, append=True)
+    record["versions"] = (out / "setup.log").read_text().strip().splitlines()[-1:]  # the probe's line
     save()
     if record["install"]["exit"] != 0 or record["imports"]["exit"] != 0:
         print(f"error: the kit does not load here: see {out}/setup.log", file=sys.stderr)

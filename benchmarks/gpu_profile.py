@@ -358,14 +358,16 @@ def contender_dpo_exp(s: dict, data: dict, workdir: Path) -> dict:
 def memory_estimate(s: dict, ids: list[dict], train, config) -> dict:
     """dpo_exp's estimate (dpo_exp.memory, from the model config alone) for the longest batch these steps ran, to set
     beside the measured peak."""
-    from dpo_exp.memory import Batch, estimate
+    from dpo_exp.memory import Batch, estimate, fused_gelu_on
 
     size = s["batch"]
     widths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in ids]
     widest = max(min(s["max_length"], max(widths[i : i + size])) for i in range(0, len(widths), size))
-    fused = train.fused_gelu is True or (train.fused_gelu == "auto" and s["device"] == "cuda")
-    batch = Batch(2 * size * widest, s["precision"], s["device"], gradient_checkpointing=s["gradient_checkpointing"])
-    memory = estimate(config, "ddp", 1, Batch(**{**batch.__dict__, "fused_gelu": fused}))
+    checkpointing, fused = s["gradient_checkpointing"], fused_gelu_on(train.fused_gelu, s["device"])
+    batch = Batch(
+        2 * size * widest, s["precision"], s["device"], gradient_checkpointing=checkpointing, fused_gelu=fused
+    )
+    memory = estimate(config, "ddp", 1, batch)
     return {"memory_estimate_bytes": memory.total, "memory_estimate": memory.line()}
 
 

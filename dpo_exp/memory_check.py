@@ -12,7 +12,16 @@ from .errors import UserError
 from .infra.distributed import world_size
 from .infra.sharding import strategy as run_strategy
 from .lora import model_config
-from .memory import STRATEGIES, Batch, device_memory_bytes, estimate, fits, largest_budget, what_would_fit
+from .memory import (
+    STRATEGIES,
+    Batch,
+    device_memory_bytes,
+    estimate,
+    fits,
+    fused_gelu_on,
+    largest_budget,
+    what_would_fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,7 @@ def check_memory(cfg: DictConfig, precision: str, device: str):
         lora_targets=tuple(cfg.lora.target_modules) if lora else (),
         reference="precomputed" if t.precompute_ref_log_probs else ("adapter" if lora else "copy"),
         gradient_checkpointing=bool(t.get("gradient_checkpointing")),
-        fused_gelu=train.get("fused_gelu") is True or (train.get("fused_gelu") == "auto" and device != "cpu"),
+        fused_gelu=fused_gelu_on(train.get("fused_gelu"), device),
     )
     strategy, world = run_strategy(cfg).name, world_size()  # the `distributed` group and this launch
     strategy = strategy if strategy in STRATEGIES else "ddp"

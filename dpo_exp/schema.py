@@ -173,16 +173,16 @@ def dpo_config(cfg: Any, run_dir: Path, precision: str, device: str) -> DPOConfi
 
     from .infra.sharding import strategy
 
-    fused: dict[str, Any] = {}
+    on_cuda: dict[str, Any] = {}
     if device.startswith("cuda") and cfg.trainer.get("optim") == "adamw_torch":
-        fused["optim"] = "adamw_torch_fused"  # the same AdamW in one kernel per step on CUDA (no per-tensor launches)
+        on_cuda["optim"] = "adamw_torch_fused"  # the same AdamW in one kernel per step on CUDA (no per-tensor launches)
     if device.startswith("cuda") and cfg.trainer.get("accelerator_config") is None:
         # batches (pinned by the Trainer's loader) go to the GPU without blocking: a blocking copy waits for the
         # device's queue to drain first, a host sync per tensor per micro-batch
-        fused["accelerator_config"] = {"non_blocking": True}
+        on_cuda["accelerator_config"] = {"non_blocking": True}
     return instantiate(
         cfg.trainer,
-        **fused,
+        **on_cuda,
         **strategy(cfg).training_arguments(),  # fsdp / deepspeed settings for accelerate (none for ddp)
         output_dir=str(Path(run_dir) / CHECKPOINT_DIR),
         bf16=precision == "bf16",

@@ -20,7 +20,7 @@ that cannot fit is refused before anything loads, and `train.auto_batch` can pic
   LM head keeps the full fp32 logits of every scored position (4 x vocabulary bytes per slot, an upper bound: only
   completion positions are scored); on CUDA TRL's chunked head never materialises them.
 
-Modules: estimate (`Batch`, `MemoryEstimate`, `estimate`, activations per token slot), shapes (parameter counts
+Modules: estimate (`Batch`, `MemoryEstimate`, `estimate`, activations per token slot, `fused_gelu_on`), shapes (parameter counts
 from a config's shapes, or a meta-device build), fit (what fits a device: `fits`, `largest_budget`,
 `what_would_fit`, `device_memory_bytes`), measure (what the estimate is checked
 against: `saved_activation_bytes`, the activations; `peak_tensor_bytes`, the peak of whole training steps,
@@ -37,6 +37,7 @@ from .estimate import (
     MemoryEstimate,
     activation_bytes_per_token,
     estimate,
+    fused_gelu_on,
 )
 from .fit import HEADROOM, device_memory_bytes, fits, largest_budget, what_would_fit
 from .measure import peak_tensor_bytes, saved_activation_bytes
@@ -56,6 +57,7 @@ __all__ = [
     "device_memory_bytes",
     "estimate",
     "fits",
+    "fused_gelu_on",
     "largest_budget",
     "linear_layers",
     "mlp_kind",

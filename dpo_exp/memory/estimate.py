@@ -17,6 +17,12 @@ HIDDEN_ELEMENTS = 10  # saved elements per token slot and layer, per unit of hid
 MLP_ELEMENTS = {"gelu_new": 5, "gated": 4, "fused": 2}  # ... per unit of intermediate size, by MLP kind (measured)
 
 
+def fused_gelu_on(setting: Any, device: str) -> bool:
+    """Whether `train.fused_gelu` (true | false | auto) swaps GPT-2's GELU on `device`: auto means on CUDA. One rule
+    for the trainer that swaps it and for the estimate that counts its activations."""
+    return setting is True or (setting == "auto" and str(device).startswith("cuda"))
+
+
 @dataclass(frozen=True)
 class Batch:
     """What the estimate needs to know about a run besides the model and the strategy."""

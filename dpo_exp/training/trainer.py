@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from ..infra.sharding import enable_cpu_fsdp, strategy
 from ..infra.tracking import Tracker
 from ..lora import lora_config
+from ..memory import fused_gelu_on
 from ..schema import dpo_config
 from ..throughput import (
     FusedTanhGelu,
@@ -267,8 +268,7 @@ def build_trainer(
         ref_model = frozen_reference(model, "fp32" if sharded else precision)
     guard = GradientGuard(str(cfg.on_nonfinite))
     callbacks = [MetricsRecorder(run_dir / "metrics.jsonl", tracker), guard, *(extra_callbacks or [])]
-    fused_gelu = cfg.train.get("fused_gelu", "auto")
-    if fused_gelu is True or (fused_gelu == "auto" and str(device).startswith("cuda")):
+    if fused_gelu_on(cfg.train.get("fused_gelu", "auto"), device):
         callbacks.append(FusedTanhGelu(model))
     trainer = ExperimentDPOTrainer(
         model=model,
