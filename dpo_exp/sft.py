@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.preference import seeded_subset
-from .infra.cache import CacheEntry, cached, content_key
+from .infra.cache import CacheEntry, arithmetic, cached, content_key
 from .infra.distributed import barrier, broadcast, is_main_process, world_size
 from .throughput import compact_lm_head
 
@@ -42,7 +42,7 @@ def sft_lora(cfg: Any) -> Any:
 def sft_key(cfg: Any, texts: list[str], device: str = "cpu", precision: str = "fp32") -> tuple[str, dict[str, Any]]:
     """The cache key of a warm start and everything it is computed from: the starting weights' content, seed,
     SFT settings, the LoRA settings when SFT trains an adapter, the texts, and device/precision (bf16 autocast on
-    a GPU trains a different model than fp32 on a CPU)."""
+    a GPU trains a different model than fp32 on a CPU), with the CPU thread count (`infra.cache.arithmetic`)."""
     from omegaconf import OmegaConf
 
     from .models import model_identity
@@ -63,7 +63,7 @@ def sft_key(cfg: Any, texts: list[str], device: str = "cpu", precision: str = "f
         "lora": lora,
         "texts": content_key(texts, 64),
         "n_texts": len(texts),
-        "device": device.split(":")[0],
+        **arithmetic(device),
         "precision": precision,
         "v": 2,
     }

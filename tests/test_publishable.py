@@ -273,6 +273,43 @@ def test_sft_and_pair_keys_change_with_every_input_and_only_then(tmp_path):
     assert pair_key(pcfg, *args[:-1], 2)[0] != pkey  # where the training prompts end
 
 
+def test_computed_entries_are_keyed_by_the_cpu_thread_count_and_not_on_a_gpu():
+    """Another thread count rounds CPU reductions differently, and training amplifies it (a warm start built with 1
+    thread differed in 96 % of its weights from one built with 2, docs/results.md): a warm start, the pairs sampled
+    from it and the reference log-probs built with 1 thread are not reused by a run with 2 (on a GPU the device type
+    alone counts)."""
+    from dpo_exp.infra.cache import arithmetic
+    from dpo_exp.models import build_model
+    from dpo_exp.sft import sft_key
+    from dpo_exp.tasks.sentiment import pair_key
+    from dpo_exp.training.ref_logps import reference_hash
+
+    cfg, pcfg = compose(FAST_MODEL), compose(["dataset=imdb_sentiment", *FAST_MODEL])
+    model = build_model(cfg.model, 0)
+    pair_args = ({"source": "x"}, ["p1", "p2"], "vader:3", 8)
+    saved = torch.get_num_threads()
+
+    def keys() -> tuple:
+        return (
+            sft_key(cfg, ["a", "b"], "cpu")[0],
+            pair_key(pcfg, *pair_args, "cpu", "fp32")[0],
+            reference_hash(model, False, False),
+            sft_key(cfg, ["a", "b"], "cuda:0", "bf16")[0],
+            pair_key(pcfg, *pair_args, "cuda:0", "bf16")[0],
+            arithmetic("cuda:1"),
+        )
+
+    try:
+        torch.set_num_threads(1)
+        one = keys()
+        torch.set_num_threads(2)
+        two = keys()
+    finally:
+        torch.set_num_threads(saved)
+    assert [a != b for a, b in zip(one, two)] == [True, True, True, False, False, False]
+    assert one[-1] == {"device": "cuda"} and arithmetic("cpu") == {"device": "cpu", "threads": saved}
+
+
 def test_reference_hash_ignores_the_adapter_but_not_the_architecture():
     from peft import get_peft_model
 

@@ -77,13 +77,13 @@ class TrainedRewardModel(RewardModelJudge):
         return sum(wins) / len(wins), len(wins)
 
     def _train_cached(self, cache_dir: str, pairs: list[dict]):
-        from ..infra.cache import cached, content_key
+        from ..infra.cache import arithmetic, cached, content_key
 
         description = {
             "settings": self.settings,
             "pairs": content_key([[r["prompt"], r["chosen"], r["rejected"]] for r in pairs], 64),
             "n_pairs": len(pairs),
-            "device": self.device.split(":")[0],
+            **arithmetic(self.device),
             "v": 1,
         }
         key = content_key(description)

@@ -21,7 +21,7 @@ from ..data.pairs import PAIR_FORMATS, PAIR_STRATEGIES, build_pairs, plot_pair_s
 from ..data.preference import filter_pairs
 from ..data.schema import PreferenceData
 from ..errors import UserError
-from ..infra.cache import CacheEntry, cached, content_key
+from ..infra.cache import CacheEntry, arithmetic, cached, content_key
 from .base import Artifact, HeldOut, StageEnv, Task, TaskResult
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def pair_key(
     n_train: int | None = None,
 ) -> tuple[str, dict]:
     """Content key of a pair dataset and everything it is computed from: the reference's weights, the prompts
-    (and where training prompts end), sampling settings, the scorer (incl. its dtype), pairing and file format."""
+    (and where training prompts end), sampling settings, the scorer (incl. its dtype), pairing, file format, and
+    the device type and CPU thread count (`infra.cache.arithmetic`)."""
     gen = cfg.generation
     ds = cfg.dataset
     description = {
@@ -67,7 +68,7 @@ def pair_key(
             "format": str(ds.pairs.get("format") or "jsonl"),
         },
         "seed": int(cfg.seed),
-        "device": device,
+        **arithmetic(device),  # the device type and, on CPU, the thread count: both change the samples' rounding
         "precision": precision,
         "v": 3,
     }

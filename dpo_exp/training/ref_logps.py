@@ -182,12 +182,16 @@ CONFIG_NOISE = ("_name_or_path", "name_or_path", "transformers_version", "dtype"
 def reference_hash(model: Any, bf16: bool, fp16: bool) -> str:
     """sha256 of what the reference log-probs depend on besides the tokens: the weights the reference SEES (a
     frozen copy, or a PEFT policy's base weights: adapters are disabled for the reference, so their random init
-    and the seed do not count), the architecture config, and the compute precision."""
+    and the seed do not count), the architecture config, the compute precision, and the device type and CPU thread
+    count (`infra.cache.arithmetic`)."""
     import torch
+
+    from ..infra.cache import arithmetic
 
     h = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if k not in CONFIG_NOISE}
-    h.update(json.dumps([config, bool(bf16), bool(fp16)], sort_keys=True, default=str).encode())
+    device = next(model.parameters()).device.type
+    h.update(json.dumps([config, bool(bf16), bool(fp16), arithmetic(device)], sort_keys=True, default=str).encode())
     for key, tensor in sorted(model.state_dict().items()):
         if any(part in key for part in ADAPTER_KEYS):
             continue
