@@ -67,6 +67,7 @@ def figures(run_dir: Path) -> list[dict]:
     eval/ keys are in summary["rounds"]; the last round's are the run's own; minutes are the whole run's)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     out = {"run": str(run_dir), "sweep": summary.get("sweep"), "method": (summary.get("method") or {}).get("name")}
+    out["torch_threads"] = (summary.get("environment") or {}).get("torch_threads")  # CPU rounding depends on it
     out.update({k: summary.get(f"eval/{k}") for k in KEYS})
     wall = float(summary.get("wall_time_s") or 0)
     shared = sum(float(summary.get(f"timing/{k}_s") or 0) for k in ("sft", "pairs"))  # built once per sweep
@@ -108,7 +109,7 @@ def main() -> None:
     out = RESULTS / f"{stem}.json"
     work = Path(args.work or f"/tmp/bench_methods_{int(time.time())}").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    threads = os.environ.get("OMP_NUM_THREADS", "torch default")
+    threads = os.environ.get("OMP_NUM_THREADS", "torch default")  # each run's own count: its torch_threads
     results: dict = {"quick": args.quick, "data": args.data, "machine": platform.platform(), "threads": threads}
     results["runs"] = []
     sweeps = []

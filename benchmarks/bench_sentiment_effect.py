@@ -10,7 +10,9 @@
   (the headline run's cache is reused: warm start and pairs are built once), KL per beta and the frontier;
 - ci_scale: the slow end-to-end test's setting (tiny GPT-2, 60 SFT steps, 96 prompts) on ../shared/data/imdb/ (train + test);
 - quickstart: `experiment=quickstart` on the package's demo reviews;
-- headline_seeds, quickstart_seeds: the same commands under `--seeds` (default 1,2), as `seed_check` of each.
+- headline_seeds, quickstart_seeds: the same commands under `--seeds` (default 1,2), as `seed_check` of each;
+- threads: the headline command from cold caches under each `--threads` count (OMP_NUM_THREADS, default 1,2), with
+  the sha256 of the warm start each built: how far rounding alone moves the figures.
 
 Each part writes its figures (reward reference -> policy, delta and win rate with 95% CIs, KL, best-of-N, stage
 times, wall time, machine) into benchmarks/results/sentiment_effect.json as soon as it finishes. A run directory that
@@ -119,9 +121,10 @@ def figures(summary: dict) -> dict:
     return out
 
 
-def run(args: list[str], cwd: Path, cache: Path, module: str = "dpo_exp") -> float:
+def run(args: list[str], cwd: Path, cache: Path, module: str = "dpo_exp", extra_env: dict | None = None) -> float:
     env = {
         **os.environ,
+        **(extra_env or {}),
         "DPO_EXP_CACHE": str(cache),
         "WANDB_MODE": "disabled",
         "HF_HUB_OFFLINE": "1",
@@ -153,6 +156,7 @@ def main() -> None:
         help="comma list of parts to run",
     )
     parser.add_argument("--seeds", default="1,2", help="the other seeds of headline_seeds / quickstart_seeds")
+    parser.add_argument("--threads", default="1,2", help="the CPU thread counts of the threads part")
     parser.add_argument("--data", default=str(DATA / "imdb" / "test.jsonl"), help="500 labelled reviews (jsonl)")
     parser.add_argument("--betas", default="0.05,0.1,0.5,1")
     parser.add_argument("--work", default=None, help="folder for run directories and caches (default: a temp dir)")
@@ -232,8 +236,38 @@ def main() -> None:
             checks.append({"seed": int(seed), "process_wall_s": round(wall, 1), **figures(summary)})
         results[part]["seed_check"] = checks
         save(results)
+    if "threads" in parts:
+        results["threads"] = thread_counts(args.threads.split(","), work, data)
+        save(results)
     print(json.dumps(results, indent=2))
     print(markdown(results))
+
+
+def thread_counts(counts: list[str], work: Path, data: Path) -> dict:
+    """The headline command from cold caches once per CPU thread count: its figures and the warm start's sha256."""
+    import hashlib
+
+    command = [*ISSUE_COMMAND, f"dataset.path={data}"]
+    runs = []
+    for count in counts:
+        run_dir = work / f"threads{count}"
+        wall = run(
+            [*command, f"hydra.run.dir={run_dir}"],
+            work,
+            work / f"cache_threads{count}",
+            extra_env={"OMP_NUM_THREADS": count},
+        )
+        summary = json.loads((run_dir / "summary.json").read_text())
+        weights = Path(summary["sft"]["path"]) / "model.safetensors"
+        runs.append(
+            {
+                "torch_threads": summary["environment"]["torch_threads"],
+                "warm_start_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                "process_wall_s": round(wall, 1),
+                **figures(summary),
+            }
+        )
+    return {"command": "python -m dpo_exp " + " ".join(command).replace(str(data), data.name), "runs": runs}
 
 
 def _win_rates(f: dict) -> str:

@@ -163,7 +163,7 @@ def _train_together(
     (the effective batch differs). Returns that key; afterwards every process finds the entry built."""
     from .infra.cache import check_entry
 
-    key = content_key({"sft": key, "processes": world_size()})
+    key = broadcast(content_key({"sft": key, "processes": world_size()}))  # process 0's, whatever each one's threads
     manifest, _ = check_entry(Path(cfg.cache_dir) / "sft" / key, key)
     if broadcast(manifest is None):  # process 0 decides: everybody trains, or nobody does
         if is_main_process():

@@ -48,12 +48,11 @@ def content_key(obj: Any, length: int = 16) -> str:
 
 
 def arithmetic(device: str) -> dict[str, Any]:
-    """What decides a computation's rounding besides its inputs, for the keys of computed entries (a warm start,
-    sampled pairs, a trained reward model): the device type and, on CPU, torch's intra-op thread count. A reduction
-    split over another number of threads rounds differently and training amplifies it: the headline's 300-step warm
-    start built with 1 thread differs from the one built with 2 in 96 % of its weights (up to 1e-4), and so do the
-    pairs sampled from it and the run's KL (5.0 nats against 6.1; docs/results.md). Keyed, a warm cache gives what
-    a cold one would. GPU kernels do not depend on the host's threads: there the device type alone."""
+    """What decides a computation's rounding besides its inputs and the library versions, for the keys of computed
+    entries (warm start, sampled pairs, reference log-probs, trained reward model): the device type and, on CPU,
+    torch's intra-op thread count. A reduction split over another number of threads rounds differently, and training
+    amplifies it into other weights, other samples and another KL (docs/concepts.md#caches-their-keys-and-
+    reproducibility). GPU kernels do not depend on the host's threads: there the device type alone."""
     kind = str(device).split(":")[0]
     if kind != "cpu":
         return {"device": kind}

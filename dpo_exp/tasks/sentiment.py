@@ -22,6 +22,7 @@ from ..data.preference import filter_pairs
 from ..data.schema import PreferenceData
 from ..errors import UserError
 from ..infra.cache import CacheEntry, arithmetic, cached, content_key
+from ..infra.distributed import broadcast, world_size
 from .base import Artifact, HeldOut, StageEnv, Task, TaskResult
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def pair_key(
             "format": str(ds.pairs.get("format") or "jsonl"),
         },
         "seed": int(cfg.seed),
-        **arithmetic(device),  # the device type and, on CPU, the thread count: both change the samples' rounding
+        **arithmetic(device),
         "precision": precision,
         "v": 3,
     }
@@ -221,6 +222,8 @@ def sample_pairs_stage(
     key, description = pair_key(
         cfg, identity, prompts, scorer.identity(), batch_size, env.device, env.precision, n_train
     )
+    if world_size() > 1:  # every process trains on process 0's pairs, even where its thread count differs
+        key, description = broadcast((key, description))
     filename = f"pairs.{cfg.dataset.pairs.get('format') or 'jsonl'}"
 
     def build(folder: Path) -> dict[str, Any]:
