@@ -127,6 +127,37 @@ def test_compare_writes_csv_md_and_plots(sweep: Path, capsys):
     assert "failed" in out and "eval/loss" in out  # the console table
 
 
+def test_runs_computed_with_other_cpu_threads_or_versions_are_noted(tmp_path: Path):
+    """Another thread count or library version rounds differently (1 thread instead of 2 moved the IMDb headline's
+    KL by 1.1 nats): compare says so, and keeps quiet when every run was computed alike."""
+    from dpo_exp.infra.runinfo import environment
+
+    env = environment()  # the record every run writes into summary.json
+
+    def runs(root: Path, *variants: dict) -> Path:
+        for i, variant in enumerate(variants):
+            summary = {"status": "completed", "eval/kl": 1.0 + i, "environment": {**env, **variant}}
+            write_run(root / str(i), {"seed": str(i)}, summary)
+        return root
+
+    alike = runs(tmp_path / "alike", {"torch_threads": 2, "gpu": None}, {"torch_threads": 2, "gpu": None})
+    compare([alike], console=False, plots=False)
+    assert "computed with" not in (alike / "comparison.md").read_text()
+    assert set(pd.read_csv(alike / "comparison.csv")["computed_on"]) == {"cpu, 2 threads"}
+
+    versions = {**env["versions"], "trl": "0.0.1"}
+    mixed = runs(
+        tmp_path / "mixed",
+        {"torch_threads": 1, "gpu": None},
+        {"torch_threads": 2, "gpu": None},
+        {"torch_threads": 2, "gpu": None, "versions": versions},
+    )
+    compare([mixed], console=False, plots=False)
+    md = (mixed / "comparison.md").read_text()
+    assert "2 different devices or CPU thread counts (column `computed_on`: cpu, 1 thread; cpu, 2 threads)" in md
+    assert "2 different library versions (column `software`:" in md and "trl 0.0.1" in md
+
+
 def test_frontier_is_skipped_with_a_note_without_eval_metrics(tmp_path: Path):
     for i, beta in enumerate(("0.1", "1.0")):
         write_run(

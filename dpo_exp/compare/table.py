@@ -28,6 +28,7 @@ import pandas as pd
 from ..errors import UserError
 from ..infra.storage import atomic_write_text, is_finite
 from .plots import label, plot_frontier, plot_learning_curves, plot_metrics_vs_params
+from .provenance import computed_with, provenance_notes
 from .runs import (
     EVAL_SHOWN,
     FINAL_METRICS,
@@ -84,6 +85,7 @@ def build_table(runs: list[Run], params: list[str], base: Path) -> pd.DataFrame:
         for key in sorted(k for k, v in s.items() if k.startswith(("eval/", "human/", "harness/")) and is_finite(v)):
             row[key] = s[key]
         row.update(evaluated_on(s))
+        row.update(computed_with(s))
         row["wall_time_s"] = s.get("wall_time_s")
         row["ref_logps_cache"] = (s.get("ref_logps") or {}).get("cache")
         row["pairs_cache"] = (s.get("pairs") or {}).get("cache") if isinstance(s.get("pairs"), dict) else None
@@ -258,7 +260,7 @@ def compare(paths: list[Path], out: Path | None = None, console: bool = True, pl
     atomic_write_text(out / "comparison.csv", df.to_csv(index=False))
 
     written: list[Path] = []
-    notes: list[str] = consistency_notes(df) + ignored_settings(runs, params)
+    notes: list[str] = consistency_notes(df) + provenance_notes(df) + ignored_settings(runs, params)
     if plots:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)
