@@ -19,6 +19,38 @@ from .wandb_records import offline_runs, run_record
 PAIRS, PER_DEVICE, PROCESSES = 16, 2, 2
 
 
+BROADCASTING = """
+import json, os, sys
+from pathlib import Path
+from dpo_exp.infra.distributed import broadcast, shared_run_dir
+r = int(os.environ["RANK"])
+got = [shared_run_dir(Path(f"rank{r}")).name, broadcast({"rank": r, "threads": r + 1})["threads"]]
+Path(sys.argv[1], f"rank{r}.json").write_text(json.dumps(got))  # a file each: the ranks' stdout interleaves
+import torch.distributed as dist
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_every_process_takes_process_0s_run_folder_and_values_on_cpu(tmp_path):
+    """Under a CPU-only torchrun accelerate's own broadcast does nothing (its state says not distributed until a
+    TrainingArguments resets it): each rank would keep its own run folder (Hydra stamps each rank's time) and its own
+    cache keys (its own thread count)."""
+    script = tmp_path / "broadcasting.py"
+    script.write_text(BROADCASTING)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got == [["rank0", 1], ["rank0", 1]]
+
+
 def test_torchrun_two_processes_write_one_run(tmp_path, ultrafeedback_file):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

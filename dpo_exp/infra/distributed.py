@@ -66,22 +66,21 @@ def barrier() -> None:
 
 def shared_run_dir(run_dir: Path) -> Path:
     """Every process uses the main process's run folder (each rank's Hydra may have stamped a different time)."""
-    if world_size() <= 1:
-        return run_dir
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    PartialState()  # joins the launcher's process group (gloo on CPU, nccl on GPUs); the Trainer reuses it
-    shared = broadcast_object_list([str(run_dir)], from_process=0)
-    return Path(shared[0])
+    return Path(broadcast(str(run_dir)))
 
 
 def broadcast(value: Any) -> Any:
-    """Process 0's `value` on every process (the value itself in a single-process run)."""
+    """Process 0's `value` on every process (the value itself in a single-process run). Through torch.distributed
+    itself: accelerate's `broadcast_object_list` does nothing in a CPU-only launch, where its state says
+    DistributedType.NO although the process group exists (until a TrainingArguments with use_cpu=True resets it)."""
     if world_size() <= 1:
         return value
+    import torch.distributed as dist
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
 
-    PartialState()
-    return broadcast_object_list([value], from_process=0)[0]
+    PartialState()  # joins the launcher's process group (gloo on CPU, nccl on GPUs); the Trainer reuses it
+    if not dist.is_initialized():
+        raise RuntimeError(f"WORLD_SIZE={world_size()} but no torch.distributed process group could be joined")
+    objects = [value]
+    dist.broadcast_object_list(objects, src=0)
+    return objects[0]
