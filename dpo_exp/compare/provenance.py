@@ -29,9 +29,14 @@ def computed_with(summary: dict[str, Any]) -> dict[str, str | None]:
     return {"computed_on": on, "software": software}
 
 
+def completed_values(df: pd.DataFrame, column: str) -> list[Any]:
+    """The distinct values of `column` among the completed runs (missing values left out)."""
+    done = df[df["status"] == "completed"] if "status" in df.columns else df
+    return list(done[column].dropna().unique()) if column in done.columns else []
+
+
 def provenance_notes(df: pd.DataFrame) -> list[str]:
     """A note for each of `computed_on` / `software` on which the completed runs differ."""
-    done = df[df["status"] == "completed"] if "status" in df.columns else df
     notes = []
     for column, what, example in (
         (
@@ -41,7 +46,7 @@ def provenance_notes(df: pd.DataFrame) -> list[str]:
         ),
         ("software", "library versions", "another version's kernels or defaults can change numbers as much"),
     ):
-        values = done[column].dropna().unique() if column in done.columns else []
+        values = completed_values(df, column)
         if len(values) > 1:
             notes.append(
                 f"these runs were computed with {len(values)} different {what} (column `{column}`: "

@@ -28,7 +28,7 @@ import pandas as pd
 from ..errors import UserError
 from ..infra.storage import atomic_write_text, is_finite
 from .plots import label, plot_frontier, plot_learning_curves, plot_metrics_vs_params
-from .provenance import computed_with, provenance_notes
+from .provenance import completed_values, computed_with, provenance_notes
 from .runs import (
     EVAL_SHOWN,
     FINAL_METRICS,
@@ -123,7 +123,7 @@ def consistency_notes(df: pd.DataFrame) -> list[str]:
     done = df[df["status"] == "completed"] if "status" in df.columns else df
     notes = []
     for column, what in (("heldout", "held-out sets"), ("judge", "judges")):
-        values = done[column].dropna().unique() if column in done.columns else []
+        values = completed_values(df, column)
         if len(values) > 1:
             notes.append(
                 f"WARNING: these runs were evaluated on {len(values)} different {what} (column `{column}`: "

@@ -22,7 +22,7 @@ from ..data.preference import filter_pairs
 from ..data.schema import PreferenceData
 from ..errors import UserError
 from ..infra.cache import CacheEntry, arithmetic, cached, content_key
-from ..infra.distributed import broadcast, world_size
+from ..infra.distributed import broadcast
 from .base import Artifact, HeldOut, StageEnv, Task, TaskResult
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,7 @@ def sample_pairs_stage(
     key, description = pair_key(
         cfg, identity, prompts, scorer.identity(), batch_size, env.device, env.precision, n_train
     )
-    if world_size() > 1:  # every process trains on process 0's pairs, even where its thread count differs
-        key, description = broadcast((key, description))
+    key, description = broadcast((key, description))  # every process trains on process 0's pairs, whatever its threads
     filename = f"pairs.{cfg.dataset.pairs.get('format') or 'jsonl'}"
 
     def build(folder: Path) -> dict[str, Any]:
